@@ -1,0 +1,37 @@
+"""Stimulator drivers: the board protocol codec, the Driver ABC, the serial board driver and its byte links.
+
+Imports nothing else of this project (see DESIGN.md, "Layers")."""
+
+from drivers.base import (
+    BoardInfo,
+    BoardLimits,
+    BoardStatus,
+    Driver,
+    DriverCounters,
+    SampleBlock,
+    StimParams,
+    driver_class,
+    make_driver,
+    register_driver,
+    registered_drivers,
+)
+from drivers.errors import BoardLost, DriverError, DriverTimeout, NeurostimError, ProtocolError
+
+__all__ = [
+    "BoardInfo",
+    "BoardLimits",
+    "BoardLost",
+    "BoardStatus",
+    "Driver",
+    "DriverCounters",
+    "DriverError",
+    "DriverTimeout",
+    "NeurostimError",
+    "ProtocolError",
+    "SampleBlock",
+    "StimParams",
+    "driver_class",
+    "make_driver",
+    "register_driver",
+    "registered_drivers",
+]

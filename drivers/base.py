@@ -1,0 +1,216 @@
+"""The one abstract stimulator driver, the value types it speaks in, and the registry of driver kinds.
+
+Drivers fill in a few protected methods; the base adds idempotent open/close, the context manager and a warning for
+a driver that was never closed (as python-can's BusABC does)."""
+
+from __future__ import annotations
+
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from drivers.errors import DriverError
+
+
+@dataclass(frozen=True)
+class StimParams:
+    """One biphasic, charge-balanced pulse train: what SET_STIM carries."""
+
+    frequency_hz: float
+    amplitude_ma: float
+    pulse_width_us: float
+    interphase_gap_us: float = 50.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "frequency_hz": float(self.frequency_hz),
+            "amplitude_ma": float(self.amplitude_ma),
+            "pulse_width_us": float(self.pulse_width_us),
+        }
+
+
+@dataclass(frozen=True)
+class BoardLimits:
+    """The board's own hard limits, read back at the handshake. The board enforces them whatever the host sends."""
+
+    min_frequency_hz: float
+    max_frequency_hz: float
+    max_amplitude_ma: float
+    min_pulse_width_us: float
+    max_pulse_width_us: float
+    max_charge_per_phase_uc: float
+    watchdog_ms: int
+
+
+@dataclass(frozen=True)
+class BoardInfo:
+    """What the board says about itself in INFO."""
+
+    device_id: str
+    firmware_version: str
+    protocol_version: int
+    n_channels: int
+    sample_rate_hz: float
+    sample_format: str  # "int16" or "float32" on the wire; read_samples always returns float32 µV
+    uv_per_lsb: float  # scale from wire units to µV (1.0 for float32)
+    limits: BoardLimits
+
+
+@dataclass(frozen=True)
+class BoardStatus:
+    """What the board reports in STATUS."""
+
+    stimulating: bool
+    params: StimParams | None
+    impedance_ohm: float | None  # None when the board has not measured it
+    fault_flags: int
+    fault_names: tuple[str, ...] = ()
+
+
+@dataclass
+class SampleBlock:
+    """A block of consecutive samples as the board sent them.
+
+    `first_index` is the board's sample counter of the first row; a jump between blocks is a gap.
+    `t_recv_ns` is time.monotonic_ns() when the host received the block.
+    """
+
+    first_index: int
+    data: npt.NDArray[np.float32]  # (n_samples, n_channels), µV
+    t_recv_ns: int
+
+
+@dataclass
+class DriverCounters:
+    """Health counters every driver keeps; the daemon exports them as metrics."""
+
+    frames_ok: int = 0
+    bad_frames: int = 0
+    bytes_discarded: int = 0
+    retries: int = 0
+    timeouts: int = 0
+    naks: int = 0
+    reconnects: int = 0
+    sample_gaps: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Driver(ABC):
+    """A stimulator board as the daemon sees it.
+
+    open() and close() are idempotent; the driver is a context manager. Subclasses implement the `_`-prefixed
+    methods. Every method that talks to the board raises DriverError (or DriverTimeout / BoardLost) on failure.
+    """
+
+    kind: ClassVar[str] = "abstract"
+
+    def __init__(self) -> None:
+        self._is_open = False
+        self._closed_explicitly = False
+
+    # --- lifecycle -------------------------------------------------------------------------------------------------
+    def open(self) -> None:
+        if self._is_open:
+            return
+        self._open()
+        self._is_open = True
+        self._closed_explicitly = False
+
+    def close(self) -> None:
+        if not self._is_open:
+            self._closed_explicitly = True
+            return
+        try:
+            self._close()
+        finally:
+            self._is_open = False
+            self._closed_explicitly = True
+
+    @property
+    def is_open(self) -> bool:
+        return self._is_open
+
+    def __enter__(self) -> Driver:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_is_open", False) and not getattr(self, "_closed_explicitly", True):
+            warnings.warn(f"{type(self).__name__} was not closed; call close() or use it as a context manager",
+                          ResourceWarning, stacklevel=1)
+
+    def _require_open(self) -> None:
+        if not self._is_open:
+            raise DriverError(f"{type(self).__name__} is not open: call open() first (or use it in a with-block)")
+
+    # --- the board -------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def _open(self) -> None: ...
+
+    @abstractmethod
+    def _close(self) -> None: ...
+
+    @abstractmethod
+    def info(self) -> BoardInfo:
+        """The board's INFO from the handshake (cached; re-read after a reconnect)."""
+
+    @abstractmethod
+    def set_stimulation(self, params: StimParams) -> None:
+        """Send SET_STIM and return once the board ACKed it; NAK → DriverError with `reason`."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Send STOP and return once the board ACKed it."""
+
+    @abstractmethod
+    def read_samples(self, timeout_s: float = 0.0) -> list[SampleBlock]:
+        """Every sample block received since the last call, waiting up to timeout_s for the first one."""
+
+    @abstractmethod
+    def status(self) -> BoardStatus:
+        """Ask the board for STATUS and return it."""
+
+    @property
+    @abstractmethod
+    def counters(self) -> DriverCounters: ...
+
+
+_REGISTRY: dict[str, type[Driver]] = {}
+D = TypeVar("D", bound=type[Driver])
+
+
+def register_driver(name: str) -> Callable[[D], D]:
+    """Class decorator: make a driver class available under a config name."""
+
+    def deco(cls: D) -> D:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"driver name {name!r} is already registered to {_REGISTRY[name].__name__}")
+        _REGISTRY[name] = cls
+        cls.kind = name
+        return cls
+
+    return deco
+
+
+def driver_class(name: str) -> type[Driver]:
+    """The driver class registered under `name`; a clear error listing the known names otherwise."""
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "(none registered)"
+        raise DriverError(f"unknown driver kind {name!r}; known kinds: {known}")
+    return _REGISTRY[name]
+
+
+def registered_drivers() -> dict[str, type[Driver]]:
+    return dict(_REGISTRY)
+
+
+def make_driver(name: str, **kwargs: Any) -> Driver:
+    return driver_class(name)(**kwargs)

@@ -1,0 +1,5 @@
+import sys
+
+from neurostimd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,122 @@
+"""The `neurostimd` command line. Each subcommand imports its implementation lazily, so that `run` never pulls in
+TensorFlow and `check-config` starts in milliseconds."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+EX_CONFIG = 78  # sysexits.h: configuration error
+
+# subcommand -> "module:function"; each function takes the parsed argparse.Namespace and returns an exit code.
+_COMMANDS = {
+    "run": "neurostimd.daemon:cmd_run",
+    "replay": "neurostimd.replay:cmd_replay",
+    "check-config": "neurostimd.cli:cmd_check_config",
+    "config-schema": "neurostimd.cli:cmd_config_schema",
+    "train": "neurostimd.model.train:cmd_train",
+    "evaluate": "neurostimd.model.evaluate:cmd_evaluate",
+    "bench": "neurostimd.bench:cmd_bench",
+    "status": "neurostimd.status:cmd_status",
+    "closed-loop-eval": "neurostimd.evaluation:cmd_closed_loop_eval",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="neurostimd",
+        description="Closed-loop neural stimulation controller (research software, not a medical device).",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run the closed-loop daemon")
+    r.add_argument("--config", required=True, help="TOML config file (see config/sim.toml)")
+    r.add_argument("--port", help="serial port of the stimulator board; overrides [device] port")
+    r.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run forever)")
+    r.add_argument("--shadow", action="store_true", help="decide and audit, but never command the board")
+
+    rp = sub.add_parser("replay", help="run the whole pipeline over a recording on a virtual clock")
+    rp.add_argument("recording", help="continuous .npz, .csv, .edf/.bdf, .xdf, or a recorder session folder")
+    rp.add_argument("--config", required=True)
+    rp.add_argument("--speed", default="max", help="N (x real time) or max (default)")
+    rp.add_argument("--out", required=True, help="output folder for decisions.jsonl, audit.jsonl, timeline.png")
+
+    c = sub.add_parser("check-config", help="validate a config file (exit 0, or 78 with one line per error)")
+    c.add_argument("config")
+
+    sub.add_parser("config-schema", help="print the config's JSON Schema")
+
+    t = sub.add_parser("train", help="train a model bundle")
+    t.add_argument("--data", action="append", required=True, help="continuous or epoch-set .npz (repeatable)")
+    t.add_argument("--out", required=True, help="bundle folder to write")
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--table", help="stimulation table (TOML); default: the notebook's three-state table")
+    t.add_argument("--features", default=None, help="feature kind (bandpower or raw); default bandpower")
+    t.add_argument("--val-fraction", type=float, default=0.2)
+    t.add_argument("--test-fraction", type=float, default=0.0,
+                   help="hold this fraction of segments/time out of training entirely (for evaluate)")
+
+    e = sub.add_parser("evaluate", help="evaluate a bundle on held-out data and write a report")
+    e.add_argument("--bundle", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--report", required=True, help="folder for metrics.json and PNGs")
+    e.add_argument("--split", choices=["all", "test"], default="test",
+                   help="evaluate on the bundle's held-out split of this data (test) or on all of it")
+
+    b = sub.add_parser("bench", help="run the benchmark suite")
+    b.add_argument("--json", dest="json_path", default="bench.json", help="where to write the figures")
+    b.add_argument("--only", action="append", default=None, help="run only this section (repeatable)")
+    b.add_argument("--quick", action="store_true", help="shorter runs (for tests; figures are noisier)")
+
+    s = sub.add_parser("status", help="show the running daemon's state")
+    s.add_argument("--config", default=None, help="config of the daemon (to find its state file)")
+    s.add_argument("--state-file", default=None)
+    s.add_argument("--json", action="store_true")
+
+    cl = sub.add_parser("closed-loop-eval", help="adaptive vs continuous vs no stimulation on the simulated plant")
+    cl.add_argument("--config", default="config/sim.toml")
+    cl.add_argument("--duration", type=float, default=600.0, help="simulated seconds per arm")
+    cl.add_argument("--seed", type=int, default=0)
+    cl.add_argument("--out", required=True)
+    return p
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from neurostimd.config import load_config
+    from neurostimd.errors import ConfigError
+
+    try:
+        load_config(args.config)
+    except ConfigError as err:
+        for line in err.errors or [str(err)]:
+            print(f"{args.config}: {line}", file=sys.stderr)
+        return EX_CONFIG
+    print(f"{args.config}: OK")
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from neurostimd.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, func_name = _COMMANDS[args.command].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

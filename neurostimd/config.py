@@ -1,0 +1,287 @@
+"""The daemon's configuration: TOML validated by pydantic models (extra="forbid", one model per source and driver
+kind joined in discriminated unions). Key names other tools rely on are fixed in DESIGN.md."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from neurostimd.errors import ConfigError
+
+K_MAX_CEILING = 1.85  # Shannon's k above which no config is accepted (DESIGN.md, safety model)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- sources -----------------------------------------------------------------------------------------------------------
+class BoardSourceConfig(_Strict):
+    """Samples come from the stimulator board itself, through the driver (SAMPLES frames)."""
+
+    kind: Literal["board"] = "board"
+
+
+class LslSourceConfig(_Strict):
+    """Samples come from a Lab Streaming Layer stream."""
+
+    kind: Literal["lsl"]
+    name: str | None = None
+    type: str | None = None
+    source_id: str | None = None
+    resolve_timeout_s: float = Field(5.0, gt=0)
+    n_channels: int = Field(gt=0)
+    sample_rate_hz: float = Field(gt=0)
+    stale_after_ms: float = Field(250.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> LslSourceConfig:
+        if not (self.name or self.type or self.source_id):
+            raise ValueError("set at least one of name, type or source_id to choose the LSL stream")
+        return self
+
+
+class ReplaySourceConfig(_Strict):
+    """Samples come from a recording file (.npz, .csv, .edf/.bdf, .xdf) played on a clock."""
+
+    kind: Literal["replay"]
+    path: Path
+    speed: float | Literal["max"] = 1.0
+    loop: bool = False
+
+    @field_validator("speed")
+    @classmethod
+    def _positive_speed(cls, v: float | str) -> float | str:
+        if v != "max" and not (isinstance(v, float | int) and v > 0):
+            raise ValueError("speed must be a positive number (x real time) or \"max\"")
+        return v
+
+
+SourceConfig = Annotated[BoardSourceConfig | LslSourceConfig | ReplaySourceConfig, Field(discriminator="kind")]
+
+
+# --- the stimulator device ---------------------------------------------------------------------------------------------
+class SerialDeviceConfig(_Strict):
+    """A board on a serial port (real hardware, or neurostimd-sim behind a pty)."""
+
+    kind: Literal["serial"] = "serial"
+    port: str = "/dev/ttyACM0"
+    baudrate: int = Field(2_000_000, gt=0)
+    ack_timeout_ms: float = Field(100.0, gt=0)
+    retries: int = Field(2, ge=0, le=10)
+    heartbeat_ms: float = Field(100.0, gt=0)
+    reconnect_interval_ms: float = Field(500.0, gt=0)
+
+
+class VirtualDeviceConfig(_Strict):
+    """The in-process virtual board: the serial driver over an in-memory link to the simulator's board logic."""
+
+    kind: Literal["virtual"]
+    n_channels: int = Field(8, gt=0)
+    sample_rate_hz: float = Field(1000.0, gt=0)
+    watchdog_ms: float = Field(250.0, gt=0)
+    seed: int = 0
+
+
+class NoDeviceConfig(_Strict):
+    """No stimulator at all: decide and audit only (shadow mode forced)."""
+
+    kind: Literal["none"]
+
+
+DeviceConfig = Annotated[
+    SerialDeviceConfig | VirtualDeviceConfig | NoDeviceConfig, Field(discriminator="kind")
+]
+
+
+# --- model, loop, policy -----------------------------------------------------------------------------------------------
+class ModelConfig(_Strict):
+    bundle: Path = Path("models/default")
+    verify_on_load: bool = True
+
+
+class LoopConfig(_Strict):
+    cadence_ms: float = Field(50.0, gt=0, le=10_000)
+    stale_after_ms: float = Field(250.0, gt=0)
+    ring_seconds: float = Field(30.0, gt=0)
+    overrun_warn_every: int = Field(1, ge=1)
+
+
+class PolicyConfig(_Strict):
+    confidence_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    onset_ms: float = Field(500.0, ge=0)
+    termination_ms: float = Field(500.0, ge=0)
+    blanking_ms: float = Field(1000.0, ge=0)
+    use_state_durations: bool = False  # end a state's stimulation after its table `duration_min`
+    target_state: int | None = None  # the state closed-loop control aims for (used by the evaluation)
+
+
+# --- safety ------------------------------------------------------------------------------------------------------------
+class FallbackParams(_Strict):
+    frequency_hz: float = Field(gt=0)
+    amplitude_ma: float = Field(ge=0)
+    pulse_width_us: float = Field(gt=0)
+
+
+class SafetyConfig(_Strict):
+    """The daemon's safety gate. Every limit here is a hard limit: the gate clamps toward it or refuses."""
+
+    electrode_area_cm2: float = Field(0.06, gt=0)
+    k_max: float = Field(1.75, gt=0)
+    min_frequency_hz: float = Field(1.0, gt=0)
+    max_frequency_hz: float = Field(130.0, gt=0)
+    min_amplitude_ma: float = Field(0.0, ge=0)
+    max_amplitude_ma: float = Field(5.0, ge=0)
+    min_pulse_width_us: float = Field(20.0, gt=0)
+    max_pulse_width_us: float = Field(500.0, gt=0)
+    interphase_gap_us: float = Field(50.0, ge=0)
+    ramp_ma_per_s: float = Field(1.0, gt=0)
+    max_charge_per_phase_uc: float = Field(2.0, gt=0)
+    max_charge_density_uc_cm2: float = Field(25.0, gt=0)  # RNS's 25 µC/cm²/phase
+    compliance_v_max: float = Field(12.0, gt=0)
+    max_session_stim_s: float = Field(4 * 3600.0, gt=0)
+    max_daily_stim_s: float = Field(8 * 3600.0, gt=0)
+    safe_state: Literal["off", "fallback"] = "off"
+    fallback: FallbackParams | None = None
+    recovery_clean_ms: float = Field(2000.0, ge=0)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> SafetyConfig:
+        if self.k_max > K_MAX_CEILING:
+            raise ValueError(f"k_max = {self.k_max} is above the ceiling {K_MAX_CEILING} (Shannon 1992); "
+                             f"lower it to at most {K_MAX_CEILING}")
+        for lo, hi in (("min_frequency_hz", "max_frequency_hz"), ("min_amplitude_ma", "max_amplitude_ma"),
+                       ("min_pulse_width_us", "max_pulse_width_us")):
+            if getattr(self, lo) > getattr(self, hi):
+                raise ValueError(f"{lo} ({getattr(self, lo)}) is above {hi} ({getattr(self, hi)})")
+        if self.safe_state == "fallback" and self.fallback is None:
+            raise ValueError("safe_state = \"fallback\" needs a [safety.fallback] table "
+                             "(frequency_hz, amplitude_ma, pulse_width_us)")
+        if self.max_session_stim_s > self.max_daily_stim_s:
+            raise ValueError("max_session_stim_s is above max_daily_stim_s")
+        if not math.isfinite(self.electrode_area_cm2):
+            raise ValueError("electrode_area_cm2 must be finite")
+        return self
+
+
+# --- outputs -----------------------------------------------------------------------------------------------------------
+class AuditConfig(_Strict):
+    path: Path = Path("audit.jsonl")
+
+
+class RecorderConfig(_Strict):
+    enabled: bool = False
+    dir: Path = Path("recordings")
+    flush_interval_ms: float = Field(500.0, gt=0)
+
+
+class DecisionsLslConfig(_Strict):
+    enabled: bool = False
+    name: str = "neurostimd-decisions"
+    source_id: str = "neurostimd-decisions"
+
+
+class MetricsConfig(_Strict):
+    enabled: bool = False
+    port: int = Field(9108, gt=0, lt=65536)
+    # Bound to loopback only; a lab that wants it elsewhere puts a reverse proxy in front.
+    host: Literal["127.0.0.1", "::1"] = "127.0.0.1"
+
+
+class LoggingConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class RuntimeConfig(_Strict):
+    state_file: Path = Path("neurostimd.state.json")  # what `neurostimd status` reads
+
+
+class Config(_Strict):
+    source: SourceConfig = Field(default_factory=BoardSourceConfig)
+    device: DeviceConfig = Field(default_factory=SerialDeviceConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    recorder: RecorderConfig = Field(default_factory=RecorderConfig)
+    decisions_lsl: DecisionsLslConfig = Field(default_factory=DecisionsLslConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _source_needs_device(self) -> Config:
+        if self.source.kind == "board" and self.device.kind == "none":
+            raise ValueError("source.kind = \"board\" reads samples from the device, so device.kind cannot be \"none\"")
+        return self
+
+
+def _error_lines(err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"{path}: {e['msg']}")
+    return lines
+
+
+def parse_config(data: dict[str, Any], *, base_dir: Path | None = None) -> Config:
+    """Validate a config mapping. Relative paths are taken relative to `base_dir` (the config file's folder)."""
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        lines = _error_lines(err)
+        raise ConfigError(f"invalid configuration ({len(lines)} error(s))", lines) from err
+    return resolve_paths(cfg, base_dir) if base_dir is not None else cfg
+
+
+def resolve_paths(cfg: Config, base_dir: Path) -> Config:
+    """Make the config's relative paths relative to `base_dir`."""
+
+    def fix(p: Path) -> Path:
+        return p if p.is_absolute() else (base_dir / p)
+
+    upd: dict[str, Any] = {
+        "model": cfg.model.model_copy(update={"bundle": fix(cfg.model.bundle)}),
+        "audit": cfg.audit.model_copy(update={"path": fix(cfg.audit.path)}),
+        "recorder": cfg.recorder.model_copy(update={"dir": fix(cfg.recorder.dir)}),
+        "runtime": cfg.runtime.model_copy(update={"state_file": fix(cfg.runtime.state_file)}),
+    }
+    if isinstance(cfg.source, ReplaySourceConfig):
+        upd["source"] = cfg.source.model_copy(update={"path": fix(cfg.source.path)})
+    return cfg.model_copy(update=upd)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file; ConfigError with one line per problem otherwise.
+
+    Relative paths in the file (bundle, audit log, recordings) are resolved against the project root when the file
+    lives in the project's `config/` folder, else against the file's own folder.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read config {p}: {err.strerror}; check the path",
+                          [f"(file): cannot read {p}: {err.strerror}"]) from err
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{p} is not valid TOML: {err}", [f"(toml): {err}"]) from err
+    return parse_config(data, base_dir=config_base_dir(p))
+
+
+def config_base_dir(path: Path) -> Path:
+    path = path.resolve()
+    if path.parent.name == "config" and (path.parent.parent / "pyproject.toml").exists():
+        return path.parent.parent
+    return path.parent
+
+
+def json_schema() -> dict[str, Any]:
+    return Config.model_json_schema()

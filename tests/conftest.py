@@ -1,0 +1,44 @@
+"""Shared fixtures. An autouse guard fails any test that leaves threads or child processes behind."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest):
+    """Fail a test that leaves non-daemon threads or child processes running."""
+    before_threads = set(threading.enumerate())
+    me = psutil.Process(os.getpid())
+    before_children = {p.pid for p in me.children(recursive=True)}
+    yield
+    deadline = time.monotonic() + 3.0
+    while True:
+        threads = [t for t in threading.enumerate() if t not in before_threads and t.is_alive()
+                   and not t.daemon and not t.name.startswith(("pydevd", "asyncio"))]
+        children = [p for p in me.children(recursive=True) if p.pid not in before_children
+                    and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if (not threads and not children) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for p in children:
+        p.kill()
+    assert not threads, f"test left threads running: {[t.name for t in threads]}"
+    assert not children, f"test left child processes running: {[p.cmdline() for p in children]}"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data, or a skip with a message saying where to put it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real recordings not found at {SHARED_DATA}; place the shared data folder beside the project")
+    return SHARED_DATA
