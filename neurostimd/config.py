@@ -149,11 +149,16 @@ class SafetyConfig(_Strict):
     fallback: FallbackParams | None = None
     recovery_clean_ms: float = Field(2000.0, ge=0)
 
+    @field_validator("k_max")
+    @classmethod
+    def _k_max_ceiling(cls, v: float) -> float:
+        if v > K_MAX_CEILING:
+            raise ValueError(f"k_max = {v} is above the ceiling {K_MAX_CEILING} (Shannon 1992); "
+                             f"lower it to at most {K_MAX_CEILING}")
+        return v
+
     @model_validator(mode="after")
     def _coherent(self) -> SafetyConfig:
-        if self.k_max > K_MAX_CEILING:
-            raise ValueError(f"k_max = {self.k_max} is above the ceiling {K_MAX_CEILING} (Shannon 1992); "
-                             f"lower it to at most {K_MAX_CEILING}")
         for lo, hi in (("min_frequency_hz", "max_frequency_hz"), ("min_amplitude_ma", "max_amplitude_ma"),
                        ("min_pulse_width_us", "max_pulse_width_us")):
             if getattr(self, lo) > getattr(self, hi):
@@ -272,7 +277,7 @@ def load_config(path: str | Path) -> Config:
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{p} is not valid TOML: {err}", [f"(toml): {err}"]) from err
+        raise ConfigError(f"{p} is not valid TOML: {err}", [f"(file): not valid TOML: {err}"]) from err
     return parse_config(data, base_dir=config_base_dir(p))
 
 

@@ -1,0 +1,42 @@
+"""Optional Prometheus endpoint, bound to loopback: per-stage latency histograms, drops, overruns, state and the
+applied parameters. Uses its own registry so tests and several daemons in one process do not collide."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+STAGES = ("ingest", "features", "inference", "policy", "safety", "driver", "tick")
+# Buckets in seconds, dense below 2 ms where the loop lives.
+_BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.stage_seconds = Histogram("neurostimd_stage_seconds", "Per-tick latency of each loop stage",
+                                       ["stage"], buckets=_BUCKETS, registry=r)
+        self.sample_age_seconds = Histogram("neurostimd_sample_age_seconds",
+                                            "Age of the newest sample at each tick", buckets=_BUCKETS, registry=r)
+        self.ticks = Counter("neurostimd_ticks", "Loop ticks", registry=r)
+        self.overruns = Counter("neurostimd_overruns", "Ticks that missed their deadline", registry=r)
+        self.samples = Counter("neurostimd_samples", "Samples ingested", registry=r)
+        self.gaps = Gauge("neurostimd_sample_gaps", "Gaps seen in the source's sample counter", registry=r)
+        self.bad_frames = Gauge("neurostimd_bad_frames", "Frames from the board rejected by the codec", registry=r)
+        self.faults = Counter("neurostimd_faults", "Safety faults by kind", ["kind"], registry=r)
+        self.state = Gauge("neurostimd_state", "Classified state (-1 none)", registry=r)
+        self.confidence = Gauge("neurostimd_confidence", "Classifier confidence", registry=r)
+        self.stimulating = Gauge("neurostimd_stimulating", "1 while stimulation is applied", registry=r)
+        self.applied = Gauge("neurostimd_applied", "Applied stimulation parameter", ["param"], registry=r)
+        self._server: Any = None
+
+    def serve(self, host: str, port: int) -> None:
+        self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

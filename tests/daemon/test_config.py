@@ -1,0 +1,102 @@
+"""Config loading, validation errors with field paths, and the check-config / config-schema commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neurostimd.config import Config, load_config, parse_config
+from neurostimd.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "config").glob("*.toml"))
+
+
+def neurostimd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "neurostimd", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load(path: Path) -> None:
+    """Every config the project ships validates and uses the DESIGN.md key names."""
+    cfg = load_config(path)
+    assert cfg.loop.cadence_ms > 0
+    assert cfg.safety.k_max <= 1.85
+    assert cfg.model.bundle.is_absolute()
+
+
+def test_shipped_config_set_is_complete() -> None:
+    """The four configs named in the issue exist."""
+    assert {p.name for p in CONFIGS} >= {"sim.toml", "serial.toml", "lsl.toml", "replay.toml"}
+
+
+def test_unknown_key_is_rejected_with_its_path() -> None:
+    """A misspelt key is an error naming its full path, not silently ignored."""
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"safety": {"max_amplitude_mA": 3.0}})
+    assert any(line.startswith("safety.max_amplitude_mA:") for line in exc.value.errors)
+
+
+def test_k_max_above_ceiling_rejected() -> None:
+    """A Shannon k_max above 1.85 is refused, whatever else the config says."""
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"safety": {"k_max": 1.9}})
+    assert any("safety" in line and "1.85" in line for line in exc.value.errors)
+
+
+def test_source_union_discriminates_by_kind() -> None:
+    """The source table is chosen by `kind`, and a kind's own required fields are enforced."""
+    cfg = parse_config({"source": {"kind": "lsl", "type": "EEG", "n_channels": 8, "sample_rate_hz": 250}})
+    assert cfg.source.kind == "lsl"
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"source": {"kind": "lsl", "type": "EEG"}})
+    assert any(line.startswith("source.lsl.n_channels") for line in exc.value.errors)
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"source": {"kind": "carrier-pigeon"}})
+    assert any(line.startswith("source") for line in exc.value.errors)
+
+
+def test_fallback_safe_state_requires_parameters() -> None:
+    """safe_state = fallback without fallback parameters is an error, not a silent off."""
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"safety": {"safe_state": "fallback"}})
+    assert any("fallback" in line for line in exc.value.errors)
+
+
+def test_check_config_exit_codes(tmp_path: Path) -> None:
+    """check-config exits 0 for a valid file and 78 with one line per error for an invalid one."""
+    ok = neurostimd("check-config", str(ROOT / "config" / "sim.toml"))
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[loop]\ncadence_ms = -5\n[safety]\nk_max = 2.5\nbogus = 1\n')
+    res = neurostimd("check-config", str(bad))
+    assert res.returncode == 78
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 3
+    assert any("loop.cadence_ms" in ln for ln in lines)
+    assert any("safety.bogus" in ln for ln in lines)
+    assert any("safety" in ln and "k_max" in ln for ln in lines)
+
+
+def test_check_config_unreadable_and_broken_toml(tmp_path: Path) -> None:
+    """A missing file or broken TOML is EX_CONFIG with a message, never a traceback."""
+    res = neurostimd("check-config", str(tmp_path / "missing.toml"))
+    assert res.returncode == 78 and "cannot read" in res.stderr and "Traceback" not in res.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[loop\ncadence_ms = 5")
+    res = neurostimd("check-config", str(broken))
+    assert res.returncode == 78 and "TOML" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_config_schema_is_json_schema() -> None:
+    """config-schema prints a JSON Schema that forbids unknown keys."""
+    res = neurostimd("config-schema")
+    assert res.returncode == 0
+    schema = json.loads(res.stdout)
+    assert schema["additionalProperties"] is False
+    assert "safety" in schema["properties"]
+    assert Config.model_json_schema() == schema
