@@ -1,0 +1,193 @@
+"""The audit log: one JSON object per line, written and fsync'd before the command it records goes to the board.
+
+Append-only: earlier lines are never rewritten. A crash can leave a torn last line; reopening the log starts the next
+record on a fresh line, and `read_audit` skips (and reports) lines that are not whole JSON objects. `seq` increases
+by one per record and continues across restarts of the same file.
+
+A command's line is written before the send, so its `ack` is null there; the outcome follows in a `stim_ack` record
+whose `command_seq` is the command's `seq`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from drivers.base import StimParams
+from neurostimd.errors import NeurostimError
+
+EVENTS = ("stim_command", "stim_stop", "stim_ack", "fault", "fault_cleared", "state_change", "config_reload",
+          "startup", "shutdown")
+
+
+class AuditError(NeurostimError):
+    """The audit log cannot be written; without it no command may be sent."""
+
+
+def params_dict(p: StimParams | None) -> dict[str, float] | None:
+    """`{frequency_hz, amplitude_ma, pulse_width_us}` of DESIGN.md, or None for no stimulation."""
+    return None if p is None else p.as_dict()
+
+
+def command_fields(*, state: int | None, confidence: float | None, requested: StimParams | None,
+                   result: Any, t_data_s: float | None, **extra: Any) -> dict[str, Any]:
+    """The fields of a `stim_command` / `stim_stop` record, from the gate's result (`GateResult`)."""
+    return {
+        "state": state,
+        "confidence": confidence,
+        "requested": params_dict(requested),
+        "applied": params_dict(result.applied),
+        "limited_by": list(result.limited_by),
+        "refused": bool(result.refused),
+        "t_data_s": t_data_s,
+        "ack": None,  # pending: the outcome is the follow-up stim_ack record
+        **extra,
+    }
+
+
+def _jsonable(v: Any) -> Any:
+    # Strict JSON has no NaN/Infinity; they are written as strings so that every line stays parseable by any reader.
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple | set | frozenset):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, StimParams):
+        return v.as_dict()
+    if isinstance(v, Path):
+        return str(v)
+    if hasattr(v, "item") and callable(v.item):  # numpy scalars
+        return _jsonable(v.item())
+    if hasattr(v, "tolist") and callable(v.tolist):  # numpy arrays
+        return _jsonable(v.tolist())
+    return v
+
+
+@dataclass
+class AuditContents:
+    """What `read_audit` found: the whole records, and the 1-based numbers of lines that were not (torn, corrupt)."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    bad_lines: list[int] = field(default_factory=list)
+
+    @property
+    def torn_tail(self) -> bool:
+        """The last line is not a whole record (what a crash mid-write leaves)."""
+        return bool(self.bad_lines) and self.bad_lines[-1] == self.n_lines
+
+    n_lines: int = 0
+
+
+def read_audit(path: str | Path) -> AuditContents:
+    """Every whole record of the log, in order; torn or corrupt lines are skipped and reported in `bad_lines`."""
+    out = AuditContents()
+    raw = Path(path).read_bytes()
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out.n_lines = len(lines)
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            out.bad_lines.append(i)
+            continue
+        if isinstance(rec, dict):
+            out.records.append(rec)
+        else:
+            out.bad_lines.append(i)
+    return out
+
+
+class AuditLog:
+    """Append-only JSON-lines audit log; `write` returns only after the line is on disk (fsync)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            needs_newline, last_seq = self._scan_existing()
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        except OSError as err:
+            raise AuditError(f"cannot open audit log {self.path}: {err.strerror}; check that the folder exists and "
+                             f"is writable by the daemon's user") from err
+        self._seq = last_seq + 1
+        if needs_newline:
+            # A crash left a torn last line: start on a fresh line so the next record is not glued onto it.
+            self._write_bytes(b"\n")
+
+    def _scan_existing(self) -> tuple[bool, int]:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return False, -1
+        raw = self.path.read_bytes()
+        contents = read_audit(self.path)
+        seqs = [r["seq"] for r in contents.records if isinstance(r.get("seq"), int)]
+        return not raw.endswith(b"\n"), max(seqs, default=-1)
+
+    @property
+    def next_seq(self) -> int:
+        return self._seq
+
+    def _write_bytes(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        os.fsync(self._fd)
+
+    def write(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Append one record (adds `seq`, `t_wall`, `t_mono_ns`), fsync it, and return it."""
+        with self._lock:
+            if self._fd < 0:
+                raise AuditError(f"audit log {self.path} is closed; no command may be sent without it")
+            rec: dict[str, Any] = {
+                "event": event,
+                "seq": self._seq,
+                "t_wall": datetime.now(UTC).isoformat(timespec="microseconds"),
+                "t_mono_ns": time.monotonic_ns(),
+            }
+            for k, v in fields.items():
+                if k not in rec:
+                    rec[k] = _jsonable(v)
+            line = json.dumps(rec, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
+            try:
+                self._write_bytes(line.encode("utf-8"))
+            except OSError as err:
+                raise AuditError(f"cannot write audit log {self.path}: {err.strerror}; stimulation must stop "
+                                 f"until the log is writable") from err
+            self._seq += 1
+            return rec
+
+    def write_command(self, *, state: int | None, confidence: float | None, requested: StimParams | None,
+                      result: Any, t_data_s: float | None, **extra: Any) -> dict[str, Any]:
+        """The `stim_command` record (or `stim_stop` when the gate's result sends nothing), before the send."""
+        event = "stim_stop" if result.applied is None else "stim_command"
+        return self.write(event, **command_fields(state=state, confidence=confidence, requested=requested,
+                                                  result=result, t_data_s=t_data_s, **extra))
+
+    def write_ack(self, command_seq: int, ack: bool, **extra: Any) -> dict[str, Any]:
+        """The outcome of the command recorded as `command_seq`: ack True, or False (NAK, timeout, board lost)."""
+        return self.write("stim_ack", command_seq=command_seq, ack=bool(ack), **extra)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,213 @@
+"""Fault handling: turn stale or bad data, low confidence and board trouble into the safe state within one decision,
+and the `Controller` that chains policy → fault monitor → safety gate into one pure step for the loop.
+
+A safety event here is never only a log line: it changes what is sent. Recovery needs clean inputs for
+`recovery_clean_ms` without interruption; the monitor starts in the safe state, so stimulation never starts before
+data has been flowing clean for that long.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from drivers.base import BoardLimits, StimParams
+from neurostimd.config import PolicyConfig, SafetyConfig
+from neurostimd.policy import Policy, PolicyDecision
+from neurostimd.safety import GateResult, SafetyGate, limit_violations
+from neurostimd.stimtable import StimTable
+
+# Stable fault names (audit `fault` events and the metrics' `kind` label).
+FAULT_STARTUP = "startup"  # nothing clean seen yet
+FAULT_NO_DATA = "no_data"
+FAULT_STALE = "stale_data"
+FAULT_LOW_CONFIDENCE = "low_confidence"
+FAULT_BOARD_LOST = "board_lost"
+FAULT_NAK = "nak"
+FAULT_MISSING_ACK = "missing_ack"
+FAULT_QUALITY_PREFIX = "quality_"  # + the window's flag: quality_nan, quality_flatline, quality_saturation, ...
+
+BoardReply = Literal["ack", "nak", "timeout"]
+
+
+@dataclass(frozen=True)
+class FaultInputs:
+    """What the loop knows at one decision.
+
+    `data_age_ms`: age of the newest sample (None: no data yet). `quality_flags`: the window's flags (e.g. "nan",
+    "inf", "flatline", "saturation", "gap"; empty = clean). `confidence`: the classifier's top probability (None: no
+    classification this tick). `board_ok`: False when the board is lost. `last_reply`: the board's answer to the
+    previous command sent (None when nothing was sent since the previous decision).
+    """
+
+    data_age_ms: float | None
+    quality_flags: Collection[str] = ()
+    confidence: float | None = None
+    board_ok: bool = True
+    last_reply: BoardReply | None = None
+
+
+@dataclass(frozen=True)
+class FaultStatus:
+    """`faults`: the causes seen at this decision. `active`: the safe state is in force. `raised`: causes new since
+    the previous decision. `cleared`: the safe state ended at this decision."""
+
+    active: bool
+    faults: tuple[str, ...]
+    raised: tuple[str, ...]
+    cleared: bool
+    clean_since_s: float | None
+
+
+def fallback_params(cfg: SafetyConfig) -> StimParams | None:
+    """The configured fallback as StimParams (None when the safe state is `off`)."""
+    if cfg.safe_state != "fallback" or cfg.fallback is None:
+        return None
+    fb = cfg.fallback
+    return StimParams(frequency_hz=fb.frequency_hz, amplitude_ma=fb.amplitude_ma, pulse_width_us=fb.pulse_width_us,
+                      interphase_gap_us=cfg.interphase_gap_us)
+
+
+def fallback_violations(cfg: SafetyConfig, board_limits: BoardLimits | None = None) -> list[str]:
+    """The gate rules the configured fallback breaks (empty when there is none or it passes unclamped)."""
+    fb = fallback_params(cfg)
+    return [] if fb is None else limit_violations(fb, cfg, board_limits=board_limits)
+
+
+class FaultMonitor:
+    """Per decision: which faults hold, and whether the safe state is in force. Pure; time is an input."""
+
+    def __init__(self, cfg: SafetyConfig, *, stale_after_ms: float, confidence_threshold: float) -> None:
+        self.cfg = cfg
+        self.stale_after_ms = stale_after_ms
+        self.confidence_threshold = confidence_threshold
+        self.safe_params = fallback_params(cfg)
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the start: safe state in force until inputs have been clean for `recovery_clean_ms`."""
+        self._active = True
+        self._prev: frozenset[str] = frozenset({FAULT_STARTUP})
+        self._clean_since_s: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def causes(self, inputs: FaultInputs) -> tuple[str, ...]:
+        """The fault causes in `inputs`, in a stable order."""
+        out: list[str] = []
+        if not inputs.board_ok:
+            out.append(FAULT_BOARD_LOST)
+        if inputs.last_reply == "nak":
+            out.append(FAULT_NAK)
+        elif inputs.last_reply == "timeout":
+            out.append(FAULT_MISSING_ACK)
+        age = inputs.data_age_ms
+        if age is None:
+            out.append(FAULT_NO_DATA)
+        elif not math.isfinite(age) or age > self.stale_after_ms:
+            out.append(FAULT_STALE)
+        out.extend(FAULT_QUALITY_PREFIX + str(f) for f in sorted(set(inputs.quality_flags)))
+        c = inputs.confidence
+        if c is None or not math.isfinite(c) or c < self.confidence_threshold:
+            out.append(FAULT_LOW_CONFIDENCE)
+        return tuple(out)
+
+    def update(self, t_s: float, inputs: FaultInputs) -> FaultStatus:
+        causes = self.causes(inputs)
+        raised = tuple(c for c in causes if c not in self._prev)
+        cleared = False
+        if causes:
+            self._active = True
+            self._clean_since_s = None
+        elif self._active:
+            if self._clean_since_s is None:
+                self._clean_since_s = t_s
+            if t_s - self._clean_since_s >= self.cfg.recovery_clean_ms / 1000.0:
+                self._active = False
+                cleared = True
+        self._prev = frozenset(causes)
+        return FaultStatus(active=self._active, faults=causes, raised=raised, cleared=cleared,
+                           clean_since_s=self._clean_since_s)
+
+    def override(self, desired: StimParams | None) -> StimParams | None:
+        """What to request from the gate: the policy's wish, or the safe state while a fault is in force."""
+        return self.safe_params if self._active else desired
+
+
+@dataclass(frozen=True)
+class ControlInputs:
+    """Everything one decision needs: the classifier output, the data's health and the board's."""
+
+    probs: npt.NDArray[np.floating] | None
+    data_age_ms: float | None
+    t_data_s: float | None = None
+    quality_flags: Collection[str] = ()
+    board_ok: bool = True
+    last_reply: BoardReply | None = None
+    impedance_ohm: float | None = None
+
+
+@dataclass(frozen=True)
+class Command:
+    """One decision's outcome. Send `applied` (None = STOP), after writing `audit_fields()` to the audit log."""
+
+    t_s: float
+    decision: PolicyDecision
+    fault: FaultStatus
+    requested: StimParams | None
+    gate: GateResult
+    t_data_s: float | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def applied(self) -> StimParams | None:
+        return self.gate.applied
+
+    @property
+    def event(self) -> str:
+        return "stim_stop" if self.gate.applied is None else "stim_command"
+
+    def audit_fields(self) -> dict[str, Any]:
+        """The audit record's fields for this command (DESIGN.md: state, confidence, requested, applied, …)."""
+        from neurostimd.audit import command_fields
+
+        return command_fields(state=self.decision.state, confidence=self.decision.confidence,
+                              requested=self.requested, result=self.gate, t_data_s=self.t_data_s,
+                              reason=self.decision.reason, faults=list(self.fault.faults))
+
+
+class Controller:
+    """Policy → fault monitor → safety gate as one pure step. The gate stays a separate object with its own limits.
+
+    Loop: `cmd = ctl.step(t, inputs)`; write the audit record; send `cmd.applied`; `ctl.commit(t, cmd.applied,
+    acked)`; pass the reply as `last_reply` of the next step.
+    """
+
+    def __init__(self, policy_cfg: PolicyConfig, safety_cfg: SafetyConfig, table: StimTable, *,
+                 stale_after_ms: float, board_limits: BoardLimits | None = None,
+                 prior_daily_stim_s: float = 0.0) -> None:
+        self.policy = Policy(policy_cfg, table)
+        self.monitor = FaultMonitor(safety_cfg, stale_after_ms=stale_after_ms,
+                                    confidence_threshold=policy_cfg.confidence_threshold)
+        self.gate = SafetyGate(safety_cfg, board_limits, prior_daily_stim_s=prior_daily_stim_s)
+
+    def step(self, t_s: float, inputs: ControlInputs) -> Command:
+        decision = self.policy.step(t_s, inputs.probs)
+        fault = self.monitor.update(t_s, FaultInputs(
+            data_age_ms=inputs.data_age_ms, quality_flags=inputs.quality_flags,
+            confidence=None if inputs.probs is None else decision.confidence,
+            board_ok=inputs.board_ok, last_reply=inputs.last_reply))
+        requested = self.monitor.override(decision.desired)
+        result = self.gate.apply(t_s, requested, impedance_ohm=inputs.impedance_ohm)
+        return Command(t_s=t_s, decision=decision, fault=fault, requested=requested, gate=result,
+                       t_data_s=inputs.t_data_s)
+
+    def commit(self, t_s: float, applied: StimParams | None, acked: bool) -> None:
+        self.gate.commit(t_s, applied, acked)
