@@ -1,0 +1,111 @@
+"""Write a labelled synthetic continuous recording (.npz of DESIGN.md) for training and tests.
+
+    python -m firmware_sim.generate --out data.npz --duration 600 --channels 32 --rate 1000 --seed 0
+
+The state follows a forced schedule (segments of random length; the first three segments visit all three states in
+random order), so the classes are balanced and every state is present. A random third of the segments carry
+stimulation, so a classifier also learns what stimulation artefacts look like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from drivers.base import StimParams
+from firmware_sim.generator import SignalGenerator
+from firmware_sim.plant import N_STATES, STATE_NAMES
+
+# stimulation a segment may carry (frequency_hz, amplitude_ma, pulse_width_us): within the board's default limits
+_STIM_CHOICES = ((20.0, 2.5, 200.0), (50.0, 3.5, 300.0), (100.0, 2.0, 400.0), (130.0, 1.5, 200.0))
+
+
+def state_schedule(duration_s: float, rng: np.random.Generator, *, min_segment_s: float = 5.0,
+                   max_segment_s: float = 30.0) -> list[tuple[float, int]]:
+    """[(segment length in s, state)] covering duration_s; the first N_STATES segments are a permutation of the
+    states, so every state appears when the duration allows."""
+    segments: list[tuple[float, int]] = []
+    # short recordings get shorter segments, so that all states still fit
+    max_segment_s = min(max_segment_s, duration_s / (N_STATES + 1))
+    min_segment_s = min(min_segment_s, max_segment_s / 2)
+    t = 0.0
+    order = [int(s) for s in rng.permutation(N_STATES)]
+    prev = -1
+    while t < duration_s:
+        state = order.pop(0) if order else int(rng.choice([s for s in range(N_STATES) if s != prev]))
+        length = min(float(rng.uniform(min_segment_s, max_segment_s)), duration_s - t)
+        segments.append((length, state))
+        prev = state
+        t += length
+    return segments
+
+
+def generate_recording(duration_s: float, n_channels: int = 32, sample_rate_hz: float = 1000.0, seed: int = 0,
+                       *, stim_fraction: float = 1 / 3) -> dict[str, npt.NDArray[np.generic]]:
+    """The arrays of a continuous .npz: data, fs, channel_names, labels, class_names."""
+    if duration_s <= 0:
+        raise ValueError(f"duration must be positive, got {duration_s} s")
+    ss = np.random.SeedSequence(seed)
+    sched_seed, gen_seed = ss.spawn(2)
+    rng = np.random.default_rng(sched_seed)
+    gen = SignalGenerator(n_channels, sample_rate_hz, rng=np.random.default_rng(gen_seed))
+    n_total = round(duration_s * sample_rate_hz)
+    data = np.empty((n_total, n_channels), dtype=np.float32)
+    labels = np.empty(n_total, dtype=np.int64)
+    pos = 0
+    chunk = max(1, int(sample_rate_hz))  # one second per generate() call keeps memory flat
+    for length_s, state in state_schedule(duration_s, rng):
+        n_seg = min(round(length_s * sample_rate_hz), n_total - pos)
+        stim = None
+        if rng.random() < stim_fraction:
+            f, a, pw = _STIM_CHOICES[int(rng.integers(len(_STIM_CHOICES)))]
+            stim = StimParams(frequency_hz=f, amplitude_ma=a, pulse_width_us=pw)
+        done = 0
+        while done < n_seg:
+            n = min(chunk, n_seg - done)
+            data[pos + done:pos + done + n] = gen.generate(state, n, stim)
+            done += n
+        labels[pos:pos + n_seg] = state
+        pos += n_seg
+    if pos < n_total:  # rounding left a few samples: continue the last state
+        data[pos:] = gen.generate(int(labels[pos - 1]), n_total - pos)
+        labels[pos:] = labels[pos - 1]
+    return {
+        "data": data,
+        "fs": np.float64(sample_rate_hz),
+        "channel_names": np.array([f"ch{i:02d}" for i in range(n_channels)]),
+        "labels": labels,
+        "class_names": np.array(STATE_NAMES),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m firmware_sim.generate", description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="output .npz path")
+    p.add_argument("--duration", type=float, default=600.0, help="seconds of signal (default 600)")
+    p.add_argument("--channels", type=int, default=32)
+    p.add_argument("--rate", type=float, default=1000.0, help="sample rate in Hz")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.channels <= 0 or args.rate <= 0:
+        p.error("--channels and --rate must be positive")
+    try:
+        rec = generate_recording(args.duration, args.channels, args.rate, args.seed)
+    except ValueError as err:
+        p.error(str(err))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **rec)  # type: ignore[arg-type]  # numpy's stub wants a narrower value type than ndarray
+    counts = np.bincount(rec["labels"], minlength=N_STATES)  # type: ignore[arg-type]
+    print(f"wrote {out}: {len(rec['labels'])} samples x {args.channels} channels at {args.rate} Hz; "
+          f"samples per state {counts.tolist()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
