@@ -1,0 +1,120 @@
+"""Samples from the stimulator board itself (SAMPLES frames through the driver). The board's sample counter gives
+exact gap detection; sample times are the counter mapped onto the local monotonic clock."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import structlog
+
+from drivers.base import Driver
+from drivers.errors import DriverError
+from neurostimd.ringbuffer import RingBuffer
+from neurostimd.sources.base import Source
+
+log = structlog.get_logger(__name__)
+
+
+class CounterClockMap:
+    """Maps a board sample counter onto local monotonic seconds.
+
+    The offset (host time minus counter time) follows the lower envelope of arrival times, i.e. the least-delayed
+    blocks: it drops at once to an earlier arrival and creeps up slowly, which follows clock drift without turning
+    transfer jitter into timestamp jitter.
+    """
+
+    def __init__(self, sample_rate_hz: float, creep: float = 0.002) -> None:
+        self.period_s = 1.0 / sample_rate_hz
+        self.creep = creep
+        self.offset_s: float | None = None
+
+    def stamp(self, first_index: int, n: int, t_recv_s: float) -> np.ndarray:
+        last_counter_s = (first_index + n - 1) * self.period_s
+        cand = t_recv_s - last_counter_s
+        if self.offset_s is None or cand < self.offset_s:
+            self.offset_s = cand
+        else:
+            self.offset_s += (cand - self.offset_s) * self.creep
+        return (first_index + np.arange(n, dtype=np.float64)) * self.period_s + self.offset_s
+
+
+class BoardSource(Source):
+    """The board's own sample stream. Opens the driver only if it was not open yet, and then also closes it."""
+
+    kind = "board"
+
+    def __init__(self, driver: Driver, *, stale_after_ms: float = 250.0) -> None:
+        super().__init__()
+        self.driver = driver
+        self.stale_after_ms = stale_after_ms
+        self._owns_driver = False
+        self._n_channels = 0
+        self._rate_hz = 0.0
+        self._map: CounterClockMap | None = None
+        self._first_counter: int | None = None
+        self._newest_counter: int | None = None
+        self._last_data_mono_s = 0.0
+        self.bad_blocks = 0
+
+    @property
+    def n_channels(self) -> int:
+        return self._n_channels
+
+    @property
+    def sample_rate_hz(self) -> float:
+        return self._rate_hz
+
+    @property
+    def t_data_s(self) -> float | None:
+        if self._first_counter is None or self._newest_counter is None:
+            return None
+        return (self._newest_counter - self._first_counter) / self._rate_hz
+
+    def _open(self) -> None:
+        if not self.driver.is_open:
+            self.driver.open()
+            self._owns_driver = True
+        info = self.driver.info()
+        self._n_channels = int(info.n_channels)
+        self._rate_hz = float(info.sample_rate_hz)
+        self._map = CounterClockMap(self._rate_hz)
+        self._last_data_mono_s = time.monotonic()
+        self._stale_reason = "no samples received yet"
+        log.info("board_source_open", device_id=info.device_id, n_channels=self._n_channels, rate_hz=self._rate_hz)
+
+    def _close(self) -> None:
+        if self._owns_driver:
+            self.driver.close()
+            self._owns_driver = False
+
+    def pump(self, ring: RingBuffer, timeout_s: float = 0.0) -> int:
+        if not self._is_open or self._map is None:
+            return 0
+        try:
+            blocks = self.driver.read_samples(timeout_s)
+        except DriverError as err:
+            # A lost board is the driver's to reconnect; the source only reports that data stopped.
+            self._stale_reason = f"board link failed: {err}"
+            return 0
+        moved = 0
+        for b in blocks:
+            data = np.asarray(b.data, dtype=np.float32)
+            if data.ndim != 2 or data.shape[1] != self._n_channels or data.shape[0] == 0:
+                self.bad_blocks += 1
+                log.warning("board_block_refused", shape=list(data.shape), n_channels=self._n_channels)
+                continue
+            ts = self._map.stamp(b.first_index, data.shape[0], b.t_recv_ns / 1e9)
+            ring.write(data, ts, first_index=b.first_index)
+            if self._first_counter is None:
+                self._first_counter = b.first_index
+            self._newest_counter = b.first_index + data.shape[0] - 1
+            moved += data.shape[0]
+        now = time.monotonic()
+        if moved:
+            self._last_data_mono_s = now
+            self._stale_reason = None
+        elif (now - self._last_data_mono_s) * 1e3 > self.stale_after_ms and (
+                self._stale_reason is None or self._stale_reason.startswith("no samples")):
+            self._stale_reason = f"no samples from the board for {(now - self._last_data_mono_s) * 1e3:.0f} ms"
+        return moved
