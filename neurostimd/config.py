@@ -52,6 +52,7 @@ class ReplaySourceConfig(_Strict):
     path: Path
     speed: float | Literal["max"] = 1.0
     loop: bool = False
+    sample_rate_hz: float | None = Field(None, gt=0)  # for files that carry no rate (CSV without time, ARFF)
 
     @field_validator("speed")
     @classmethod
