@@ -16,19 +16,27 @@ from drivers.base import (
     registered_drivers,
 )
 from drivers.errors import BoardLost, DriverError, DriverTimeout, NeurostimError, ProtocolError
+from drivers.links import ByteLink, ManipulatedLink, Manipulator, PipeLink, SerialLink
+from drivers.serial_board import SerialBoardDriver
 
 __all__ = [
     "BoardInfo",
     "BoardLimits",
     "BoardLost",
     "BoardStatus",
+    "ByteLink",
     "Driver",
     "DriverCounters",
     "DriverError",
     "DriverTimeout",
+    "ManipulatedLink",
+    "Manipulator",
     "NeurostimError",
+    "PipeLink",
     "ProtocolError",
     "SampleBlock",
+    "SerialBoardDriver",
+    "SerialLink",
     "StimParams",
     "driver_class",
     "make_driver",

@@ -1,0 +1,195 @@
+"""`neurostimd-sim`: the simulated stimulator board as a process behind a pseudo-terminal (or a real serial port).
+
+    neurostimd-sim --pty [--pty-link PATH] [--signal synthetic|RECORDING.npz] [--log EVENTS.jsonl]
+
+With --pty it prints `PTY <path>` as its first stdout line; a host opens that path as a serial port. The loop
+sleeps on select() until the next absolute deadline (next sample block, dead-man deadline) or until the host writes.
+It keeps serving when the host closes the port (a host may come back) and when garbage arrives on the line.
+SIGTERM / SIGINT: stop stimulating (event log: stim_off, reason "shutdown") and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import os
+import select
+import signal
+import sys
+import time
+import tty
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import serial
+import structlog
+
+from drivers.protocol import SampleFormat
+from firmware_sim.board import Board, EventLog
+from firmware_sim.generator import FileSource, SampleSource, SyntheticSource
+
+log = structlog.get_logger("firmware_sim")
+
+# Output the host has not read yet is kept for about this long (at least 64 KiB); beyond that the oldest bytes are
+# dropped, as a board's small transmit FIFO would: a host that comes back wants fresh samples, not a stale backlog.
+PENDING_TX_S = 0.5
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neurostimd-sim", description="Simulated neurostimd stimulator board.")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--pty", action="store_true", help="open a pseudo-terminal and print 'PTY <path>' first")
+    where.add_argument("--port", help="serve on this real serial port instead")
+    p.add_argument("--pty-link", help="also make this path a symlink to the pty (a stable name for the host)")
+    p.add_argument("--baudrate", type=int, default=2_000_000, help="baud rate for --port")
+    p.add_argument("--channels", type=int, default=None, help="channels (default 32; a recording sets its own)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="sample rate in Hz (default 1000; a recording sets its own)")
+    p.add_argument("--block", type=int, default=10, help="samples per SAMPLES frame (default 10)")
+    p.add_argument("--format", choices=["int16", "float32"], default="int16", help="sample format on the wire")
+    p.add_argument("--uv-per-lsb", type=float, default=0.195, help="µV per count for int16 (default 0.195)")
+    p.add_argument("--watchdog-ms", type=int, default=250, help="dead-man timeout in ms (default 250)")
+    p.add_argument("--log", help="event log (JSON lines): stim_applied, stim_off, watchdog_trip, …")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--signal", default="synthetic", help="'synthetic' (default) or a continuous .npz recording")
+    p.add_argument("--loop", action="store_true", help="loop the recording instead of going quiet at its end")
+    p.add_argument("--impedance-ohm", type=float, default=None, help="electrode impedance the board reports")
+    p.add_argument("--initial-state", type=int, default=0, choices=[0, 1, 2], help="plant state at start")
+    return p
+
+
+def make_source(args: argparse.Namespace) -> SampleSource:
+    if args.signal == "synthetic":
+        return SyntheticSource(args.channels or 32, args.rate or 1000.0, args.seed,
+                               initial_state=args.initial_state)
+    src = FileSource(args.signal, loop=args.loop)
+    for flag, given, actual in (("--channels", args.channels, src.n_channels), ("--rate", args.rate,
+                                                                                src.sample_rate_hz)):
+        if given is not None and given != actual:
+            raise ValueError(f"{flag} {given} disagrees with the recording {args.signal} ({actual}); drop {flag}")
+    return src
+
+
+class _Stop:
+    def __init__(self) -> None:
+        self.requested = False
+        self.signum = 0
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        self.signum = signum
+
+
+def _open_pty() -> tuple[int, int, str]:
+    master, slave = os.openpty()
+    # raw mode: no echo, no CR/LF translation, no line editing — the line carries binary frames
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    return master, slave, os.ttyname(slave)
+
+
+def serve(args: argparse.Namespace) -> int:
+    source = make_source(args)
+    events = EventLog(args.log)
+    board = Board(source=source, block_size=args.block, sample_format=SampleFormat.from_label(args.format),
+                  uv_per_lsb=args.uv_per_lsb, watchdog_ms=args.watchdog_ms, impedance_ohm=args.impedance_ohm,
+                  device_id=f"neurostimd-sim-{os.getpid()}", event_log=events, start_ns=time.monotonic_ns())
+    stop = _Stop()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    port: serial.Serial | None = None
+    slave = -1
+    link_path: Path | None = None
+    if args.pty:
+        fd, slave, path = _open_pty()
+        if args.pty_link:
+            link_path = Path(args.pty_link)
+            with contextlib.suppress(FileNotFoundError):
+                link_path.unlink()
+            link_path.symlink_to(path)
+        print(f"PTY {path}", flush=True)
+    else:
+        port = serial.Serial(args.port, args.baudrate, timeout=0)
+        fd = port.fileno()
+        path = args.port
+        print(f"PORT {path}", flush=True)
+    log.info("sim_started", path=path, n_channels=board.n_channels, sample_rate_hz=board.sample_rate_hz,
+             block=board.block_size, sample_format=board.sample_format.label, watchdog_ms=args.watchdog_ms,
+             signal=args.signal)
+
+    pending = bytearray()
+    itemsize = 2 if board.sample_format is SampleFormat.INT16 else 4
+    max_pending = max(1 << 16, int(PENDING_TX_S * board.sample_rate_hz * board.n_channels * itemsize * 1.1))
+    try:
+        while not stop.requested:
+            now = time.monotonic_ns()
+            wake = board.next_wakeup_ns()
+            timeout_s = 1.0 if wake is None else max(0.0, (wake - now) / 1e9)
+            try:
+                readable, _, _ = select.select([fd], [fd] if pending else [], [], timeout_s)
+            except InterruptedError:
+                continue
+            if readable:
+                try:
+                    data = os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    data = b""
+                except OSError as err:
+                    # EIO on a pty master: the host closed the port; keep serving, it may come back
+                    if err.errno != errno.EIO:
+                        raise
+                    data = b""
+                    time.sleep(0.001)
+                if data:
+                    pending += board.feed(data, time.monotonic_ns())
+            pending += board.advance(time.monotonic_ns())
+            if pending:
+                if len(pending) > max_pending:
+                    del pending[:len(pending) - max_pending]  # nobody reads: drop the oldest output
+                try:
+                    n = os.write(fd, pending)
+                    del pending[:n]
+                except BlockingIOError:
+                    pass  # the host is not reading fast enough; try again on the next wake
+                except OSError as err:
+                    if err.errno != errno.EIO:
+                        raise
+                    pending.clear()
+    finally:
+        board.shutdown(time.monotonic_ns())
+        log.info("sim_stopped", signal=stop.signum, counters=board.counters.__dict__)
+        events.close()
+        if link_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                link_path.unlink()
+        if port is not None:
+            port.close()
+        else:
+            os.close(fd)
+            os.close(slave)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # stdout carries the PTY line; everything the sim logs goes to stderr
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    if args.block <= 0 or args.watchdog_ms <= 0 or (args.channels is not None and args.channels <= 0) \
+            or (args.rate is not None and args.rate <= 0):
+        print("neurostimd-sim: --block, --watchdog-ms, --channels and --rate must be positive", file=sys.stderr)
+        return 2
+    try:
+        return serve(args)
+    except ValueError as err:
+        print(f"neurostimd-sim: {err}", file=sys.stderr)
+        return 2
+    except serial.SerialException as err:
+        print(f"neurostimd-sim: cannot open {args.port}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
