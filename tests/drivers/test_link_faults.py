@@ -4,12 +4,22 @@ that vanishes and comes back."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable
 
 import pytest
 
-from drivers import BoardLost, ByteLink, DriverTimeout, ManipulatedLink, PipeLink, SerialBoardDriver, StimParams
+from drivers import (
+    BoardLost,
+    ByteLink,
+    DriverTimeout,
+    ManipulatedLink,
+    PipeLink,
+    ProtocolError,
+    SerialBoardDriver,
+    StimParams,
+)
 from drivers.links import Manipulator
 from drivers.protocol import Ack, Frame, MsgType, SetStim, decode
 from firmware_sim.board import Board
@@ -29,7 +39,7 @@ def frames_in(data: bytes) -> list[tuple[bytes, Frame | None]]:
         chunk = b"\x00" + part + b"\x00"
         try:
             _, frame = decode(chunk[1:])
-        except Exception:  # noqa: BLE001 - a chunk the manipulator already mangled: keep it as it is
+        except ProtocolError:  # a chunk a manipulator already mangled: pass it on as it is
             frame = None
         out.append((chunk, frame))
     return out
@@ -62,7 +72,7 @@ class Rig:
 
 
 def consecutive(blocks: list) -> bool:  # type: ignore[type-arg]
-    return all(b.first_index == a.first_index + len(a.data) for a, b in zip(blocks, blocks[1:], strict=False))
+    return all(b.first_index == a.first_index + len(a.data) for a, b in itertools.pairwise(blocks))
 
 
 def test_frames_split_into_tiny_chunks_still_work() -> None:
