@@ -28,15 +28,25 @@ class CounterClockMap:
         self.period_s = 1.0 / sample_rate_hz
         self.creep = creep
         self.offset_s: float | None = None
+        self._last_stamp_s: float | None = None
 
     def stamp(self, first_index: int, n: int, t_recv_s: float) -> np.ndarray:
         last_counter_s = (first_index + n - 1) * self.period_s
         cand = t_recv_s - last_counter_s
-        if self.offset_s is None or cand < self.offset_s:
+        if self.offset_s is None:
             self.offset_s = cand
+        elif cand < self.offset_s:
+            self.offset_s = cand
+            if self._last_stamp_s is not None:
+                # Never stamp a sample before the previous one: an earlier arrival lowers the offset at most to
+                # just above the last stamp (it catches up over the next blocks).
+                floor = self._last_stamp_s + 0.1 * self.period_s - first_index * self.period_s
+                self.offset_s = max(cand, floor)
         else:
             self.offset_s += (cand - self.offset_s) * self.creep
-        return (first_index + np.arange(n, dtype=np.float64)) * self.period_s + self.offset_s
+        ts = (first_index + np.arange(n, dtype=np.float64)) * self.period_s + self.offset_s
+        self._last_stamp_s = float(ts[-1])
+        return ts
 
 
 class BoardSource(Source):
@@ -64,6 +74,11 @@ class BoardSource(Source):
     @property
     def sample_rate_hz(self) -> float:
         return self._rate_hz
+
+    @property
+    def first_counter(self) -> int | None:
+        """The board's sample counter of the first sample this source received."""
+        return self._first_counter
 
     @property
     def t_data_s(self) -> float | None:
