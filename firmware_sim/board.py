@@ -215,9 +215,10 @@ class Board:
         out = bytearray()
         due = self._block_due_ns(self.sample_counter + self.block_size)
         if now_ns - due > MAX_BACKLOG_S * 1e9:
-            # the FIFO overflowed during a stall: the ADC kept counting, those samples are gone
+            # the FIFO overflowed during a stall: the ADC kept counting, all but the last FIFO-full are gone
             behind = int((now_ns - self._t0_ns) * self.sample_rate_hz / 1e9) - self.sample_counter
-            skip = (behind // self.block_size) * self.block_size
+            fifo = int(MAX_BACKLOG_S * self.sample_rate_hz)
+            skip = max(0, (behind - fifo) // self.block_size * self.block_size)
             self.counters.samples_dropped += skip
             self.sample_counter += skip
             self.source.read(skip, self.params if self.stimulating else None)  # the tissue did not pause

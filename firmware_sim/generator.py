@@ -52,7 +52,7 @@ class SignalGenerator:
 
     def __init__(self, n_channels: int = 32, sample_rate_hz: float = 1000.0, seed: int = 0, *,
                  line_hz: float = 50.0, line_uv: float = 3.0, background_uv: float = 8.0,
-                 artefact_rate_hz: float = 1 / 20.0, stim_artefact_uv_per_ma: float = 40.0,
+                 artefact_rate_hz: float = 1 / 20.0, stim_artefact_uv_per_ma: float = 150.0,
                  rng: np.random.Generator | None = None) -> None:
         if n_channels <= 0 or sample_rate_hz <= 0:
             raise ValueError(f"need n_channels > 0 and sample_rate_hz > 0, got {n_channels}, {sample_rate_hz}")
@@ -219,14 +219,18 @@ def load_signal(path: str | Path) -> tuple[F32, float, list[str]]:
         raise ValueError(f"signal file {p}: only continuous .npz recordings are read here (data, fs)")
     try:
         with np.load(p, allow_pickle=False) as z:
-            if "data" not in z or "fs" not in z:
-                raise ValueError(f"{p} has no 'data' and 'fs' arrays; it is not a continuous recording "
-                                 f"(keys: {sorted(z.files)})")
-            data = np.asarray(z["data"], dtype=np.float32)
-            fs = float(np.asarray(z["fs"]).reshape(-1)[0])
+            keys = sorted(z.files)
+            data = np.asarray(z["data"], dtype=np.float32) if "data" in z else None
+            fs_arr = np.asarray(z["fs"]).reshape(-1) if "fs" in z else None
             names = [str(c) for c in z["channel_names"]] if "channel_names" in z else []
-    except (OSError, EOFError) as err:  # a truncated or non-zip file
+    except (OSError, EOFError, ValueError) as err:  # not a zip / truncated / pickled content
         raise ValueError(f"cannot read {p} as .npz: {err}") from err
+    if data is None or fs_arr is None or fs_arr.size != 1:
+        raise ValueError(f"{p} has no 'data' and 'fs' arrays; it is not a continuous recording (keys: {keys})")
+    try:
+        fs = float(fs_arr[0])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{p}: 'fs' must be a number, got {fs_arr[0]!r}") from err
     if data.ndim != 2 or data.shape[0] == 0 or data.shape[1] == 0:
         raise ValueError(f"{p}: 'data' must be (n_samples, n_channels), got shape {data.shape}")
     if not (math.isfinite(fs) and fs > 0):

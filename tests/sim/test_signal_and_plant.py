@@ -1,0 +1,165 @@
+"""The synthetic signal generator, the plant's response to stimulation, the training-data generator and
+load_signal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.signal import welch
+
+from drivers import StimParams
+from firmware_sim.generate import generate_recording, main, state_schedule
+from firmware_sim.generator import FileSource, SignalGenerator, SyntheticSource, load_signal
+from firmware_sim.plant import Plant, charge_rate_uc_per_s
+
+FS = 1000.0
+
+
+def band_power(x: np.ndarray, lo: float, hi: float) -> float:
+    f, p = welch(x, fs=FS, nperseg=1000, axis=0)
+    return float(p[(f >= lo) & (f <= hi)].mean())
+
+
+def test_generator_is_deterministic_given_the_seed() -> None:
+    """Two generators with the same seed and calls give identical samples; another seed differs."""
+    a = SignalGenerator(8, FS, seed=5).generate(1, 2000)
+    b = SignalGenerator(8, FS, seed=5).generate(1, 2000)
+    c = SignalGenerator(8, FS, seed=6).generate(1, 2000)
+    assert a.dtype == np.float32 and a.shape == (2000, 8)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_the_three_states_have_their_own_spectral_signature() -> None:
+    """State 0 has the most alpha, state 1 the most beta relative to alpha, state 2 the most slow (2–4 Hz)
+    power."""
+    gen = SignalGenerator(8, FS, seed=1, artefact_rate_hz=0.0)
+    x = {s: gen.generate(s, 20_000) for s in range(3)}
+    alpha = {s: band_power(x[s], 8, 12) for s in x}
+    beta = {s: band_power(x[s], 16, 26) for s in x}
+    slow = {s: band_power(x[s], 2, 4) for s in x}
+    assert alpha[0] > alpha[1] and alpha[0] > 2 * band_power(x[0], 16, 26)
+    assert beta[1] / alpha[1] > beta[0] / alpha[0]
+    assert slow[2] > 10 * slow[0] and slow[2] > 10 * slow[1]
+    assert band_power(x[0], 49, 51) > band_power(x[0], 44, 46)  # line noise
+
+
+def test_stimulation_shows_as_artefacts_at_its_frequency_scaled_by_amplitude() -> None:
+    """A stimulation train adds power at its frequency, more for a larger amplitude."""
+    def power_at_stim(amplitude_ma: float) -> float:
+        gen = SignalGenerator(4, FS, seed=2, artefact_rate_hz=0.0)
+        stim = StimParams(frequency_hz=37.0, amplitude_ma=amplitude_ma, pulse_width_us=200.0)
+        return band_power(gen.generate(0, 10_000, stim if amplitude_ma > 0 else None), 36.5, 37.5)
+
+    off, low, high = power_at_stim(0.0), power_at_stim(1.0), power_at_stim(3.0)
+    assert low > 10 * off and high > 4 * low
+
+
+def test_output_continues_smoothly_across_calls() -> None:
+    """Generating in blocks of 10 samples gives the same statistics as one call: no jumps at block edges."""
+    gen = SignalGenerator(4, FS, seed=3, artefact_rate_hz=0.0)
+    x = np.concatenate([gen.generate(0, 10) for _ in range(2000)])
+    d = np.abs(np.diff(x, axis=0))
+    edges = d[9::10]
+    assert edges.mean() < 1.5 * d.mean()
+
+
+def run_arm(policy: str, seed: int, seconds: float = 1800.0) -> tuple[float, float]:
+    """(fraction of time in state 0, charge in µC) for one plant under a stimulation policy."""
+    q_on = charge_rate_uc_per_s(50.0, 3.5, 300.0)
+    p = Plant(seed)
+    dt = 0.05
+    for _ in range(int(seconds / dt)):
+        if policy == "none":
+            q = 0.0
+        elif policy == "continuous":
+            q = q_on
+        else:  # adaptive: stimulate only out of state 0
+            q = q_on if p.state > 0 else 0.0
+        p.step(dt, q)
+    return p.time_in_state_s[0] / p.time_s, p.charge_delivered_uc
+
+
+def test_plant_drifts_to_pathology_without_stimulation_and_stimulation_pushes_it_back() -> None:
+    """Without stimulation the plant spends little time in state 0; stimulation raises that; adaptive
+    stimulation reaches at least as much time in state 0 as continuous with less charge."""
+    none = [run_arm("none", s) for s in range(3)]
+    cont = [run_arm("continuous", s) for s in range(3)]
+    adapt = [run_arm("adaptive", s) for s in range(3)]
+    t0 = {k: np.mean([r[0] for r in v]) for k, v in (("none", none), ("cont", cont), ("adapt", adapt))}
+    charge = {k: np.mean([r[1] for r in v]) for k, v in (("cont", cont), ("adapt", adapt))}
+    assert t0["none"] < 0.25
+    assert t0["cont"] > t0["none"] + 0.1
+    assert t0["adapt"] >= t0["cont"] and charge["adapt"] < 0.8 * charge["cont"]
+
+
+def test_plant_is_deterministic_and_rejects_bad_states() -> None:
+    """The same seed and inputs give the same trajectory; an impossible state is refused."""
+    a, b = Plant(9), Plant(9)
+    assert [a.step(0.1, 20.0) for _ in range(3000)] == [b.step(0.1, 20.0) for _ in range(3000)]
+    with pytest.raises(ValueError):
+        Plant(0, initial_state=3)
+
+
+def test_synthetic_source_couples_plant_and_generator() -> None:
+    """SyntheticSource steps the plant once per read and returns float32 blocks of its width."""
+    src = SyntheticSource(6, FS, seed=4, initial_state=2)
+    block = src.read(10, None)
+    assert block.shape == (10, 6) and block.dtype == np.float32
+    assert src.plant.time_s == pytest.approx(0.01) and src.state in (1, 2)
+
+
+def test_schedule_visits_every_state() -> None:
+    """The forced schedule covers the duration and visits all three states, even for a short recording."""
+    for duration in (12.0, 600.0):
+        sched = state_schedule(duration, np.random.default_rng(0))
+        assert sum(length for length, _ in sched) == pytest.approx(duration)
+        assert {s for _, s in sched} == {0, 1, 2}
+
+
+def test_generate_writes_the_continuous_npz_format(tmp_path: Path) -> None:
+    """`python -m firmware_sim.generate` writes data/fs/channel_names/labels/class_names that np.load reads."""
+    out = tmp_path / "g.npz"
+    assert main(["--out", str(out), "--duration", "12", "--channels", "4", "--rate", "500", "--seed", "1"]) == 0
+    with np.load(out) as z:
+        assert z["data"].shape == (6000, 4) and z["data"].dtype == np.float32
+        assert float(z["fs"]) == 500.0 and list(z["channel_names"]) == ["ch00", "ch01", "ch02", "ch03"]
+        assert z["labels"].shape == (6000,) and set(np.unique(z["labels"])) == {0, 1, 2}
+        assert list(z["class_names"]) == ["quiet", "activated", "pathological"]
+    again = generate_recording(12.0, 4, 500.0, 1)
+    with np.load(out) as z:
+        assert np.array_equal(again["data"], z["data"])  # deterministic given the seed
+
+
+def test_load_signal_reads_npz_and_names_what_is_wrong(tmp_path: Path) -> None:
+    """load_signal returns (data, fs, names) for a continuous .npz and a ValueError naming the problem
+    otherwise."""
+    good = tmp_path / "r.npz"
+    np.savez(good, data=np.ones((100, 3), dtype=np.float64), fs=250.0)
+    data, fs, names = load_signal(good)
+    assert data.dtype == np.float32 and data.shape == (100, 3) and fs == 250.0 and names == ["ch0", "ch1", "ch2"]
+    with pytest.raises(ValueError, match="does not exist"):
+        load_signal(tmp_path / "missing.npz")
+    np.savez(tmp_path / "epochs.npz", X=np.zeros((2, 3, 4)), y=np.zeros(2))
+    with pytest.raises(ValueError, match="not a continuous recording"):
+        load_signal(tmp_path / "epochs.npz")
+    np.savez(tmp_path / "flat.npz", data=np.zeros(5), fs=100.0)
+    with pytest.raises(ValueError, match="n_samples, n_channels"):
+        load_signal(tmp_path / "flat.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_signal(tmp_path / "junk.npz")
+
+
+def test_file_source_plays_to_the_end_or_loops(tmp_path: Path) -> None:
+    """FileSource returns the recording in order, ends when it does, or wraps around with loop; NaN becomes 0."""
+    x = np.arange(50, dtype=np.float32).reshape(25, 2)
+    x[3, 1] = np.nan
+    np.savez(tmp_path / "r.npz", data=x, fs=100.0)
+    once = FileSource(tmp_path / "r.npz")
+    got = np.concatenate([once.read(10, None) for _ in range(4)])
+    assert got.shape == (25, 2) and got[3, 1] == 0.0 and once.exhausted
+    looped = FileSource(tmp_path / "r.npz", loop=True)
+    got = np.concatenate([looped.read(10, None) for _ in range(4)])
+    assert got.shape == (40, 2) and np.array_equal(got[25:], np.nan_to_num(x)[:15])
