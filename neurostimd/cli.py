@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--port", help="serial port of the stimulator board; overrides [device] port")
     r.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run forever)")
     r.add_argument("--shadow", action="store_true", help="decide and audit, but never command the board")
+    r.add_argument("--timings", help="write per-tick stage latencies as JSON lines to this file (used by the bench)")
 
     rp = sub.add_parser("replay", help="run the whole pipeline over a recording on a virtual clock")
     rp.add_argument("recording", help="continuous .npz, .csv, .edf/.bdf, .xdf, or a recorder session folder")
@@ -59,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=float, default=0.2)
     t.add_argument("--test-fraction", type=float, default=0.0,
                    help="hold this fraction of segments/time out of training entirely (for evaluate)")
+    t.add_argument("--hop-ms", type=float, default=None, help="feature frame hop in ms (default 50, the cadence)")
+    t.add_argument("--frame-hops", type=int, default=None, help="frame length in hops (default 2)")
+    t.add_argument("--frames", type=int, default=None, help="T, frames per model window (default 10)")
+    t.add_argument("--block-s", type=float, default=20.0,
+                   help="continuous recordings: length of the time blocks that splits keep whole")
+    t.add_argument("--stride", type=int, default=1, help="train on every Nth window (1 = all)")
 
     e = sub.add_parser("evaluate", help="evaluate a bundle on held-out data and write a report")
     e.add_argument("--bundle", required=True)

@@ -1,0 +1,195 @@
+"""`neurostimd evaluate`: score a bundle the way the daemon would use it, on segments it never trained on.
+
+Each held-out segment is streamed through the bundle's own StreamingFeatures in chunks of one decision tick
+(`cadence_ms`), and the LiteRT model decides on the newest window at every tick — `accuracy` is over those decisions.
+Epoch sets also get `epoch_accuracy` (mean probability over an epoch's decisions). A scikit-learn logistic
+regression on the same band-power windows, fitted on the bundle's training segments in the same run, is reported
+beside it as `baseline_*`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neurostimd.errors import BundleError, NeurostimError
+from neurostimd.model import bundle as files
+from neurostimd.model import report
+from neurostimd.model.dataset import load_recording, segments, windows_for
+from neurostimd.model.runtime import Bundle, load_bundle
+
+Progress = Callable[[str], None]
+DEFAULT_CADENCE_MS = 50.0
+
+
+def _progress(msg: str) -> None:
+    print(f"[evaluate {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def stream_decisions(b: Bundle, data: np.ndarray, labels: np.ndarray, cadence_ms: float) -> dict[str, np.ndarray]:
+    """Run one segment tick by tick as the daemon would: returns per-decision probs, labels and window ids."""
+    chunk = max(1, round(cadence_ms * b.sample_rate_hz / 1000.0))
+    feats = b.new_features()
+    probs: list[np.ndarray] = []
+    labs: list[int] = []
+    win_ids: list[int] = []
+    windows: list[np.ndarray] = []
+    last: np.ndarray | None = None
+    for pos in range(0, len(data), chunk):
+        new = feats.push(data[pos:pos + chunk])
+        if new or last is None:
+            w = feats.window()
+            if w is None:
+                continue
+            last = b.predict(w)
+            windows.append(w)
+        probs.append(last)
+        labs.append(int(labels[min(pos + chunk, len(data)) - 1]))
+        win_ids.append(len(windows) - 1)
+    n_feat = b.input_shape[1]
+    return {
+        "probs": np.asarray(probs, dtype=np.float32).reshape(-1, b.n_classes),
+        "labels": np.asarray(labs, dtype=np.int64),
+        "window_ids": np.asarray(win_ids, dtype=np.int64),
+        "windows": np.asarray(windows, dtype=np.float32).reshape(-1, b.input_shape[0], n_feat),
+    }
+
+
+def _baseline_features(windows: np.ndarray) -> np.ndarray:
+    # Mean and spread of each band power over the window: what a classic band-power classifier sees.
+    return np.concatenate([windows.mean(axis=1), windows.std(axis=1)], axis=1)
+
+
+def evaluate_bundle(bundle_dir: str | Path, data_path: str | Path, report_dir: str | Path, *, split: str = "test",
+                    cadence_ms: float = DEFAULT_CADENCE_MS, progress: Progress = _progress) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    rec = load_recording(data_path)
+    b = load_bundle(bundle_dir, expect_channels=rec.n_channels, expect_rate_hz=rec.fs)
+    if rec.class_names != b.class_names:
+        raise BundleError(f"{data_path} has classes {rec.class_names} but the bundle predicts {b.class_names}; "
+                          f"evaluate on data labelled with the bundle's classes")
+    split_info = json.loads((b.path / files.SPLIT).read_text()) if (b.path / files.SPLIT).is_file() else {}
+    block_s = float(split_info.get("block_s", 20.0))
+    segs = segments([rec], b.settings, block_s)
+    source = next((s for s in split_info.get("sources", []) if s["sha256"] == rec.sha256), None)
+    train_keys: list[int] = []
+    if split == "test":
+        if source is None:
+            raise BundleError(f"{data_path} was not part of this bundle's training data, so it has no held-out "
+                              f"split; pass --split all to evaluate on all of it")
+        if not source["test"]:
+            raise BundleError(f"the bundle held no segments of {data_path} out for testing; retrain with "
+                              f"--test-fraction 0.3 (or pass --split all for unseen data)")
+        eval_keys = list(source["test"])
+        train_keys = list(source["train"]) + list(source["val"])
+    else:
+        if source is not None:
+            raise BundleError(f"{data_path} was used to train this bundle; --split all would score training data. "
+                              f"Use --split test")
+        eval_keys = [s.index for s in segs]
+    by_key = {s.index: i for i, s in enumerate(segs)}
+    eval_idx = [by_key[k] for k in eval_keys]
+    progress(f"{len(eval_idx)} held-out segments of {data_path}; streaming at {cadence_ms:g} ms ticks through LiteRT")
+
+    runs = []
+    for n, i in enumerate(eval_idx):
+        r = stream_decisions(b, segs[i].data, segs[i].labels, cadence_ms)
+        r["segment"] = np.full(len(r["probs"]), segs[i].index)
+        runs.append(r)
+        if (n + 1) % max(1, len(eval_idx) // 5) == 0:
+            progress(f"  {n + 1}/{len(eval_idx)} segments")
+    probs = np.concatenate([r["probs"] for r in runs])
+    labels = np.concatenate([r["labels"] for r in runs])
+    seg_of = np.concatenate([r["segment"] for r in runs])
+    if len(probs) == 0:
+        raise BundleError(f"no decision could be made: held-out segments are shorter than one model window "
+                          f"({b.window_samples} samples)")
+    pred = probs.argmax(1)
+    n_cls = b.n_classes
+    cm = report.confusion(labels, pred, n_cls)
+    pc = report.per_class(cm, b.class_names)
+    metrics: dict[str, Any] = {
+        "accuracy": float(np.mean(pred == labels)), "n_decisions": len(labels), "cadence_ms": cadence_ms,
+        "per_class": pc, "macro_f1": report.macro_f1(pc), "confusion_matrix": cm.tolist(),
+        "class_names": b.class_names, "split": split, "n_segments": len(eval_idx), "data": str(data_path),
+        "data_sha256": rec.sha256, "bundle": str(b.path), "window_samples": b.window_samples,
+        "window_s": b.window_samples / b.sample_rate_hz,
+    }
+    if rec.kind == "epochs":
+        ep_true, ep_pred = _per_epoch(probs, labels, seg_of)
+        metrics["epoch_accuracy"] = float(np.mean(ep_true == ep_pred))
+        metrics["n_epochs"] = len(ep_true)
+        metrics["epoch_confusion_matrix"] = report.confusion(ep_true, ep_pred, n_cls).tolist()
+
+    if train_keys:
+        progress("baseline: logistic regression on window band-power statistics, fitted on the training segments")
+        metrics.update(_baseline(b, segs, [by_key[k] for k in train_keys], runs, labels, seg_of, rec.kind))
+    metrics["seconds"] = round(time.perf_counter() - t0, 1)
+
+    out = Path(report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    hist_path = b.path / files.HISTORY
+    if hist_path.is_file():
+        report.plot_learning_curves(json.loads(hist_path.read_text()), out / "learning_curves.png")
+    report.plot_confusion(cm, b.class_names, out / "confusion_matrix.png",
+                          f"per decision ({cadence_ms:g} ms ticks), accuracy {metrics['accuracy']:.3f}")
+    report.plot_probabilities(probs, labels, seg_of, b.class_names, cadence_ms, out / "probabilities.png")
+    progress(f"accuracy {metrics['accuracy']:.4f} over {len(labels)} decisions"
+             + (f"; epoch accuracy {metrics['epoch_accuracy']:.4f}" if "epoch_accuracy" in metrics else "")
+             + (f"; baseline {metrics['baseline_accuracy']:.4f}" if "baseline_accuracy" in metrics else "")
+             + f"; wrote {out}")
+    return metrics
+
+
+def _per_epoch(probs: np.ndarray, labels: np.ndarray, seg_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids = list(dict.fromkeys(seg_of.tolist()))
+    true = np.array([int(labels[seg_of == s][0]) for s in ids])
+    pred = np.array([int(probs[seg_of == s].mean(0).argmax()) for s in ids])
+    return true, pred
+
+
+def _baseline(b: Bundle, segs: list[Any], train_idx: list[int], runs: list[dict[str, np.ndarray]],
+              labels: np.ndarray, seg_of: np.ndarray, kind: str) -> dict[str, Any]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    tr = windows_for(segs, train_idx, b.settings, b.sample_rate_hz, stride=1)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    clf.fit(_baseline_features(b.scaler.transform(tr.X)), tr.y)
+    probs_list = []
+    for r in runs:
+        if len(r["windows"]) == 0:
+            continue
+        p_win = np.zeros((len(r["windows"]), b.n_classes))
+        p_win[:, clf.classes_] = clf.predict_proba(_baseline_features(r["windows"]))
+        probs_list.append(p_win[r["window_ids"]])
+    probs = np.concatenate(probs_list)
+    pred = probs.argmax(1)
+    cm = report.confusion(labels, pred, b.n_classes)
+    pc = report.per_class(cm, b.class_names)
+    out: dict[str, Any] = {
+        "baseline_model": "sklearn StandardScaler+LogisticRegression on per-window mean and std of each scaled feature",
+        "baseline_accuracy": float(np.mean(pred == labels)), "baseline_macro_f1": report.macro_f1(pc),
+        "baseline_confusion_matrix": cm.tolist(), "baseline_n_train_windows": len(tr.X),
+    }
+    if kind == "epochs":
+        t, p = _per_epoch(probs, labels, seg_of)
+        out["baseline_epoch_accuracy"] = float(np.mean(t == p))
+    return out
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    try:
+        evaluate_bundle(args.bundle, args.data, args.report, split=args.split)
+    except (NeurostimError, ValueError, OSError) as err:
+        print(f"neurostimd evaluate: {err}", file=sys.stderr)
+        return 2
+    return 0

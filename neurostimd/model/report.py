@@ -1,0 +1,113 @@
+"""Classification metrics and the evaluation report's figures (matplotlib, Agg backend, files only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts, rows = true class, columns = predicted class."""
+    m = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(m, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return m
+
+
+def per_class(cm: np.ndarray, class_names: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support per class from a confusion matrix (0 where undefined)."""
+    out: dict[str, dict[str, float]] = {}
+    for i, name in enumerate(class_names):
+        tp = float(cm[i, i])
+        pred = float(cm[:, i].sum())
+        true = float(cm[i, :].sum())
+        precision = tp / pred if pred else 0.0
+        recall = tp / true if true else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out[name] = {"precision": precision, "recall": recall, "f1": f1, "support": int(true)}
+    return out
+
+
+def macro_f1(pc: dict[str, dict[str, float]]) -> float:
+    supported = [v["f1"] for v in pc.values() if v["support"] > 0]
+    return float(np.mean(supported)) if supported else 0.0
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_learning_curves(history: dict[str, list[float]], path: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+        if key in history:
+            ax.plot(np.arange(1, len(history[key]) + 1), history[key], label=f"train {key}")
+        if f"val_{key}" in history:
+            ax.plot(np.arange(1, len(history[f"val_{key}"]) + 1), history[f"val_{key}"], label=f"validation {key}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Learning curves (validation = held-out whole segments)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path, title: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.1%}", ha="center", va="center", fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_probabilities(probs: np.ndarray, labels: np.ndarray, segment: np.ndarray, class_names: list[str],
+                       cadence_ms: float, path: Path, max_segments: int = 6) -> None:
+    """Per-decision class probabilities over time for a few held-out segments, true class shaded underneath."""
+    plt = _plt()
+    segs = list(dict.fromkeys(segment.tolist()))[:max_segments]
+    n_cls = len(class_names)
+    colors = plt.get_cmap("tab10")(np.arange(n_cls))
+    fig, axes = plt.subplots(len(segs) + 1, 1, figsize=(10, 1.6 * len(segs) + 2.6), squeeze=False)
+    for ax, s in zip(axes[:-1, 0], segs, strict=False):
+        sel = segment == s
+        t_s = np.arange(sel.sum()) * cadence_ms / 1000.0
+        for c in range(n_cls):
+            ax.plot(t_s, probs[sel, c], color=colors[c], lw=1, label=class_names[c])
+            ax.fill_between(t_s, 0, 1, where=labels[sel] == c, color=colors[c], alpha=0.12, step="post")
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel(f"seg {s}", fontsize=8)
+    axes[0, 0].legend(loc="upper right", fontsize=7, ncol=n_cls)
+    axes[-2, 0].set_xlabel("time in segment (s) — one decision per tick; shading = true class")
+    # The notebook's per-sample bar plots: mean probability per true class.
+    ax = axes[-1, 0]
+    width = 0.8 / n_cls
+    for c in range(n_cls):
+        means = [float(probs[labels == t, c].mean()) if np.any(labels == t) else 0.0 for t in range(n_cls)]
+        ax.bar(np.arange(n_cls) + (c - (n_cls - 1) / 2) * width, means, width, color=colors[c], label=class_names[c])
+    ax.set_xticks(range(n_cls), [f"true {n}" for n in class_names])
+    ax.set_ylabel("mean prob.")
+    ax.set_ylim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,214 @@
+"""`neurostimd train`: interchange files → leak-free windows → the notebook's BiLSTM → a verified model bundle.
+
+TensorFlow is imported inside the functions, so importing this module stays cheap."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from neurostimd.errors import BundleError, DataFormatError, NeurostimError
+from neurostimd.features import FeatureSettings, Scaler
+from neurostimd.model import bundle as files
+from neurostimd.model.dataset import Recording, load_recording, segments, split_segments, windows_for
+from neurostimd.stimtable import StimTable, notebook_table
+
+log = structlog.get_logger(__name__)
+
+Progress = Callable[[str], None]
+N_CHECK_WINDOWS = 16
+
+
+def _progress(msg: str) -> None:
+    print(f"[train {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _check_compatible(recs: list[Recording]) -> None:
+    first = recs[0]
+    for r in recs[1:]:
+        if r.n_channels != first.n_channels or abs(r.fs - first.fs) > 1e-6 * first.fs:
+            raise DataFormatError(f"{r.path}: {r.n_channels} channels at {r.fs:g} Hz, but {first.path} has "
+                                  f"{first.n_channels} at {first.fs:g} Hz; train one bundle per montage and rate")
+        if r.class_names != first.class_names:
+            raise DataFormatError(f"{r.path}: class names {r.class_names} differ from {first.path}'s "
+                                  f"{first.class_names}; relabel so all files share one class list")
+
+
+def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, seed: int = 0, batch_size: int = 32,
+                 settings: FeatureSettings | None = None, table: StimTable | None = None, val_fraction: float = 0.2,
+                 test_fraction: float = 0.0, block_s: float = 20.0, stride: int = 1,
+                 progress: Progress = _progress) -> dict[str, Any]:
+    """Train on `data`, write the bundle to `out`, return its manifest."""
+    import keras
+    import tensorflow as tf
+
+    from neurostimd.model.export import build_model, to_tflite
+    from neurostimd.model.runtime import load_bundle
+
+    settings = settings or FeatureSettings()
+    table = table or notebook_table()
+    if epochs < 1 or batch_size < 1 or stride < 1:
+        raise ValueError(f"epochs ({epochs}), batch size ({batch_size}) and stride ({stride}) must be >= 1")
+    if val_fraction <= 0:
+        raise ValueError("--val-fraction must be > 0: early stopping and checkpointing watch the validation split")
+    t_start = time.perf_counter()
+    recs = [load_recording(p) for p in data]
+    _check_compatible(recs)
+    fs, n_ch, class_names = recs[0].fs, recs[0].n_channels, recs[0].class_names
+    n_classes = len(class_names)
+    missing_states = [c for c in range(n_classes) if c not in {s.state for s in table.states}]
+    if missing_states:
+        raise ValueError(f"the stimulation table has no entry for state(s) {missing_states} of {class_names}")
+    try:
+        settings.resolve_bands(fs)
+    except ValueError as err:
+        raise DataFormatError(f"feature settings do not fit {fs:g} Hz data: {err}") from err
+    segs = segments(recs, settings, block_s)
+    train_idx, val_idx, test_idx = split_segments(segs, test_fraction, val_fraction, seed)
+    progress(f"{len(recs)} file(s), {n_ch} ch at {fs:g} Hz, {len(segs)} segments -> train {len(train_idx)}, "
+             f"val {len(val_idx)}, test {len(test_idx)} (whole segments)")
+
+    tr = windows_for(segs, train_idx, settings, fs, stride)
+    va = windows_for(segs, val_idx, settings, fs, 1)
+    if len(tr.X) == 0 or len(va.X) == 0:
+        raise DataFormatError(f"too little data: {len(tr.X)} training and {len(va.X)} validation windows of "
+                              f"{settings.window_samples(fs)} samples; give longer recordings or a smaller --frames")
+    present = sorted(set(tr.y.tolist()))
+    if len(present) < n_classes:
+        log.warning("classes_missing_in_training", present=present, n_classes=n_classes)
+    scaler = Scaler.fit(settings.scaler, np.concatenate(tr.frames))
+    x_tr, x_va = scaler.transform(tr.X), scaler.transform(va.X)
+    progress(f"windows: train {len(x_tr)}, val {len(x_va)}; input (T={settings.n_frames}, F={x_tr.shape[2]}); "
+             f"features {time.perf_counter() - t_start:.1f} s")
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    model = build_model(settings.n_frames, x_tr.shape[2], n_classes)
+    model.compile(optimizer=keras.optimizers.Adam(), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+    out_dir = Path(out)
+    with tempfile.TemporaryDirectory(prefix="neurostimd-train-") as tmp:
+        ckpt = Path(tmp) / "best_val_accuracy.keras"
+        t_fit = time.perf_counter()
+
+        class _Report(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+                lg = logs or {}
+                progress(f"epoch {epoch + 1}/{epochs}: loss {lg.get('loss', float('nan')):.4f} "
+                         f"acc {lg.get('accuracy', float('nan')):.4f} val_loss {lg.get('val_loss', float('nan')):.4f}"
+                         f" val_acc {lg.get('val_accuracy', float('nan')):.4f} ({time.perf_counter() - t_fit:.0f} s)")
+
+        callbacks = [
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=10, restore_best_weights=True),
+            keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_accuracy", save_best_only=True),
+            _Report(),
+        ]
+        hist = model.fit(x_tr, tr.y, validation_data=(x_va, va.y), epochs=epochs, batch_size=batch_size,
+                         shuffle=True, callbacks=callbacks, verbose=0)
+        fit_s = time.perf_counter() - t_fit
+        history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        best_val_acc_epoch = int(np.argmax(history["val_accuracy"])) + 1
+        best_val_loss_epoch = int(np.argmin(history["val_loss"])) + 1
+
+    # The bundle keeps the early-stopping model (restored to the best val_loss epoch); the val_accuracy checkpoint
+    # is only reported, because val_loss is the less noisy criterion on small validation splits.
+    val_probs = model.predict(x_va, batch_size=256, verbose=0)
+    val_acc = float(np.mean(val_probs.argmax(1) == va.y))
+    metrics: dict[str, Any] = {
+        "val_window_accuracy": val_acc, "n_train_windows": len(x_tr), "n_val_windows": len(x_va),
+        "epochs_run": len(history["loss"]), "best_val_loss_epoch": best_val_loss_epoch,
+        "best_val_accuracy_epoch": best_val_acc_epoch, "best_val_accuracy": max(history["val_accuracy"]),
+        "fit_seconds": round(fit_s, 1),
+    }
+    progress(f"trained {metrics['epochs_run']} epochs in {fit_s:.0f} s; val window accuracy {val_acc:.4f}")
+
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(x_va), size=min(N_CHECK_WINDOWS, len(x_va)), replace=False)
+    check_windows = x_va[np.sort(pick)].astype(np.float32)
+    check_probs = model.predict(check_windows, batch_size=len(check_windows), verbose=0).astype(np.float32)
+
+    if out_dir.exists():
+        if not (out_dir / files.MANIFEST).is_file() and any(out_dir.iterdir()):
+            raise BundleError(f"{out_dir} exists and is not a model bundle; choose an empty or new --out folder")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    # Saved without optimizer state (a third of the size); the bundle is for inference, not for resuming.
+    clean = build_model(settings.n_frames, x_tr.shape[2], n_classes)
+    clean.set_weights(model.get_weights())
+    clean.save(out_dir / files.MODEL_KERAS)
+    (out_dir / files.MODEL_TFLITE).write_bytes(to_tflite(model))
+    channel_names = recs[0].channel_names
+    (out_dir / files.FEATURES).write_text(json.dumps({
+        "settings": settings.model_dump(mode="json"), "scaler": scaler.to_dict(),
+        "feature_names": settings.feature_names(channel_names, fs), "channel_names": channel_names,
+    }, indent=1) + "\n")
+    (out_dir / files.CLASSES).write_text(json.dumps({"class_names": class_names}, indent=2) + "\n")
+    (out_dir / files.STIM_TABLE).write_text(table.to_json())
+    np.savez(out_dir / files.CHECK, windows=check_windows, keras_probs=check_probs)
+    sources: list[dict[str, Any]] = []
+    split = {"block_s": block_s, "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
+             "sources": sources}
+    for si, r in enumerate(recs):
+        def keys(idx: list[int], si: int = si) -> list[int]:
+            return [segs[i].index for i in idx if segs[i].source == si]
+        sources.append({"path": r.path, "sha256": r.sha256, "kind": r.kind, "train": keys(train_idx),
+                                 "val": keys(val_idx), "test": keys(test_idx)})
+    (out_dir / files.SPLIT).write_text(json.dumps(split, indent=1) + "\n")
+    (out_dir / files.HISTORY).write_text(json.dumps(history) + "\n")
+    data_hash = hashlib.sha256("".join(sorted(r.sha256 for r in recs)).encode()).hexdigest()
+    manifest = files.write_manifest(out_dir, {
+        "n_channels": n_ch, "sample_rate_hz": fs, "input_shape": [settings.n_frames, int(x_tr.shape[2])],
+        "class_names": class_names, "channel_names": channel_names,
+        "training_data": [{"path": r.path, "sha256": r.sha256, "kind": r.kind} for r in recs],
+        "training_data_sha256": data_hash, "metrics": metrics,
+        "training": {"epochs": epochs, "seed": seed, "batch_size": batch_size, "stride": stride,
+                     "architecture": "BiLSTM(64,seq)-Dropout(0.3)-BiLSTM(32)-Dropout(0.3)-Dense(16,relu)-"
+                                     "Dense(softmax)",
+                     "optimizer": "adam", "loss": "sparse_categorical_crossentropy"},
+        "window_samples": settings.window_samples(fs),
+    })
+    # Prove the bundle the daemon will load: hashes, shapes, and LiteRT == Keras on the check windows.
+    load_bundle(out_dir)
+    progress(f"wrote {out_dir} (LiteRT verified against Keras); total {time.perf_counter() - t_start:.0f} s")
+    return manifest
+
+
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's C++ info logs for a command-line run (set before TensorFlow is first imported)."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    quiet_tensorflow()
+    overrides: dict[str, Any] = {}
+    if args.features:
+        overrides["kind"] = args.features
+    if args.hop_ms is not None:
+        overrides["hop_ms"] = args.hop_ms
+    if args.frame_hops is not None:
+        overrides["frame_hops"] = args.frame_hops
+    if args.frames is not None:
+        overrides["n_frames"] = args.frames
+    try:
+        settings = FeatureSettings(**overrides)
+        table = StimTable.from_file(args.table) if args.table else None
+        train_bundle(args.data, args.out, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
+                     settings=settings, table=table, val_fraction=args.val_fraction,
+                     test_fraction=args.test_fraction, block_s=args.block_s, stride=args.stride)
+    except (NeurostimError, ValueError, OSError) as err:
+        print(f"neurostimd train: {err}", file=sys.stderr)
+        return 2
+    return 0
