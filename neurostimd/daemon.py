@@ -1,0 +1,323 @@
+"""`neurostimd run`: the closed loop as a long-running service — start-up checks, signals (SIGTERM/SIGINT stop with
+a confirmed STOP, SIGHUP reloads), the systemd notify protocol, the status file, metrics, and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from drivers.base import Driver, make_driver
+from drivers.errors import DriverError
+from neurostimd.audit import AuditLog
+from neurostimd.clock import MonotonicClock
+from neurostimd.config import Config, SerialDeviceConfig, VirtualDeviceConfig, load_config
+from neurostimd.errors import BundleError, ConfigError, NeurostimError, SourceError
+from neurostimd.logs import configure_logging
+from neurostimd.notify import SystemdNotifier
+from neurostimd.status import write_state
+
+log = structlog.get_logger("neurostimd.daemon")
+
+EX_OK = 0
+EX_SOFTWARE = 70  # sysexits.h: internal error (a crashed thread): systemd restarts the service
+EX_CONFIG = 78
+
+
+def make_device(cfg: Config, clock: Any = None) -> Driver | None:
+    """The driver the [device] table asks for (not opened)."""
+    dev = cfg.device
+    if isinstance(dev, SerialDeviceConfig):
+        import drivers.serial_board  # noqa: F401  (registers "serial")
+
+        return make_driver("serial", port=dev.port, baudrate=dev.baudrate, ack_timeout_ms=dev.ack_timeout_ms,
+                           retries=dev.retries, heartbeat_ms=dev.heartbeat_ms,
+                           reconnect_interval_ms=dev.reconnect_interval_ms)
+    if isinstance(dev, VirtualDeviceConfig):
+        from neurostimd.virtual_board import VirtualBoardDriver
+
+        return VirtualBoardDriver(n_channels=dev.n_channels, sample_rate_hz=dev.sample_rate_hz,
+                                  watchdog_ms=dev.watchdog_ms, seed=dev.seed, clock=clock,
+                                  stream_samples=cfg.source.kind == "board")
+    return None
+
+
+class Daemon:
+    """Owns the process: builds the loop from the config, runs it, and stops it safely whatever happens."""
+
+    def __init__(self, cfg: Config, config_path: str | None, *, shadow: bool = False,
+                 timings_path: str | None = None, notifier: SystemdNotifier | None = None,
+                 port_override: str | None = None) -> None:
+        self.cfg = cfg
+        self.port_override = port_override
+        self.config_path = config_path
+        self.shadow = shadow or cfg.device.kind == "none"
+        self.notifier = notifier or SystemdNotifier()
+        self.clock = MonotonicClock()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._crash: BaseException | None = None
+        self._timings = open(timings_path, "w", buffering=1) if timings_path else None  # noqa: SIM115
+        self._ready = False
+        self._t_start = time.monotonic()
+        self._last_watchdog = 0.0
+        self._last_state_write = 0.0
+        self.metrics: Any = None
+
+    # --- signals and threads ---------------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload.set()
+        else:
+            self._stop.set()
+
+    def _on_thread_crash(self, args: threading.ExceptHookArgs) -> None:
+        self._crash = args.exc_value or RuntimeError(f"thread {args.thread} died")
+        log.error("thread_crashed", thread=getattr(args.thread, "name", None), error=repr(args.exc_value))
+        self._stop.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # --- main ------------------------------------------------------------------------------------------------------
+    def run(self, duration_s: float | None = None) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        threading.excepthook = self._on_thread_crash
+        cfg = self.cfg
+        try:
+            audit = AuditLog(cfg.audit.path)
+        except NeurostimError as err:
+            log.error("audit_unavailable", error=str(err))
+            return EX_CONFIG
+        audit.write("startup", pid=os.getpid(), config=self.config_path, shadow=self.shadow)
+        driver: Driver | None = None
+        source = None
+        loop = None
+        code = EX_OK
+        try:
+            from neurostimd.model.runtime import load_bundle
+
+            self._status("loading model")
+            bundle = load_bundle(cfg.model.bundle, verify=cfg.model.verify_on_load)
+            driver = make_device(cfg, self.clock)
+            if driver is not None:
+                self._open_driver(driver)
+                if self._stop.is_set():
+                    return EX_OK
+            from neurostimd.sources import make_source
+
+            source = make_source(cfg.source, driver=driver, clock=self.clock,
+                                 stale_after_ms=cfg.loop.stale_after_ms)
+            source.open()
+            from neurostimd.loop import ClosedLoop
+
+            loop = ClosedLoop(cfg, clock=self.clock, source=source, bundle=bundle, audit=audit, driver=driver,
+                              shadow=self.shadow, on_tick=self._after_tick)
+            self.loop = loop
+            if cfg.metrics.enabled:
+                from neurostimd.metrics import Metrics
+
+                self.metrics = Metrics()
+                self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
+                log.info("metrics_serving", host=cfg.metrics.host, port=cfg.metrics.port)
+            loop.state.phase = "waiting_for_clean_data"
+            log.info("loop_start", cadence_ms=cfg.loop.cadence_ms, shadow=self.shadow, source=cfg.source.kind,
+                     device=cfg.device.kind, bundle=str(cfg.model.bundle), classes=bundle.class_names)
+            loop.run(should_stop=self._should_stop, duration_s=duration_s, between_ticks=self._between_ticks)
+            if self._crash is not None:
+                code = EX_SOFTWARE
+        except (BundleError, SourceError, ConfigError) as err:
+            log.error("startup_refused", error=str(err), error_type=type(err).__name__)
+            audit.write("fault", faults=["startup_refused"], detail=str(err))
+            code = EX_CONFIG
+        except Exception as err:  # a crash anywhere: stop stimulation, exit non-zero so systemd restarts us
+            log.exception("crashed", error=repr(err))
+            code = EX_SOFTWARE
+        finally:
+            self.notifier.stopping("stopping: stimulation off")
+            if loop is not None:
+                loop.state.phase = "stopping"
+                confirmed = loop.stop_stimulation("shutdown")
+                if not confirmed and code == EX_OK:
+                    log.error("shutdown_without_confirmed_stop")
+                self._write_state(force=True, exited=True)
+            if source is not None:
+                source.close()
+            if driver is not None:
+                driver.close()
+            if self.metrics is not None:
+                self.metrics.close()
+            audit.write("shutdown", exit_code=code)
+            audit.close()
+            if self._timings is not None:
+                self._timings.close()
+            self.notifier.close()
+            log.info("exit", code=code)
+        return code
+
+    def _open_driver(self, driver: Driver) -> None:
+        """Handshake with the board; while it is not there, say so and keep trying (systemd shows the STATUS)."""
+        interval = getattr(self.cfg.device, "reconnect_interval_ms", 500.0) / 1000.0
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                driver.open()
+                info = driver.info()
+                log.info("board_ready", device_id=info.device_id, firmware=info.firmware_version,
+                         n_channels=info.n_channels, sample_rate_hz=info.sample_rate_hz,
+                         limits=info.limits.__dict__)
+                return
+            except DriverError as err:
+                attempt += 1
+                if attempt == 1 or attempt % 20 == 0:
+                    log.warning("board_unavailable", error=str(err), attempt=attempt, retry_s=interval)
+                self._status(f"waiting for the board: {err}")
+                self._stop.wait(interval)
+
+    def _should_stop(self) -> bool:
+        if self._reload.is_set():
+            self._reload.clear()
+            self._do_reload()
+        return self._stop.is_set()
+
+    def _do_reload(self) -> None:
+        self.notifier.reloading()
+        if self.config_path is None:
+            return
+        loop = self.loop
+        try:
+            new = apply_port(load_config(self.config_path), self.port_override)
+        except ConfigError as err:
+            log.error("config_reload_rejected", errors=err.errors or [str(err)], detail="keeping the running config")
+            loop.audit.write("config_reload", ok=False, errors=err.errors or [str(err)])
+            self.notifier.notify("READY=1")
+            return
+        needs_restart = loop.reload(new)
+        self.cfg = loop.cfg
+        loop.audit.write("config_reload", ok=True, needs_restart=needs_restart)
+        log.info("config_reloaded", needs_restart=needs_restart)
+        if needs_restart:
+            log.warning("config_reload_partial", keys=needs_restart,
+                        detail="these sections take effect only after a restart")
+        self.notifier.notify("READY=1")
+
+    # --- per tick --------------------------------------------------------------------------------------------------
+    def _after_tick(self, stats: Any) -> None:
+        loop = self.loop
+        if self._timings is not None:
+            self._timings.write(json.dumps({
+                "tick": stats.index, "jitter_ms": round(stats.jitter_ms, 4), "sample_age_ms": stats.sample_age_ms,
+                "stages_ms": {k: round(v, 4) for k, v in stats.stages_ms.items()}, "ack_ms": stats.ack_ms,
+                "sent": stats.command_sent, "overrun": stats.overrun_ticks, "new_samples": stats.new_samples,
+            }) + "\n")
+        if self.metrics is not None:
+            m = self.metrics
+            for k, v in stats.stages_ms.items():
+                m.stage_seconds.labels(stage=k).observe(v / 1000.0)
+            if stats.sample_age_ms is not None and stats.sample_age_ms != float("inf"):
+                m.sample_age_seconds.observe(stats.sample_age_ms / 1000.0)
+            m.ticks.inc()
+            if stats.overrun_ticks:
+                m.overruns.inc(stats.overrun_ticks)
+            m.samples.inc(stats.new_samples)
+            m.gaps.set(loop.ring.gaps)
+            m.state.set(-1 if loop.state.state is None else loop.state.state)
+            m.confidence.set(loop.state.confidence)
+            applied = loop.state.applied
+            m.stimulating.set(1 if applied else 0)
+            for k in ("frequency_hz", "amplitude_ma", "pulse_width_us"):
+                m.applied.labels(param=k).set(applied[k] if applied else 0.0)
+        if not self._ready and loop.state.first_clean_window:
+            self._ready = True
+            loop.state.phase = "running"
+            ready_s = time.monotonic() - self._t_start
+            log.info("ready", ready_s=round(ready_s, 3))
+            self.notifier.ready(self._status_text())
+        if loop.state.phase == "running" and loop.state.fault and not loop.state.first_clean_window:
+            loop.state.phase = "waiting_for_clean_data"
+
+    def _between_ticks(self, stats: Any) -> None:
+        now = time.monotonic()
+        wd = self.notifier.watchdog_interval_s
+        # WATCHDOG=1 comes from the loop itself: a hung loop stops sending it and systemd restarts the service.
+        if wd is not None and now - self._last_watchdog >= min(wd, 1.0):
+            self.notifier.watchdog()
+            self._last_watchdog = now
+        if now - self._last_state_write >= 0.5:
+            self._write_state()
+            if self._ready:
+                self.notifier.status(self._status_text())
+
+    def _status_text(self) -> str:
+        s = self.loop.state
+        a = s.applied
+        stim = "off" if not a else f"{a['frequency_hz']:g} Hz {a['amplitude_ma']:g} mA {a['pulse_width_us']:g} us"
+        return (f"state={s.state_name or '-'} conf={s.confidence:.2f} stim={stim}"
+                f"{' fault=' + s.fault if s.fault else ''}{' (shadow)' if self.shadow else ''}")
+
+    def _status(self, text: str) -> None:
+        self.notifier.status(text)
+
+    def _write_state(self, *, force: bool = False, exited: bool = False) -> None:
+        self._last_state_write = time.monotonic()
+        loop = getattr(self, "loop", None)
+        if loop is None:
+            return
+        s = loop.state
+        state: dict[str, Any] = {
+            "pid": os.getpid(), "t_unix": time.time(), "phase": s.phase, "shadow": self.shadow,
+            "state": s.state, "state_name": s.state_name, "confidence": s.confidence, "probs": s.probs,
+            "applied": s.applied, "fault": s.fault, "limited_by": s.limited_by, "ticks": s.ticks,
+            "overruns": s.overruns, "samples": loop.ring.samples_written, "gaps": loop.ring.gaps,
+            "commands": s.commands, "send_failures": s.send_failures, "exited": exited,
+            "uptime_s": round(time.monotonic() - self._t_start, 3),
+            # The daemon must run the model through LiteRT alone; this lets anyone check it never loaded TensorFlow.
+            "tensorflow_loaded": "tensorflow" in sys.modules,
+        }
+        if loop.driver is not None:
+            state["driver"] = {k: v for k, v in loop.driver.counters.__dict__.items() if k != "extra"}
+        try:
+            write_state(self.cfg.runtime.state_file, state)
+        except OSError as err:
+            if force:
+                log.warning("state_file_unwritable", path=str(self.cfg.runtime.state_file), error=str(err))
+
+
+def apply_port(cfg: Config, port: str | None) -> Config:
+    """The config with `--port` put into [device] (which must then be a serial device)."""
+    if not port:
+        return cfg
+    if not isinstance(cfg.device, SerialDeviceConfig):
+        raise ConfigError(f"--port needs [device] kind = \"serial\" (the config has {cfg.device.kind!r})")
+    return cfg.model_copy(update={"device": cfg.device.model_copy(update={"port": port})})
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        for line in err.errors or [str(err)]:
+            print(f"{args.config}: {line}", file=sys.stderr)
+        print("neurostimd: refusing to start with an invalid config; fix the lines above "
+              "(`neurostimd check-config` re-checks)", file=sys.stderr)
+        return EX_CONFIG
+    try:
+        cfg = apply_port(cfg, args.port)
+    except ConfigError as err:
+        print(f"neurostimd: {err}", file=sys.stderr)
+        return EX_CONFIG
+    configure_logging(cfg.logging.level, cfg.logging.format)
+    Path(cfg.audit.path).parent.mkdir(parents=True, exist_ok=True)
+    daemon = Daemon(cfg, args.config, shadow=args.shadow, timings_path=getattr(args, "timings", None),
+                    port_override=args.port)
+    return daemon.run(args.duration)

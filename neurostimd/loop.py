@@ -1,0 +1,373 @@
+"""The closed loop itself: one tick is source → ring buffer → features → LiteRT model → policy → fault monitor →
+safety gate → audit → driver, on absolute deadlines of a Clock. The same code runs the daemon (real clock, serial
+board) and replay (virtual clock, in-process virtual board); process concerns (signals, systemd, exit codes) live in
+`neurostimd.daemon`."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import structlog
+
+from drivers.base import Driver, StimParams
+from drivers.errors import BoardLost, DriverError, DriverTimeout
+from neurostimd.audit import AuditLog, params_dict
+from neurostimd.clock import Clock
+from neurostimd.config import Config
+from neurostimd.errors import BundleError
+from neurostimd.faults import BoardReply, Command, ControlInputs, Controller
+from neurostimd.model.runtime import Bundle
+from neurostimd.ringbuffer import RingBuffer
+from neurostimd.safety import table_warnings
+from neurostimd.sources.base import Source
+
+log = structlog.get_logger(__name__)
+
+_NS = 1_000_000_000
+# Sentinel for "we do not know what the board runs" (after a failed send): the next decision is sent whatever it is.
+_UNKNOWN = object()
+
+
+@dataclass
+class TickStats:
+    """What one tick did and how long each stage took (ms). Kept for metrics, the bench and the status file."""
+
+    index: int
+    deadline_ns: int
+    start_ns: int
+    jitter_ms: float
+    stages_ms: dict[str, float]
+    sample_age_ms: float | None
+    new_samples: int
+    command_sent: bool
+    ack_ms: float | None  # tick start → the board's ACK, when a command was sent and acknowledged
+    overrun_ticks: int = 0
+
+
+@dataclass
+class LoopState:
+    """The loop's observable state (status file, systemd STATUS=, metrics)."""
+
+    phase: str = "starting"
+    ticks: int = 0
+    overruns: int = 0
+    state: int | None = None
+    state_name: str | None = None
+    confidence: float = 0.0
+    probs: list[float] = field(default_factory=list)
+    applied: dict[str, float] | None = None
+    fault: str | None = None
+    limited_by: list[str] = field(default_factory=list)
+    first_clean_window: bool = False
+    commands: int = 0
+    send_failures: int = 0
+
+
+class ClosedLoop:
+    """One decision per `tick()`; `run()` ticks on absolute deadlines until told to stop or the source runs dry."""
+
+    def __init__(self, cfg: Config, *, clock: Clock, source: Source, bundle: Bundle, audit: AuditLog,
+                 driver: Driver | None, shadow: bool = False,
+                 on_decision: Callable[[dict[str, Any]], None] | None = None,
+                 on_tick: Callable[[TickStats], None] | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.source = source
+        self.bundle = bundle
+        self.audit = audit
+        self.driver = driver
+        self.shadow = shadow or driver is None
+        self.on_decision = on_decision
+        self.on_tick = on_tick
+        self.cadence_ns = int(cfg.loop.cadence_ms * 1e6)
+        self.state = LoopState()
+        self._check_bundle_matches_source()
+        fs = source.sample_rate_hz
+        self.ring = RingBuffer(source.n_channels, max(int(cfg.loop.ring_seconds * fs), 4 * bundle.window_samples),
+                               fs)
+        self.features = bundle.new_features()
+        limits = None
+        if driver is not None:
+            limits = driver.info().limits
+        self.controller = self._make_controller(cfg, limits)
+        self._next_index = 0
+        self._last_reply: BoardReply | None = None
+        self._board_applied: object = None  # what the board was last confirmed to run (None = off)
+        self._t0_ns: int | None = None
+        self._tick_index = 0
+        self._impedance_ohm: float | None = None
+        for w in table_warnings(cfg.safety, bundle.table, limits):
+            log.warning("stim_table_limited", detail=w)
+
+    # --- set-up ----------------------------------------------------------------------------------------------------
+    def _check_bundle_matches_source(self) -> None:
+        b, s = self.bundle, self.source
+        problems = []
+        if b.n_channels != s.n_channels:
+            problems.append(f"{s.n_channels} channels from the source, the model expects {b.n_channels}")
+        if not math.isclose(b.sample_rate_hz, s.sample_rate_hz, rel_tol=1e-3):
+            problems.append(f"{s.sample_rate_hz:g} Hz from the source, the model expects {b.sample_rate_hz:g} Hz")
+        if problems:
+            raise BundleError(f"model bundle {b.path} does not match the data source: {'; '.join(problems)}. "
+                              f"Train a bundle for this source (`neurostimd train`) or configure a matching source")
+
+    def _make_controller(self, cfg: Config, limits: Any, prior_daily_stim_s: float = 0.0) -> Controller:
+        return Controller(cfg.policy, cfg.safety, self.bundle.table, stale_after_ms=cfg.loop.stale_after_ms,
+                          board_limits=limits, prior_daily_stim_s=prior_daily_stim_s)
+
+    def reload(self, cfg: Config) -> list[str]:
+        """Take a new config's policy, safety and loop settings; return the changed keys that need a restart."""
+        needs_restart = [k for k in ("source", "device", "model") if getattr(cfg, k) != getattr(self.cfg, k)]
+        t_s = self._t_s()
+        limits = self.driver.info().limits if self.driver is not None and not self._driver_lost() else None
+        old_gate = self.controller.gate
+        ctl = self._make_controller(cfg, limits, prior_daily_stim_s=old_gate.daily_stim_s(t_s))
+        # The new gate ramps from what the board runs now, not from zero.
+        current = self._board_applied if isinstance(self._board_applied, StimParams) else None
+        ctl.gate.commit(t_s, current, True)
+        self.controller = ctl
+        self.cfg = cfg.model_copy(update={k: getattr(self.cfg, k) for k in needs_restart})
+        self.cadence_ns = int(self.cfg.loop.cadence_ms * 1e6)
+        return needs_restart
+
+    # --- one tick --------------------------------------------------------------------------------------------------
+    def _t_s(self) -> float:
+        t0 = self._t0_ns if self._t0_ns is not None else self.clock.now_ns()
+        return (self.clock.now_ns() - t0) / _NS
+
+    def _driver_lost(self) -> bool:
+        return bool(getattr(self.driver, "lost", False))
+
+    def tick(self, deadline_ns: int | None = None) -> TickStats:
+        """Make one decision now. Never raises on bad data or board trouble: those become faults."""
+        start_ns = self.clock.now_ns()
+        if self._t0_ns is None:
+            self._t0_ns = start_ns
+        deadline_ns = start_ns if deadline_ns is None else deadline_ns
+        t_s = (start_ns - self._t0_ns) / _NS
+        stages: dict[str, float] = {}
+        perf = time.perf_counter_ns
+
+        # ingest: the source fills the ring; a non-board source still pumps the driver for its heartbeats
+        p = perf()
+        board_ok = True
+        try:
+            self.source.pump(self.ring, 0.0)
+        except BoardLost:
+            board_ok = False
+        if self.driver is not None and self.source.kind != "board":
+            try:
+                self.driver.read_samples(0.0)
+            except BoardLost:
+                board_ok = False
+        if self.driver is not None and self._driver_lost():
+            board_ok = False
+        if not board_ok and self._board_applied is not None:
+            # a lost board stops by its own dead-man timer; after a reconnect it runs nothing
+            self._board_applied = None
+            self.controller.commit(t_s, None, True)
+        new = self.ring.since(self._next_index, copy=False)
+        self._next_index = new.end_index
+        n_new = len(new)
+        stages["ingest"] = (perf() - p) / 1e6
+
+        # features + inference
+        p = perf()
+        if n_new:
+            self.features.push(new.data)
+        window = self.features.window()
+        stages["features"] = (perf() - p) / 1e6
+        p = perf()
+        probs = self.bundle.predict(window) if window is not None else None
+        if probs is not None and not np.isfinite(probs).all():
+            probs = None  # a model that returns NaN has no opinion
+        stages["inference"] = (perf() - p) / 1e6
+
+        # data health
+        newest = self.ring.newest_timestamp
+        now_s = self.clock.now_ns() / _NS
+        age_ms = None if newest is None else max(0.0, (now_s - newest) * 1000.0)
+        quality = self.ring.quality(self.bundle.window_samples)
+        flags = list(quality.reasons)
+        if self.source.stale and "stale" not in flags:
+            age_ms = math.inf if age_ms is None else max(age_ms, self.cfg.loop.stale_after_ms + 1.0)
+
+        # policy → fault monitor → gate
+        p = perf()
+        cmd = self.controller.step(t_s, ControlInputs(
+            probs=probs, data_age_ms=age_ms, t_data_s=self.source.t_data_s, quality_flags=flags, board_ok=board_ok,
+            last_reply=self._last_reply, impedance_ohm=self._impedance_ohm))
+        stages["policy_safety"] = (perf() - p) / 1e6
+        self._last_reply = None
+        self._audit_events(cmd)
+
+        # send what changed
+        p = perf()
+        sent, ack_ms = False, None
+        if cmd.applied != self._board_applied:
+            sent = True
+            ack_ms = self._send(cmd, start_ns)
+        stages["driver"] = (perf() - p) / 1e6
+
+        self._publish(cmd, probs, window is not None and quality.ok and age_ms is not None
+                      and age_ms <= self.cfg.loop.stale_after_ms)
+        stats = TickStats(index=self._tick_index, deadline_ns=deadline_ns, start_ns=start_ns,
+                          jitter_ms=(start_ns - deadline_ns) / 1e6, stages_ms=stages, sample_age_ms=age_ms,
+                          new_samples=n_new, command_sent=sent, ack_ms=ack_ms)
+        self._tick_index += 1
+        self.state.ticks += 1
+        if self.on_decision is not None:
+            self.on_decision(self._decision_record(cmd, probs))
+        return stats
+
+    def _audit_events(self, cmd: Command) -> None:
+        f = cmd.fault
+        if f.raised:
+            self.audit.write("fault", faults=list(f.faults), raised=list(f.raised), t_data_s=cmd.t_data_s)
+            log.warning("fault", faults=list(f.faults), raised=list(f.raised))
+        if f.cleared:
+            self.audit.write("fault_cleared", t_data_s=cmd.t_data_s)
+            log.info("fault_cleared")
+        d = cmd.decision
+        if d.changed:
+            self.audit.write("state_change", state=d.state, confidence=d.confidence, reason=d.reason,
+                             t_data_s=cmd.t_data_s)
+            log.info("state_change", state=d.state, state_name=self._state_name(d.state),
+                     confidence=round(d.confidence, 3), reason=d.reason)
+
+    def _send(self, cmd: Command, start_ns: int) -> float | None:
+        """Audit (fsync'd) first, then command the board; record the outcome. Returns tick start → ACK in ms."""
+        rec = self.audit.write(cmd.event, **cmd.audit_fields(), shadow=self.shadow)
+        applied = cmd.applied
+        t_s = cmd.t_s
+        if self.shadow or self.driver is None:
+            self._board_applied = applied
+            self.controller.commit(t_s, applied, True)
+            return None
+        reply: BoardReply = "ack"
+        error: str | None = None
+        try:
+            if applied is None:
+                self.driver.stop()
+            else:
+                self.driver.set_stimulation(applied)
+        except DriverTimeout as err:
+            reply, error = "timeout", str(err)
+        except BoardLost as err:
+            reply, error = "timeout", str(err)
+        except DriverError as err:
+            reply, error = "nak", f"{err.reason}: {err}" if err.reason else str(err)
+        ack_ns = self.clock.now_ns()
+        acked = reply == "ack"
+        ack_ms = (ack_ns - start_ns) / 1e6 if acked else None
+        self.audit.write_ack(rec["seq"], acked, **({"error": error, "reply": reply} if error else {}))
+        self.state.commands += 1
+        if acked:
+            self._board_applied = applied
+            # Ramp steps go to the audit log every tick; the service log gets the commands a person wants to see.
+            level = log.debug if cmd.gate.limited_by == ["ramp"] else log.info
+            level("stim_command" if applied is not None else "stim_stop",
+                  applied=params_dict(applied), limited_by=cmd.gate.limited_by, state=cmd.decision.state)
+        else:
+            self.state.send_failures += 1
+            # NAK: the board kept what it ran. Timeout/lost: unknown, so the next decision is sent regardless.
+            self._board_applied = self._board_applied if reply == "nak" else _UNKNOWN
+            log.warning("stim_send_failed", reply=reply, error=error, requested=params_dict(applied))
+        self.controller.commit(t_s, applied, acked)
+        self._last_reply = reply
+        return ack_ms
+
+    def _state_name(self, state: int | None) -> str | None:
+        if state is None:
+            return None
+        names = self.bundle.class_names
+        return names[state] if 0 <= state < len(names) else str(state)
+
+    def _publish(self, cmd: Command, probs: np.ndarray | None, clean: bool) -> None:
+        s = self.state
+        s.state = cmd.decision.state
+        s.state_name = self._state_name(cmd.decision.state)
+        s.confidence = float(cmd.decision.confidence)
+        s.probs = [] if probs is None else [round(float(v), 4) for v in probs]
+        s.applied = params_dict(self._board_applied) if isinstance(self._board_applied, StimParams) else None
+        s.fault = ",".join(cmd.fault.faults) if cmd.fault.active and cmd.fault.faults else (
+            "recovering" if cmd.fault.active else None)
+        s.limited_by = list(cmd.gate.limited_by)
+        if clean:
+            s.first_clean_window = True
+
+    def _decision_record(self, cmd: Command, probs: np.ndarray | None) -> dict[str, Any]:
+        """One line of decisions.jsonl: only data-derived values, so a replay is byte-for-byte reproducible."""
+        return {
+            "tick": self._tick_index - 1,
+            "t_s": round(cmd.t_s, 6),
+            "t_data_s": None if cmd.t_data_s is None else round(float(cmd.t_data_s), 6),
+            "state": cmd.decision.state,
+            "confidence": round(float(cmd.decision.confidence), 6),
+            "probs": None if probs is None else [round(float(v), 6) for v in probs],
+            "requested": params_dict(cmd.requested),
+            "applied": params_dict(cmd.applied),
+            "limited_by": list(cmd.gate.limited_by),
+            "faults": list(cmd.fault.faults),
+            "safe_state": cmd.fault.active,
+        }
+
+    # --- stopping --------------------------------------------------------------------------------------------------
+    def stop_stimulation(self, reason: str, attempts: int = 3) -> bool:
+        """STOP the board and wait for its ACK (bounded retries); audit it. True when the board confirmed."""
+        rec = self.audit.write("stim_stop", reason=reason, requested=None, applied=None, limited_by=[],
+                               state=self.state.state, confidence=self.state.confidence,
+                               t_data_s=self.source.t_data_s, shadow=self.shadow)
+        if self.shadow or self.driver is None:
+            return True
+        err: str | None = None
+        for _ in range(attempts):
+            try:
+                self.driver.stop()
+            except DriverError as e:
+                err = str(e)
+                continue
+            self.audit.write_ack(rec["seq"], True)
+            self._board_applied = None
+            self.state.applied = None
+            log.info("stim_stop", reason=reason, confirmed=True)
+            return True
+        self.audit.write_ack(rec["seq"], False, error=err)
+        log.error("stim_stop_unconfirmed", reason=reason, error=err,
+                  detail="the board's dead-man timer stops it once heartbeats cease")
+        return False
+
+    # --- running ---------------------------------------------------------------------------------------------------
+    def run(self, *, should_stop: Callable[[], bool], duration_s: float | None = None,
+            between_ticks: Callable[[TickStats], None] | None = None) -> None:
+        """Tick on absolute deadlines (next = previous + cadence) until should_stop(), the duration is over, or a
+        replay source is exhausted. Overruns are counted and logged, never silently absorbed."""
+        deadline = self.clock.now_ns()
+        end = None if duration_s is None else deadline + int(duration_s * _NS)
+        while not should_stop():
+            self.clock.sleep_until(deadline)
+            if should_stop():
+                break
+            stats = self.tick(deadline)
+            deadline += self.cadence_ns
+            now = self.clock.now_ns()
+            if now > deadline:
+                missed = (now - deadline) // self.cadence_ns + 1
+                stats.overrun_ticks = int(missed)
+                self.state.overruns += int(missed)
+                log.warning("overrun", tick=stats.index, late_ms=round((now - deadline) / 1e6, 3),
+                            missed_ticks=int(missed), stages_ms={k: round(v, 3) for k, v in stats.stages_ms.items()})
+                deadline += missed * self.cadence_ns
+            if self.on_tick is not None:
+                self.on_tick(stats)
+            if between_ticks is not None:
+                between_ticks(stats)
+            if self.source.exhausted:
+                break
+            if end is not None and deadline > end:
+                break
