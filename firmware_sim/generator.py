@@ -23,7 +23,6 @@ from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import lfilter
 
 from drivers.base import StimParams
 from firmware_sim.plant import N_STATES, STATE_NAMES, Plant, PlantParams, charge_rate_uc_per_s
@@ -37,6 +36,36 @@ _STATE_AMPLITUDES = np.array([
     [5.0, 7.0, 90.0, 1.6],
 ], dtype=np.float64)
 _PINK_CORNERS_HZ = (1.0, 4.0, 16.0, 64.0, 256.0)
+
+
+_CHUNK = 32
+
+
+def one_pole(x: npt.NDArray[np.float64], a: float, b: float,
+             y_prev: npt.NDArray[np.float64] | float) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """y[n] = a·y[n-1] + b·x[n] along axis 0, starting from y[-1] = y_prev; returns (y, y[-1]).
+
+    Written with numpy (chunked: a small lower-triangular matrix per 32 samples, a carry between chunks) so that
+    the simulator does not import scipy.signal, which costs seconds at start-up on a loaded machine."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[0]
+    rest = x.shape[1:]
+    flat = x.reshape(n, -1)
+    pad = (-n) % _CHUNK
+    if pad:
+        flat = np.concatenate([flat, np.zeros((pad, flat.shape[1]))])
+    chunks = flat.reshape(-1, _CHUNK, flat.shape[1])
+    k = np.arange(_CHUNK)
+    lag = k[:, None] - k[None, :]
+    weights = np.where(lag >= 0, b * float(a) ** np.maximum(lag, 0), 0.0)
+    y = np.matmul(weights, chunks)
+    powers = float(a) ** (k + 1)
+    carry = np.broadcast_to(np.asarray(y_prev, dtype=np.float64), rest).reshape(-1)
+    for j in range(chunks.shape[0]):
+        y[j] += powers[:, None] * carry
+        carry = y[j, -1]
+    out = y.reshape(-1, flat.shape[1])[:n].reshape((n, *rest))
+    return out, out[-1].copy()
 
 
 def _spatial_gains(rng: np.random.Generator, n_channels: int) -> npt.NDArray[np.float64]:
@@ -73,13 +102,13 @@ class SignalGenerator:
         self.stim_phase = 0.0  # cycles of the stimulation pulse train
         # 1/f bank: one-pole low-passes, unit-variance each, summed
         self.pink_a = np.array([math.exp(-2 * math.pi * fc / self.fs) for fc in _PINK_CORNERS_HZ])
-        self.pink_zi = np.zeros((len(_PINK_CORNERS_HZ), 1, n_channels))
+        self.pink_zi = np.zeros((len(_PINK_CORNERS_HZ), n_channels))
         # smoothed per-source amplitudes and the beta burst envelope
         self.amp_a = math.exp(-1.0 / (0.15 * self.fs))
-        self.amp_zi = np.zeros((4, 1))
+        self.amp_zi = np.zeros(4)
         self.amp_initialised = False
         self.burst_on = 0.0
-        self.burst_zi = np.zeros(1)
+        self.burst_zi = np.zeros(())
         self.burst_a = math.exp(-1.0 / (0.05 * self.fs))
         self.artefact_level = np.zeros(n_channels)
         self.artefact_decay = math.exp(-1.0 / (0.3 * self.fs))
@@ -97,17 +126,18 @@ class SignalGenerator:
         ch = self.n_channels
 
         # band amplitudes follow the state through a one-pole smoother
-        target = _STATE_AMPLITUDES[st].T  # (4, n)
+        target = _STATE_AMPLITUDES[st]  # (n, 4)
         if not self.amp_initialised:
-            self.amp_zi = (target[:, :1] * self.amp_a).copy()
+            self.amp_zi = target[0].copy()
             self.amp_initialised = True
-        amps, self.amp_zi = lfilter([1 - self.amp_a], [1, -self.amp_a], target, axis=1, zi=self.amp_zi)
+        amps_t, self.amp_zi = one_pole(target, self.amp_a, 1 - self.amp_a, self.amp_zi)
+        amps = amps_t.T  # (4, n)
 
         # 1/f background
         white = r.standard_normal((len(self.pink_a), n, ch))
         bg = np.zeros((n, ch))
         for i, a in enumerate(self.pink_a):
-            y, self.pink_zi[i] = lfilter([math.sqrt(1 - a * a)], [1, -a], white[i], axis=0, zi=self.pink_zi[i])
+            y, self.pink_zi[i] = one_pole(white[i], a, math.sqrt(1 - a * a), self.pink_zi[i])
             bg += y
         bg *= self.background_uv / math.sqrt(len(self.pink_a)) * amps[3][:, None]
 
@@ -119,7 +149,7 @@ class SignalGenerator:
         flips = r.random(n) < 1 / (0.2 * self.fs)
         on = (self.burst_on + np.cumsum(flips)) % 2
         self.burst_on = float(on[-1])
-        env, self.burst_zi = lfilter([1 - self.burst_a], [1, -self.burst_a], on, zi=self.burst_zi)
+        env, self.burst_zi = one_pole(on, self.burst_a, 1 - self.burst_a, self.burst_zi)
         beta = np.sin(2 * np.pi * phases[:, 1]) * (0.3 + 1.4 * env)
         frac = phases[:, 2] % 1.0
         spike_wave = -1.6 * np.exp(-0.5 * ((frac - 0.1) / 0.025) ** 2) + 0.6 * np.sin(2 * np.pi * (frac - 0.25))
@@ -143,12 +173,8 @@ class SignalGenerator:
             k = int(r.integers(1, min(4, self.n_channels) + 1))
             chans = r.choice(self.n_channels, size=k, replace=False)
             new[at, chans] = r.choice([-1, 1]) * r.uniform(200, 500, k)
-        decay = self.artefact_decay ** np.arange(1, n + 1)[:, None]
-        level, _ = lfilter([1.0], [1, -self.artefact_decay], new, axis=0,
-                           zi=np.zeros((1, self.n_channels)))
-        total = start[None, :] * decay + level
-        self.artefact_level = total[-1].copy()
-        return np.asarray(total)
+        total, self.artefact_level = one_pole(new, self.artefact_decay, 1.0, start)
+        return total
 
     def _stim_artefacts(self, n: int, stim: StimParams | None) -> npt.NDArray[np.float64]:
         out = np.zeros((n, self.n_channels))

@@ -1,0 +1,164 @@
+"""`neurostimd-sim` as a process behind a pty: its first line, robustness to garbage, clean shutdown, hosts that
+come and go, a port that vanishes and returns, and recording playback."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drivers import BoardLost, SerialBoardDriver, SerialLink, StimParams
+from tests.sim.simproc import ROOT, SimProcess, running_sim, wait_for
+
+SAFE = StimParams(50.0, 2.0, 200.0)
+
+
+def driver(path: str, **kw: object) -> SerialBoardDriver:
+    args = {"ack_timeout_ms": 250.0, "retries": 3, **kw}
+    return SerialBoardDriver(port=path, **args)  # type: ignore[arg-type]
+
+
+def test_console_script_prints_the_pty_path_first(tmp_path: Path) -> None:
+    """The installed `neurostimd-sim --pty` prints `PTY <path>` as its first stdout line, and the path is a tty."""
+    script = Path(sys.executable).with_name("neurostimd-sim")
+    if not script.exists():
+        pytest.skip(f"console script not installed at {script}; run `make venv`")
+    proc = subprocess.Popen([str(script), "--pty", "--channels", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert line.startswith("PTY /dev/")
+        fd = os.open(line.split()[1], os.O_RDWR | os.O_NOCTTY)
+        try:
+            assert os.isatty(fd)
+        finally:
+            os.close(fd)
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+        proc.stdout.close()  # type: ignore[union-attr]
+
+
+def test_simulator_survives_garbage_on_its_line(tmp_path: Path) -> None:
+    """Half a megabyte of random bytes written to the line leaves the simulator running and answering."""
+    with running_sim(tmp_path, "--channels", "4") as sim:
+        link = SerialLink(sim.path)
+        rng = random.Random(11)
+        for _ in range(64):
+            link.write(rng.randbytes(8192))
+            link.read(1 << 16, 0.0)
+        link.close()
+        time.sleep(0.2)
+        assert sim.alive()
+        with driver(sim.path) as d:
+            d.set_stimulation(SAFE)
+            assert d.status().stimulating
+            assert d.read_samples(1.0)
+            d.stop()
+        assert sim.alive()
+    assert "Traceback" not in sim.stderr_path.read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_stop_stimulation_and_exit_cleanly(tmp_path: Path, sig: int) -> None:
+    """On SIGTERM or SIGINT the simulator stops stimulating (stim_off reason shutdown) and exits 0."""
+    sim = SimProcess(tmp_path, "--channels", "2")
+    try:
+        d = driver(sim.path)
+        d.open()
+        d.set_stimulation(SAFE)
+        assert sim.stop(sig) == 0
+        d.close()
+    finally:
+        sim.stop()
+    offs = [e for e in sim.events() if e["event"] == "stim_off"]
+    assert offs and offs[-1]["reason"] == "shutdown"
+
+
+def test_host_can_close_and_come_back(tmp_path: Path) -> None:
+    """A host that closes the port and a new one that opens it later both get served by the same simulator."""
+    with running_sim(tmp_path, "--channels", "4") as sim:
+        with driver(sim.path) as d1:
+            first = d1.read_samples(1.0)
+        time.sleep(0.4)  # long enough for the dead-man timer: the board stops streaming to nobody
+        with driver(sim.path) as d2:
+            blocks = []
+            deadline = time.monotonic() + 5
+            while len(blocks) < 5 and time.monotonic() < deadline:
+                blocks += d2.read_samples(0.2)
+        assert first and len(blocks) >= 5
+        assert blocks[0].first_index > first[-1].first_index
+        assert sim.alive()
+
+
+def test_port_that_vanishes_and_returns_is_reconnected(tmp_path: Path) -> None:
+    """When the simulator behind a stable port name exits the driver raises BoardLost; when a new simulator takes
+    the name the driver re-handshakes on its own and streams again."""
+    link = tmp_path / "board"
+    sim1 = SimProcess(tmp_path, "--channels", "4", log_name="a.jsonl", link=link)
+    sim2 = None
+    d = driver(str(link), reconnect_interval_ms=100.0)
+    try:
+        d.open()
+        d.set_stimulation(SAFE)
+        assert d.read_samples(1.0)
+        sim1.stop()
+        with pytest.raises(BoardLost):
+            for _ in range(50):
+                d.read_samples(0.05)
+        assert d.lost
+        sim2 = SimProcess(tmp_path, "--channels", "4", log_name="b.jsonl", link=link)
+        blocks = wait_for(lambda: _try_read(d), timeout_s=10.0)
+        assert blocks and not d.lost and d.counters.reconnects == 1
+        assert d.status().stimulating is False  # a fresh board: the host must command again
+    finally:
+        d.close()
+        sim1.stop()
+        if sim2 is not None:
+            sim2.stop()
+
+
+def _try_read(d: SerialBoardDriver) -> list:  # type: ignore[type-arg]
+    try:
+        return d.read_samples(0.1)
+    except BoardLost:
+        return []
+
+
+def test_recording_playback_streams_the_files_samples(tmp_path: Path) -> None:
+    """--signal FILE --loop streams the recording's rows in order under the board's sample counter."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 50, (3000, 3)).astype(np.float32)
+    rec = tmp_path / "rec.npz"
+    np.savez(rec, data=x, fs=500.0, channel_names=np.array(["a", "b", "c"]))
+    with running_sim(tmp_path, "--signal", str(rec), "--loop", "--format", "float32") as sim, \
+            driver(sim.path) as d:
+        info = d.info()
+        assert info.n_channels == 3 and info.sample_rate_hz == 500.0
+        blocks = []
+        deadline = time.monotonic() + 5
+        while len(blocks) < 5 and time.monotonic() < deadline:
+            blocks += d.read_samples(0.2)
+        for b in blocks:
+            idx = (b.first_index + np.arange(len(b.data))) % len(x)
+            np.testing.assert_array_equal(b.data, x[idx])
+
+
+def test_bad_signal_file_exits_2_with_a_message(tmp_path: Path) -> None:
+    """A --signal path that is not a recording makes the simulator exit 2 with a one-line reason."""
+    (tmp_path / "bad.npz").write_bytes(b"nope")
+    res = subprocess.run([sys.executable, "-m", "firmware_sim", "--pty", "--signal", str(tmp_path / "bad.npz")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert res.returncode == 2
+    assert "cannot read" in res.stderr and "Traceback" not in res.stderr
+    res = subprocess.run([sys.executable, "-m", "firmware_sim", "--pty", "--block", "0"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert res.returncode == 2 and "must be positive" in res.stderr
