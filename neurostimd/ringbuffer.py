@@ -8,6 +8,7 @@ never raises here; it is counted and flagged so that the loop can fall back to i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import numpy.typing as npt
@@ -172,7 +173,8 @@ class RingBuffer:
         the rate and jitter tolerance allow. Without timestamps, they are extrapolated at the nominal rate.
         Returns the number of samples written. Raises ValueError only for a wrong channel count (a wiring bug).
         """
-        block = np.asarray(data, dtype=np.float32)
+        block = data if isinstance(data, np.ndarray) and data.dtype == np.float32 else \
+            np.asarray(data, dtype=np.float32)
         if block.ndim == 1 and self.n_channels == 1:
             block = block.reshape(-1, 1)
         if block.ndim != 2 or block.shape[1] != self.n_channels:
@@ -180,36 +182,52 @@ class RingBuffer:
         n = block.shape[0]
         if n == 0:
             return 0
-        flags = np.zeros(n, dtype=np.uint8)
+        first_bits = 0
         contiguous = True
         if first_index is not None:
             expected = self._next_source_index
             if expected is not None and first_index != expected:
                 contiguous = False
-                flags[0] |= FLAG_GAP
+                first_bits = FLAG_GAP
                 self.counters.gaps += 1
                 if first_index > expected:
                     self.counters.missing_samples += first_index - expected
             self._next_source_index = first_index + n
         ts = self._timestamps_for(n, timestamps)
-        self._check_times(ts, flags, counter_known=first_index is not None, contiguous=contiguous)
-        self._store(block, ts, flags)
+        # Fast path (the common case, kept to a handful of numpy calls): every step within the tolerance.
+        # NaN fails every comparison, so non-finite stamps also take the careful path.
+        tol = self.jitter_tolerance_s
+        hi = self._period_s + tol
+        d0 = float(ts[0]) - self._last_ts if self._total else self._period_s
+        ok = -tol <= d0 <= hi
+        if ok and n > 1:
+            if n <= 16:  # small blocks (a pull every millisecond): plain floats beat numpy's per-call overhead
+                tl = ts.tolist()
+                ok = all(-tol <= b - a <= hi for a, b in pairwise(tl))
+            else:
+                d = ts[1:] - ts[:-1]
+                ok = bool(d.min() >= -tol) and bool(d.max() <= hi)
+        flags: npt.NDArray[np.uint8] | None = None
+        if not ok:
+            ts = np.array(ts, dtype=np.float64)  # never repair the caller's array in place
+            flags = np.zeros(n, dtype=np.uint8)
+            flags[0] |= first_bits
+            self._check_times(ts, flags, counter_known=first_index is not None, contiguous=contiguous)
+        self._store(block, ts, flags, first_bits)
         self._last_ts = float(ts[-1])
         self._total += n  # publish last: readers trust only [total - capacity, total)
         self.counters.samples_written = self._total
         return n
 
     def _timestamps_for(self, n: int, timestamps: npt.ArrayLike | None) -> npt.NDArray[np.float64]:
-        if timestamps is None:
-            start = 0.0 if self._total == 0 else self._last_ts + self._period_s
-            return start + np.arange(n, dtype=np.float64) * self._period_s
-        ts = np.array(timestamps, dtype=np.float64).reshape(-1)
-        if ts.shape[0] != n:
+        if timestamps is not None:
+            ts = np.asarray(timestamps, dtype=np.float64)
+            if ts.ndim == 1 and ts.shape[0] == n:
+                return ts
             # A source handing over mismatched timestamps is a source bug; keep the data, rebuild the times.
             self.counters.clock_jumps += 1
-            start = 0.0 if self._total == 0 else self._last_ts + self._period_s
-            return start + np.arange(n, dtype=np.float64) * self._period_s
-        return ts
+        start = 0.0 if self._total == 0 else self._last_ts + self._period_s
+        return start + np.arange(n, dtype=np.float64) * self._period_s
 
     def _check_times(self, ts: npt.NDArray[np.float64], flags: npt.NDArray[np.uint8], *,
                      counter_known: bool, contiguous: bool) -> None:
@@ -249,25 +267,46 @@ class RingBuffer:
                 self.counters.gaps += int(forward.sum())
 
     def _store(self, block: npt.NDArray[np.float32], ts: npt.NDArray[np.float64],
-               flags: npt.NDArray[np.uint8]) -> None:
+               flags: npt.NDArray[np.uint8] | None, first_bits: int) -> None:
         cap = self.capacity
         n = block.shape[0]
         base = self._total
         if n > cap:  # only the newest `capacity` samples can be kept
             skip = n - cap
             base += skip
-            block, ts, flags = block[skip:], ts[skip:], flags[skip:]
+            block, ts = block[skip:], ts[skip:]
+            if flags is not None:
+                flags = flags[skip:]
+            first_bits = 0
             n = cap
         p = base % cap
+        d, t, f = self._data, self._ts, self._flags
+        if p + n <= cap and flags is None:  # the common case: no wrap, no events
+            q = p + cap
+            d[p:p + n] = block
+            d[q:q + n] = block
+            t[p:p + n] = ts
+            t[q:q + n] = ts
+            f[p:p + n] = 0
+            f[q:q + n] = 0
+            if first_bits:
+                f[p] = f[q] = first_bits
+            return
         first = min(n, cap - p)
-        for lo, src in ((p, slice(0, first)), (0, slice(first, n))):
-            m = src.stop - src.start
+        for lo, a, b in ((p, 0, first), (0, first, n)):
+            m = b - a
             if m <= 0:
                 continue
             for off in (lo, lo + cap):
-                self._data[off:off + m] = block[src]
-                self._ts[off:off + m] = ts[src]
-                self._flags[off:off + m] = flags[src]
+                d[off:off + m] = block[a:b]
+                t[off:off + m] = ts[a:b]
+                if flags is None:
+                    f[off:off + m] = 0
+                else:
+                    f[off:off + m] = flags[a:b]
+        if first_bits and flags is None:
+            f[p] = first_bits
+            f[p + cap] = first_bits
 
     # --- readers ---------------------------------------------------------------------------------------------------
     def _span(self, start: int, end: int, copy: bool) -> Window:

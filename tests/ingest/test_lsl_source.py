@@ -78,9 +78,11 @@ def test_counter_values_land_in_the_ring_exactly_and_in_order(outlets):
     expected = (np.arange(n_total, dtype=np.float64)[:, None] + np.arange(5) * 0.001).astype(np.float32)
     np.testing.assert_array_equal(w.data, expected)
     assert ring.gaps == 0 and ring.counters.out_of_order == 0
-    # Timestamps are on the local monotonic clock: the newest is in the recent past, and they increase.
+    # Timestamps are on the local monotonic clock: the newest is in the recent past; they advance at the rate,
+    # and LSL's back-dating of chunks only jitters them within the ring's tolerance (so no flag was raised).
     assert 0 <= time.monotonic() - w.timestamps[-1] < 5.0
-    assert np.all(np.diff(w.timestamps) > 0)
+    steps = np.diff(w.timestamps)
+    assert np.median(steps) == pytest.approx(1.0 / rate, rel=0.01) and steps.min() > -ring.jitter_tolerance_s
 
 
 @pytest.mark.parametrize("with_source_id", [True, False])
