@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BUNDLE = ROOT / "models" / "default"
+BUNDLE = Path(os.environ.get("NEUROSTIMD_TEST_BUNDLE", ROOT / "models" / "default"))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
