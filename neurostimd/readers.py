@@ -196,7 +196,7 @@ def _read_edf(p: Path, fs: float | None) -> Recording:
         edf = edfio.read_bdf(p) if p.suffix.lower() == ".bdf" else edfio.read_edf(p)
     except Exception as err:  # edfio raises several types for malformed headers
         raise DataFormatError(f"{p}: not a valid {p.suffix.upper().lstrip('.')} file ({err})") from err
-    signals = list(edf.signals)
+    signals: list[Any] = list(edf.signals)
     if not signals:
         raise DataFormatError(f"{p}: no signals in the file")
     rates = [float(s.sampling_frequency) for s in signals]
@@ -305,7 +305,7 @@ def read_session(folder: str | Path) -> Recording:
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """The objects of a JSON-lines file; a torn last line (SIGKILL mid-write) is skipped."""
-    out = []
+    out: list[dict[str, Any]] = []
     p = Path(path)
     if not p.exists():
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
+from typing import Self
 
 from neurostimd.ringbuffer import RingBuffer
 
@@ -46,7 +47,7 @@ class Source(ABC):
     def is_open(self) -> bool:
         return self._is_open
 
-    def __enter__(self) -> Source:
+    def __enter__(self) -> Self:
         self.open()
         return self
 

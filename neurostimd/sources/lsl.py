@@ -196,7 +196,7 @@ class LslSource(Source):
             full = inlet.info(timeout=1.0)
         except (pylsl.util.TimeoutError, pylsl.util.LostError):
             return []
-        names = []
+        names: list[str] = []
         ch = full.desc().child("channels").child("channel")
         while not ch.empty() and len(names) < self.cfg.n_channels:
             names.append(ch.child_value("label") or f"ch{len(names)}")

@@ -112,3 +112,25 @@ def test_board_source_reports_stale_when_the_board_goes_away(sim_factory):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.mark.needs_data
+def test_eye_state_streams_through_the_simulated_board_as_fast_as_possible(shared_data, tmp_path):
+    """The simulator's board logic playing Eye State on a virtual clock delivers the whole file sample for sample."""
+    from neurostimd.clock import VirtualClock
+    from neurostimd.virtual_board import VirtualBoardDriver
+
+    rec = read_recording(shared_data / "eeg_eye_state" / "EEG_Eye_State.arff", fs=128.0)
+    clock = VirtualClock()
+    driver = VirtualBoardDriver(clock=clock, signal=to_npz(rec, tmp_path / "eyestate.npz"),
+                                sample_format="float32", block_size=16)
+    ring = RingBuffer(14, 20_000, 128.0)
+    src = BoardSource(driver)
+    with src:
+        t_start = time.monotonic()
+        while ring.total_written < rec.n_samples and time.monotonic() - t_start < 120:
+            src.pump(ring, 0.1)  # waits on the virtual clock: jumps, never sleeps
+        assert not src.stale
+    assert clock.now_ns() >= int(rec.duration_s * 0.99 * 1e9)  # ~117 s of board time went by
+    check_sample_for_sample(ring, src, rec)
+    assert ring.total_written == rec.n_samples and src.first_counter == 0
