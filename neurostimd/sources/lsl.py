@@ -60,7 +60,7 @@ class LslSource(Source):
         max_buflen_s: int = 30,
         max_chunk_samples: int = 4096,
         reconnect_interval_s: float = 0.25,
-        connect_timeout_s: float = 0.2,
+        connect_timeout_s: float = 0.05,
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -171,23 +171,29 @@ class LslSource(Source):
         self._stale_reason = "no samples received yet"
         log.info("lsl_source_open", stream=describe_stream(matches[0]))
 
-    def _connect(self, info: pylsl.StreamInfo, *, timeout_s: float) -> bool:
-        """Open an inlet on `info`; False (and no inlet) when it does not open within timeout_s."""
+    def _connect(self, info: pylsl.StreamInfo, *, timeout_s: float, keep_pending: bool = False) -> bool:
+        """Open an inlet on `info`; False (and no inlet) when it does not open within timeout_s, unless
+        keep_pending, in which case the inlet stays and liblsl finishes connecting in the background (so that a
+        reconnect never holds up the caller's tick for more than timeout_s)."""
         inlet = pylsl.StreamInlet(info, max_buflen=self.max_buflen_s, max_chunklen=0, recover=True,
                                   processing_flags=0)
         try:
             inlet.open_stream(timeout=timeout_s)
-        except (pylsl.util.TimeoutError, pylsl.util.LostError) as err:
+        except pylsl.util.TimeoutError as err:
+            if not keep_pending:
+                log.warning("lsl_connect_failed", stream=describe_stream(info), error=str(err))
+                inlet.close_stream()
+                return False
+        except pylsl.util.LostError as err:
             log.warning("lsl_connect_failed", stream=describe_stream(info), error=str(err))
-            inlet.close_stream()
             return False
         self._inlet = inlet
         self._inlet_uid = info.uid()
         dtype = inlet.np_dtype if inlet.np_dtype is not None else np.float32
         self._buf = np.empty((self.max_chunk_samples, self.cfg.n_channels), dtype=dtype)
         self._next_correction_s = 0.0
-        self._refresh_correction(first=True)
-        if not self._channel_names:
+        self._refresh_correction(first=not keep_pending)
+        if not keep_pending and not self._channel_names:  # at open only: reading the full info can block
             self._channel_names = self._read_channel_names(inlet)
         return True
 
@@ -311,7 +317,7 @@ class LslSource(Source):
             return
         old_uid = self._inlet_uid
         self._drop_inlet()
-        if self._connect(info, timeout_s=self.connect_timeout_s):
+        if self._connect(info, timeout_s=self.connect_timeout_s, keep_pending=True):
             self.reconnects += 1
             log.info("lsl_source_reconnected", stream=describe_stream(info), previous_uid=old_uid)
         else:

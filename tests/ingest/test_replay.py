@@ -109,3 +109,18 @@ def test_eye_state_replays_sample_for_sample_at_max_and_x1(shared_data, tmp_path
     assert 64 <= k <= 200
     np.testing.assert_array_equal(ring.latest(k).data, rec.data[:k])
     assert ring.gaps == 0
+
+
+def test_make_source_needs_a_driver_for_the_board_and_a_rate_for_bare_csv(tmp_path):
+    """make_source refuses a board source without a driver, and a CSV without a rate unless the config gives one."""
+    from neurostimd.config import BoardSourceConfig
+    from neurostimd.errors import DataFormatError, SourceError
+
+    with pytest.raises(SourceError, match="no driver"):
+        make_source(BoardSourceConfig())
+    p = tmp_path / "r.csv"
+    p.write_text("a,b\n" + "\n".join(f"{i},{-i}" for i in range(50)) + "\n")
+    with pytest.raises(DataFormatError, match="pass fs"):
+        make_source(ReplaySourceConfig(kind="replay", path=p, speed="max"))
+    src = make_source(ReplaySourceConfig(kind="replay", path=p, speed="max", sample_rate_hz=50.0))
+    assert src.sample_rate_hz == 50.0 and src.n_channels == 2 and src.channel_names == ["a", "b"]
