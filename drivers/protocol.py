@@ -14,7 +14,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -328,7 +328,7 @@ class Samples:
         if n == 0 or ch == 0:
             raise ProtocolError("SAMPLES with an empty block")
         data = np.frombuffer(payload, dtype=dtype, offset=_SAMPLES_HDR.size).reshape(n, ch)
-        return cls(first, sample_format, data)
+        return cls(first, sample_format, cast("npt.NDArray[np.int16] | npt.NDArray[np.float32]", data))
 
 
 _STATUS = struct.Struct("<BfffffI")  # flags, f, a, pw, ipg, impedance_ohm, fault_flags

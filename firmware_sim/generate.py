@@ -77,7 +77,7 @@ def generate_recording(duration_s: float, n_channels: int = 32, sample_rate_hz: 
         labels[pos:] = labels[pos - 1]
     return {
         "data": data,
-        "fs": np.float64(sample_rate_hz),
+        "fs": np.asarray(sample_rate_hz, dtype=np.float64),
         "channel_names": np.array([f"ch{i:02d}" for i in range(n_channels)]),
         "labels": labels,
         "class_names": np.array(STATE_NAMES),
@@ -100,8 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(str(err))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, **rec)  # type: ignore[arg-type]  # numpy's stub wants a narrower value type than ndarray
-    counts = np.bincount(rec["labels"], minlength=N_STATES)  # type: ignore[arg-type]
+    np.savez(out, **rec)  # type: ignore[arg-type]  # numpy's stub confuses **arrays with allow_pickle
+    counts = np.bincount(rec["labels"], minlength=N_STATES)
     print(f"wrote {out}: {len(rec['labels'])} samples x {args.channels} channels at {args.rate} Hz; "
           f"samples per state {counts.tolist()}")
     return 0

@@ -147,7 +147,7 @@ class SignalGenerator:
         alpha = np.sin(2 * np.pi * phases[:, 0])
         # beta in bursts: a random telegraph (mean dwell 200 ms on and off) smoothed into an envelope
         flips = r.random(n) < 1 / (0.2 * self.fs)
-        on = (self.burst_on + np.cumsum(flips)) % 2
+        on = np.asarray((self.burst_on + np.cumsum(flips)) % 2, dtype=np.float64)
         self.burst_on = float(on[-1])
         env, self.burst_zi = one_pole(on, self.burst_a, 1 - self.burst_a, self.burst_zi)
         beta = np.sin(2 * np.pi * phases[:, 1]) * (0.3 + 1.4 * env)
