@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
 import time
+import tty
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from drivers import BoardLost, SerialBoardDriver, SerialLink, StimParams
+from drivers import BoardLost, ByteLink, SerialBoardDriver, SerialLink, StimParams
 from tests.sim.simproc import ROOT, SimProcess, running_sim, wait_for
 
 SAFE = StimParams(50.0, 2.0, 200.0)
@@ -162,3 +164,44 @@ def test_bad_signal_file_exits_2_with_a_message(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "firmware_sim", "--pty", "--block", "0"],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert res.returncode == 2 and "must be positive" in res.stderr
+
+
+class _FdLink(ByteLink):
+    """A ByteLink over a raw file descriptor (the master side of a pty the test owns)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        ready, _, _ = select.select([self.fd], [], [], timeout_s)
+        return os.read(self.fd, max_bytes) if ready else b""
+
+    def close(self) -> None:
+        pass  # the test closes the descriptor
+
+
+def test_port_mode_serves_a_serial_device_path(tmp_path: Path) -> None:
+    """--port PATH opens an existing serial device with pyserial and serves the protocol on it."""
+    master, slave = os.openpty()
+    tty.setraw(master)
+    proc = subprocess.Popen([sys.executable, "-m", "firmware_sim", "--port", os.ttyname(slave), "--channels", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().decode().startswith("PORT ")
+        with SerialBoardDriver(link_factory=lambda: _FdLink(master), ack_timeout_ms=500.0, retries=3) as d:
+            assert d.info().n_channels == 3
+            d.set_stimulation(SAFE)
+            assert d.status().stimulating
+            assert d.read_samples(1.0)
+            d.stop()
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+        if proc.stdout is not None:
+            proc.stdout.close()
+        os.close(master)
+        os.close(slave)
