@@ -81,6 +81,7 @@ class SerialBoardDriver(Driver):
         self._info: BoardInfo | None = None
         self._seq = 0
         self._replies: dict[int, Frame] = {}
+        self._awaiting: int | None = None  # seq of the request whose reply _transact is waiting for
         self._queue: collections.deque[SampleBlock] = collections.deque()
         self._max_queued = max_queued_blocks
         self._expected_index: int | None = None
@@ -232,6 +233,13 @@ class SerialBoardDriver(Driver):
         seq = self._next_seq()
         data = encode(Frame(seq, msg))
         self._replies.clear()
+        self._awaiting = seq
+        try:
+            return self._send_and_wait(msg, seq, data)
+        finally:
+            self._awaiting = None
+
+    def _send_and_wait(self, msg: Message, seq: int, data: bytes) -> Frame:
         for attempt in range(self.retries + 1):
             if attempt:
                 self._counters.retries += 1
@@ -285,7 +293,10 @@ class SerialBoardDriver(Driver):
         t_recv_ns = self._now_ns()
         for frame in self._decoder.feed(data):
             if frame.type in _REPLY_TYPES:
-                self._replies[frame.seq] = frame
+                if frame.seq == self._awaiting:
+                    self._replies[frame.seq] = frame
+                # else: a heartbeat's ACK, or a late answer to a request already given up on — nothing to do
+
             elif isinstance(frame.msg, Samples):
                 self._enqueue(frame.msg, t_recv_ns)
             else:
