@@ -64,9 +64,7 @@ def _jsonable(v: Any) -> Any:
         return v.as_dict()
     if isinstance(v, Path):
         return str(v)
-    if hasattr(v, "item") and callable(v.item):  # numpy scalars
-        return _jsonable(v.item())
-    if hasattr(v, "tolist") and callable(v.tolist):  # numpy arrays
+    if hasattr(v, "tolist") and callable(v.tolist):  # numpy scalars and arrays
         return _jsonable(v.tolist())
     return v
 

@@ -61,7 +61,8 @@ def shannon_k(charge_uc: float, area_cm2: float) -> float:
     """Shannon's k = log10(Q/A) + log10(Q) (Q in µC/phase, A in cm²); -inf for zero charge."""
     if charge_uc <= 0:
         return -math.inf
-    return math.log10(charge_uc / area_cm2) + math.log10(charge_uc)
+    # Written as 2·log10(Q) − log10(A): the same value, but Q/A cannot underflow to 0 for a tiny charge.
+    return 2.0 * math.log10(charge_uc) - math.log10(area_cm2)
 
 
 def max_charge_uc(cfg: SafetyConfig, board_limits: BoardLimits | None = None) -> tuple[float, str]:
