@@ -167,6 +167,17 @@ class SafetyConfig(_Strict):
         if self.safe_state == "fallback" and self.fallback is None:
             raise ValueError("safe_state = \"fallback\" needs a [safety.fallback] table "
                              "(frequency_hz, amplitude_ma, pulse_width_us)")
+        if self.fallback is not None:
+            # Lazy import: the gate's rules live in neurostimd.safety, which imports this module.
+            from drivers.base import StimParams
+            from neurostimd.safety import limit_violations
+
+            fb = StimParams(self.fallback.frequency_hz, self.fallback.amplitude_ma, self.fallback.pulse_width_us,
+                            self.interphase_gap_us)
+            broken = limit_violations(fb, self)
+            if broken:
+                raise ValueError(f"[safety.fallback] breaks the gate's own rules ({', '.join(broken)}); the safe "
+                                 f"state must pass the gate unclamped — lower its amplitude or pulse width")
         if self.max_session_stim_s > self.max_daily_stim_s:
             raise ValueError("max_session_stim_s is above max_daily_stim_s")
         if not math.isfinite(self.electrode_area_cm2):
