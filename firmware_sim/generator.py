@@ -17,6 +17,7 @@ Everything is deterministic given the seed and the sequence of calls. No I/O.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Protocol
@@ -51,21 +52,32 @@ def one_pole(x: npt.NDArray[np.float64], a: float, b: float,
     n = x.shape[0]
     rest = x.shape[1:]
     flat = x.reshape(n, -1)
+    weights, powers = _one_pole_kernel(float(a), float(b))
+    if n <= _CHUNK:  # the common case (one sample block): one small matrix product, no padding
+        y = weights[:n, :n] @ flat
+        y += powers[:n, None] * np.broadcast_to(np.asarray(y_prev, dtype=np.float64), rest).reshape(-1)
+        out = y.reshape((n, *rest))
+        return out, out[-1].copy()
     pad = (-n) % _CHUNK
     if pad:
         flat = np.concatenate([flat, np.zeros((pad, flat.shape[1]))])
     chunks = flat.reshape(-1, _CHUNK, flat.shape[1])
-    k = np.arange(_CHUNK)
-    lag = k[:, None] - k[None, :]
-    weights = np.where(lag >= 0, b * float(a) ** np.maximum(lag, 0), 0.0)
-    y = np.matmul(weights, chunks)
-    powers = float(a) ** (k + 1)
+    yc = np.matmul(weights, chunks)
     carry = np.broadcast_to(np.asarray(y_prev, dtype=np.float64), rest).reshape(-1)
     for j in range(chunks.shape[0]):
-        y[j] += powers[:, None] * carry
-        carry = y[j, -1]
-    out = y.reshape(-1, flat.shape[1])[:n].reshape((n, *rest))
+        yc[j] += powers[:, None] * carry
+        carry = yc[j, -1]
+    out = yc.reshape(-1, flat.shape[1])[:n].reshape((n, *rest))
     return out, out[-1].copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _one_pole_kernel(a: float, b: float) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The lower-triangular impulse-response matrix of one chunk, and a^(k+1) for the carried-in state."""
+    k = np.arange(_CHUNK)
+    lag = k[:, None] - k[None, :]
+    weights = np.where(lag >= 0, b * a ** np.maximum(lag, 0), 0.0)
+    return weights, a ** (k + 1)
 
 
 def _spatial_gains(rng: np.random.Generator, n_channels: int) -> npt.NDArray[np.float64]:
