@@ -77,7 +77,8 @@ def _one_pole_kernel(a: float, b: float) -> tuple[npt.NDArray[np.float64], npt.N
     k = np.arange(_CHUNK)
     lag = k[:, None] - k[None, :]
     weights = np.where(lag >= 0, b * a ** np.maximum(lag, 0), 0.0)
-    return weights, a ** (k + 1)
+    powers = np.asarray(a ** (k + 1), dtype=np.float64)
+    return np.asarray(weights, dtype=np.float64), powers
 
 
 def _spatial_gains(rng: np.random.Generator, n_channels: int) -> npt.NDArray[np.float64]:
