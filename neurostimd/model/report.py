@@ -85,8 +85,16 @@ def plot_probabilities(probs: np.ndarray, labels: np.ndarray, segment: np.ndarra
                        cadence_ms: float, path: Path, max_segments: int = 6) -> None:
     """Per-decision class probabilities over time for a few held-out segments, true class shaded underneath."""
     plt = _plt()
-    segs = list(dict.fromkeys(segment.tolist()))[:max_segments]
     n_cls = len(class_names)
+    # Round-robin over the segments' first true class, so every class shows up among the traces.
+    by_class: dict[int, list[int]] = {}
+    for s in dict.fromkeys(segment.tolist()):
+        by_class.setdefault(int(labels[segment == s][0]), []).append(s)
+    segs: list[int] = []
+    while len(segs) < max_segments and any(by_class.values()):
+        for c in sorted(by_class):
+            if by_class[c] and len(segs) < max_segments:
+                segs.append(by_class[c].pop(0))
     colors = plt.get_cmap("tab10")(np.arange(n_cls))
     fig, axes = plt.subplots(len(segs) + 1, 1, figsize=(10, 1.6 * len(segs) + 2.6), squeeze=False)
     for ax, s in zip(axes[:-1, 0], segs, strict=False):
