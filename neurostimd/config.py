@@ -110,6 +110,9 @@ class LoopConfig(_Strict):
     stale_after_ms: float = Field(250.0, gt=0)
     ring_seconds: float = Field(30.0, gt=0)
     overrun_warn_every: int = Field(1, ge=1)
+    # |sample| at or above this flags the window as saturated (a clipping amplifier). Default: the board's int16
+    # full scale when samples come from the board; none for other sources unless set here.
+    saturation_uv: float | None = Field(None, gt=0)
 
 
 class PolicyConfig(_Strict):

@@ -89,7 +89,7 @@ class ClosedLoop:
         self._check_bundle_matches_source()
         fs = source.sample_rate_hz
         self.ring = RingBuffer(source.n_channels, max(int(cfg.loop.ring_seconds * fs), 4 * bundle.window_samples),
-                               fs)
+                               fs, saturation_uv=self._saturation_uv(cfg, source, driver))
         self.features = bundle.new_features()
         limits = None
         if driver is not None:
@@ -115,6 +115,17 @@ class ClosedLoop:
         if problems:
             raise BundleError(f"model bundle {b.path} does not match the data source: {'; '.join(problems)}. "
                               f"Train a bundle for this source (`neurostimd train`) or configure a matching source")
+
+    @staticmethod
+    def _saturation_uv(cfg: Config, source: Source, driver: Driver | None) -> float | None:
+        if cfg.loop.saturation_uv is not None:
+            return cfg.loop.saturation_uv
+        if source.kind == "board" and driver is not None:
+            info = driver.info()
+            if info.sample_format == "int16":
+                # one count inside the rails: a clipped int16 converter sits at ±32767/-32768 counts
+                return 32766 * info.uv_per_lsb
+        return None
 
     def _make_controller(self, cfg: Config, limits: Any, prior_daily_stim_s: float = 0.0) -> Controller:
         return Controller(cfg.policy, cfg.safety, self.bundle.table, stale_after_ms=cfg.loop.stale_after_ms,

@@ -82,9 +82,12 @@ class BoardSource(Source):
 
     @property
     def t_data_s(self) -> float | None:
-        if self._first_counter is None or self._newest_counter is None:
+        """The board's own time of the newest sample: its sample counter over the rate, i.e. seconds from the
+        board's first sample. A recording played by `neurostimd-sim --signal` starts at counter 0, so this is
+        recording time there, as in replay."""
+        if self._newest_counter is None:
             return None
-        return (self._newest_counter - self._first_counter) / self._rate_hz
+        return self._newest_counter / self._rate_hz
 
     def _open(self) -> None:
         if not self.driver.is_open:
