@@ -174,6 +174,21 @@ class Command:
     def event(self) -> str:
         return "stim_stop" if self.gate.applied is None else "stim_command"
 
+    def side_events(self) -> list[tuple[str, dict[str, Any]]]:
+        """The audit records this decision needs besides the command itself, in order: `fault` (new causes),
+        `fault_cleared`, `state_change`. Write them, then the command (`event`, `audit_fields()`), then send."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        if self.fault.raised:
+            out.append(("fault", {"faults": list(self.fault.faults), "raised": list(self.fault.raised),
+                                  "safe_state": "off" if self.requested is None else "fallback",
+                                  "t_data_s": self.t_data_s}))
+        if self.fault.cleared:
+            out.append(("fault_cleared", {"clean_since_s": self.fault.clean_since_s, "t_data_s": self.t_data_s}))
+        if self.decision.changed:
+            out.append(("state_change", {"state": self.decision.state, "confidence": self.decision.confidence,
+                                         "reason": self.decision.reason, "t_data_s": self.t_data_s}))
+        return out
+
     def audit_fields(self) -> dict[str, Any]:
         """The audit record's fields for this command (DESIGN.md: state, confidence, requested, applied, …)."""
         from neurostimd.audit import command_fields

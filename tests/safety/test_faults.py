@@ -73,7 +73,7 @@ def test_fallback_safe_state_requests_fallback() -> None:
 
 def controller(**safety: object) -> Controller:
     pol = PolicyConfig.model_validate({"onset_ms": 0, "termination_ms": 0, "blanking_ms": 0})
-    s = {"recovery_clean_ms": 0.0, "ramp_ma_per_s": 100.0}
+    s: dict[str, object] = {"recovery_clean_ms": 0.0, "ramp_ma_per_s": 100.0}
     s.update(safety)
     return Controller(pol, SafetyConfig.model_validate(s), notebook_table(), stale_after_ms=250.0)
 
@@ -107,3 +107,14 @@ def test_controller_cuts_notebook_state_2_on_small_contact() -> None:
     assert cmd.applied is not None and cmd.applied.amplitude_ma == pytest.approx(3.0)
     assert cmd.requested is not None and cmd.requested.amplitude_ma == 5.0
     assert cmd.gate.limited_by == ["charge_per_phase", "charge_density"]
+
+
+def test_side_events_name_fault_clear_and_state_change() -> None:
+    """A decision's extra audit records say which faults were raised, when they cleared and when the state changed."""
+    ctl = controller()
+    first = ctl.step(0.0, ControlInputs(probs=None, data_age_ms=None))
+    assert [e for e, _ in first.side_events()] == ["fault"]
+    assert first.side_events()[0][1]["safe_state"] == "off"
+    c = ctl.step(0.05, clean_inputs(1))
+    assert [e for e, _ in c.side_events()] == ["fault_cleared", "state_change"]
+    assert c.side_events()[1][1]["state"] == 1

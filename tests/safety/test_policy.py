@@ -18,7 +18,7 @@ def one_hot(state: int, conf: float = 0.9, n: int = 3) -> np.ndarray:
 
 
 def policy(**kw: object) -> Policy:
-    base = {"onset_ms": 0.0, "termination_ms": 0.0, "blanking_ms": 0.0}
+    base: dict[str, object] = {"onset_ms": 0.0, "termination_ms": 0.0, "blanking_ms": 0.0}
     base.update(kw)
     return Policy(PolicyConfig.model_validate(base), notebook_table())
 

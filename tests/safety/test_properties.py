@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from drivers.base import BoardLimits, StimParams
 from neurostimd.config import PolicyConfig, SafetyConfig
-from neurostimd.faults import ControlInputs, Controller
+from neurostimd.faults import BoardReply, ControlInputs, Controller
 from neurostimd.safety import RAMP_DT_CAP_S
 from neurostimd.stimtable import StateStim, StimTable, notebook_table
 
@@ -199,7 +199,7 @@ def _run_case(case: Case) -> None:
     t_prev: float | None = None
     on_time_s = 0.0  # time the board may have been stimulating (test's own count)
     clean_since: float | None = None
-    last_reply = None
+    last_reply: BoardReply | None = None
     board_ok = True
     for dt, cls, conf, age, flag, reply, z in case.steps:
         if t_prev is not None:
@@ -252,4 +252,5 @@ def _run_case(case: Case) -> None:
         elif reply in ("timeout", "lost"):
             board.lo_ma, board.hi_ma = min(board.lo_ma, new_ma), max(board.hi_ma, new_ma)
         ctl.commit(t, a, acked=reply == "ack")
-        last_reply = {"ack": "ack", "nak": "nak", "timeout": "timeout", "lost": None}[reply]
+        replies: dict[str, BoardReply | None] = {"ack": "ack", "nak": "nak", "timeout": "timeout", "lost": None}
+        last_reply = replies[reply]
