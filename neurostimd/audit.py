@@ -189,3 +189,58 @@ class AuditLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _wall(rec: dict[str, Any]) -> float | None:
+    try:
+        return datetime.fromisoformat(str(rec["t_wall"])).timestamp()
+    except (KeyError, ValueError):
+        return None
+
+
+def stimulation_intervals(records: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """Wall-clock (start, end) intervals during which the board confirmed it was stimulating, from audit records.
+
+    A stimulation is on from the ACK of a command with parameters until the ACK of a stop, a `shutdown`, or — after a
+    crash — the last record before the next `startup` (the board's dead-man timer stops it within its timeout)."""
+    pending: dict[int, bool] = {}
+    out: list[tuple[float, float]] = []
+    on_since: float | None = None
+    last_t: float | None = None
+    for rec in records:
+        t = _wall(rec)
+        ev = rec.get("event")
+        if ev == "startup" and on_since is not None and last_t is not None:
+            out.append((on_since, last_t))
+            on_since = None
+        if t is None:
+            continue
+        if ev in ("stim_command", "stim_stop") and isinstance(rec.get("seq"), int):
+            pending[rec["seq"]] = rec.get("applied") is not None
+        elif ev == "stim_ack" and rec.get("ack") is True and rec.get("command_seq") in pending:
+            on = pending.pop(rec["command_seq"])
+            if on and on_since is None:
+                on_since = t
+            elif not on and on_since is not None:
+                out.append((on_since, t))
+                on_since = None
+        elif ev == "shutdown" and on_since is not None:
+            out.append((on_since, t))
+            on_since = None
+        last_t = t
+    if on_since is not None and last_t is not None:
+        out.append((on_since, last_t))
+    return out
+
+
+def stimulated_s_since(path: str | Path, since_wall_s: float) -> float:
+    """Seconds of confirmed stimulation recorded in the audit log after `since_wall_s` (Unix time); 0 without a log.
+
+    The daemon passes the last 24 h of this to the gate, so the daily dose survives restarts."""
+    p = Path(path)
+    if not p.exists():
+        return 0.0
+    total = 0.0
+    for a, b in stimulation_intervals(read_audit(p).records):
+        total += max(0.0, b - max(a, since_wall_s))
+    return total

@@ -18,7 +18,7 @@ import structlog
 
 from drivers.base import Driver, make_driver
 from drivers.errors import DriverError
-from neurostimd.audit import AuditLog
+from neurostimd.audit import AuditLog, stimulated_s_since
 from neurostimd.clock import MonotonicClock
 from neurostimd.config import Config, SerialDeviceConfig, VirtualDeviceConfig, load_config
 from neurostimd.errors import BundleError, ConfigError, NeurostimError, SourceError
@@ -94,12 +94,18 @@ class Daemon:
             signal.signal(sig, self._on_signal)
         threading.excepthook = self._on_thread_crash
         cfg = self.cfg
+        # The day's earlier stimulation (from this log) counts toward the daily dose after a restart.
+        try:
+            prior_daily_s = stimulated_s_since(cfg.audit.path, time.time() - 86_400)
+        except OSError:
+            prior_daily_s = 0.0
         try:
             audit = AuditLog(cfg.audit.path)
         except NeurostimError as err:
             log.error("audit_unavailable", error=str(err))
             return EX_CONFIG
-        audit.write("startup", pid=os.getpid(), config=self.config_path, shadow=self.shadow)
+        audit.write("startup", pid=os.getpid(), config=self.config_path, shadow=self.shadow,
+                    prior_daily_stim_s=round(prior_daily_s, 3))
         driver: Driver | None = None
         source = None
         loop = None
@@ -122,7 +128,7 @@ class Daemon:
             from neurostimd.loop import ClosedLoop
 
             loop = ClosedLoop(cfg, clock=self.clock, source=source, bundle=bundle, audit=audit, driver=driver,
-                              shadow=self.shadow, on_tick=self._after_tick)
+                              shadow=self.shadow, on_tick=self._after_tick, prior_daily_stim_s=prior_daily_s)
             self.loop = loop
             if cfg.metrics.enabled:
                 from neurostimd.metrics import Metrics

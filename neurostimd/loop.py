@@ -19,8 +19,8 @@ from drivers.errors import BoardLost, DriverError, DriverTimeout
 from neurostimd.audit import AuditLog, params_dict
 from neurostimd.clock import Clock
 from neurostimd.config import Config
-from neurostimd.errors import BundleError
-from neurostimd.faults import BoardReply, Command, ControlInputs, Controller
+from neurostimd.errors import BundleError, ConfigError
+from neurostimd.faults import BoardReply, Command, ControlInputs, Controller, fallback_violations
 from neurostimd.model.runtime import Bundle
 from neurostimd.ringbuffer import RingBuffer
 from neurostimd.safety import table_warnings
@@ -74,7 +74,7 @@ class ClosedLoop:
     def __init__(self, cfg: Config, *, clock: Clock, source: Source, bundle: Bundle, audit: AuditLog,
                  driver: Driver | None, shadow: bool = False,
                  on_decision: Callable[[dict[str, Any]], None] | None = None,
-                 on_tick: Callable[[TickStats], None] | None = None) -> None:
+                 on_tick: Callable[[TickStats], None] | None = None, prior_daily_stim_s: float = 0.0) -> None:
         self.cfg = cfg
         self.clock = clock
         self.source = source
@@ -94,7 +94,11 @@ class ClosedLoop:
         limits = None
         if driver is not None:
             limits = driver.info().limits
-        self.controller = self._make_controller(cfg, limits)
+        bad_fallback = fallback_violations(cfg.safety, limits)
+        if bad_fallback:
+            raise ConfigError(f"[safety.fallback] would be cut by {', '.join(bad_fallback)} on this board "
+                              f"(its limits: {limits}); lower the fallback parameters or use safe_state = \"off\"")
+        self.controller = self._make_controller(cfg, limits, prior_daily_stim_s)
         self._next_index = 0
         self._last_reply: BoardReply | None = None
         self._board_applied: object = None  # what the board was last confirmed to run (None = off)
@@ -237,19 +241,15 @@ class ClosedLoop:
         return stats
 
     def _audit_events(self, cmd: Command) -> None:
-        f = cmd.fault
-        if f.raised:
-            self.audit.write("fault", faults=list(f.faults), raised=list(f.raised), t_data_s=cmd.t_data_s)
-            log.warning("fault", faults=list(f.faults), raised=list(f.raised))
-        if f.cleared:
-            self.audit.write("fault_cleared", t_data_s=cmd.t_data_s)
-            log.info("fault_cleared")
-        d = cmd.decision
-        if d.changed:
-            self.audit.write("state_change", state=d.state, confidence=d.confidence, reason=d.reason,
-                             t_data_s=cmd.t_data_s)
-            log.info("state_change", state=d.state, state_name=self._state_name(d.state),
-                     confidence=round(d.confidence, 3), reason=d.reason)
+        for event, fields in cmd.side_events():
+            self.audit.write(event, **fields)
+            if event == "fault":
+                log.warning("fault", faults=fields["faults"], raised=fields["raised"], safe_state=fields["safe_state"])
+            elif event == "state_change":
+                log.info("state_change", state=fields["state"], state_name=self._state_name(fields["state"]),
+                         confidence=round(fields["confidence"], 3), reason=fields["reason"])
+            else:
+                log.info(event)
 
     def _send(self, cmd: Command, start_ns: int) -> float | None:
         """Audit (fsync'd) first, then command the board; record the outcome. Returns tick start → ACK in ms."""

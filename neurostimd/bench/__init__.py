@@ -31,7 +31,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{model}; {os.cpu_count()} cores; {platform.system()} {platform.release()}; Python {platform.python_version()}"
+    return (f"{model}; {os.cpu_count()} cores; {platform.system()} {platform.release()}; "
+            f"Python {platform.python_version()}")
 
 
 def _progress(msg: str) -> None:

@@ -62,7 +62,7 @@ def test_replay_decisions_track_the_labels(tmp_path: Path) -> None:
     labels = np.load(rec)["labels"]
     decs = [d for d in read_jsonl(tmp_path / "o" / "decisions.jsonl") if d["probs"] is not None]
     pred = np.array([int(np.argmax(d["probs"])) for d in decs])
-    true = np.array([labels[min(int(round(d["t_data_s"] * 1000)), len(labels) - 1)] for d in decs])
+    true = np.array([labels[min(round(d["t_data_s"] * 1000), len(labels) - 1)] for d in decs])
     assert (pred == true).mean() >= 0.8
 
 
