@@ -87,7 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     cl = sub.add_parser("closed-loop-eval", help="adaptive vs continuous vs no stimulation on the simulated plant")
     cl.add_argument("--config", default="config/sim.toml")
     cl.add_argument("--duration", type=float, default=600.0, help="simulated seconds per arm")
-    cl.add_argument("--seed", type=int, default=0)
+    cl.add_argument("--seed", type=int, default=0, help="first plant seed")
+    cl.add_argument("--seeds", type=int, default=5, help="number of seeds (seed, seed+1, ...); mean ± sd over them")
+    cl.add_argument("--bundle", default=None, help="model bundle; overrides [model] bundle of the config")
+    cl.add_argument("--continuous-state", type=int, default=1,
+                    help="the table entry the continuous arm runs, through the safety gate (default 1)")
+    cl.add_argument("--initial-state", type=int, default=0, help="the plant's state at t = 0 (default 0)")
+    cl.add_argument("--block", type=int, default=50,
+                    help="samples per board block, i.e. per plant step (default 50: one 50 ms tick)")
     cl.add_argument("--out", required=True)
     return p
 
