@@ -222,18 +222,18 @@ class RuntimeConfig(_Strict):
 
 
 class Config(_Strict):
-    source: SourceConfig = Field(default_factory=lambda: BoardSourceConfig())
-    device: DeviceConfig = Field(default_factory=lambda: SerialDeviceConfig())
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig())
-    loop: LoopConfig = Field(default_factory=lambda: LoopConfig())
-    policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig())
-    safety: SafetyConfig = Field(default_factory=lambda: SafetyConfig())
-    audit: AuditConfig = Field(default_factory=lambda: AuditConfig())
-    recorder: RecorderConfig = Field(default_factory=lambda: RecorderConfig())
-    decisions_lsl: DecisionsLslConfig = Field(default_factory=lambda: DecisionsLslConfig())
-    metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig())
-    logging: LoggingConfig = Field(default_factory=lambda: LoggingConfig())
-    runtime: RuntimeConfig = Field(default_factory=lambda: RuntimeConfig())
+    source: SourceConfig = Field(default_factory=BoardSourceConfig)
+    device: DeviceConfig = Field(default_factory=SerialDeviceConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    recorder: RecorderConfig = Field(default_factory=RecorderConfig)
+    decisions_lsl: DecisionsLslConfig = Field(default_factory=DecisionsLslConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")
     def _source_needs_device(self) -> Config:
