@@ -19,7 +19,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# --- sources -----------------------------------------------------------------------------------------------------------
+# --- sources ----------------------------------------------------------------------------------------------------------
 class BoardSourceConfig(_Strict):
     """Samples come from the stimulator board itself, through the driver (SAMPLES frames)."""
 
@@ -65,7 +65,7 @@ class ReplaySourceConfig(_Strict):
 SourceConfig = Annotated[BoardSourceConfig | LslSourceConfig | ReplaySourceConfig, Field(discriminator="kind")]
 
 
-# --- the stimulator device ---------------------------------------------------------------------------------------------
+# --- the stimulator device --------------------------------------------------------------------------------------------
 class SerialDeviceConfig(_Strict):
     """A board on a serial port (real hardware, or neurostimd-sim behind a pty)."""
 
@@ -99,7 +99,7 @@ DeviceConfig = Annotated[
 ]
 
 
-# --- model, loop, policy -----------------------------------------------------------------------------------------------
+# --- model, loop, policy ----------------------------------------------------------------------------------------------
 class ModelConfig(_Strict):
     bundle: Path = Path("models/default")
     verify_on_load: bool = True
@@ -124,7 +124,7 @@ class PolicyConfig(_Strict):
     target_state: int | None = None  # the state closed-loop control aims for (used by the evaluation)
 
 
-# --- safety ------------------------------------------------------------------------------------------------------------
+# --- safety -----------------------------------------------------------------------------------------------------------
 class FallbackParams(_Strict):
     frequency_hz: float = Field(gt=0)
     amplitude_ma: float = Field(ge=0)
@@ -188,7 +188,7 @@ class SafetyConfig(_Strict):
         return self
 
 
-# --- outputs -----------------------------------------------------------------------------------------------------------
+# --- outputs ----------------------------------------------------------------------------------------------------------
 class AuditConfig(_Strict):
     path: Path = Path("audit.jsonl")
 
