@@ -73,6 +73,21 @@ def _pump(stream: IO[str], t0: float) -> None:
             print(out, flush=True)
 
 
+def _ticker(state_file: Path, t0: float, done: threading.Event, every_s: float = 3.0) -> None:
+    """Every few seconds, one line of what the loop is doing now, from the daemon's status file."""
+    while not done.wait(every_s):
+        try:
+            st = json.loads(state_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if st.get("exited"):
+            return
+        probs = " ".join(f"{p:.2f}" for p in st.get("probs") or [])
+        print(f"{time.monotonic() - t0:6.1f}s  [{st.get('phase')}] state {st.get('state_name') or '-'} "
+              f"(p = {probs or '-'})  stim {_fmt_params(st.get('applied'))}  fault {st.get('fault') or 'none'}  "
+              f"ticks {st.get('ticks')} overruns {st.get('overruns')}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", default=str(ROOT / "config" / "sim.toml"))
@@ -91,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     assert daemon.stdout is not None
     reader = threading.Thread(target=_pump, args=(daemon.stdout, t0), name="demo-log", daemon=True)
     reader.start()
+    from neurostimd.config import load_config
+
+    state_file = load_config(args.config).runtime.state_file
+    state_file.unlink(missing_ok=True)
+    done = threading.Event()
+    ticker = threading.Thread(target=_ticker, args=(state_file, t0, done), name="demo-status", daemon=True)
+    ticker.start()
 
     def forward(signum: int, _frame: object) -> None:
         if daemon.poll() is None:
@@ -101,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = daemon.wait()
     finally:
+        done.set()
         reader.join(timeout=5)
         sim.send_signal(signal.SIGTERM)
         try:
