@@ -46,7 +46,7 @@ DEFAULT_TARGET_STATE = 0
 DEFAULT_BLOCK_SIZE = 50
 DEFAULT_CONTINUOUS_STATE = 1  # the table's "medium" entry: what a fixed open-loop setting would plausibly be
 # Metrics averaged over seeds in the table (mean ± sd); the rest stay per seed in results.json.
-SUMMARY_KEYS = ("time_in_target_frac", "charge_uc", "param_changes", "stim_on_frac", "stim_onsets",
+SUMMARY_KEYS = ("time_in_target_frac", "charge_uc", "param_changes", "ramp_steps", "stim_on_frac", "stim_onsets",
                 "classifier_agreement", "policy_agreement")
 _NS = 1_000_000_000
 
@@ -259,6 +259,7 @@ def _run_fixed(cfg: Config, driver: Any, clock: VirtualClock, params: StimParams
 
     cadence_ns = int(cfg.loop.cadence_ms * 1e6)
     commands = 0
+    ramp_steps = 0
     try:
         driver.open()
         gate = SafetyGate(cfg.safety, driver.info().limits)
@@ -281,6 +282,7 @@ def _run_fixed(cfg: Config, driver: Any, clock: VirtualClock, params: StimParams
                     gate.commit(t_s, result.applied, True)
                     running = result.applied
                     commands += 1
+                    ramp_steps += "ramp" in result.limited_by
                     if running == params:
                         ramp_done_s = t_s
             if progress is not None:
@@ -292,7 +294,7 @@ def _run_fixed(cfg: Config, driver: Any, clock: VirtualClock, params: StimParams
         raise EvaluationError(f"the virtual board failed during the evaluation: {err}") from err
     finally:
         driver.close()
-    return {"commands": commands, "ramp_done_s": ramp_done_s}
+    return {"commands": commands, "ramp_steps": ramp_steps, "ramp_done_s": ramp_done_s}
 
 
 def _run_adaptive(cfg: Config, bundle: Any, driver: Any, tracer: TracingSource, clock: VirtualClock,
@@ -339,6 +341,7 @@ def _run_adaptive(cfg: Config, bundle: Any, driver: Any, tracer: TracingSource, 
     has_probs = arr[:, 1] >= 0
     has_state = arr[:, 2] >= 0
     return {
+        **_audit_summary(audit_path, duration_s),
         "ticks": len(arr),
         "commands": loop.state.commands,
         "send_failures": loop.state.send_failures,
@@ -346,6 +349,29 @@ def _run_adaptive(cfg: Config, bundle: Any, driver: Any, tracer: TracingSource, 
         "policy_agreement": float(np.mean(arr[has_state, 2] == arr[has_state, 0])) if has_state.any() else None,
         "classifier_confusion": _confusion(arr[has_probs, 0], arr[has_probs, 1]),
     }
+
+
+def _audit_summary(path: Path, duration_s: float) -> dict[str, Any]:
+    """Why the adaptive arm changed what it did, from its audit log: acknowledged commands that were ramp steps, the
+    faults raised, and the reasons of the stops (decisions up to `duration_s` of board time)."""
+    from neurostimd.audit import read_audit
+
+    recs = read_audit(path).records
+    acked = {r["command_seq"] for r in recs if r["event"] == "stim_ack" and r.get("ack")}
+    in_window = [r for r in recs if r.get("t_data_s") is not None and r["t_data_s"] <= duration_s]
+    faults: dict[str, int] = {}
+    stops: dict[str, int] = {}
+    for r in in_window:
+        if r["event"] == "fault":
+            for f in r.get("raised", []):
+                faults[f] = faults.get(f, 0) + 1
+        elif r["event"] == "stim_stop" and r["seq"] in acked:
+            reason = str(r.get("reason"))
+            stops[reason] = stops.get(reason, 0) + 1
+    ramp = sum(1 for r in in_window if r["event"] == "stim_command" and r["seq"] in acked
+               and "ramp" in (r.get("limited_by") or []))
+    return {"ramp_steps": ramp, "faults_raised": dict(sorted(faults.items())),
+            "stops_by_reason": dict(sorted(stops.items()))}
 
 
 def _confusion(truth: npt.NDArray[np.int64], pred: npt.NDArray[np.int64]) -> list[list[int]]:
@@ -477,15 +503,16 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"({', '.join(str(s) for s in results['seeds'])}), {results['duration_s']:g} simulated s per arm, "
         f"target state {results['target_state']} ({results['target_state_name']}), mean ± sd over seeds.",
         "",
-        "| arm | time in target (%) | charge delivered (µC) | parameter changes | stimulation on (%) "
-        "| stimulation onsets | classifier agrees with true state (%) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| arm | time in target (%) | charge delivered (µC) | parameter changes | of which ramp steps "
+        "| stimulation on (%) | stimulation onsets | classifier agrees with true state (%) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for arm in ARMS:
         s = results["arms"][arm]["summary"]
         lines.append(
             f"| {arm} | {_fmt(s['time_in_target_frac'], 100)} | {_fmt(s['charge_uc'], 1, 0)} "
-            f"| {_fmt(s['param_changes'], 1, 1)} | {_fmt(s['stim_on_frac'], 100)} | {_fmt(s['stim_onsets'], 1, 1)} "
+            f"| {_fmt(s['param_changes'], 1, 1)} | {_fmt(s.get('ramp_steps', {}), 1, 1)} "
+            f"| {_fmt(s['stim_on_frac'], 100)} | {_fmt(s['stim_onsets'], 1, 1)} "
             f"| {_fmt(s.get('classifier_agreement', {}), 100)} |")
     lines += [
         "",

@@ -57,8 +57,9 @@ def test_command_writes_table_figure_and_json(cli_run: tuple[Path, dict[str, Any
     table = (out / "results.md").read_text()
     assert all(f"| {arm} |" in table for arm in ARMS)
     assert (out / "closed_loop.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    agreement = res["arms"]["adaptive"]["per_seed"][0]["classifier_agreement"]
-    assert agreement is not None and 0.0 <= agreement <= 1.0
+    adaptive = res["arms"]["adaptive"]["per_seed"][0]
+    assert adaptive["classifier_agreement"] is not None and 0.0 <= adaptive["classifier_agreement"] <= 1.0
+    assert 0 <= adaptive["ramp_steps"] <= adaptive["param_changes"]
 
 
 def test_same_seed_gives_identical_metrics(cli_run: tuple[Path, dict[str, Any]], bundle_path: Path,
