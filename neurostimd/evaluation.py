@@ -450,8 +450,8 @@ def evaluate(cfg: Config, out: Path, *, duration_s: float = 600.0, seeds: list[i
         "block_size": block_size,
         "plant_step_s": block_size / bundle.sample_rate_hz,
         "cadence_ms": cfg.loop.cadence_ms,
-        "bundle": str(cfg.model.bundle),
-        "bundle_sha256": bundle.manifest.get("sha256") or bundle.manifest.get("files"),
+        "bundle": _display_path(Path(cfg.model.bundle)),
+        "bundle_tflite_sha256": (bundle.manifest.get("files") or {}).get("model.tflite"),
         "table": bundle.table.model_dump(),
         "table_warnings": table_warnings(cfg.safety, bundle.table, limits),
         "continuous": {
@@ -473,6 +473,14 @@ def evaluate(cfg: Config, out: Path, *, duration_s: float = 600.0, seeds: list[i
     if plot:
         plot_results(results, [r for r in runs if r.seed == seeds[0]], out / "closed_loop.png")
     return results
+
+
+def _display_path(p: Path) -> str:
+    """Relative to the working directory when inside it: results committed to the repository carry no home paths."""
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
 
 
 def _progress_printer(label: str, duration_s: float) -> Progress:
