@@ -72,7 +72,7 @@ class Bundle:
 def load_bundle(path: str | Path, *, expect_channels: int | None = None, expect_rate_hz: float | None = None,
                 verify: bool = True, num_threads: int = 1) -> Bundle:
     """Load and verify a bundle; raise BundleError saying what does not match and what to do."""
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     d = Path(path)
     manifest = files.read_verified_manifest(d)
@@ -108,7 +108,11 @@ def load_bundle(path: str | Path, *, expect_channels: int | None = None, expect_
         raise BundleError(f"model bundle {d}: stimulation table has no entry for state(s) {missing}; add them to the "
                           f"table and retrain with --table")
     try:
-        interp = Interpreter(model_path=str(d / files.MODEL_TFLITE), num_threads=num_threads)
+        # The builtin kernels beat the default XNNPACK delegate on this model (~250 vs ~400 µs per invoke, measured
+        # by `neurostimd bench --only inference`): the unrolled LSTM is ~590 small ops, and the delegate's partitions
+        # around the ops it cannot take (PACK, SPLIT, REVERSE_V2) cost more than its faster matrix kernels save.
+        interp = Interpreter(model_path=str(d / files.MODEL_TFLITE), num_threads=num_threads,
+                             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as err:
         raise BundleError(f"model bundle {d}: LiteRT cannot load {files.MODEL_TFLITE} ({err}); "
