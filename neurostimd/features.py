@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from scipy import signal
 
 # Candidate bands (Hz): the classic EEG bands, then high-gamma / multi-unit ranges that matter at 1 kHz sampling.
 DEFAULT_BANDS_HZ: tuple[tuple[float, float], ...] = (
@@ -120,6 +119,34 @@ class Scaler:
         return cls(str(d["kind"]), np.asarray(d["offset"]), np.asarray(d["scale"]))
 
 
+def _biquad_ss(sec: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """State space (controller canonical form, as scipy.signal.tf2ss gives it) of one SOS row b0 b1 b2 a0 a1 a2.
+
+    Written out here so that the daemon runs a bundle's filters without importing scipy.signal (over a second of
+    start-up on these machines); a test checks it against tf2ss."""
+    b = np.asarray(sec[:3], dtype=float) / float(sec[3])
+    a = np.asarray(sec[3:], dtype=float) / float(sec[3])
+    a_m = np.array([[-a[1], -a[2]], [1.0, 0.0]])
+    b_m = np.array([[1.0], [0.0]])
+    c_m = np.array([[b[1] - b[0] * a[1], b[2] - b[0] * a[2]]])
+    d_m = np.array([[b[0]]])
+    return a_m, b_m, c_m, d_m
+
+
+def design_filters(settings: FeatureSettings, fs: float) -> list[np.ndarray]:
+    """The Butterworth sections (SOS) the settings call for at `fs`. Training stores them in the bundle, so the
+    daemon uses exactly the trained filters and never needs scipy.signal."""
+    from scipy import signal
+
+    nyq = fs / 2.0
+    if settings.kind == "bandpower":
+        return [np.asarray(signal.butter(settings.filter_order, [lo / nyq, hi / nyq], btype="bandpass",
+                                         output="sos")) for lo, hi in settings.resolve_bands(fs)]
+    # Anti-alias low-pass at 80 % of the frame rate's Nyquist before averaging over each hop.
+    cutoff = 0.8 * (fs / settings.hop_samples(fs)) / 2.0
+    return [np.asarray(signal.butter(settings.filter_order, min(cutoff / nyq, 0.99), btype="low", output="sos"))]
+
+
 class _FilterBank:
     """A bank of SOS filters (same for every channel) run as one state-space system in blocks of samples.
 
@@ -156,7 +183,7 @@ class _FilterBank:
     def _cascade(sos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         a_tot = b_tot = c_tot = d_tot = None
         for sec in np.atleast_2d(sos):
-            a, b, c, d = signal.tf2ss(sec[:3], sec[3:])
+            a, b, c, d = _biquad_ss(sec)
             if a_tot is None:
                 a_tot, b_tot, c_tot, d_tot = a, b, c, d
                 continue
@@ -211,7 +238,8 @@ _BANKS: dict[tuple[object, ...], _FilterBank] = {}
 class FrameEngine:
     """Unscaled frames from raw samples, causally, with all filter and framing state carried between calls."""
 
-    def __init__(self, settings: FeatureSettings, n_channels: int, fs: float) -> None:
+    def __init__(self, settings: FeatureSettings, n_channels: int, fs: float,
+                 sos: list[np.ndarray] | None = None) -> None:
         if n_channels < 1:
             raise ValueError(f"n_channels must be >= 1, got {n_channels}")
         if not fs > 0:
@@ -221,21 +249,14 @@ class FrameEngine:
         self.fs = float(fs)
         self.hop = settings.hop_samples(fs)
         # Filter banks (and their cached block matrices) are shared by every engine with the same design.
-        key = (settings.kind, settings.filter_order, fs, self.hop,
-               tuple(settings.resolve_bands(fs)) if settings.kind == "bandpower" else ())
+        if sos is None:
+            sos = design_filters(settings, fs)
+        key = tuple(np.asarray(x, dtype=float).tobytes() for x in sos)
         bank = _BANKS.get(key)
         if bank is None:
-            nyq = fs / 2.0
-            if settings.kind == "bandpower":
-                sos = [signal.butter(settings.filter_order, [lo / nyq, hi / nyq], btype="bandpass", output="sos")
-                       for lo, hi in settings.resolve_bands(fs)]
-            else:
-                # Anti-alias low-pass at 80 % of the frame rate's Nyquist before averaging over each hop.
-                cutoff = 0.8 * (fs / self.hop) / 2.0
-                sos = [signal.butter(settings.filter_order, min(cutoff / nyq, 0.99), btype="low", output="sos")]
             if len(_BANKS) >= 16:
                 _BANKS.clear()
-            bank = _BANKS[key] = _FilterBank(sos)
+            bank = _BANKS[key] = _FilterBank([np.asarray(x, dtype=float) for x in sos])
         self._bank = bank
         self.n_features = settings.n_features(n_channels, fs)
         self._n_filt = self._bank.n_out * n_channels
@@ -325,9 +346,10 @@ def sliding_windows(frames: np.ndarray, n_frames: int, stride: int = 1) -> np.nd
 class StreamingFeatures:
     """The daemon's side: push raw samples as they arrive, ask for the newest scaled (T, F) window each tick."""
 
-    def __init__(self, settings: FeatureSettings, n_channels: int, fs: float, scaler: Scaler | None = None) -> None:
+    def __init__(self, settings: FeatureSettings, n_channels: int, fs: float, scaler: Scaler | None = None,
+                 sos: list[np.ndarray] | None = None) -> None:
         self.settings = settings
-        self.engine = FrameEngine(settings, n_channels, fs)
+        self.engine = FrameEngine(settings, n_channels, fs, sos)
         self.scaler = scaler
         if scaler is not None and scaler.offset.shape[0] != self.engine.n_features:
             raise ValueError(f"scaler has {scaler.offset.shape[0]} features, the settings give "

@@ -27,8 +27,10 @@ class Bundle:
     """A loaded, verified model bundle: features factory, class names, stimulation table and a fast `predict`."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], settings: FeatureSettings, scaler: Scaler,
-                 class_names: list[str], table: StimTable, interpreter: Any) -> None:
+                 class_names: list[str], table: StimTable, interpreter: Any,
+                 sos: list[np.ndarray] | None = None) -> None:
         self.path = path
+        self.sos = sos
         self.manifest = manifest
         self.settings = settings
         self.scaler = scaler
@@ -50,7 +52,7 @@ class Bundle:
 
     def new_features(self) -> StreamingFeatures:
         """A fresh streaming feature pipeline with this bundle's settings and fitted scaler."""
-        return StreamingFeatures(self.settings, self.n_channels, self.sample_rate_hz, self.scaler)
+        return StreamingFeatures(self.settings, self.n_channels, self.sample_rate_hz, self.scaler, self.sos)
 
     def predict(self, window: np.ndarray) -> np.ndarray:
         """Class probabilities (n_classes,) float32 for one scaled (T, F) window."""
@@ -89,6 +91,8 @@ def load_bundle(path: str | Path, *, expect_channels: int | None = None, expect_
         feat = json.loads((d / files.FEATURES).read_text())
         settings = FeatureSettings.model_validate(feat["settings"])
         scaler = Scaler.from_dict(feat["scaler"])
+        # The trained filter coefficients; bundles written before they were stored get them designed (scipy).
+        sos = [np.asarray(x, dtype=float) for x in feat["filters"]] if "filters" in feat else None
         class_names = [str(c) for c in json.loads((d / files.CLASSES).read_text())["class_names"]]
         table = StimTable.model_validate_json((d / files.STIM_TABLE).read_text())
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -122,7 +126,7 @@ def load_bundle(path: str | Path, *, expect_channels: int | None = None, expect_
     if in_shape != (1, t, f) or out_shape != (1, len(class_names)):
         raise BundleError(f"model bundle {d}: {files.MODEL_TFLITE} takes {in_shape} and gives {out_shape}, but the "
                           f"manifest says input (1, {t}, {f}) and {len(class_names)} classes; {files.REBUILD_HINT}")
-    b = Bundle(d, manifest, settings, scaler, class_names, table, interp)
+    b = Bundle(d, manifest, settings, scaler, class_names, table, interp, sos)
     if verify:
         _verify_outputs(b)
     log.info("bundle_loaded", path=str(d), n_channels=n_ch, sample_rate_hz=fs, input_shape=[t, f],

@@ -19,7 +19,7 @@ import numpy as np
 import structlog
 
 from neurostimd.errors import BundleError, DataFormatError, NeurostimError
-from neurostimd.features import FeatureSettings, Scaler
+from neurostimd.features import FeatureSettings, Scaler, design_filters
 from neurostimd.model import bundle as files
 from neurostimd.model.dataset import Recording, load_recording, segments, split_segments, windows_for
 from neurostimd.stimtable import StimTable, notebook_table
@@ -152,6 +152,7 @@ def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, 
     (out_dir / files.FEATURES).write_text(json.dumps({
         "settings": settings.model_dump(mode="json"), "scaler": scaler.to_dict(),
         "feature_names": settings.feature_names(channel_names, fs), "channel_names": channel_names,
+        "filters": [sos.tolist() for sos in design_filters(settings, fs)],
     }, indent=1) + "\n")
     (out_dir / files.CLASSES).write_text(json.dumps({"class_names": class_names}, indent=2) + "\n")
     (out_dir / files.STIM_TABLE).write_text(table.to_json())
