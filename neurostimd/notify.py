@@ -45,9 +45,11 @@ class SystemdNotifier:
             return False
         if self._sock is None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Never block the loop on the manager: a full queue (a busy or stuck reader) drops the message.
+            self._sock.setblocking(False)
         try:
             self._sock.sendto("\n".join(assignments).encode(), self._addr)
-        except OSError:
+        except OSError:  # BlockingIOError included
             return False
         return True
 

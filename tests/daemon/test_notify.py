@@ -66,3 +66,20 @@ def test_vanished_socket_does_not_raise(tmp_path: Path) -> None:
     n = SystemdNotifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
     assert n.ready() is False
     n.close()
+
+
+def test_a_reader_that_never_reads_cannot_block_the_loop(tmp_path: Path) -> None:
+    """With the manager's queue full, notifications are dropped at once instead of blocking the caller."""
+    import time
+
+    s, path = _socket(tmp_path)
+    n = SystemdNotifier({"NOTIFY_SOCKET": path})
+    try:
+        t0 = time.monotonic()
+        results = [n.status(f"tick {i}") for i in range(500)]
+        assert time.monotonic() - t0 < 2.0
+        assert results[0] is True and results[-1] is False  # the queue filled up and later messages were dropped
+        assert s.recv(4096) == b"STATUS=tick 0"
+    finally:
+        n.close()
+        s.close()
