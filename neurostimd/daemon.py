@@ -109,6 +109,8 @@ class Daemon:
         driver: Driver | None = None
         source = None
         loop = None
+        recorder: Any = None
+        outlet: Any = None
         code = EX_OK
         try:
             from neurostimd.model.runtime import load_bundle
@@ -127,8 +129,20 @@ class Daemon:
             source.open()
             from neurostimd.loop import ClosedLoop
 
+            if cfg.recorder.enabled:
+                from neurostimd.recorder import Recorder
+
+                session = cfg.recorder.dir / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+                recorder = Recorder(session, source.n_channels, source.sample_rate_hz, source.channel_names,
+                                    cfg.recorder.flush_interval_ms,
+                                    extra_meta={"config": self.config_path, "bundle": str(cfg.model.bundle)})
+            if cfg.decisions_lsl.enabled:
+                from neurostimd.decisions_lsl import DecisionsOutlet
+
+                outlet = DecisionsOutlet(cfg.decisions_lsl, class_names=bundle.class_names)
             loop = ClosedLoop(cfg, clock=self.clock, source=source, bundle=bundle, audit=audit, driver=driver,
-                              shadow=self.shadow, on_tick=self._after_tick, prior_daily_stim_s=prior_daily_s)
+                              shadow=self.shadow, on_tick=self._after_tick, prior_daily_stim_s=prior_daily_s,
+                              recorder=recorder, outlet=outlet)
             self.loop = loop
             if cfg.metrics.enabled:
                 from neurostimd.metrics import Metrics
@@ -157,6 +171,10 @@ class Daemon:
                 if not confirmed and code == EX_OK:
                     log.error("shutdown_without_confirmed_stop")
                 self._write_state(force=True, exited=True)
+            if recorder is not None:
+                recorder.close()
+            if outlet is not None:
+                outlet.close()
             if source is not None:
                 source.close()
             if driver is not None:

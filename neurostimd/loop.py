@@ -74,8 +74,11 @@ class ClosedLoop:
     def __init__(self, cfg: Config, *, clock: Clock, source: Source, bundle: Bundle, audit: AuditLog,
                  driver: Driver | None, shadow: bool = False,
                  on_decision: Callable[[dict[str, Any]], None] | None = None,
-                 on_tick: Callable[[TickStats], None] | None = None, prior_daily_stim_s: float = 0.0) -> None:
+                 on_tick: Callable[[TickStats], None] | None = None, prior_daily_stim_s: float = 0.0,
+                 recorder: Any = None, outlet: Any = None) -> None:
         self.cfg = cfg
+        self.recorder = recorder  # neurostimd.recorder.Recorder: raw samples, decisions, commands of the session
+        self.outlet = outlet  # neurostimd.decisions_lsl.DecisionsOutlet: decisions as an LSL stream
         self.clock = clock
         self.source = source
         self.bundle = bundle
@@ -105,6 +108,8 @@ class ClosedLoop:
         self._t0_ns: int | None = None
         self._tick_index = 0
         self._impedance_ohm: float | None = None
+        # Electrode impedance for the gate's compliance rule: asked of the board every ~2 s (one STATUS round trip).
+        self._status_every = max(1, round(2000.0 / cfg.loop.cadence_ms))
         for w in table_warnings(cfg.safety, bundle.table, limits):
             log.warning("stim_table_limited", detail=w)
 
@@ -189,6 +194,8 @@ class ClosedLoop:
         new = self.ring.since(self._next_index, copy=False)
         self._next_index = new.end_index
         n_new = len(new)
+        if self.recorder is not None and n_new:
+            self.recorder.record_samples(new)
         stages["ingest"] = (perf() - p) / 1e6
 
         # features + inference
@@ -227,6 +234,9 @@ class ClosedLoop:
         if cmd.applied != self._board_applied:
             sent = True
             ack_ms = self._send(cmd, start_ns)
+        if (not self.shadow and self.driver is not None and board_ok
+                and self._tick_index % self._status_every == 0):
+            self._poll_status()
         stages["driver"] = (perf() - p) / 1e6
 
         self._publish(cmd, probs, window is not None and quality.ok and age_ms is not None
@@ -236,8 +246,14 @@ class ClosedLoop:
                           new_samples=n_new, command_sent=sent, ack_ms=ack_ms)
         self._tick_index += 1
         self.state.ticks += 1
-        if self.on_decision is not None:
-            self.on_decision(self._decision_record(cmd, probs))
+        if self.on_decision is not None or self.recorder is not None or self.outlet is not None:
+            rec = self._decision_record(cmd, probs)
+            if self.on_decision is not None:
+                self.on_decision(rec)
+            if self.recorder is not None:
+                self.recorder.record_decision(rec)
+            if self.outlet is not None:
+                self.outlet.push(rec)
         return stats
 
     def _audit_events(self, cmd: Command) -> None:
@@ -276,7 +292,9 @@ class ClosedLoop:
         ack_ns = self.clock.now_ns()
         acked = reply == "ack"
         ack_ms = (ack_ns - start_ns) / 1e6 if acked else None
-        self.audit.write_ack(rec["seq"], acked, **({"error": error, "reply": reply} if error else {}))
+        ack_rec = self.audit.write_ack(rec["seq"], acked, **({"error": error, "reply": reply} if error else {}))
+        if self.recorder is not None:
+            self.recorder.record_command({**rec, "ack": acked, "t_ack_mono_ns": ack_rec["t_mono_ns"]})
         self.state.commands += 1
         if acked:
             self._board_applied = applied
@@ -292,6 +310,19 @@ class ClosedLoop:
         self.controller.commit(t_s, applied, acked)
         self._last_reply = reply
         return ack_ms
+
+    def _poll_status(self) -> None:
+        assert self.driver is not None
+        try:
+            st = self.driver.status()
+        except DriverError as err:
+            log.debug("status_poll_failed", error=str(err))  # a lost board is seen by the next tick's ingest
+            return
+        if st.impedance_ohm != self._impedance_ohm:
+            log.info("electrode_impedance", impedance_ohm=st.impedance_ohm)
+        self._impedance_ohm = st.impedance_ohm
+        if st.fault_flags:
+            log.warning("board_fault_flags", flags=st.fault_flags, names=list(st.fault_names))
 
     def _state_name(self, state: int | None) -> str | None:
         if state is None:

@@ -185,3 +185,42 @@ def test_status_command_reads_the_running_daemon(tmp_path: Path, start_sim, star
     res = subprocess.run([sys.executable, "-m", "neurostimd", "status", "--config", str(cfg)],
                          capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert res.returncode == 3 and "not running" in res.stdout
+
+
+def test_reported_impedance_engages_the_compliance_rule(tmp_path: Path, start_sim, start_daemon) -> None:
+    """With 6 kΩ reported by the board and 12 V compliance, no command exceeds 2 mA and `compliance` is named."""
+    sim = start_sim("--impedance-ohm", "6000")
+    d = start_daemon(write_config(tmp_path), "--port", sim.pty)
+    cmds = wait_for(lambda: [r for r in d.audit() if r["event"] == "stim_command" and r.get("applied")
+                             and "compliance" in r.get("limited_by", [])], START_S, "a compliance-limited command")
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=20) == 0
+    assert cmds
+    sent = [r["applied"]["amplitude_ma"] for r in d.audit() if r["event"] == "stim_command" and r.get("applied")]
+    assert max(sent) <= 12.0 / 6000.0 * 1000.0 + 1e-9
+    assert all(e["amplitude_ma"] <= 2.0 + 1e-6 for e in sim.events() if e["event"] == "stim_applied")
+
+
+def test_recorded_session_reads_back_and_replays(tmp_path: Path, start_sim, start_daemon) -> None:
+    """[recorder] writes the session's samples, decisions and commands; the session replays like any recording."""
+    from neurostimd.readers import read_recording
+
+    sim = start_sim()
+    cfg = write_config(tmp_path, extra="")
+    cfg.write_text(cfg.read_text().replace("[recorder]\nenabled = false", "[recorder]\nenabled = true"))
+    d = start_daemon(cfg, "--port", sim.pty, "--duration", "6")
+    assert d.proc.wait(timeout=START_S) == 0
+    sessions = [p for p in (tmp_path / "recordings").iterdir() if p.is_dir()]
+    assert len(sessions) == 1
+    rec = read_recording(sessions[0])
+    assert rec.data.shape[1] == 32 and rec.fs == 1000.0
+    assert rec.data.shape[0] >= 4000, "about 6 s of 1 kHz samples were recorded"
+    decisions = read_jsonl(sessions[0] / "decisions.jsonl")
+    commands = read_jsonl(sessions[0] / "commands.jsonl")
+    assert len(decisions) >= 60 and commands and all("ack" in c for c in commands)
+    out = tmp_path / "replayed"
+    res = subprocess.run([sys.executable, "-m", "neurostimd", "replay", str(sessions[0]), "--config",
+                          str(ROOT / "config" / "replay.toml"), "--out", str(out)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / "decisions.jsonl").exists() and (out / "timeline.png").exists()
