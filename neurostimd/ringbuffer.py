@@ -7,6 +7,7 @@ never raises here; it is counted and flagged so that the loop can fall back to i
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -127,6 +128,14 @@ class RingBuffer:
         self._data = np.zeros((cap2, self.n_channels), dtype=np.float32)
         self._ts = np.zeros(cap2, dtype=np.float64)
         self._flags = np.zeros(cap2, dtype=np.uint8)
+        # Flatline bookkeeping, computed lazily by quality() for the samples added since its last call (so a tick
+        # costs O(new samples), not O(window)): per sample, 1 if some channel has then been bit-identical for at
+        # least flatline_samples samples; per channel, the current run length and the last value.
+        self._flat = np.zeros(cap2, dtype=np.uint8)
+        self._flat_scanned = 0
+        self._flat_run = np.zeros(self.n_channels, dtype=np.int64)
+        self._flat_last: npt.NDArray[np.float32] | None = None
+        self._flat_lock = threading.Lock()  # readers in several threads share the scan state
         self._total = 0  # published index of the next sample
         self._next_source_index: int | None = None
         self._last_ts = float("nan")
@@ -375,6 +384,52 @@ class RingBuffer:
         self.counters.overrun_samples += torn
 
     # --- quality ---------------------------------------------------------------------------------------------------
+    def _scan_flat(self, total: int) -> None:
+        """Bring the per-sample flatline bits up to `total`, looking only at samples not scanned before."""
+        cap = self.capacity
+        start = max(self._flat_scanned, total - min(total, cap))
+        if start != self._flat_scanned:  # fell more than a ring behind: start the runs afresh
+            self._flat_run[:] = 0
+            self._flat_last = None
+        if start >= total:
+            return
+        span = self._span(start, total, copy=False).data
+        k = span.shape[0]
+        eq = np.empty(span.shape, dtype=bool)
+        if self._flat_last is None:
+            eq[0] = False
+        else:
+            np.equal(span[0], self._flat_last, out=eq[0])
+        np.equal(span[1:], span[:-1], out=eq[1:])
+        idx = np.arange(k, dtype=np.int64)[:, None]
+        # index of the latest sample (so far) where the value changed; -1 while the run from before goes on
+        last_change = np.maximum.accumulate(np.where(eq, -1, idx), axis=0)
+        run = np.where(last_change >= 0, idx - last_change + 1, self._flat_run + idx + 1)
+        bits = (run >= self.flatline_samples).any(axis=1).astype(np.uint8)
+        p = start % cap
+        first = min(k, cap - p)
+        for lo, a, b in ((p, 0, first), (0, first, k)):
+            if b > a:
+                self._flat[lo:lo + b - a] = bits[a:b]
+                self._flat[lo + cap:lo + cap + b - a] = bits[a:b]
+        self._flat_run = run[-1].copy()
+        self._flat_last = span[-1].copy()
+        self._flat_scanned = total
+
+    def _flat_channels(self, total: int, n: int) -> list[int]:
+        """Which channels are flat in a span already known to hold a flatline (rare: the slow, exact look)."""
+        run = self.flatline_samples
+        m = min(total, self.capacity, max(n, n + run - 1))
+        if m < run:
+            return []
+        span = self._span(total - m, total, copy=False).data
+        eq = (span[1:] == span[:-1]).astype(np.int32)
+        csum = np.cumsum(eq, axis=0)
+        need = run - 1
+        win = csum[need - 1:].copy()
+        win[1:] -= csum[:-need]
+        return [int(c) for c in np.flatnonzero((win >= need).any(axis=0))]
+
     def quality(self, n: int) -> Quality:
         """Data-quality flags for the newest n samples: NaN/Inf, flatline (some channel bit-identical for at least
         `flatline_samples` samples ending inside the span), saturation (|x| >= saturation_uv), gaps and clock
@@ -398,19 +453,11 @@ class RingBuffer:
         q.gap = bool(ev & FLAG_GAP)
         q.clock_jump = bool(ev & FLAG_CLOCK_JUMP)
         q.out_of_order = bool(ev & FLAG_OUT_OF_ORDER)
-        # Flatline: look back far enough that a flat run ending inside the span is seen whole.
-        run = self.flatline_samples
-        m = min(total, self.capacity, max(n, n + run - 1))
-        if m >= run:
-            span = self._span(total - m, total, copy=False).data
-            eq = (span[1:] == span[:-1]).astype(np.int32)
-            csum = np.cumsum(eq, axis=0)
-            need = run - 1
-            # equal-neighbour count over each window of `need` consecutive pairs
-            win = csum[need - 1:].copy()
-            win[1:] -= csum[:-need]
-            flat_cols = np.flatnonzero((win >= need).any(axis=0))
-            if flat_cols.size:
-                q.flatline = True
-                q.flat_channels = [int(c) for c in flat_cols]
+        with self._flat_lock:
+            self._scan_flat(total)
+            p = (total - n) % self.capacity
+            flat = bool(self._flat[p:p + n].any())
+        if flat:
+            q.flatline = True
+            q.flat_channels = self._flat_channels(total, n)
         return q
