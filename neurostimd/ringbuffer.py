@@ -405,7 +405,7 @@ class RingBuffer:
         # index of the latest sample (so far) where the value changed; -1 while the run from before goes on
         last_change = np.maximum.accumulate(np.where(eq, -1, idx), axis=0)
         run = np.where(last_change >= 0, idx - last_change + 1, self._flat_run + idx + 1)
-        bits = (run >= self.flatline_samples).any(axis=1).astype(np.uint8)
+        bits: npt.NDArray[np.uint8] = np.asarray((run >= self.flatline_samples).any(axis=1), dtype=np.uint8)
         p = start % cap
         first = min(k, cap - p)
         for lo, a, b in ((p, 0, first), (0, first, k)):
