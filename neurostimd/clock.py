@@ -11,11 +11,9 @@ from typing import Protocol
 class Clock(Protocol):
     def now_ns(self) -> int:
         """Monotonic time in nanoseconds."""
-        ...
 
     def sleep_until(self, deadline_ns: int) -> None:
         """Return at (or, on a real clock, shortly after) deadline_ns."""
-        ...
 
 
 class MonotonicClock:
