@@ -10,6 +10,7 @@ whose `command_seq` is the command's `seq`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -140,16 +141,17 @@ class AuditLog:
     def next_seq(self) -> int:
         return self._seq
 
-    def _write_bytes(self, data: bytes) -> None:
+    def _write_bytes(self, data: bytes, durable: bool = True) -> None:
         view = memoryview(data)
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
-        if self.durable:
+        if self.durable and durable:
             os.fsync(self._fd)
 
-    def write(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Append one record (adds `seq`, `t_wall`, `t_mono_ns`), fsync it, and return it."""
+    def write(self, event: str, *, durable: bool = True, **fields: Any) -> dict[str, Any]:
+        """Append one record (adds `seq`, `t_wall`, `t_mono_ns`), fsync it, and return it. `durable=False` leaves
+        the fsync to the next durable record (for a record nothing waits on, such as an ACK outcome)."""
         with self._lock:
             if self._fd < 0:
                 raise AuditError(f"audit log {self.path} is closed; no command may be sent without it")
@@ -164,7 +166,7 @@ class AuditLog:
                     rec[k] = _jsonable(v)
             line = json.dumps(rec, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
             try:
-                self._write_bytes(line.encode("utf-8"))
+                self._write_bytes(line.encode("utf-8"), durable)
             except OSError as err:
                 raise AuditError(f"cannot write audit log {self.path}: {err.strerror}; stimulation must stop "
                                  f"until the log is writable") from err
@@ -185,6 +187,9 @@ class AuditLog:
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
+                if self.durable:
+                    with contextlib.suppress(OSError):
+                        os.fsync(self._fd)  # a last non-durable record (an ACK outcome) reaches the disk too
                 os.close(self._fd)
                 self._fd = -1
 
@@ -205,8 +210,9 @@ def _wall(rec: dict[str, Any]) -> float | None:
 def stimulation_intervals(records: list[dict[str, Any]]) -> list[tuple[float, float]]:
     """Wall-clock (start, end) intervals during which the board confirmed it was stimulating, from audit records.
 
-    A stimulation is on from the ACK of a command with parameters until the ACK of a stop, a `shutdown`, or — after a
-    crash — the last record before the next `startup` (the board's dead-man timer stops it within its timeout)."""
+    A stimulation is on from the ACK of a command with parameters (or its timeout: the board may be running it) until
+    the ACK of a stop, a `shutdown`, or — after a crash — the last record before the next `startup` (the board's
+    dead-man timer stops it within its timeout)."""
     pending: dict[int, bool] = {}
     out: list[tuple[float, float]] = []
     on_since: float | None = None
@@ -221,7 +227,9 @@ def stimulation_intervals(records: list[dict[str, Any]]) -> list[tuple[float, fl
             continue
         if ev in ("stim_command", "stim_stop") and isinstance(rec.get("seq"), int):
             pending[rec["seq"]] = rec.get("applied") is not None
-        elif ev == "stim_ack" and rec.get("ack") is True and rec.get("command_seq") in pending:
+        elif ev == "stim_ack" and rec.get("command_seq") in pending and (
+                rec.get("ack") is True or rec.get("reply") == "timeout"):
+            # An unanswered command may be running on the board: counted as sent (the dose errs on the safe side).
             on = pending.pop(rec["command_seq"])
             if on and on_since is None:
                 on_since = t

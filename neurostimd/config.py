@@ -16,7 +16,8 @@ K_MAX_CEILING = 1.85  # Shannon's k above which no config is accepted (DESIGN.md
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity anywhere: `inf` would silently switch a limit off (a ramp, a staleness bound, a dose).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --- sources ----------------------------------------------------------------------------------------------------------
@@ -106,8 +107,8 @@ class ModelConfig(_Strict):
 
 
 class LoopConfig(_Strict):
-    cadence_ms: float = Field(50.0, gt=0, le=10_000)
-    stale_after_ms: float = Field(250.0, gt=0)
+    cadence_ms: float = Field(50.0, gt=0, le=1000)  # stopping waits for at most one tick (TimeoutStopSec=5s)
+    stale_after_ms: float = Field(250.0, gt=0, le=10_000)
     ring_seconds: float = Field(30.0, gt=0)
     overrun_warn_every: int = Field(1, ge=1)
     # |sample| at or above this flags the window as saturated (a clipping amplifier). Default: the board's int16

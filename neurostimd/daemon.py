@@ -29,6 +29,7 @@ from neurostimd.status import write_state
 log = structlog.get_logger("neurostimd.daemon")
 
 EX_OK = 0
+EX_UNAVAILABLE = 69  # sysexits.h: the board did not confirm the shutdown STOP
 EX_SOFTWARE = 70  # sysexits.h: internal error (a crashed thread): systemd restarts the service
 EX_CONFIG = 78
 
@@ -72,6 +73,7 @@ class Daemon:
         self._last_watchdog = 0.0
         self._last_state_write = 0.0
         self.metrics: Any = None
+        self._faults_exported: dict[str, int] = {}
 
     # --- signals and threads ---------------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -164,29 +166,42 @@ class Daemon:
             log.exception("crashed", error=repr(err))
             code = EX_SOFTWARE
         finally:
-            self.notifier.stopping("stopping: stimulation off")
-            if loop is not None:
-                loop.state.phase = "stopping"
+            code = self._shutdown(code, loop, audit, recorder, outlet, source, driver)
+        return code
+
+    def _shutdown(self, code: int, loop: Any, audit: AuditLog, *closables: Any) -> int:
+        """Stop stimulation (confirmed by the board's ACK), then close everything; each step runs even if an
+        earlier one failed. A STOP the board did not confirm makes the exit code non-zero."""
+        self.notifier.stopping("stopping: stimulation off")
+        if loop is not None:
+            loop.state.phase = "stopping"
+            try:
                 confirmed = loop.stop_stimulation("shutdown")
-                if not confirmed and code == EX_OK:
-                    log.error("shutdown_without_confirmed_stop")
-                self._write_state(force=True, exited=True)
-            if recorder is not None:
-                recorder.close()
-            if outlet is not None:
-                outlet.close()
-            if source is not None:
-                source.close()
-            if driver is not None:
-                driver.close()
-            if self.metrics is not None:
-                self.metrics.close()
+            except Exception as err:  # never let a failure here skip closing the link (the board's watchdog)
+                log.exception("shutdown_stop_failed", error=repr(err))
+                confirmed = False
+            if not confirmed:
+                log.error("shutdown_without_confirmed_stop",
+                          detail="the board's dead-man timer stops stimulation once this process is gone")
+                if code == EX_OK:
+                    code = EX_UNAVAILABLE
+            self._write_state(force=True, exited=True)
+        for obj in (*closables, self.metrics):
+            if obj is None:
+                continue
+            try:
+                obj.close()
+            except Exception as err:
+                log.error("close_failed", what=type(obj).__name__, error=repr(err))
+        try:
             audit.write("shutdown", exit_code=code)
             audit.close()
-            if self._timings is not None:
-                self._timings.close()
-            self.notifier.close()
-            log.info("exit", code=code)
+        except NeurostimError as err:
+            log.error("audit_write_failed", audit_event="shutdown", error=str(err))
+        if self._timings is not None:
+            self._timings.close()
+        self.notifier.close()
+        log.info("exit", code=code)
         return code
 
     def _open_driver(self, driver: Driver) -> None:
@@ -215,25 +230,28 @@ class Daemon:
         return self._stop.is_set()
 
     def _do_reload(self) -> None:
-        self.notifier.reloading()
         if self.config_path is None:
             return
+        if self._ready:
+            self.notifier.reloading()
         loop = self.loop
         try:
             new = apply_port(load_config(self.config_path), self.port_override)
+            needs_restart = loop.reload(new)
         except ConfigError as err:
-            log.error("config_reload_rejected", errors=err.errors or [str(err)], detail="keeping the running config")
-            loop.audit.write("config_reload", ok=False, errors=err.errors or [str(err)])
+            errors = err.errors or [str(err)]
+            log.error("config_reload_rejected", errors=errors, detail="keeping the running config")
+            loop.audit.write("config_reload", ok=False, errors=errors)
+        else:
+            self.cfg = loop.cfg
+            loop.audit.write("config_reload", ok=True, needs_restart=needs_restart)
+            log.info("config_reloaded", needs_restart=needs_restart,
+                     detail="safe state until clean data for recovery_clean_ms, then stimulation resumes, ramping")
+            if needs_restart:
+                log.warning("config_reload_partial", keys=needs_restart,
+                            detail="these settings take effect only after a restart; the old ones stay in force")
+        if self._ready:
             self.notifier.notify("READY=1")
-            return
-        needs_restart = loop.reload(new)
-        self.cfg = loop.cfg
-        loop.audit.write("config_reload", ok=True, needs_restart=needs_restart)
-        log.info("config_reloaded", needs_restart=needs_restart)
-        if needs_restart:
-            log.warning("config_reload_partial", keys=needs_restart,
-                        detail="these sections take effect only after a restart")
-        self.notifier.notify("READY=1")
 
     # --- per tick --------------------------------------------------------------------------------------------------
     def _after_tick(self, stats: Any) -> None:
@@ -255,6 +273,16 @@ class Daemon:
                 m.overruns.inc(stats.overrun_ticks)
             m.samples.inc(stats.new_samples)
             m.gaps.set(loop.ring.gaps)
+            m.ring_overruns.set(loop.ring.counters.overrun_samples)
+            for cause, n in loop.state.fault_counts.items():
+                seen = self._faults_exported.get(cause, 0)
+                if n > seen:
+                    m.faults.labels(kind=cause).inc(n - seen)
+                    self._faults_exported[cause] = n
+            if loop.driver is not None:
+                c = loop.driver.counters
+                m.bad_frames.set(c.bad_frames)
+                m.blocks_dropped.set(c.extra.get("blocks_dropped", 0))
             m.state.set(-1 if loop.state.state is None else loop.state.state)
             m.confidence.set(loop.state.confidence)
             applied = loop.state.applied

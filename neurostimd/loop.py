@@ -19,7 +19,7 @@ from drivers.errors import BoardLost, DriverError, DriverTimeout
 from neurostimd.audit import AuditLog, params_dict
 from neurostimd.clock import Clock
 from neurostimd.config import Config
-from neurostimd.errors import BundleError, ConfigError
+from neurostimd.errors import BundleError, ConfigError, NeurostimError
 from neurostimd.faults import BoardReply, Command, ControlInputs, Controller, fallback_violations
 from neurostimd.model.runtime import Bundle
 from neurostimd.ringbuffer import RingBuffer
@@ -64,6 +64,8 @@ class LoopState:
     fault: str | None = None
     limited_by: list[str] = field(default_factory=list)
     first_clean_window: bool = False
+    board_state_known: bool = False
+    fault_counts: dict[str, int] = field(default_factory=dict)  # faults raised so far, by cause
     commands: int = 0
     send_failures: int = 0
 
@@ -104,14 +106,21 @@ class ClosedLoop:
         self.controller = self._make_controller(cfg, limits, prior_daily_stim_s)
         self._next_index = 0
         self._last_reply: BoardReply | None = None
-        self._board_applied: object = None  # what the board was last confirmed to run (None = off)
+        # What the board was last confirmed to run (None = off). Unknown at start: a board may still be stimulating
+        # from an earlier host (HELLO does not stop it), so the first decision is always sent — an audited STOP.
+        self._board_applied: object = _UNKNOWN
         self._t0_ns: int | None = None
         self._tick_index = 0
         self._impedance_ohm: float | None = None
         # Electrode impedance for the gate's compliance rule: asked of the board every ~2 s (one STATUS round trip).
         self._status_every = max(1, round(2000.0 / cfg.loop.cadence_ms))
+        # a decision window plus as much again for the filters to settle
+        self._warm_samples = 2 * bundle.window_samples
         for w in table_warnings(cfg.safety, bundle.table, limits):
             log.warning("stim_table_limited", detail=w)
+        if driver is not None:
+            # Know the electrode impedance (compliance rule) before the first command, not 2 s into stimulation.
+            self._poll_status(0.0)
 
     # --- set-up ----------------------------------------------------------------------------------------------------
     def _check_bundle_matches_source(self) -> None:
@@ -140,19 +149,33 @@ class ClosedLoop:
         return Controller(cfg.policy, cfg.safety, self.bundle.table, stale_after_ms=cfg.loop.stale_after_ms,
                           board_limits=limits, prior_daily_stim_s=prior_daily_stim_s)
 
+    # Sections a SIGHUP applies at once; any other change is reported and waits for a restart.
+    LIVE_LOOP_KEYS = ("cadence_ms", "stale_after_ms", "overrun_warn_every")
+
     def reload(self, cfg: Config) -> list[str]:
-        """Take a new config's policy, safety and loop settings; return the changed keys that need a restart."""
-        needs_restart = [k for k in ("source", "device", "model") if getattr(cfg, k) != getattr(self.cfg, k)]
+        """Take a new config's policy, safety and loop timing; return the changed keys that need a restart (their
+        old values are kept). The decision pipeline restarts in its safe state, as at start-up: stimulation resumes,
+        ramping, after `recovery_clean_ms` of clean data under the new limits. Raises ConfigError (nothing changed)
+        if the new fallback would be cut on this board."""
+        limits = self.controller.gate.board_limits
+        bad_fallback = fallback_violations(cfg.safety, limits)
+        if bad_fallback:
+            raise ConfigError(f"[safety.fallback] would be cut by {', '.join(bad_fallback)} on this board")
+        needs_restart = [k for k in type(cfg).model_fields
+                         if k not in ("policy", "safety", "loop") and getattr(cfg, k) != getattr(self.cfg, k)]
+        loop_upd = {k: getattr(cfg.loop, k) for k in self.LIVE_LOOP_KEYS}
+        needs_restart += [f"loop.{k}" for k in type(cfg.loop).model_fields
+                          if k not in self.LIVE_LOOP_KEYS and getattr(cfg.loop, k) != getattr(self.cfg.loop, k)]
         t_s = self._t_s()
-        limits = self.driver.info().limits if self.driver is not None and not self._driver_lost() else None
-        old_gate = self.controller.gate
-        ctl = self._make_controller(cfg, limits, prior_daily_stim_s=old_gate.daily_stim_s(t_s))
-        # The new gate ramps from what the board runs now, not from zero.
+        ctl = self._make_controller(cfg, limits)
+        # The dose history carries over, and the new gate ramps from what the board runs now, not from zero.
         current = self._board_applied if isinstance(self._board_applied, StimParams) else None
-        ctl.gate.commit(t_s, current, True)
+        ctl.gate.carry_over(self.controller.gate, t_s, current)
         self.controller = ctl
-        self.cfg = cfg.model_copy(update={k: getattr(self.cfg, k) for k in needs_restart})
+        self.cfg = self.cfg.model_copy(update={"policy": cfg.policy, "safety": cfg.safety,
+                                               "loop": self.cfg.loop.model_copy(update=loop_upd)})
         self.cadence_ns = int(self.cfg.loop.cadence_ms * 1e6)
+        self._status_every = max(1, round(2000.0 / self.cfg.loop.cadence_ms))
         return needs_restart
 
     # --- one tick --------------------------------------------------------------------------------------------------
@@ -187,10 +210,11 @@ class ClosedLoop:
                 board_ok = False
         if self.driver is not None and self._driver_lost():
             board_ok = False
-        if not board_ok and self._board_applied is not None:
-            # a lost board stops by its own dead-man timer; after a reconnect it runs nothing
-            self._board_applied = None
-            self.controller.commit(t_s, None, True)
+        if not board_ok and self._board_applied is not _UNKNOWN:
+            # A lost board stops by its dead-man timer only if it stays silent long enough; a quick reconnect may
+            # find it still stimulating. So: unknown, and the first decision after the reconnect is sent (a STOP).
+            self._board_applied = _UNKNOWN
+            self.controller.commit(t_s, None, False)
         new = self.ring.since(self._next_index, copy=False)
         self._next_index = new.end_index
         n_new = len(new)
@@ -201,7 +225,17 @@ class ClosedLoop:
         # features + inference
         p = perf()
         if n_new:
-            self.features.push(new.data)
+            data = new.data
+            if not np.isfinite(data).all():
+                # NaN/Inf would poison the filters' state for good; start them afresh after it (the ring's quality
+                # flag keeps the fault raised meanwhile, and the window refills with clean frames).
+                self.features.reset()
+            else:
+                if n_new > 2 * self._warm_samples:
+                    # after a stall, only the newest stretch matters: bounded work per tick
+                    self.features.reset()
+                    data = data[-self._warm_samples:]
+                self.features.push(data)
         window = self.features.window()
         stages["features"] = (perf() - p) / 1e6
         p = perf()
@@ -231,12 +265,12 @@ class ClosedLoop:
         # send what changed
         p = perf()
         sent, ack_ms = False, None
-        if cmd.applied != self._board_applied:
+        if cmd.applied != self._board_applied and (board_ok or self.shadow):
             sent = True
             ack_ms = self._send(cmd, start_ns)
-        if (not self.shadow and self.driver is not None and board_ok
+        if (not self.shadow and self.driver is not None and board_ok and not sent
                 and self._tick_index % self._status_every == 0):
-            self._poll_status()
+            self._poll_status(t_s)
         stages["driver"] = (perf() - p) / 1e6
 
         self._publish(cmd, probs, window is not None and quality.ok and age_ms is not None
@@ -260,6 +294,8 @@ class ClosedLoop:
         for event, fields in cmd.side_events():
             self.audit.write(event, **fields)
             if event == "fault":
+                for cause in fields["raised"]:
+                    self.state.fault_counts[cause] = self.state.fault_counts.get(cause, 0) + 1
                 log.warning("fault", faults=fields["faults"], raised=fields["raised"], safe_state=fields["safe_state"])
             elif event == "state_change":
                 log.info("state_change", state=fields["state"], state_name=self._state_name(fields["state"]),
@@ -292,7 +328,10 @@ class ClosedLoop:
         ack_ns = self.clock.now_ns()
         acked = reply == "ack"
         ack_ms = (ack_ns - start_ns) / 1e6 if acked else None
-        ack_rec = self.audit.write_ack(rec["seq"], acked, **({"error": error, "reply": reply} if error else {}))
+        # The ACK outcome follows the send; it is not fsync'd on its own (the next durable record carries it to disk),
+        # which keeps a second fsync out of every commanding tick.
+        ack_rec = self.audit.write("stim_ack", durable=False, command_seq=rec["seq"], ack=acked,
+                                   **({"error": error, "reply": reply} if error else {}))
         if self.recorder is not None:
             self.recorder.record_command({**rec, "ack": acked, "t_ack_mono_ns": ack_rec["t_mono_ns"]})
         self.state.commands += 1
@@ -311,13 +350,24 @@ class ClosedLoop:
         self._last_reply = reply
         return ack_ms
 
-    def _poll_status(self) -> None:
+    def _poll_status(self, t_s: float) -> None:
         assert self.driver is not None
         try:
             st = self.driver.status()
         except DriverError as err:
-            log.debug("status_poll_failed", error=str(err))  # a lost board is seen by the next tick's ingest
+            # No answer to STATUS is a missing ACK like any other: the next decision goes to the safe state.
+            log.warning("status_poll_failed", error=str(err))
+            self._last_reply = "timeout"
             return
+        if isinstance(self._board_applied, StimParams) and not st.stimulating:
+            # The board stopped by itself (its watchdog, a fault, its limits): it runs nothing, so the gate ramps
+            # from zero again rather than jumping back to the last amplitude.
+            log.warning("board_stopped_by_itself", fault_names=list(st.fault_names))
+            self._board_applied = None
+            self.controller.commit(t_s, None, True)
+        elif self._board_applied is None and st.stimulating:
+            log.error("board_stimulating_unexpectedly", params=params_dict(st.params))
+            self._board_applied = _UNKNOWN  # the next decision is sent whatever it is
         if st.impedance_ohm != self._impedance_ohm:
             log.info("electrode_impedance", impedance_ohm=st.impedance_ohm)
         self._impedance_ohm = st.impedance_ohm
@@ -337,6 +387,7 @@ class ClosedLoop:
         s.confidence = float(cmd.decision.confidence)
         s.probs = [] if probs is None else [round(float(v), 4) for v in probs]
         s.applied = params_dict(self._board_applied) if isinstance(self._board_applied, StimParams) else None
+        s.board_state_known = self._board_applied is not _UNKNOWN
         s.fault = ",".join(cmd.fault.faults) if cmd.fault.active and cmd.fault.faults else (
             "recovering" if cmd.fault.active else None)
         s.limited_by = list(cmd.gate.limited_by)
@@ -360,11 +411,20 @@ class ClosedLoop:
         }
 
     # --- stopping --------------------------------------------------------------------------------------------------
+    def _audit_safely(self, event: str, **fields: Any) -> dict[str, Any] | None:
+        """An audit write on the stopping path: a broken log must not keep the STOP from the board."""
+        try:
+            return self.audit.write(event, **fields)
+        except NeurostimError as err:
+            log.error("audit_write_failed", audit_event=event, error=str(err),
+                      detail="stopping stimulation regardless")
+            return None
+
     def stop_stimulation(self, reason: str, attempts: int = 3) -> bool:
         """STOP the board and wait for its ACK (bounded retries); audit it. True when the board confirmed."""
-        rec = self.audit.write("stim_stop", reason=reason, requested=None, applied=None, limited_by=[],
-                               state=self.state.state, confidence=self.state.confidence,
-                               t_data_s=self.source.t_data_s, shadow=self.shadow)
+        rec = self._audit_safely("stim_stop", reason=reason, requested=None, applied=None, limited_by=[],
+                                 state=self.state.state, confidence=self.state.confidence,
+                                 t_data_s=self.source.t_data_s, shadow=self.shadow)
         if self.shadow or self.driver is None:
             return True
         err: str | None = None
@@ -374,12 +434,14 @@ class ClosedLoop:
             except DriverError as e:
                 err = str(e)
                 continue
-            self.audit.write_ack(rec["seq"], True)
+            if rec is not None:
+                self._audit_safely("stim_ack", command_seq=rec["seq"], ack=True)
             self._board_applied = None
             self.state.applied = None
             log.info("stim_stop", reason=reason, confirmed=True)
             return True
-        self.audit.write_ack(rec["seq"], False, error=err)
+        if rec is not None:
+            self._audit_safely("stim_ack", command_seq=rec["seq"], ack=False, error=err)
         log.error("stim_stop_unconfirmed", reason=reason, error=err,
                   detail="the board's dead-man timer stops it once heartbeats cease")
         return False

@@ -7,7 +7,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-STAGES = ("ingest", "features", "inference", "policy", "safety", "driver", "tick")
+STAGES = ("ingest", "features", "inference", "policy_safety", "driver")
 # Buckets in seconds, dense below 2 ms where the loop lives.
 _BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
 
@@ -25,7 +25,11 @@ class Metrics:
         self.samples = Counter("neurostimd_samples", "Samples ingested", registry=r)
         self.gaps = Gauge("neurostimd_sample_gaps", "Gaps seen in the source's sample counter", registry=r)
         self.bad_frames = Gauge("neurostimd_bad_frames", "Frames from the board rejected by the codec", registry=r)
-        self.faults = Counter("neurostimd_faults", "Safety faults by kind", ["kind"], registry=r)
+        self.faults = Counter("neurostimd_faults", "Safety faults raised, by cause", ["kind"], registry=r)
+        self.ring_overruns = Gauge("neurostimd_ring_overrun_samples",
+                                   "Samples overwritten in the ring before the loop read them", registry=r)
+        self.blocks_dropped = Gauge("neurostimd_driver_blocks_dropped",
+                                    "Sample blocks the driver dropped (queue full, duplicates)", registry=r)
         self.state = Gauge("neurostimd_state", "Classified state (-1 none)", registry=r)
         self.confidence = Gauge("neurostimd_confidence", "Classifier confidence", registry=r)
         self.stimulating = Gauge("neurostimd_stimulating", "1 while stimulation is applied", registry=r)

@@ -188,6 +188,12 @@ class SafetyGate:
         self._dose_running = False  # whether the board may be stimulating (amplitude > 0)
         self._dose = _Dose(prior_daily_s=self._prior_daily_stim_s)
 
+    def carry_over(self, old: SafetyGate, t_s: float, running: StimParams | None) -> None:
+        """Take over `old`'s dose history (session and daily) and ramp from what the board runs now: a config
+        reload must not reset the session dose or let the amplitude jump."""
+        self._dose = old._dose
+        self.commit(t_s, running, True)
+
     # --- observers -------------------------------------------------------------------------------------------------
     @property
     def session_stim_s(self) -> float:

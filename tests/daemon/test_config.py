@@ -100,3 +100,13 @@ def test_config_schema_is_json_schema() -> None:
     assert schema["additionalProperties"] is False
     assert "safety" in schema["properties"]
     assert Config.model_json_schema() == schema
+
+
+@pytest.mark.parametrize("table,key", [("safety", "ramp_ma_per_s"), ("safety", "max_amplitude_ma"),
+                                       ("loop", "stale_after_ms"), ("safety", "max_daily_stim_s")])
+def test_infinite_limits_are_rejected(table: str, key: str) -> None:
+    """inf (or nan) would switch a limit off; the config refuses it with the field's path."""
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ConfigError) as exc:
+            parse_config({table: {key: bad}})
+        assert any(line.startswith(f"{table}.{key}") for line in exc.value.errors)

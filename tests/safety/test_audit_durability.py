@@ -19,8 +19,11 @@ def test_fsync_per_record_unless_not_durable(tmp_path: Path, monkeypatch: pytest
     with AuditLog(tmp_path / "a.jsonl", durable=durable) as log:
         log.write("startup")
         log.write("stim_stop", applied=None)
-    assert len(calls) == (2 if durable else 0)
-    assert [r["event"] for r in read_audit(tmp_path / "a.jsonl").records] == ["startup", "stim_stop"]
+        assert len(calls) == (2 if durable else 0)
+        log.write("stim_ack", durable=False, command_seq=1, ack=True)
+        assert len(calls) == (2 if durable else 0), "a record marked non-durable is not fsync'd on its own"
+    assert len(calls) == (3 if durable else 0), "closing a durable log fsyncs what is left"
+    assert [r["event"] for r in read_audit(tmp_path / "a.jsonl").records] == ["startup", "stim_stop", "stim_ack"]
 
 
 def test_default_is_durable(tmp_path: Path) -> None:
