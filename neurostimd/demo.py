@@ -20,14 +20,17 @@ ROOT = Path(__file__).resolve().parent.parent
 def start_simulator(log_path: Path, extra: list[str] | None = None) -> tuple[subprocess.Popen[str], str]:
     """Start `neurostimd-sim --pty` in its own session and return it with the pty path it printed."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    sim = subprocess.Popen([sys.executable, "-m", "firmware_sim", "--pty", "--log", str(log_path), *(extra or [])],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # The simulator's own log goes to a file: an unread pipe would block it once full.
+    err_path = log_path.with_suffix(".stderr")
+    with open(err_path, "w") as err_f:
+        sim = subprocess.Popen([sys.executable, "-m", "firmware_sim", "--pty", "--log", str(log_path),
+                                *(extra or [])], stdout=subprocess.PIPE, stderr=err_f, text=True,
+                               start_new_session=True)
     assert sim.stdout is not None
     line = sim.stdout.readline().strip()
     if not line.startswith("PTY "):
         sim.kill()
-        err = sim.stderr.read() if sim.stderr else ""
-        raise SystemExit(f"neurostimd-sim did not print its pty (got {line!r}): {err.strip()}")
+        raise SystemExit(f"neurostimd-sim did not print its pty (got {line!r}); see {err_path}")
     return sim, line.split(" ", 1)[1]
 
 
@@ -94,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
     args = p.parse_args(argv)
     runs = ROOT / "runs" / "sim"
+    # Ctrl-C before the children exist just ends the demo; after, it is forwarded (see below).
+    stop_early = {"flag": False}
+    signal.signal(signal.SIGINT, lambda *_: stop_early.update(flag=True))
     sim, pty = start_simulator(runs / "board.jsonl")
     print(f"simulated board on {pty} (event log {runs / 'board.jsonl'}); starting the daemon — Ctrl-C stops",
           flush=True)
@@ -120,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
+    if stop_early["flag"]:
+        forward(signal.SIGINT, None)
     try:
         code = daemon.wait()
     finally:

@@ -17,6 +17,8 @@ def run(progress: Any, quick: bool) -> dict[str, Any]:
     for i in range(2 if quick else 3):
         with simulator(tmp / f"board{i}.jsonl", "--channels", "32", "--rate", "1000") as pty:
             d = run_daemon(pty, 3.0, progress=progress, settle_s=1.0)
+        if d.exit_code != 0:
+            raise RuntimeError(f"the daemon exited with {d.exit_code}; see {d.workdir}")
         if d.ready_s is not None:
             ready.append(d.ready_s)
         if d.rss_mb is not None:

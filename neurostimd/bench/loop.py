@@ -13,14 +13,20 @@ from typing import Any
 
 from neurostimd.bench._procs import busy_core, pct, run_daemon, simulator
 
+RATE_HZ = 1000
+BLOCK = 10  # samples per SAMPLES frame: 10 ms at 1 kHz, the "one board block" of the sample-age target
+
 
 def run(progress: Any, quick: bool) -> dict[str, Any]:
     seconds = 15.0 if quick else 60.0
     tmp = Path(tempfile.mkdtemp(prefix="neurostimd-bench-loop-"))
     out: dict[str, Any] = {}
-    with busy_core(), simulator(tmp / "board.jsonl", "--channels", "32", "--rate", "1000", "--block", "10") as pty:
+    with busy_core(), simulator(tmp / "board.jsonl", "--channels", "32", "--rate", str(RATE_HZ), "--block",
+                                str(BLOCK)) as pty:
         progress(f"loop: daemon on {pty}, 32 ch x 1 kHz, other core busy, {seconds:.0f} s")
         d = run_daemon(pty, seconds, progress=progress)
+    if d.exit_code != 0:
+        raise RuntimeError(f"the daemon exited with {d.exit_code}; see {d.workdir}")
     t = d.timings
     acks = [x["ack_ms"] for x in t if x.get("ack_ms") is not None]
     ages = [x["sample_age_ms"] for x in t if x.get("sample_age_ms") is not None]
@@ -31,7 +37,7 @@ def run(progress: Any, quick: bool) -> dict[str, Any]:
         "loop.tick_to_ack_p99_ms": pct(acks, 99),
         "loop.sample_age_p50_ms": pct(ages, 50),
         "loop.sample_age_p99_ms": pct(ages, 99),
-        "loop.board_block_ms": 10.0,
+        "loop.board_block_ms": 1000.0 * BLOCK / RATE_HZ,
         "loop.jitter_p50_ms": pct([x["jitter_ms"] for x in t], 50),
         "loop.jitter_p99_ms": pct([x["jitter_ms"] for x in t], 99),
         "loop.overruns": sum(x.get("overrun", 0) for x in t),
