@@ -59,6 +59,9 @@ class Bundle:
         if window.shape != self.input_shape:
             raise ValueError(f"window shape {window.shape} != model input {self.input_shape}")
         self._in[0] = window
+        # A fused-LSTM export keeps h and c in variable tensors that each invoke leaves at the last step's values;
+        # zero them so every window starts from the zero state Keras starts from (a no-op for an unrolled export).
+        self._interp.reset_all_variables()
         self._interp.set_tensor(self._in_index, self._in)
         self._interp.invoke()
         return np.array(self._interp.get_tensor(self._out_index)[0], dtype=np.float32)
@@ -114,7 +117,8 @@ def load_bundle(path: str | Path, *, expect_channels: int | None = None, expect_
     try:
         # The builtin kernels beat the default XNNPACK delegate on this model (~250 vs ~400 µs per invoke, measured
         # by `neurostimd bench --only inference`): the unrolled LSTM is ~590 small ops, and the delegate's partitions
-        # around the ops it cannot take (PACK, SPLIT, REVERSE_V2) cost more than its faster matrix kernels save.
+        # around the ops it cannot take (PACK, SPLIT, REVERSE_V2) cost more than its faster matrix kernels save. On the
+        # fused-LSTM export (14 ops) the two measure the same: XNNPACK takes none of the LSTM ops.
         interp = Interpreter(model_path=str(d / files.MODEL_TFLITE), num_threads=num_threads,
                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         interp.allocate_tensors()

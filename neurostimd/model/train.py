@@ -53,7 +53,7 @@ def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, 
     import keras
     import tensorflow as tf
 
-    from neurostimd.model.export import build_model, to_tflite
+    from neurostimd.model.export import build_model, export_tflite
     from neurostimd.model.runtime import load_bundle
 
     settings = settings or FeatureSettings()
@@ -147,7 +147,8 @@ def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, 
     clean = build_model(settings.n_frames, x_tr.shape[2], n_classes)
     clean.set_weights(model.get_weights())
     clean.save(out_dir / files.MODEL_KERAS)
-    (out_dir / files.MODEL_TFLITE).write_bytes(to_tflite(model))
+    tflite, tflite_lstm = export_tflite(model)
+    (out_dir / files.MODEL_TFLITE).write_bytes(tflite)
     channel_names = recs[0].channel_names
     (out_dir / files.FEATURES).write_text(json.dumps({
         "settings": settings.model_dump(mode="json"), "scaler": scaler.to_dict(),
@@ -177,7 +178,7 @@ def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, 
                      "architecture": "BiLSTM(64,seq)-Dropout(0.3)-BiLSTM(32)-Dropout(0.3)-Dense(16,relu)-"
                                      "Dense(softmax)",
                      "optimizer": "adam", "loss": "sparse_categorical_crossentropy"},
-        "window_samples": settings.window_samples(fs),
+        "window_samples": settings.window_samples(fs), "tflite_lstm": tflite_lstm,
     })
     # Prove the bundle the daemon will load: hashes, shapes, and LiteRT == Keras on the check windows.
     load_bundle(out_dir)
