@@ -19,6 +19,7 @@ def write_state(path: Path, state: dict[str, Any]) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(state, f)
+        os.chmod(tmp, 0o644)  # nothing secret in it; `neurostimd status` may run as another user
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
