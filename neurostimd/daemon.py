@@ -115,15 +115,18 @@ class Daemon:
         outlet: Any = None
         code = EX_OK
         try:
-            from neurostimd.model.runtime import load_bundle
-
-            self._status("loading model")
-            bundle = load_bundle(cfg.model.bundle, verify=cfg.model.verify_on_load)
+            # Handshake first: the board streams from the first valid frame on, so the 0.55 s of signal that the
+            # first decision needs accumulates while the model loads. (Nothing is commanded before the loop runs,
+            # and the loop's first decision is sent whatever it is: a STOP until data has been clean.)
             driver = make_device(cfg, self.clock)
             if driver is not None:
                 self._open_driver(driver)
                 if self._stop.is_set():
                     return EX_OK
+            from neurostimd.model.runtime import load_bundle
+
+            self._status("loading model")
+            bundle = load_bundle(cfg.model.bundle, verify=cfg.model.verify_on_load)
             from neurostimd.sources import make_source
 
             source = make_source(cfg.source, driver=driver, clock=self.clock,
