@@ -92,9 +92,19 @@ class Daemon:
 
     # --- main ------------------------------------------------------------------------------------------------------
     def run(self, duration_s: float | None = None) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, self._on_signal)
+        """Run until stopped; the process's signal handlers and thread excepthook are ours meanwhile."""
+        prev_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT,
+                                                                             signal.SIGHUP)}
+        prev_hook = threading.excepthook
         threading.excepthook = self._on_thread_crash
+        try:
+            return self._run(duration_s)
+        finally:
+            threading.excepthook = prev_hook
+            for sig, handler in prev_handlers.items():
+                signal.signal(sig, handler)
+
+    def _run(self, duration_s: float | None) -> int:
         cfg = self.cfg
         # The day's earlier stimulation (from this log) counts toward the daily dose after a restart.
         try:
