@@ -1,13 +1,14 @@
 """The session recorder: raw samples, decisions and commands in an open, append-only format (raw little-endian
 binary + JSON lines + a JSON sidecar; docs/recording-format.md) that survives SIGKILL losing at most one flush
-interval. Recording never stalls the loop: calls only append to memory, and a flush is a few os.write calls, with
-fdatasync on the flush interval."""
+interval. Recording never stalls the loop: calls only append to memory, a flush is a few os.write calls, and the
+fdatasync on each flush interval runs in a thread beside the loop."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,11 @@ class Recorder:
         self.commands_recorded = 0
         self.write_errors = 0
         self._closed = False
+        self._fd_lock = threading.Lock()
+        self._sync_wanted = threading.Event()
+        self._stop_sync = False
+        self._syncer = threading.Thread(target=self._sync_worker, name="recorder-sync", daemon=True)
+        self._syncer.start()
         log.info("recorder_open", dir=str(self.dir), n_channels=self.n_channels, fs=self.fs)
 
     # --- recording -------------------------------------------------------------------------------------------------
@@ -158,23 +164,45 @@ class Recorder:
                 self.write_errors += 1
                 log.error("recorder_write_failed", file=_FILES[key], error=str(err))
         self._last_flush_s = now
-        if sync or (sync is None and now - self._last_sync_s >= self.flush_interval_s):
-            for fd in self._fds.values():
-                try:
-                    os.fdatasync(fd)
-                except OSError as err:
-                    self.write_errors += 1
-                    log.error("recorder_sync_failed", error=str(err))
+        if sync:
+            self._sync_all()
             self._last_sync_s = now
+        elif sync is None and now - self._last_sync_s >= self.flush_interval_s:
+            # fdatasync can take milliseconds; the loop must not wait for it. A SIGKILL loses nothing os.write
+            # has taken, so the sync (for power loss) runs beside the loop.
+            self._sync_wanted.set()
+            self._last_sync_s = now
+
+    def _sync_all(self) -> None:
+        for fd in self._fds.values():
+            try:
+                os.fdatasync(fd)
+            except OSError as err:
+                self.write_errors += 1
+                log.error("recorder_sync_failed", error=str(err))
+
+    def _sync_worker(self) -> None:
+        while True:
+            self._sync_wanted.wait()
+            self._sync_wanted.clear()
+            if self._stop_sync:
+                return
+            with self._fd_lock:
+                if not self._closed:
+                    self._sync_all()
 
     def close(self) -> None:
         """Flush, sync, close the files and mark the sidecar as cleanly closed. Idempotent."""
         if self._closed:
             return
+        self._stop_sync = True
+        self._sync_wanted.set()
+        self._syncer.join(timeout=10)
         self.flush(sync=True)
-        self._closed = True
-        for fd in self._fds.values():
-            os.close(fd)
+        with self._fd_lock:
+            self._closed = True
+            for fd in self._fds.values():
+                os.close(fd)
         self._meta.update({"closed_cleanly": True, "n_samples": self.samples_recorded,
                            "n_decisions": self.decisions_recorded, "n_commands": self.commands_recorded,
                            "stopped_wall": dt.datetime.now(dt.UTC).isoformat()})
