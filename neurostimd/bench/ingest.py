@@ -1,7 +1,8 @@
 """Ingest benchmark: the largest channels x rate that reaches the ring buffer with zero lost samples, over LSL on
 loopback (a separate outlet process → LslSource → RingBuffer) and over the serial link from `neurostimd-sim --pty`
 (SerialBoardDriver → BoardSource → RingBuffer); push-to-visible latency and CPU of the ingest side at 256 ch x 2 kHz,
-side by side with a bare pylsl inlet loop, so that the overhead is a measured ratio.
+side by side with a bare pylsl inlet loop, so that the overhead is a measured ratio, and with a peer reader
+(mne-lsl's StreamLSL) on the same outlet process when mne-lsl is installed (the `dev` extra).
 
 Run as `python -m neurostimd.bench.ingest push ...` it is the outlet process of the LSL trials.
 """
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +29,13 @@ LSL_STEPS_QUICK = [(32, 1000.0), (256, 2000.0)]
 SERIAL_STEPS = [(8, 1000.0), (32, 1000.0), (64, 1000.0), (64, 2000.0), (128, 2000.0)]
 SERIAL_STEPS_QUICK = [(8, 1000.0), (64, 2000.0)]
 PUSH_INTERVAL_S = 0.001  # the outlet pushes a chunk every millisecond (2 samples at 2 kHz)
+# The peer's buffer is a window that it shifts (copies) whole on every acquisition, so its cost grows with the window;
+# 1 s is the shortest whole-second window holding the classifier's 0.55 s of signal, the peer's most favourable
+# setting that a consumer of ours could use (our ring is 5 s here, 30 s in the daemon, at a cost independent of size).
+PEER_BUFSIZE_S = 1.0
+# How often the peer reader looks for new samples: often enough that the window never slides past unseen samples,
+# rarely enough that the reader's own polling does not dominate the CPU figure. It adds up to this much to latency.
+PEER_POLL_S = 0.001
 
 
 # --- the outlet process -----------------------------------------------------------------------------------------------
@@ -223,6 +232,89 @@ def lsl_trial(ch: int, rate: float, seconds: float, *, bare: bool) -> Trial:
     return trial
 
 
+def _mono_minus_mnelsl_s(local_clock: Callable[[], float]) -> float:
+    """Offset from the peer's own liblsl local_clock() to time.monotonic() (it ships its own liblsl build)."""
+    best: tuple[float, float] | None = None
+    for _ in range(5):
+        a = time.monotonic()
+        b = local_clock()
+        c = time.monotonic()
+        if best is None or c - a < best[0]:
+            best = (c - a, (a + c) / 2 - b)
+    assert best is not None
+    return best[1]
+
+
+def mnelsl_trial(ch: int, rate: float, seconds: float) -> Trial:
+    """One peer run on the same outlet process: mne-lsl's StreamLSL acquires in its own thread into its window buffer;
+    the reader polls it every PEER_POLL_S and follows the counter in channel 0 to count every sample once."""
+    from mne_lsl.lsl import local_clock
+    from mne_lsl.stream import StreamLSL
+
+    name = f"bench-ingest-{uuid.uuid4().hex[:10]}"
+    trial = Trial(ch, rate, seconds)
+    proc = _start_pusher(name, ch, rate, seconds)
+    lat: list[float] = []
+    seen = 0  # samples seen once each, by counter
+    last = -1  # newest counter value seen
+    holes = 0  # times the window had slid past samples the reader had not seen yet
+    stream = StreamLSL(PEER_BUFSIZE_S, source_id=name)
+    try:
+        # 'clocksync' is the peer's way of applying the inlet's time correction (ours and the bare inlet add it).
+        with warnings.catch_warnings():
+            # The bench outlet describes no channels; the peer warns and names them by index, which is what we want.
+            warnings.filterwarnings("ignore", message=".*channel description.*", category=RuntimeWarning)
+            stream.connect(acquisition_delay=0.001, processing_flags=["clocksync"], timeout=10.0)
+        offset_s = _mono_minus_mnelsl_s(local_clock)
+
+        def poll() -> bool:
+            nonlocal seen, last, holes
+            n_new = stream.n_new_samples
+            if not n_new:
+                return False
+            # A window a little wider than what is new, in case more landed between the two calls; the counter
+            # decides what the reader has not seen yet.
+            data, ts = stream.get_data(winsize=min(PEER_BUFSIZE_S, (n_new + 64) / rate), picks=[0])
+            now = time.monotonic()
+            col0 = data[0]
+            # Slots the peer has not filled yet hold zeros with a zero timestamp; they are not samples.
+            fresh = (ts != 0.0) & (col0 > last)
+            if not fresh.any():
+                return False
+            new_vals = col0[fresh]
+            if new_vals[0] != last + 1 or not np.array_equal(
+                    new_vals, np.arange(new_vals[0], new_vals[0] + new_vals.size, dtype=new_vals.dtype)):
+                holes += 1
+            seen += new_vals.size
+            last = int(new_vals[-1])
+            lat.append((now - (float(ts[-1]) + offset_s)) * 1e3)
+            return True
+
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        while proc.poll() is None:
+            if not poll():
+                time.sleep(PEER_POLL_S)
+        cpu1, wall1 = time.process_time(), time.monotonic()
+        drain_until = time.monotonic() + 0.5  # what is still in flight
+        while time.monotonic() < drain_until:
+            if not poll():
+                time.sleep(PEER_POLL_S)
+        trial.expected = _finish(proc)
+    finally:
+        if stream.connected:
+            stream.disconnect()  # shuts its acquisition executor down and waits for the thread
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    # The counter starts at 0, so a run that lost nothing saw every value 0..expected-1 exactly once.
+    trial.received = seen
+    trial.order_errors = holes + int(last + 1 != seen)
+    trial.latencies_ms = lat
+    trial.cpu_percent = 100.0 * (cpu1 - cpu0) / max(1e-9, wall1 - wall0)
+    trial.note = f"StreamLSL bufsize {PEER_BUFSIZE_S:g} s, reader polls every {PEER_POLL_S * 1e3:g} ms"
+    return trial
+
+
 def serial_trial(ch: int, rate: float, seconds: float) -> Trial:
     """One serial run: neurostimd-sim --pty streams int16 samples; SerialBoardDriver → BoardSource → RingBuffer."""
     from drivers.serial_board import SerialBoardDriver
@@ -281,9 +373,29 @@ def _pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 4) if values else float("nan")
 
 
+def _peer_mnelsl(progress: Progress, seconds: float) -> dict[str, Any]:
+    """The peer at 256 ch x 2 kHz for as long as our top-configuration run; a missing peer is reported, not fatal."""
+    try:
+        import mne_lsl
+    except ImportError:
+        progress("ingest: peer mne-lsl not installed (pip install mne-lsl, in the dev extra); skipped")
+        return {"ingest.peer_mnelsl": "not installed"}
+    peer = mnelsl_trial(256, 2000.0, seconds)
+    progress(f"ingest: peer mne-lsl {mne_lsl.__version__} {peer.describe()}")
+    return {
+        "ingest.peer_mnelsl_version": str(mne_lsl.__version__),
+        "ingest.peer_mnelsl_bufsize_s": PEER_BUFSIZE_S,
+        "ingest.peer_mnelsl_poll_ms": PEER_POLL_S * 1e3,
+        "ingest.peer_mnelsl_latency_p50_ms": _pct(peer.latencies_ms, 50),
+        "ingest.peer_mnelsl_latency_p99_ms": _pct(peer.latencies_ms, 99),
+        "ingest.peer_mnelsl_cpu_percent": round(peer.cpu_percent, 2),
+        "ingest.peer_mnelsl_no_drop": peer.no_drop,
+    }
+
+
 def run(progress: Progress, quick: bool) -> dict[str, Any]:
     """Step through channel x rate configurations for LSL and for the serial link; report the largest with zero
-    loss, and latency/CPU at 256 ch x 2 kHz next to a bare pylsl inlet."""
+    loss, and latency/CPU at 256 ch x 2 kHz next to a bare pylsl inlet and the mne-lsl peer."""
     out: dict[str, Any] = {}
     lsl_steps = LSL_STEPS_QUICK if quick else LSL_STEPS
     best = 0.0
@@ -312,6 +424,7 @@ def run(progress: Progress, quick: bool) -> dict[str, Any]:
         out["ingest.lsl_latency_overhead_p50_ms"] = round(out["ingest.lsl_latency_p50_ms"]
                                                          - out["ingest.bare_lsl_latency_p50_ms"], 4)
         out["ingest.lsl_cpu_ratio_vs_bare"] = round(top.cpu_percent / max(1e-6, bare.cpu_percent), 2)
+    out.update(_peer_mnelsl(progress, 3.0 if quick else 60.0))
 
     best = 0.0
     for ch, rate in SERIAL_STEPS_QUICK if quick else SERIAL_STEPS:
