@@ -9,7 +9,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -100,20 +100,14 @@ class DriverCounters:
     extra: dict[str, int] = field(default_factory=dict)
 
 
-class Driver(ABC):
-    """A stimulator board as the daemon sees it.
-
-    open() and close() are idempotent; the driver is a context manager. Subclasses implement the `_`-prefixed
-    methods. Every method that talks to the board raises DriverError (or DriverTimeout / BoardLost) on failure.
-    """
-
-    kind: ClassVar[str] = "abstract"
+class Lifecycle(ABC):
+    """Idempotent open()/close(), the context manager, and a ResourceWarning for an instance opened and never
+    closed (as python-can's BusABC does). Subclasses implement `_open` and `_close`; drivers and sources share it."""
 
     def __init__(self) -> None:
         self._is_open = False
         self._closed_explicitly = False
 
-    # --- lifecycle -------------------------------------------------------------------------------------------------
     def open(self) -> None:
         if self._is_open:
             return
@@ -135,7 +129,7 @@ class Driver(ABC):
     def is_open(self) -> bool:
         return self._is_open
 
-    def __enter__(self) -> Driver:
+    def __enter__(self) -> Self:
         self.open()
         return self
 
@@ -147,17 +141,27 @@ class Driver(ABC):
             warnings.warn(f"{type(self).__name__} was not closed; call close() or use it as a context manager",
                           ResourceWarning, stacklevel=1)
 
-    def _require_open(self) -> None:
-        if not self._is_open:
-            raise DriverError(f"{type(self).__name__} is not open: call open() first (or use it in a with-block)")
-
-    # --- the board -------------------------------------------------------------------------------------------------
     @abstractmethod
     def _open(self) -> None: ...
 
     @abstractmethod
     def _close(self) -> None: ...
 
+
+class Driver(Lifecycle):
+    """A stimulator board as the daemon sees it.
+
+    open() and close() are idempotent; the driver is a context manager. Subclasses implement the `_`-prefixed
+    methods. Every method that talks to the board raises DriverError (or DriverTimeout / BoardLost) on failure.
+    """
+
+    kind: ClassVar[str] = "abstract"
+
+    def _require_open(self) -> None:
+        if not self._is_open:
+            raise DriverError(f"{type(self).__name__} is not open: call open() first (or use it in a with-block)")
+
+    # --- the board -------------------------------------------------------------------------------------------------
     @abstractmethod
     def info(self) -> BoardInfo:
         """The board's INFO from the handshake (cached; re-read after a reconnect)."""

@@ -3,14 +3,13 @@ and `pump()`, which moves every available sample into the ring buffer and report
 
 from __future__ import annotations
 
-import warnings
-from abc import ABC, abstractmethod
-from typing import Self
+from abc import abstractmethod
 
+from drivers.base import Lifecycle
 from neurostimd.ringbuffer import RingBuffer
 
 
-class Source(ABC):
+class Source(Lifecycle):
     """A stream of multichannel samples.
 
     open() and close() are idempotent and the source is a context manager. `pump()` never raises on bad data:
@@ -20,50 +19,16 @@ class Source(ABC):
     kind: str = "abstract"
 
     def __init__(self) -> None:
-        self._is_open = False
-        self._closed_explicitly = False
+        super().__init__()
         self._stale_reason: str | None = "not open"
 
-    # --- lifecycle -------------------------------------------------------------------------------------------------
-    def open(self) -> None:
-        if self._is_open:
-            return
-        self._open()
-        self._is_open = True
-        self._closed_explicitly = False
-
     def close(self) -> None:
-        if not self._is_open:
-            self._closed_explicitly = True
-            return
+        was_open = self._is_open
         try:
-            self._close()
+            super().close()
         finally:
-            self._is_open = False
-            self._closed_explicitly = True
-            self._stale_reason = "closed"
-
-    @property
-    def is_open(self) -> bool:
-        return self._is_open
-
-    def __enter__(self) -> Self:
-        self.open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_is_open", False) and not getattr(self, "_closed_explicitly", True):
-            warnings.warn(f"{type(self).__name__} was not closed; call close() or use it as a context manager",
-                          ResourceWarning, stacklevel=1)
-
-    @abstractmethod
-    def _open(self) -> None: ...
-
-    @abstractmethod
-    def _close(self) -> None: ...
+            if was_open:
+                self._stale_reason = "closed"
 
     # --- stream description ----------------------------------------------------------------------------------------
     @property
