@@ -14,7 +14,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import ClassVar, cast
+from typing import ClassVar, Self, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -104,64 +104,46 @@ def _expect_len(payload: bytes, n: int, what: str) -> None:
         raise ProtocolError(f"{what} payload must be {n} bytes, got {len(payload)}")
 
 
+class _NoPayload:
+    """A message that is its type alone: an empty payload."""
+
+    TYPE: ClassVar[MsgType]
+
+    def pack(self) -> bytes:
+        return b""
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> Self:
+        _expect_len(payload, 0, cls.TYPE.name)
+        return cls()
+
+
 @dataclass(frozen=True)
-class Hello:
+class Hello(_NoPayload):
     """Host → board: identify yourself (the board answers INFO). Also resets the board's duplicate filter."""
 
     TYPE: ClassVar[MsgType] = MsgType.HELLO
 
-    def pack(self) -> bytes:
-        return b""
-
-    @classmethod
-    def unpack(cls, payload: bytes) -> Hello:
-        _expect_len(payload, 0, "HELLO")
-        return cls()
-
 
 @dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(_NoPayload):
     """Host → board: I am alive (re-arms the dead-man timer; the board ACKs it)."""
 
     TYPE: ClassVar[MsgType] = MsgType.HEARTBEAT
 
-    def pack(self) -> bytes:
-        return b""
-
-    @classmethod
-    def unpack(cls, payload: bytes) -> Heartbeat:
-        _expect_len(payload, 0, "HEARTBEAT")
-        return cls()
-
 
 @dataclass(frozen=True)
-class Stop:
+class Stop(_NoPayload):
     """Host → board: stop stimulating now (the board ACKs it, stimulating or not)."""
 
     TYPE: ClassVar[MsgType] = MsgType.STOP
 
-    def pack(self) -> bytes:
-        return b""
-
-    @classmethod
-    def unpack(cls, payload: bytes) -> Stop:
-        _expect_len(payload, 0, "STOP")
-        return cls()
-
 
 @dataclass(frozen=True)
-class StatusReq:
+class StatusReq(_NoPayload):
     """Host → board: report STATUS."""
 
     TYPE: ClassVar[MsgType] = MsgType.STATUS_REQ
-
-    def pack(self) -> bytes:
-        return b""
-
-    @classmethod
-    def unpack(cls, payload: bytes) -> StatusReq:
-        _expect_len(payload, 0, "STATUS_REQ")
-        return cls()
 
 
 _STIM = struct.Struct("<ffff")  # frequency_hz, amplitude_ma, pulse_width_us, interphase_gap_us
