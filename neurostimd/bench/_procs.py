@@ -30,15 +30,12 @@ def pct(values: Sequence[float], q: float) -> float | None:
 
 @contextlib.contextmanager
 def simulator(log: Path, *args: str) -> Iterator[str]:
-    """`neurostimd-sim --pty` as a subprocess; yields the pty path."""
-    proc = subprocess.Popen([sys.executable, "-m", "firmware_sim", "--pty", "--log", str(log), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    """`neurostimd-sim --pty` as a subprocess (started as `make run` starts it); yields the pty path."""
+    from neurostimd.demo import start_simulator
+
+    proc, pty = start_simulator(log, list(args))
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        if not line.startswith("PTY "):
-            raise RuntimeError(f"neurostimd-sim printed {line!r} instead of its pty")
-        yield line.split(" ", 1)[1]
+        yield pty
     finally:
         _stop(proc)
 
