@@ -110,7 +110,6 @@ class LoopConfig(_Strict):
     cadence_ms: float = Field(50.0, gt=0, le=1000)  # stopping waits for at most one tick (TimeoutStopSec=5s)
     stale_after_ms: float = Field(250.0, gt=0, le=10_000)
     ring_seconds: float = Field(30.0, gt=0)
-    overrun_warn_every: int = Field(1, ge=1)
     # |sample| at or above this flags the window as saturated (a clipping amplifier). Default: the board's int16
     # full scale when samples come from the board; none for other sources unless set here.
     saturation_uv: float | None = Field(None, gt=0)

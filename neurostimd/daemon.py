@@ -308,8 +308,6 @@ class Daemon:
             ready_s = time.monotonic() - self._t_start
             log.info("ready", ready_s=round(ready_s, 3))
             self.notifier.ready(self._status_text())
-        if loop.state.phase == "running" and loop.state.fault and not loop.state.first_clean_window:
-            loop.state.phase = "waiting_for_clean_data"
 
     def _between_ticks(self, stats: Any) -> None:
         now = time.monotonic()

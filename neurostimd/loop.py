@@ -150,7 +150,7 @@ class ClosedLoop:
                           board_limits=limits, prior_daily_stim_s=prior_daily_stim_s)
 
     # Sections a SIGHUP applies at once; any other change is reported and waits for a restart.
-    LIVE_LOOP_KEYS = ("cadence_ms", "stale_after_ms", "overrun_warn_every")
+    LIVE_LOOP_KEYS = ("cadence_ms", "stale_after_ms")
 
     def reload(self, cfg: Config) -> list[str]:
         """Take a new config's policy, safety and loop timing; return the changed keys that need a restart (their
