@@ -56,8 +56,7 @@ def run_replay(cfg: Config, recording: Path, out: Path, speed: float | str = "ma
     decisions_path = out / "decisions.jsonl"
     (out / "audit.jsonl").unlink(missing_ok=True)
     decisions: list[dict[str, Any]] = []
-    duration_s = source.recording.n_samples / source.sample_rate_hz if hasattr(source.recording, "n_samples") \
-        else len(source.recording.data) / source.sample_rate_hz
+    duration_s = source.recording.duration_s
     # Not fsync'd: the virtual board is in memory and the clock is virtual, so there is no command to protect.
     with open(decisions_path, "w") as dec_f, AuditLog(cfg.audit.path, durable=False) as audit:
         driver.open()
