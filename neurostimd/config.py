@@ -17,7 +17,14 @@ K_MAX_CEILING = 1.85  # Shannon's k above which no config is accepted (DESIGN.md
 
 class _Strict(BaseModel):
     # No NaN or infinity anywhere: `inf` would silently switch a limit off (a ramp, a staleness bound, a dose).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # Strict types: a number must be a TOML number (an integer is taken where a float is due), never a bool or a
+    # numeric string — `k_max = true` or `max_amplitude_ma = "3.0"` is a typo to report, not a value to coerce.
+    # Paths are the one lax field (FilePath below): TOML has no path type, so they arrive as strings.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+
+
+# A path in the config: a TOML string, turned into a Path.
+FilePath = Annotated[Path, Field(strict=False)]
 
 
 # --- sources ----------------------------------------------------------------------------------------------------------
@@ -50,7 +57,7 @@ class ReplaySourceConfig(_Strict):
     """Samples come from a recording file (.npz, .csv, .edf/.bdf, .xdf) played on a clock."""
 
     kind: Literal["replay"]
-    path: Path
+    path: FilePath
     speed: float | Literal["max"] = 1.0
     loop: bool = False
     sample_rate_hz: float | None = Field(None, gt=0)  # for files that carry no rate (CSV without time, ARFF)
@@ -102,7 +109,7 @@ DeviceConfig = Annotated[
 
 # --- model, loop, policy ----------------------------------------------------------------------------------------------
 class ModelConfig(_Strict):
-    bundle: Path = Path("models/default")
+    bundle: FilePath = Path("models/default")
     verify_on_load: bool = True
 
 
@@ -190,12 +197,12 @@ class SafetyConfig(_Strict):
 
 # --- outputs ----------------------------------------------------------------------------------------------------------
 class AuditConfig(_Strict):
-    path: Path = Path("audit.jsonl")
+    path: FilePath = Path("audit.jsonl")
 
 
 class RecorderConfig(_Strict):
     enabled: bool = False
-    dir: Path = Path("recordings")
+    dir: FilePath = Path("recordings")
     flush_interval_ms: float = Field(500.0, gt=0)
 
 
@@ -218,7 +225,7 @@ class LoggingConfig(_Strict):
 
 
 class RuntimeConfig(_Strict):
-    state_file: Path = Path("neurostimd.state.json")  # what `neurostimd status` reads
+    state_file: FilePath = Path("neurostimd.state.json")  # what `neurostimd status` reads
 
 
 class Config(_Strict):
@@ -246,7 +253,11 @@ def _error_lines(err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"{path}: {e['msg']}")
+        line = f"{path}: {e['msg']}"
+        if e["type"].endswith("_type"):
+            # a wrong type: show what was written, e.g. a quoted number or a bool where a number belongs
+            line += f" (got {e['input']!r}, a {type(e['input']).__name__}; write a bare TOML value of the right type)"
+        lines.append(line)
     return lines
 
 

@@ -110,3 +110,30 @@ def test_infinite_limits_are_rejected(table: str, key: str) -> None:
         with pytest.raises(ConfigError) as exc:
             parse_config({table: {key: bad}})
         assert any(line.startswith(f"{table}.{key}") for line in exc.value.errors)
+
+
+@pytest.mark.parametrize(("section", "key", "value"), [
+    ("safety", "k_max", True),
+    ("safety", "max_amplitude_ma", "3.0"),
+    ("safety", "max_charge_per_phase_uc", "1e9"),
+    ("safety", "electrode_area_cm2", False),
+    ("loop", "cadence_ms", "50"),
+    ("policy", "confidence_threshold", True),
+    ("device", "retries", True),
+    ("recorder", "enabled", 1),
+])
+def test_safety_numbers_are_strict(section: str, key: str, value: object) -> None:
+    """A bool or a numeric string where a number (or a bool) is due is an error naming the field and the value,
+    never coerced (`k_max = true` would have read as 1.0, `"3.0"` as 3.0)."""
+    data: dict[str, dict[str, object]] = {section: {key: value}}
+    if section == "device":
+        data[section]["kind"] = "serial"
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    assert any(key in line and repr(value) in line for line in exc.value.errors), exc.value.errors
+
+
+def test_integers_are_numbers() -> None:
+    """A TOML integer where a float is due is a number like any other (`max_amplitude_ma = 3`)."""
+    cfg = parse_config({"safety": {"max_amplitude_ma": 3, "k_max": 1}, "loop": {"cadence_ms": 40}})
+    assert cfg.safety.max_amplitude_ma == 3.0 and cfg.safety.k_max == 1.0 and cfg.loop.cadence_ms == 40.0
