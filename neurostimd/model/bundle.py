@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import re
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -29,6 +31,7 @@ SPLIT = "split.json"
 HISTORY = "history.json"
 # What the runtime needs; every file present is hashed, but these must exist.
 REQUIRED = (MODEL_TFLITE, FEATURES, CLASSES, STIM_TABLE, CHECK)
+_MEMBER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 REBUILD_HINT = "rebuild it with `neurostimd train` (docs/classifier.md has the command) or restore it from git"
 
 
@@ -52,11 +55,27 @@ def versions() -> dict[str, str]:
 
 def write_manifest(bundle_dir: Path, fields: dict[str, Any]) -> dict[str, Any]:
     """Hash every file in the bundle (except the manifest) and write manifest.json with `fields` merged in."""
-    files = {p.name: sha256_file(p) for p in sorted(bundle_dir.iterdir()) if p.is_file() and p.name != MANIFEST}
+    files = {p.name: sha256_file(p) for p in sorted(bundle_dir.iterdir())
+             if p.is_file() and not p.is_symlink() and p.name != MANIFEST}
     manifest = {"format": FORMAT, "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "versions": versions(), **fields, "files": files}
     (bundle_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+def bundle_member(bundle_dir: Path, name: object) -> Path:
+    """The path of the bundle file `name`, which must be a plain file name in the bundle folder itself: no folder
+    part, no `..`, not hidden, and not a symlink (a manifest naming `../../etc/hostname`, or a `model.tflite` that
+    links elsewhere, would make the daemon read and trust a file outside the bundle). BundleError otherwise."""
+    if not isinstance(name, str) or not _MEMBER_NAME.fullmatch(name) or name in (".", ".."):
+        raise BundleError(f"model bundle {bundle_dir}: the manifest lists {name!r}, which is not a plain file name in "
+                          f"the bundle folder (no '/', '..' or hidden files); the manifest was edited or is not "
+                          f"from `neurostimd train` — {REBUILD_HINT}")
+    p = bundle_dir / name
+    if p.is_symlink():
+        raise BundleError(f"model bundle {bundle_dir}: {name} is a symbolic link (to {os.readlink(p)!r}); a bundle "
+                          f"holds its own files — copy the file in instead of linking it")
+    return p
 
 
 def read_verified_manifest(bundle_dir: str | Path) -> dict[str, Any]:
@@ -66,6 +85,8 @@ def read_verified_manifest(bundle_dir: str | Path) -> dict[str, Any]:
         raise BundleError(f"model bundle {d} is not a directory; set [model] bundle to a folder written by "
                           f"`neurostimd train` (the default is models/default)")
     mpath = d / MANIFEST
+    if mpath.is_symlink():
+        raise BundleError(f"model bundle {d}: {MANIFEST} is a symbolic link; a bundle holds its own files")
     if not mpath.is_file():
         raise BundleError(f"model bundle {d}: {MANIFEST} is missing; {REBUILD_HINT}")
     try:
@@ -82,7 +103,7 @@ def read_verified_manifest(bundle_dir: str | Path) -> dict[str, Any]:
         if name not in files:
             raise BundleError(f"model bundle {d}: manifest does not list required file {name}; {REBUILD_HINT}")
     for name, want in sorted(files.items()):
-        p = d / name
+        p = bundle_member(d, name)
         if not p.is_file():
             raise BundleError(f"model bundle {d}: file {name} listed in the manifest is missing; {REBUILD_HINT}")
         got = sha256_file(p)
