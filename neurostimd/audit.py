@@ -11,6 +11,7 @@ whose `command_seq` is the command's `seq`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from typing import Any
 
 from drivers.base import StimParams
 from neurostimd.errors import NeurostimError
+from neurostimd.safe_io import UnsafePath, open_regular, read_regular
 
 EVENTS = ("stim_command", "stim_stop", "stim_ack", "fault", "fault_cleared", "state_change", "config_reload",
           "startup", "shutdown")
@@ -86,9 +88,17 @@ class AuditContents:
 
 
 def read_audit(path: str | Path) -> AuditContents:
-    """Every whole record of the log, in order; torn or corrupt lines are skipped and reported in `bad_lines`."""
+    """Every whole record of the log, in order; torn or corrupt lines are skipped and reported in `bad_lines`.
+    FileNotFoundError without a log; UnsafePath if the path is not a regular file."""
+    raw = read_regular(path, what="audit log")
+    if raw is None:
+        raise FileNotFoundError(errno.ENOENT, "no audit log", str(path))
+    return parse_audit(raw)
+
+
+def parse_audit(raw: bytes) -> AuditContents:
+    """The records of an audit log's bytes (see read_audit)."""
     out = AuditContents()
-    raw = Path(path).read_bytes()
     lines = raw.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -120,7 +130,9 @@ class AuditLog:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             needs_newline, last_seq = self._scan_existing()
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            self._fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640, what="audit log")
+        except UnsafePath as err:
+            raise AuditError(str(err)) from err
         except OSError as err:
             raise AuditError(f"cannot open audit log {self.path}: {err.strerror}; check that the folder exists and "
                              f"is writable by the daemon's user") from err
@@ -130,10 +142,10 @@ class AuditLog:
             self._write_bytes(b"\n")
 
     def _scan_existing(self) -> tuple[bool, int]:
-        if not self.path.exists() or self.path.stat().st_size == 0:
+        raw = read_regular(self.path, what="audit log")
+        if not raw:
             return False, -1
-        raw = self.path.read_bytes()
-        contents = read_audit(self.path)
+        contents = parse_audit(raw)
         seqs = [r["seq"] for r in contents.records if isinstance(r.get("seq"), int)]
         return not raw.endswith(b"\n"), max(seqs, default=-1)
 
@@ -249,10 +261,11 @@ def stimulated_s_since(path: str | Path, since_wall_s: float) -> float:
     """Seconds of confirmed stimulation recorded in the audit log after `since_wall_s` (Unix time); 0 without a log.
 
     The daemon passes the last 24 h of this to the gate, so the daily dose survives restarts."""
-    p = Path(path)
-    if not p.exists():
+    try:
+        contents = read_audit(path)
+    except FileNotFoundError:
         return 0.0
     total = 0.0
-    for a, b in stimulation_intervals(read_audit(p).records):
+    for a, b in stimulation_intervals(contents.records):
         total += max(0.0, b - max(a, since_wall_s))
     return total

@@ -24,6 +24,7 @@ from neurostimd.config import Config, SerialDeviceConfig, VirtualDeviceConfig, l
 from neurostimd.errors import BundleError, ConfigError, NeurostimError, SourceError
 from neurostimd.logs import configure_logging
 from neurostimd.notify import SystemdNotifier
+from neurostimd.safe_io import UnsafePath, check_regular_or_absent, real_directory
 from neurostimd.status import write_state
 
 log = structlog.get_logger("neurostimd.daemon")
@@ -74,6 +75,7 @@ class Daemon:
         self._last_state_write = 0.0
         self.metrics: Any = None
         self._faults_exported: dict[str, int] = {}
+        self._state_file_refused = False
 
     # --- signals and threads ---------------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -106,15 +108,16 @@ class Daemon:
 
     def _run(self, duration_s: float | None) -> int:
         cfg = self.cfg
-        # The day's earlier stimulation (from this log) counts toward the daily dose after a restart.
+        # The day's earlier stimulation (from this log) counts toward the daily dose after a restart. A log that
+        # cannot be read is a refusal to start, never "no dose today".
         try:
             prior_daily_s = stimulated_s_since(cfg.audit.path, time.time() - 86_400)
-        except OSError:
-            prior_daily_s = 0.0
-        try:
             audit = AuditLog(cfg.audit.path)
-        except NeurostimError as err:
-            log.error("audit_unavailable", error=str(err))
+            check_regular_or_absent(cfg.runtime.state_file, what="state file ([runtime] state_file)")
+            if cfg.recorder.enabled:
+                real_directory(cfg.recorder.dir, what="recordings folder ([recorder] dir)")
+        except (NeurostimError, OSError) as err:
+            log.error("startup_refused", error=str(err), detail="fix the path named here and start again")
             return EX_CONFIG
         audit.write("startup", pid=os.getpid(), config=self.config_path, shadow=self.shadow,
                     prior_daily_stim_s=round(prior_daily_s, 3))
@@ -351,6 +354,10 @@ class Daemon:
             state["driver"] = {k: v for k, v in loop.driver.counters.__dict__.items() if k != "extra"}
         try:
             write_state(self.cfg.runtime.state_file, state)
+        except UnsafePath as err:
+            if not self._state_file_refused:  # say it once, not twice a second
+                self._state_file_refused = True
+                log.error("state_file_refused", path=str(self.cfg.runtime.state_file), error=str(err))
         except OSError as err:
             if force:
                 log.warning("state_file_unwritable", path=str(self.cfg.runtime.state_file), error=str(err))

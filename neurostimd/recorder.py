@@ -5,6 +5,7 @@ fdatasync on each flush interval runs in a thread beside the loop."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -18,6 +19,7 @@ import structlog
 
 from neurostimd.readers import SESSION_FORMAT
 from neurostimd.ringbuffer import Window
+from neurostimd.safe_io import check_regular_or_absent, open_regular, real_directory
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +42,12 @@ def _json_default(o: Any) -> Any:
 
 def _atomic_write_json(path: Path, obj: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as fh:
+    check_regular_or_absent(path, what="session file")
+    check_regular_or_absent(tmp, what="session file")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a regular temporary file left by a crash
+    fd = open_regular(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, what="session file")
+    with os.fdopen(fd, "w") as fh:
         json.dump(obj, fh, indent=2, default=_json_default)
         fh.write("\n")
         fh.flush()
@@ -72,9 +79,9 @@ class Recorder:
         if len(self.channel_names) != self.n_channels:
             raise ValueError(f"{len(self.channel_names)} channel names for {self.n_channels} channels")
         self.flush_interval_s = float(flush_interval_ms) / 1e3
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if (self.dir / "session.json").exists():
-            raise FileExistsError(f"{self.dir} already holds a session; choose a new folder")
+        real_directory(self.dir, what="recording session folder")
+        if any(os.path.lexists(self.dir / name) for name in ("session.json", *_FILES.values())):
+            raise FileExistsError(f"{self.dir} already holds a session (or files of one); choose a new folder")
         self._meta: dict[str, Any] = {
             "format": SESSION_FORMAT,
             "format_version": FORMAT_VERSION,
@@ -90,8 +97,16 @@ class Recorder:
             **(extra_meta or {}),
         }
         _atomic_write_json(self.dir / "session.json", self._meta)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        self._fds = {k: os.open(self.dir / name, flags, 0o644) for k, name in _FILES.items()}
+        # O_EXCL on a folder just checked to hold none of them: a file (or link) planted meanwhile is refused
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL
+        self._fds: dict[str, int] = {}
+        try:
+            for k, name in _FILES.items():
+                self._fds[k] = open_regular(self.dir / name, flags, 0o644, what="recording file")
+        except BaseException:
+            for fd in self._fds.values():
+                os.close(fd)
+            raise
         self._pending: dict[str, list[bytes]] = {k: [] for k in _FILES}
         self._last_flush_s = time.monotonic()
         self._last_sync_s = self._last_flush_s

@@ -11,10 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from neurostimd.safe_io import check_regular_or_absent
+
 
 def write_state(path: Path, state: dict[str, Any]) -> None:
-    """Replace the state file atomically, so a reader never sees half a file."""
+    """Replace the state file atomically, so a reader never sees half a file. UnsafePath (nothing written) if
+    something other than a regular file is at the path: a symlink, FIFO or device planted there is not replaced."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    check_regular_or_absent(path, what="state file")
     fd, tmp = tempfile.mkstemp(prefix=".state-", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
