@@ -7,6 +7,7 @@ character device or a directory — opened with O_NONBLOCK, so that a FIFO witho
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -94,10 +95,9 @@ def read_regular(path: str | Path, *, what: str = "file") -> bytes | None:
 def real_directory(path: str | Path, *, what: str = "folder") -> Path:
     """Create `path` (and parents) if needed and check that it is a directory, not a symlink to one."""
     p = Path(path)
-    try:
+    # FileExistsError: something that is not a directory (a dangling link, a file) is in the way; lstat says what
+    with contextlib.suppress(FileExistsError):
         p.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:  # something that is not a directory (a dangling link, a file) is in the way
-        pass
     st = os.lstat(p)
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafePath(f"{what} {p} is {_kind(st.st_mode)}, not a directory the daemon created; remove it or "
