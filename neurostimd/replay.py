@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import structlog
@@ -25,7 +25,7 @@ log = structlog.get_logger(__name__)
 EX_CONFIG = 78
 
 
-def replay_config(cfg: Config, recording: Path, speed: float | str, out: Path) -> Config:
+def replay_config(cfg: Config, recording: Path, speed: float | Literal["max"], out: Path) -> Config:
     """The config with the recording as its source and every output inside `out`."""
     return cfg.model_copy(update={
         "source": ReplaySourceConfig(kind="replay", path=recording, speed=speed),
@@ -34,7 +34,7 @@ def replay_config(cfg: Config, recording: Path, speed: float | str, out: Path) -
     })
 
 
-def run_replay(cfg: Config, recording: Path, out: Path, speed: float | str = "max", *,
+def run_replay(cfg: Config, recording: Path, out: Path, speed: float | Literal["max"] = "max", *,
                progress: bool = True, plot: bool = True) -> dict[str, Any]:
     """Replay `recording` and write the outputs; returns a summary (ticks, wall time, x real time, commands)."""
     from neurostimd.loop import ClosedLoop
@@ -152,10 +152,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         for line in err.errors or [str(err)]:
             print(f"{args.config}: {line}", file=sys.stderr)
         return EX_CONFIG
-    speed: float | str = args.speed
-    if speed != "max":
+    speed: float | Literal["max"] = "max"
+    if args.speed != "max":
         try:
-            speed = float(speed)
+            speed = float(args.speed)
             if speed <= 0:
                 raise ValueError
         except ValueError:
