@@ -31,6 +31,18 @@ FAULT_BOARD_LOST = "board_lost"
 FAULT_NAK = "nak"
 FAULT_MISSING_ACK = "missing_ack"
 FAULT_QUALITY_PREFIX = "quality_"  # + the window's flag: quality_nan, quality_flatline, quality_saturation, ...
+# Checks at the daemon's boundary (docs/safety.md, "What the daemon checks at its boundary"); the loop passes them as
+# `boundary_causes`.
+FAULT_BOARD_PARAMS_MISMATCH = "board_params_mismatch"  # STATUS shows parameters the host did not command
+FAULT_BOARD_INFO_MISMATCH = "board_info_mismatch"  # a (re)connected board is not the one the loop was built for
+FAULT_BOARD_RESET = "board_reset"  # the board restarted (counter back near 0, its session gone)
+FAULT_RATE_MISMATCH = "rate_mismatch"  # samples arrive faster or slower than the declared rate
+FAULT_IMPLAUSIBLE_SIGNAL = "implausible_signal"  # amplitudes far outside anything the model was trained on
+FAULT_AUDIT_UNAVAILABLE = "audit_unavailable"  # the audit log cannot be written: nothing but STOP may be sent
+
+# Causes after which the safe state is "off" even when [safety] safe_state = "fallback": the board is not doing what
+# it is told (or is not the board we know), or nothing can be audited — commanding any stimulation would trust it.
+FORCE_OFF_CAUSES = frozenset({FAULT_BOARD_PARAMS_MISMATCH, FAULT_BOARD_INFO_MISMATCH, FAULT_AUDIT_UNAVAILABLE})
 
 BoardReply = Literal["ack", "nak", "timeout"]
 
@@ -42,7 +54,9 @@ class FaultInputs:
     `data_age_ms`: age of the newest sample (None: no data yet). `quality_flags`: the window's flags (e.g. "nan",
     "inf", "flatline", "saturation", "gap"; empty = clean). `confidence`: the classifier's top probability (None: no
     classification this tick). `board_ok`: False when the board is lost. `last_reply`: the board's answer to the
-    previous command sent (None when nothing was sent since the previous decision).
+    previous command sent (None when nothing was sent since the previous decision). `boundary_causes`: fault names
+    raised by the loop's checks of what comes from outside (the board's INFO and STATUS, the stream's rate and
+    amplitudes, the audit log: FAULT_BOARD_PARAMS_MISMATCH, …), taken as they are.
     """
 
     data_age_ms: float | None
@@ -50,18 +64,21 @@ class FaultInputs:
     confidence: float | None = None
     board_ok: bool = True
     last_reply: BoardReply | None = None
+    boundary_causes: Collection[str] = ()
 
 
 @dataclass(frozen=True)
 class FaultStatus:
     """`faults`: the causes seen at this decision. `active`: the safe state is in force. `raised`: causes new since
-    the previous decision. `cleared`: the safe state ended at this decision."""
+    the previous decision. `cleared`: the safe state ended at this decision. `force_off`: a cause in FORCE_OFF_CAUSES
+    holds, so the safe state is "off" whatever [safety] safe_state says."""
 
     active: bool
     faults: tuple[str, ...]
     raised: tuple[str, ...]
     cleared: bool
     clean_since_s: float | None
+    force_off: bool = False
 
 
 def fallback_params(cfg: SafetyConfig) -> StimParams | None:
@@ -92,6 +109,7 @@ class FaultMonitor:
     def reset(self) -> None:
         """Back to the start: safe state in force until inputs have been clean for `recovery_clean_ms`."""
         self._active = True
+        self._force_off = False
         self._prev: frozenset[str] = frozenset({FAULT_STARTUP})
         self._clean_since_s: float | None = None
 
@@ -117,6 +135,7 @@ class FaultMonitor:
         c = inputs.confidence
         if c is None or not math.isfinite(c) or c < self.confidence_threshold:
             out.append(FAULT_LOW_CONFIDENCE)
+        out.extend(dict.fromkeys(str(b) for b in inputs.boundary_causes if str(b) not in out))
         return tuple(out)
 
     def update(self, t_s: float, inputs: FaultInputs) -> FaultStatus:
@@ -133,11 +152,15 @@ class FaultMonitor:
                 self._active = False
                 cleared = True
         self._prev = frozenset(causes)
+        self._force_off = any(c in FORCE_OFF_CAUSES for c in causes)
         return FaultStatus(active=self._active, faults=causes, raised=raised, cleared=cleared,
-                           clean_since_s=self._clean_since_s)
+                           clean_since_s=self._clean_since_s, force_off=self._force_off)
 
     def override(self, desired: StimParams | None) -> StimParams | None:
-        """What to request from the gate: the policy's wish, or the safe state while a fault is in force."""
+        """What to request from the gate: the policy's wish, or the safe state while a fault is in force (off,
+        whatever the configured safe state, while a FORCE_OFF_CAUSES cause holds)."""
+        if self._force_off:
+            return None
         return self.safe_params if self._active else desired
 
 
@@ -152,6 +175,7 @@ class ControlInputs:
     board_ok: bool = True
     last_reply: BoardReply | None = None
     impedance_ohm: float | None = None
+    boundary_causes: Collection[str] = ()
 
 
 @dataclass(frozen=True)
@@ -218,7 +242,7 @@ class Controller:
         fault = self.monitor.update(t_s, FaultInputs(
             data_age_ms=inputs.data_age_ms, quality_flags=inputs.quality_flags,
             confidence=None if inputs.probs is None else decision.confidence,
-            board_ok=inputs.board_ok, last_reply=inputs.last_reply))
+            board_ok=inputs.board_ok, last_reply=inputs.last_reply, boundary_causes=inputs.boundary_causes))
         requested = self.monitor.override(decision.desired)
         result = self.gate.apply(t_s, requested, impedance_ohm=inputs.impedance_ohm)
         return Command(t_s=t_s, decision=decision, fault=fault, requested=requested, gate=result,

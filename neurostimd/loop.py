@@ -252,12 +252,14 @@ class ClosedLoop:
         flags = list(quality.reasons)
         if self.source.stale and "stale" not in flags:
             age_ms = math.inf if age_ms is None else max(age_ms, self.cfg.loop.stale_after_ms + 1.0)
+        # what the checks at the boundary (board, stream, audit log) found wrong at this decision
+        boundary: list[str] = []
 
         # policy → fault monitor → gate
         p = perf()
         cmd = self.controller.step(t_s, ControlInputs(
             probs=probs, data_age_ms=age_ms, t_data_s=self.source.t_data_s, quality_flags=flags, board_ok=board_ok,
-            last_reply=self._last_reply, impedance_ohm=self._impedance_ohm))
+            last_reply=self._last_reply, impedance_ohm=self._impedance_ohm, boundary_causes=boundary))
         stages["policy_safety"] = (perf() - p) / 1e6
         self._last_reply = None
         self._audit_events(cmd)

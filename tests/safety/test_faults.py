@@ -7,7 +7,14 @@ import pytest
 
 from drivers.base import StimParams
 from neurostimd.config import PolicyConfig, SafetyConfig
-from neurostimd.faults import ControlInputs, Controller, FaultInputs, FaultMonitor, fallback_violations
+from neurostimd.faults import (
+    FORCE_OFF_CAUSES,
+    ControlInputs,
+    Controller,
+    FaultInputs,
+    FaultMonitor,
+    fallback_violations,
+)
 from neurostimd.stimtable import notebook_table
 
 CLEAN = FaultInputs(data_age_ms=10.0, quality_flags=(), confidence=0.9, board_ok=True, last_reply=None)
@@ -69,6 +76,29 @@ def test_fallback_safe_state_requests_fallback() -> None:
     fb = m.override(StimParams(100.0, 5.0, 500.0))
     assert fb is not None and (fb.frequency_hz, fb.amplitude_ma, fb.pulse_width_us) == (20.0, 0.5, 100.0)
     assert fallback_violations(m.cfg) == []
+
+
+@pytest.mark.parametrize("cause", sorted(FORCE_OFF_CAUSES))
+def test_untrusted_board_or_log_forces_off_even_with_a_fallback(cause: str) -> None:
+    """A boundary cause in FORCE_OFF_CAUSES (a board running what it was not told, a different board, no audit log)
+    requests no stimulation at all, not the fallback: sending it would trust the board or go unaudited."""
+    m = monitor(safe_state="fallback", fallback={"frequency_hz": 20.0, "amplitude_ma": 0.5, "pulse_width_us": 100.0},
+                recovery_clean_ms=0.0)
+    m.update(0.0, CLEAN)
+    st = m.update(0.05, FaultInputs(data_age_ms=10.0, confidence=0.9, boundary_causes=(cause,)))
+    assert st.active and st.force_off and cause in st.raised
+    assert m.override(StimParams(20.0, 1.0, 100.0)) is None
+    m.update(0.1, FAULTY["stale_data"])  # an ordinary fault: the fallback again
+    assert m.override(StimParams(20.0, 1.0, 100.0)) is not None
+
+
+@pytest.mark.parametrize("cause", ["rate_mismatch", "implausible_signal", "board_reset"])
+def test_boundary_causes_force_the_safe_state(cause: str) -> None:
+    """Every cause the loop's boundary checks report is a fault like any other: safe state at once, named."""
+    m = monitor(recovery_clean_ms=0.0)
+    m.update(0.0, CLEAN)
+    st = m.update(0.05, FaultInputs(data_age_ms=10.0, confidence=0.9, boundary_causes=(cause,)))
+    assert st.active and st.faults == (cause,) and m.override(StimParams(20.0, 1.0, 100.0)) is None
 
 
 def controller(**safety: object) -> Controller:
