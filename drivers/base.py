@@ -5,6 +5,7 @@ a driver that was never closed (as python-can's BusABC does)."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -47,6 +48,25 @@ class BoardLimits:
     watchdog_ms: int
 
 
+    def problems(self) -> list[str]:
+        """What is wrong with these limits (empty when they are usable): every value finite and positive, each
+        minimum at most its maximum, a dead-man timer present. A board reporting anything else is refused: its
+        limits would be meaningless (a 0 Hz maximum crashed the gate) or switch the dead-man timer off."""
+        out: list[str] = []
+        for name in ("min_frequency_hz", "max_frequency_hz", "max_amplitude_ma", "min_pulse_width_us",
+                     "max_pulse_width_us", "max_charge_per_phase_uc"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                out.append(f"{name} = {v!r} is not a positive finite number")
+        for lo, hi in (("min_frequency_hz", "max_frequency_hz"), ("min_pulse_width_us", "max_pulse_width_us")):
+            a, b = getattr(self, lo), getattr(self, hi)
+            if isinstance(a, int | float) and isinstance(b, int | float) and a > b:
+                out.append(f"{lo} = {a!r} is above {hi} = {b!r}")
+        if not (isinstance(self.watchdog_ms, int) and self.watchdog_ms > 0):
+            out.append(f"watchdog_ms = {self.watchdog_ms!r}: the board reports no dead-man timer")
+        return out
+
+
 @dataclass(frozen=True)
 class BoardInfo:
     """What the board says about itself in INFO."""
@@ -59,6 +79,34 @@ class BoardInfo:
     sample_format: str  # "int16" or "float32" on the wire; read_samples always returns float32 µV
     uv_per_lsb: float  # scale from wire units to µV (1.0 for float32)
     limits: BoardLimits
+
+    def problems(self) -> list[str]:
+        """What makes this INFO unusable (empty when none): impossible stream settings or limits (see
+        BoardLimits.problems)."""
+        out: list[str] = []
+        if not (isinstance(self.n_channels, int) and self.n_channels > 0):
+            out.append(f"n_channels = {self.n_channels!r}")
+        if not (math.isfinite(self.sample_rate_hz) and self.sample_rate_hz > 0):
+            out.append(f"sample_rate_hz = {self.sample_rate_hz!r} is not a positive finite number")
+        if not (math.isfinite(self.uv_per_lsb) and self.uv_per_lsb > 0):
+            out.append(f"uv_per_lsb = {self.uv_per_lsb!r} is not a positive finite number")
+        return out + self.limits.problems()
+
+    def differences(self, other: BoardInfo) -> list[str]:
+        """The settings in which `other` differs from this INFO, as "name: ours → theirs" lines: what a loop built
+        for this board cannot take from a different one (stream format, scale, limits, dead-man timer). The device
+        id and firmware version are not compared (a restarted simulator, or the same board after a firmware update
+        with the same settings, is acceptable); the caller logs them."""
+        out = []
+        for name in ("n_channels", "sample_rate_hz", "sample_format", "uv_per_lsb"):
+            a, b = getattr(self, name), getattr(other, name)
+            if a != b:
+                out.append(f"{name}: {a!r} → {b!r}")
+        for name, a in self.limits.__dict__.items():
+            b = getattr(other.limits, name)
+            if a != b:
+                out.append(f"limits.{name}: {a!r} → {b!r}")
+        return out
 
 
 @dataclass(frozen=True)

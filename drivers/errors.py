@@ -29,3 +29,16 @@ class DriverTimeout(DriverError, TimeoutError):
 
 class BoardLost(DriverError):
     """The port vanished or the board stopped answering; the driver is trying to reconnect."""
+
+
+class PortBusy(DriverError):
+    """Another process holds the board's serial port (its exclusive lock): two hosts must never share a board."""
+
+
+class BoardRefused(DriverError):
+    """The board answered, but the host will not use it: its INFO is impossible or unsafe (no dead-man timer, limits
+    that are not positive and ordered), or a reconnected board is not the one the loop was built for."""
+
+
+class BadReply(DriverError):
+    """The board answered a request with a reply of the wrong type: whether it ran the request is unknown."""

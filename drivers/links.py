@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
+import fcntl
+import os
 import select
+import stat
+import termios
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -16,7 +21,7 @@ from collections.abc import Callable
 
 import serial
 
-from drivers.errors import BoardLost, DriverError
+from drivers.errors import BoardLost, DriverError, PortBusy
 
 # Fault injection hook: takes the bytes of one write (or one read) and returns the chunks to pass on instead
 # (split: several chunks; drop: []; duplicate: the chunk twice; corrupt / garbage: altered or extra bytes).
@@ -45,17 +50,71 @@ class ByteLink(ABC):
         self.close()
 
 
+def port_holders(port: str) -> list[str]:
+    """Best effort: "pid N (command)" for every other process that has `port` open (from /proc; processes this
+    user may not inspect are not listed)."""
+    try:
+        target = os.path.realpath(port)
+    except OSError:
+        return []
+    out = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == target for fd in fds):
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    cmd = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                out.append(f"pid {pid} ({cmd[:80]})")
+        except OSError:
+            continue
+    return out
+
+
+def _check_char_device(port: str) -> None:
+    """A serial port is a character device (a pty link may be a symlink to one); anything else is refused before
+    pyserial touches it — a FIFO or a regular file at [device] port is a misconfiguration, not a board."""
+    try:
+        st = os.stat(port)
+    except FileNotFoundError as err:
+        raise BoardLost(f"serial port {port} does not exist; check [device] port (or --port) and that the board "
+                        f"(or neurostimd-sim) is connected") from err
+    except OSError as err:
+        raise BoardLost(f"cannot open serial port {port}: {err}") from err
+    if not stat.S_ISCHR(st.st_mode):
+        raise DriverError(f"{port} is not a serial port (not a character device); check [device] port")
+
+
 class SerialLink(ByteLink):
     """A serial port through pyserial (raw mode, 8N1). Waits with select() on the port's descriptor, so a read with a
-    timeout never spins and never reconfigures the port."""
+    timeout never spins and never reconfigures the port.
 
-    def __init__(self, port: str, baudrate: int = 2_000_000, *, write_timeout_s: float = 1.0) -> None:
+    The port is opened exclusively (by default): an advisory lock (pyserial's `exclusive`, flock) that any
+    cooperating opener respects, and TIOCEXCL, with which the kernel refuses further opens of the tty to processes
+    without CAP_SYS_ADMIN. A port already held raises PortBusy. Root can still open it: the protocol's session token
+    is what keeps such a process from commanding the board."""
+
+    def __init__(self, port: str, baudrate: int = 2_000_000, *, write_timeout_s: float = 1.0,
+                 exclusive: bool = True) -> None:
         self.port = port
+        _check_char_device(port)
         try:
-            self._ser: serial.Serial | None = serial.Serial(port, baudrate, timeout=0, write_timeout=write_timeout_s)
+            self._ser: serial.Serial | None = serial.Serial(port, baudrate, timeout=0, write_timeout=write_timeout_s,
+                                                            exclusive=exclusive or None)
         except (serial.SerialException, OSError, ValueError) as err:
+            if getattr(err, "errno", None) in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EBUSY):
+                holders = port_holders(port)
+                raise PortBusy(f"serial port {port} is held by another process "
+                               f"({', '.join(holders) if holders else 'not visible to this user'}); a board must "
+                               f"have one host: stop the other program (another neurostimd, a serial monitor) and "
+                               f"start again") from err
             raise BoardLost(f"cannot open serial port {port}: {err}; check the path and that the board (or "
                             "neurostimd-sim) is running") from err
+        if exclusive:
+            try:
+                fcntl.ioctl(self._ser.fileno(), termios.TIOCEXCL)
+            except OSError as err:  # not a tty after all: pyserial would have failed first; be explicit
+                self.close()
+                raise DriverError(f"{port}: cannot make the port exclusive ({err}); is it a serial port?") from err
         # bytes queued before we opened belong to no one (an earlier host's session): start clean
         with contextlib.suppress(serial.SerialException, OSError):
             self._ser.reset_input_buffer()

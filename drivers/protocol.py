@@ -5,11 +5,14 @@ Shared by the host driver and the simulated board; docs/protocol.md documents th
 Wire frame: ``00 | COBS(body) | 00``. The body is a 6-byte header (version u8, type u8, seq u16 LE, payload length
 u16 LE), the payload, and a CRC-32 (zlib / ISO-HDLC, little-endian) over header + payload. All multi-byte fields are
 little-endian. The leading delimiter isolates any line noise that preceded a frame; receivers ignore empty frames.
+
+Version 2 binds commands to a session: every host request starts its payload with the 8-byte session token that the
+host chose at random for its HELLO, and the board refuses a request with another token (NAK bad_session). The board
+never sends the token back, so a second process on the port cannot learn it from what it reads.
 """
 
 from __future__ import annotations
 
-import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -23,7 +26,8 @@ from cobs import cobs
 from drivers.base import BoardInfo, BoardLimits, BoardStatus, StimParams
 from drivers.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+SESSION_TOKEN_SIZE = 8  # bytes of the host's random session token at the start of every request payload
 DELIMITER = b"\x00"
 HEADER = struct.Struct("<BBHH")  # version, type, seq, payload length
 CRC = struct.Struct("<I")
@@ -47,6 +51,7 @@ class MsgType(IntEnum):
     NAK = 0x08
     STATUS_REQ = 0x09
     STATUS = 0x0A
+    BYE = 0x0B
 
 
 class NakReason(IntEnum):
@@ -55,6 +60,7 @@ class NakReason(IntEnum):
     BUSY = 3  # the board cannot take the command now
     FAULT = 4  # the board is in a fault state and refuses to stimulate
     UNSUPPORTED = 5  # a message type the board does not accept from the host
+    BAD_SESSION = 6  # the request's session token is not the live session's (or no session is live: send HELLO)
 
     @property
     def label(self) -> str:
@@ -104,43 +110,52 @@ def _expect_len(payload: bytes, n: int, what: str) -> None:
         raise ProtocolError(f"{what} payload must be {n} bytes, got {len(payload)}")
 
 
-class _NoPayload:
-    """A message that is its type alone: an empty payload."""
-
-    TYPE: ClassVar[MsgType]
-
-    def pack(self) -> bytes:
-        return b""
-
-    @classmethod
-    def unpack(cls, payload: bytes) -> Self:
-        _expect_len(payload, 0, cls.TYPE.name)
-        return cls()
+def _check_token(token: bytes, what: str) -> bytes:
+    if not isinstance(token, bytes | bytearray) or len(token) != SESSION_TOKEN_SIZE:
+        raise ProtocolError(f"{what} needs a {SESSION_TOKEN_SIZE}-byte session token")
+    return bytes(token)
 
 
 @dataclass(frozen=True)
-class Hello(_NoPayload):
-    """Host → board: identify yourself (the board answers INFO). Also resets the board's duplicate filter."""
+class _TokenOnly:
+    """A host request whose payload is the session token alone."""
+
+    TYPE: ClassVar[MsgType]
+    token: bytes = field(repr=False)  # a secret of the session: never in a log line
+
+    def pack(self) -> bytes:
+        return _check_token(self.token, self.TYPE.name)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> Self:
+        _expect_len(payload, SESSION_TOKEN_SIZE, cls.TYPE.name)
+        return cls(bytes(payload))
+
+
+@dataclass(frozen=True)
+class Hello(_TokenOnly):
+    """Host → board: open (or resume) the session `token` and identify yourself (the board answers INFO). A board
+    whose session with another token is alive answers NAK busy. Opening a session resets the duplicate filter."""
 
     TYPE: ClassVar[MsgType] = MsgType.HELLO
 
 
 @dataclass(frozen=True)
-class Heartbeat(_NoPayload):
+class Heartbeat(_TokenOnly):
     """Host → board: I am alive (re-arms the dead-man timer; the board ACKs it)."""
 
     TYPE: ClassVar[MsgType] = MsgType.HEARTBEAT
 
 
 @dataclass(frozen=True)
-class Stop(_NoPayload):
+class Stop(_TokenOnly):
     """Host → board: stop stimulating now (the board ACKs it, stimulating or not)."""
 
     TYPE: ClassVar[MsgType] = MsgType.STOP
 
 
 @dataclass(frozen=True)
-class StatusReq(_NoPayload):
+class StatusReq(_TokenOnly):
     """Host → board: report STATUS."""
 
     TYPE: ClassVar[MsgType] = MsgType.STATUS_REQ
@@ -151,20 +166,35 @@ _STIM = struct.Struct("<ffff")  # frequency_hz, amplitude_ma, pulse_width_us, in
 
 @dataclass(frozen=True)
 class SetStim:
-    """Host → board: stimulate with these parameters (biphasic, charge-balanced)."""
+    """Host → board: stimulate with these parameters (biphasic, charge-balanced), in the session `token`."""
 
     TYPE: ClassVar[MsgType] = MsgType.SET_STIM
-    params: StimParams
+    token: bytes = field(repr=False)
+    params: StimParams = field(default_factory=lambda: StimParams(0.0, 0.0, 0.0))
 
     def pack(self) -> bytes:
         p = self.params
-        return _STIM.pack(p.frequency_hz, p.amplitude_ma, p.pulse_width_us, p.interphase_gap_us)
+        return _check_token(self.token, "SET_STIM") + _STIM.pack(p.frequency_hz, p.amplitude_ma, p.pulse_width_us,
+                                                                 p.interphase_gap_us)
 
     @classmethod
     def unpack(cls, payload: bytes) -> SetStim:
-        _expect_len(payload, _STIM.size, "SET_STIM")
-        f, a, pw, ipg = _STIM.unpack(payload)
-        return cls(StimParams(frequency_hz=f, amplitude_ma=a, pulse_width_us=pw, interphase_gap_us=ipg))
+        _expect_len(payload, SESSION_TOKEN_SIZE + _STIM.size, "SET_STIM")
+        f, a, pw, ipg = _STIM.unpack_from(payload, SESSION_TOKEN_SIZE)
+        return cls(bytes(payload[:SESSION_TOKEN_SIZE]),
+                   StimParams(frequency_hz=f, amplitude_ma=a, pulse_width_us=pw, interphase_gap_us=ipg))
+
+
+@dataclass(frozen=True)
+class Bye(_TokenOnly):
+    """Host → board: end the session `token` (a host that closes the port): stop stimulating and ACK; the next HELLO
+    may open a new session at once instead of waiting for the dead-man timer."""
+
+    TYPE: ClassVar[MsgType] = MsgType.BYE
+
+
+# Requests a host sends, all of which carry the session token.
+HostRequest = Hello | Heartbeat | Stop | StatusReq | SetStim | Bye
 
 
 _ACK = struct.Struct("<B")  # type of the acknowledged message
@@ -265,8 +295,8 @@ class Info:
             sample_format = SampleFormat(fmt)
         except ValueError as err:
             raise ProtocolError(f"INFO with unknown sample format code {fmt}") from err
-        if n_ch == 0 or not (math.isfinite(rate) and rate > 0) or not (math.isfinite(uv) and uv > 0):
-            raise ProtocolError(f"INFO with impossible stream settings: {n_ch} channels, {rate} Hz, {uv} µV/LSB")
+        # The values are not judged here: the driver checks them (drivers.base.info_problems) and refuses the
+        # board with a message naming what is wrong, where a BadFrame would only look like a missing answer.
         limits = BoardLimits(min_frequency_hz=vals[0], max_frequency_hz=vals[1], max_amplitude_ma=vals[2],
                              min_pulse_width_us=vals[3], max_pulse_width_us=vals[4],
                              max_charge_per_phase_uc=vals[5], watchdog_ms=vals[6])
@@ -348,10 +378,10 @@ class Status:
                            fault_flags=self.fault_flags, fault_names=fault_names(self.fault_flags))
 
 
-Message = Hello | Info | Samples | SetStim | Stop | Heartbeat | Ack | Nak | StatusReq | Status
+Message = Hello | Info | Samples | SetStim | Stop | Heartbeat | Ack | Nak | StatusReq | Status | Bye
 
 _CLASSES: dict[MsgType, type[Message]] = {
-    c.TYPE: c for c in (Hello, Info, Samples, SetStim, Stop, Heartbeat, Ack, Nak, StatusReq, Status)
+    c.TYPE: c for c in (Hello, Info, Samples, SetStim, Stop, Heartbeat, Ack, Nak, StatusReq, Status, Bye)
 }
 
 

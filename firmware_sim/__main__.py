@@ -6,6 +6,11 @@ With --pty it prints `PTY <path>` as its first stdout line; a host opens that pa
 sleeps on select() until the next absolute deadline (next sample block, dead-man deadline) or until the host writes.
 It keeps serving when the host closes the port (a host may come back) and when garbage arrives on the line.
 SIGTERM / SIGINT: stop stimulating (event log: stim_off, reason "shutdown") and exit 0.
+SIGHUP: reboot the board, as its reset button would (stimulation off, session forgotten, sample counter back to 0).
+
+Test hooks that emulate a faulty or unsafe board (never needed for normal use): --limit NAME=VALUE reports (and
+enforces) another hard limit, --pace-rate HZ sends samples at another rate than INFO declares, --no-session-check
+obeys any session token, --watchdog-ms 0 has no dead-man timer.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from types import FrameType
 import serial
 import structlog
 
+from drivers.base import BoardLimits
 from drivers.protocol import SampleFormat
-from firmware_sim.board import Board, EventLog
+from firmware_sim.board import DEFAULT_LIMITS, Board, EventLog
 from firmware_sim.generator import FileSource, SampleSource, SyntheticSource
 
 log = structlog.get_logger("firmware_sim")
@@ -57,7 +63,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", action="store_true", help="loop the recording instead of going quiet at its end")
     p.add_argument("--impedance-ohm", type=float, default=None, help="electrode impedance the board reports")
     p.add_argument("--initial-state", type=int, default=0, choices=[0, 1, 2], help="plant state at start")
+    faulty = p.add_argument_group("emulating a faulty or unsafe board (for testing the host)")
+    faulty.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                        help="report and enforce this hard limit instead of the default (e.g. max_frequency_hz=0)")
+    faulty.add_argument("--pace-rate", type=float, default=None, metavar="HZ",
+                        help="send samples at this rate while INFO declares --rate (a board with a wrong clock)")
+    faulty.add_argument("--no-session-check", action="store_true",
+                        help="obey requests with any session token (firmware without the protocol-2 session check)")
     return p
+
+
+def parse_limits(items: Sequence[str], watchdog_ms: int) -> BoardLimits:
+    """The default limits with --limit NAME=VALUE overrides (and --watchdog-ms)."""
+    values: dict[str, float | int] = {**DEFAULT_LIMITS.__dict__, "watchdog_ms": int(watchdog_ms)}
+    names = [n for n in values if n != "watchdog_ms"]  # the dead-man timeout is --watchdog-ms
+    for item in items:
+        name, _, raw = item.partition("=")
+        if name not in names or not raw:
+            raise ValueError(f"--limit {item!r}: use NAME=VALUE with NAME one of {', '.join(names)}")
+        try:
+            values[name] = float(raw)
+        except ValueError as err:
+            raise ValueError(f"--limit {item!r}: {raw!r} is not a number") from err
+    return BoardLimits(**values)  # type: ignore[arg-type]  # the names are BoardLimits' own fields
 
 
 def make_source(args: argparse.Namespace) -> SampleSource:
@@ -73,11 +101,17 @@ def make_source(args: argparse.Namespace) -> SampleSource:
 
 
 class _Stop:
+    """Signal flags for the serve loop: SIGTERM/SIGINT ask it to exit, SIGHUP to reboot the board."""
+
     def __init__(self) -> None:
         self.requested = False
+        self.reboot = False
         self.signum = 0
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.reboot = True
+            return
         self.requested = True
         self.signum = signum
 
@@ -95,10 +129,13 @@ def serve(args: argparse.Namespace) -> int:
     events = EventLog(args.log)
     board = Board(source=source, block_size=args.block, sample_format=SampleFormat.from_label(args.format),
                   uv_per_lsb=args.uv_per_lsb, watchdog_ms=args.watchdog_ms, impedance_ohm=args.impedance_ohm,
-                  device_id=f"neurostimd-sim-{os.getpid()}", event_log=events, start_ns=time.monotonic_ns())
+                  limits=parse_limits(args.limit, args.watchdog_ms), device_id=f"neurostimd-sim-{os.getpid()}",
+                  event_log=events, start_ns=time.monotonic_ns(), check_session=not args.no_session_check,
+                  pace_rate_hz=args.pace_rate)
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, stop)
 
     port: serial.Serial | None = None
     slave = -1
@@ -125,6 +162,10 @@ def serve(args: argparse.Namespace) -> int:
     max_pending = max(1 << 16, int(PENDING_TX_S * board.sample_rate_hz * board.n_channels * itemsize * 1.1))
     try:
         while not stop.requested:
+            if stop.reboot:
+                stop.reboot = False
+                board.reboot(time.monotonic_ns())
+                pending.clear()  # what the board had queued is gone with it
             now = time.monotonic_ns()
             wake = board.next_wakeup_ns()
             timeout_s = 1.0 if wake is None else max(0.0, (wake - now) / 1e9)
@@ -177,9 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # stdout carries the PTY line; everything the sim logs goes to stderr
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-    if args.block <= 0 or args.watchdog_ms <= 0 or (args.channels is not None and args.channels <= 0) \
-            or (args.rate is not None and args.rate <= 0):
-        print("neurostimd-sim: --block, --watchdog-ms, --channels and --rate must be positive", file=sys.stderr)
+    if args.block <= 0 or args.watchdog_ms < 0 or (args.channels is not None and args.channels <= 0) \
+            or (args.rate is not None and args.rate <= 0) or (args.pace_rate is not None and args.pace_rate <= 0):
+        print("neurostimd-sim: --block, --channels, --rate and --pace-rate must be positive, --watchdog-ms at least "
+              "0 (0: no dead-man timer)", file=sys.stderr)
         return 2
     try:
         return serve(args)

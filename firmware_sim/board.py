@@ -4,9 +4,14 @@ sample pacing and the event log. No I/O except the event log file, no clock of i
 clock (neurostimd.virtual_board).
 
 feed(bytes, now_ns) -> bytes     the board's replies to what the host sent
-advance(now_ns) -> bytes         SAMPLES frames now due, after the watchdog check (sent only while a host is
-                                 talking: from its first valid frame until the dead-man timer trips)
+advance(now_ns) -> bytes         SAMPLES frames now due, after the watchdog check (sent only while a session is
+                                 live: from an accepted HELLO until the dead-man timer trips)
 next_wakeup_ns()                 when advance() next has something to do
+
+Sessions (protocol version 2): HELLO opens a session under the host's token (or resumes it, same token); while it
+is live only requests carrying that token are obeyed and re-arm the dead-man timer — another process on the port
+gets NAK busy for its HELLO and NAK bad_session for its commands. The session ends when the dead-man timer trips,
+which has stopped any stimulation, so a new session always starts on a board that runs nothing.
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from drivers.base import BoardLimits, StimParams
 from drivers.protocol import (
     SEQ_MODULO,
     Ack,
+    Bye,
     FaultFlag,
     Frame,
     FrameDecoder,
     Heartbeat,
     Hello,
+    HostRequest,
     Info,
     Message,
     MsgType,
@@ -47,7 +54,7 @@ from firmware_sim.generator import SampleSource
 
 log = structlog.get_logger(__name__)
 
-FIRMWARE_VERSION = "sim-0.1.0"
+FIRMWARE_VERSION = "sim-0.2.0"  # protocol version 2
 DEFAULT_LIMITS = BoardLimits(min_frequency_hz=1.0, max_frequency_hz=250.0, max_amplitude_ma=6.0,
                              min_pulse_width_us=10.0, max_pulse_width_us=1000.0, max_charge_per_phase_uc=3.0,
                              watchdog_ms=250)
@@ -96,6 +103,8 @@ class BoardCounters:
     bad_frames: int = 0
     bytes_discarded: int = 0
     naks: int = 0
+    foreign_requests: int = 0  # requests refused for another session's token (busy, bad_session)
+    sessions: int = 0
     duplicates: int = 0
     blocks_sent: int = 0
     samples_dropped: int = 0
@@ -134,14 +143,19 @@ class Board:
                  uv_per_lsb: float = 0.195, watchdog_ms: int = 250, limits: BoardLimits | None = None,
                  impedance_ohm: float | None = None, compliance_v: float = DEFAULT_COMPLIANCE_V,
                  device_id: str = "neurostimd-sim", event_log: EventLog | None = None,
-                 stream_samples: bool = True, start_ns: int = 0) -> None:
+                 stream_samples: bool = True, start_ns: int = 0, check_session: bool = True,
+                 pace_rate_hz: float | None = None) -> None:
+        """`check_session=False` emulates firmware that ignores the session token (any HELLO opens a session, any
+        token is obeyed): only for testing what the host does against such a board. `pace_rate_hz` paces the
+        samples at another rate than the INFO declares (a board whose clock is wrong), for testing the host's rate
+        check. `limits.watchdog_ms == 0` emulates a board without a dead-man timer."""
         if source is not None:
             n_channels, sample_rate_hz = source.n_channels, source.sample_rate_hz
         if n_channels <= 0 or sample_rate_hz <= 0 or block_size <= 0:
             raise ValueError(f"need positive channels, rate and block size; got {n_channels}, {sample_rate_hz}, "
                              f"{block_size}")
-        if watchdog_ms <= 0:
-            raise ValueError(f"watchdog_ms must be positive, got {watchdog_ms}")
+        if watchdog_ms < 0:
+            raise ValueError(f"watchdog_ms must be positive (or 0 for no dead-man timer), got {watchdog_ms}")
         fmt = SampleFormat.from_label(sample_format) if isinstance(sample_format, str) else sample_format
         self.source = source
         self.n_channels = int(n_channels)
@@ -149,10 +163,15 @@ class Board:
         self.block_size = int(block_size)
         self.sample_format = fmt
         self.uv_per_lsb = float(uv_per_lsb) if fmt is SampleFormat.INT16 else 1.0
-        self.limits = limits if limits is not None else DEFAULT_LIMITS
-        if limits is None or limits.watchdog_ms != watchdog_ms:
-            self.limits = BoardLimits(**{**self.limits.__dict__, "watchdog_ms": int(watchdog_ms)})
-        self.watchdog_ns = int(self.limits.watchdog_ms) * 1_000_000
+        # watchdog_ms sets the dead-man timeout whatever `limits` says (so callers vary one without the other)
+        self.limits = BoardLimits(**{**(limits if limits is not None else DEFAULT_LIMITS).__dict__,
+                                     "watchdog_ms": int(watchdog_ms)})
+        # 0: no dead-man timer at all (an emulated unsafe board; the host refuses it)
+        self.watchdog_ns = int(self.limits.watchdog_ms) * 1_000_000 or None
+        self.check_session = check_session
+        self.pace_rate_hz = float(pace_rate_hz) if pace_rate_hz else self.sample_rate_hz
+        if not self.pace_rate_hz > 0:
+            raise ValueError(f"pace_rate_hz must be positive, got {pace_rate_hz}")
         self.impedance_ohm = impedance_ohm
         self.compliance_v = compliance_v
         self.device_id = device_id
@@ -165,7 +184,8 @@ class Board:
         self.fault_flags = 0
         self.fault_active = False
         self._decoder = FrameDecoder()
-        self._host_alive = False
+        self._host_alive = False  # a session is live: its last request came within the dead-man timeout
+        self._session: bytes | None = None  # the live session's token
         self._last_rx_ns = start_ns
         self._last_cmd: tuple[int, int] | None = None  # (seq, type) of the last state-changing command
         self._last_reply = b""
@@ -216,8 +236,8 @@ class Board:
         due = self._block_due_ns(self.sample_counter + self.block_size)
         if now_ns - due > MAX_BACKLOG_S * 1e9:
             # the FIFO overflowed during a stall: the ADC kept counting, all but the last FIFO-full are gone
-            behind = int((now_ns - self._t0_ns) * self.sample_rate_hz / 1e9) - self.sample_counter
-            fifo = int(MAX_BACKLOG_S * self.sample_rate_hz)
+            behind = int((now_ns - self._t0_ns) * self.pace_rate_hz / 1e9) - self.sample_counter
+            fifo = int(MAX_BACKLOG_S * self.pace_rate_hz)
             skip = max(0, (behind - fifo) // self.block_size * self.block_size)
             self.counters.samples_dropped += skip
             self.sample_counter += skip
@@ -244,9 +264,25 @@ class Board:
         times = []
         if self.stream_samples:
             times.append(self._block_due_ns(self.sample_counter + self.block_size))
-        if self._host_alive:
+        if self._host_alive and self.watchdog_ns is not None:
             times.append(self._last_rx_ns + self.watchdog_ns)
         return min(times) if times else None
+
+    def reboot(self, now_ns: int) -> None:
+        """The board restarts (its reset button, a brown-out): stimulation off, the session and the duplicate filter
+        forgotten, the sample counter back at 0, latched faults cleared."""
+        if self.stimulating:
+            self._stim_off(now_ns, "shutdown")
+        self.log.write("board_reset", now_ns, samples_before=self.sample_counter)
+        self._host_alive = False
+        self._session = None
+        self._last_cmd = None
+        self._decoder.reset()
+        self.fault_flags = 0
+        self.fault_active = False
+        self.sample_counter = 0
+        self._t0_ns = now_ns
+        self._tx_seq = 0
 
     # --- events from outside the protocol -------------------------------------------------------------------------
     def shutdown(self, now_ns: int) -> None:
@@ -279,7 +315,7 @@ class Board:
     # --- internals -------------------------------------------------------------------------------------------------
     def _block_due_ns(self, n_samples_done: int) -> int:
         # absolute schedule from t0: no drift however the calls are spaced
-        return self._t0_ns + round(n_samples_done * 1e9 / self.sample_rate_hz)
+        return self._t0_ns + round(n_samples_done * 1e9 / self.pace_rate_hz)
 
     def _to_wire(self, block: np.ndarray) -> np.ndarray:
         if self.sample_format is SampleFormat.FLOAT32:
@@ -297,9 +333,9 @@ class Board:
         return encode(Frame(seq, msg))
 
     def _check_watchdog(self, now_ns: int) -> None:
-        if not self._host_alive or now_ns < self._last_rx_ns + self.watchdog_ns:
+        if not self._host_alive or self.watchdog_ns is None or now_ns < self._last_rx_ns + self.watchdog_ns:
             return
-        self._host_alive = False
+        self._host_alive = False  # the session ends with it: the next host must HELLO again
         silent_ms = (now_ns - self._last_rx_ns) / 1e6
         self.counters.watchdog_trips += 1
         self.log.write("watchdog_trip", now_ns, silent_ms=round(silent_ms, 3), watchdog_ms=self.limits.watchdog_ms,
@@ -313,13 +349,47 @@ class Board:
         self.params = None
         self.log.write("stim_off", now_ns, reason=reason, **fields)
 
+    def _refuse(self, frame: Frame, reason: NakReason, now_ns: int) -> bytes:
+        """A request of another session (or of none): answered, not obeyed, and the dead-man timer not re-armed —
+        a second process on the port can neither command the board nor keep a dead host's stimulation alive."""
+        self.counters.naks += 1
+        self.counters.foreign_requests += 1
+        if isinstance(frame.msg, SetStim | Stop | Hello):
+            self.log.write("command_refused", now_ns, reason=reason.label, command=frame.type.name,
+                           **(frame.msg.params.as_dict() if isinstance(frame.msg, SetStim) else {}))
+        return self._reply(frame.seq, Nak(int(frame.type), reason))
+
     def _handle(self, frame: Frame, now_ns: int) -> bytes:
+        msg = frame.msg
+        if not isinstance(msg, HostRequest):  # a board → host type sent to the board: not a request
+            self.counters.naks += 1
+            return self._reply(frame.seq, Nak(int(msg.TYPE), NakReason.UNSUPPORTED))
+        live = self._host_alive and self._session is not None
+        if isinstance(msg, Hello):
+            if live and msg.token != self._session and self.check_session:
+                return self._refuse(frame, NakReason.BUSY, now_ns)
+            if not live or msg.token != self._session:
+                # A new session. The old one (if any) ended by the dead-man timer, which stopped stimulation, so
+                # the new host starts on a board that runs nothing; sequence numbers start over.
+                self._session = msg.token
+                self._last_cmd = None
+                self.counters.sessions += 1
+                self.log.write("session_open", now_ns, sessions=self.counters.sessions)
+            self._last_rx_ns = now_ns
+            self._host_alive = True
+            return self._reply(frame.seq, self.info())
+        if self.check_session and (not live or msg.token != self._session):
+            return self._refuse(frame, NakReason.BAD_SESSION, now_ns)
         self._last_rx_ns = now_ns
         self._host_alive = True
-        msg = frame.msg
-        if isinstance(msg, Hello):
-            self._last_cmd = None  # a new session: sequence numbers start over
-            return self._reply(frame.seq, self.info())
+        if isinstance(msg, Bye):
+            # the host closes its session: nothing will feed the dead-man timer, so stop now rather than later
+            if self.stimulating:
+                self._stim_off(now_ns, "host_stop")
+            self._host_alive = False
+            self._session = None
+            self.log.write("session_closed", now_ns)
+            return self._reply(frame.seq, Ack(MsgType.BYE))
         if isinstance(msg, Heartbeat):
             return self._reply(frame.seq, Ack(MsgType.HEARTBEAT))
         if isinstance(msg, StatusReq):
@@ -334,7 +404,7 @@ class Board:
                 else self._stop(frame.seq, now_ns)
             self._last_cmd, self._last_reply = key, reply
             return reply
-        self.counters.naks += 1
+        self.counters.naks += 1  # not reached: every HostRequest type is handled above
         return self._reply(frame.seq, Nak(int(msg.TYPE), NakReason.UNSUPPORTED))
 
     def _set_stim(self, seq: int, p: StimParams, now_ns: int) -> bytes:

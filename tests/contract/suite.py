@@ -37,7 +37,7 @@ class DriverContract:
     def test_handshake_reports_info_and_limits(self, driver: Driver) -> None:
         """open() handshakes and info() returns the board's identity, stream settings and hard limits."""
         info = driver.info()
-        assert info.protocol_version == 1
+        assert info.protocol_version == 2
         assert info.device_id and info.firmware_version
         assert info.n_channels > 0 and info.sample_rate_hz > 0
         assert info.sample_format in ("int16", "float32") and info.uv_per_lsb > 0

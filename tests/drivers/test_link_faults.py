@@ -256,8 +256,8 @@ class Plug:
 
 
 def test_vanished_port_raises_board_lost_and_reconnects_when_it_returns() -> None:
-    """An unplugged port raises BoardLost from calls, reconnect attempts are rate-limited, and once the port is
-    back the next call re-handshakes and carries on."""
+    """An unplugged port raises BoardLost from calls, reconnect attempts are rate-limited and back off (the interval
+    doubles after a failed attempt), and once the port is back the next call re-handshakes and carries on."""
     plug = Plug()
     rig = Rig(link_wrapper=plug.wrap, reconnect_interval_ms=500.0)
     with rig.driver as d:
@@ -277,6 +277,9 @@ def test_vanished_port_raises_board_lost_and_reconnects_when_it_returns() -> Non
         plug.connected = True
         assert d.reconnect() is False  # rate-limited again
         rig.clock.advance(600_000_000)
+        assert d.reconnect() is False  # backed off: 1000 ms after the failed attempt, not 500
+        assert plug.opens == opens + 1
+        rig.clock.advance(500_000_000)
         blocks = d.read_samples(0.05)  # reconnects by itself
         assert blocks and not d.lost
         assert d.counters.reconnects == 1 and d.counters.extra["board_lost"] == 1
@@ -338,4 +341,6 @@ def test_set_stim_frames_are_what_the_board_sees() -> None:
     with rig.driver as d:
         d.set_stimulation(SAFE)
     stim = [f.msg for f in sent if isinstance(f.msg, SetStim)]
-    assert stim == [SetStim(SAFE)]
+    assert [m.params for m in stim] == [SAFE]
+    tokens = {getattr(f.msg, "token", None) for f in sent}
+    assert len(tokens) == 1 and len(tokens.pop() or b"") == 8, "every request carries the one session token"

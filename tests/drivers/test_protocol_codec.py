@@ -13,8 +13,10 @@ from cobs import cobs
 from drivers import BoardLimits, ProtocolError, StimParams
 from drivers.protocol import (
     MAX_ENCODED,
+    SESSION_TOKEN_SIZE,
     Ack,
     BadFrame,
+    Bye,
     Frame,
     FrameDecoder,
     Heartbeat,
@@ -33,6 +35,7 @@ from drivers.protocol import (
     encode,
 )
 
+TOKEN = bytes.fromhex("a1b2c3d4e5f60718")
 LIMITS = BoardLimits(min_frequency_hz=1.0, max_frequency_hz=250.0, max_amplitude_ma=6.0, min_pulse_width_us=10.0,
                      max_pulse_width_us=1000.0, max_charge_per_phase_uc=3.0, watchdog_ms=250)
 
@@ -40,17 +43,19 @@ LIMITS = BoardLimits(min_frequency_hz=1.0, max_frequency_hz=250.0, max_amplitude
 def all_messages() -> list[Frame]:
     rng = np.random.default_rng(0)
     return [
-        Frame(0, Hello()),
+        Frame(0, Hello(TOKEN)),
         Frame(1, Info("board-7", "1.2.3", 32, 1000.0, SampleFormat.INT16, 0.25, LIMITS)),
         Frame(2, Samples(123_456_789_012, SampleFormat.INT16,
                          rng.integers(-32768, 32767, (10, 32)).astype(np.int16))),
         Frame(3, Samples(0, SampleFormat.FLOAT32, rng.standard_normal((5, 3)).astype(np.float32))),
-        Frame(4, SetStim(StimParams(50.0, 2.0, 200.0, 50.0))),
-        Frame(5, Stop()),
-        Frame(6, Heartbeat()),
+        Frame(4, SetStim(TOKEN, StimParams(50.0, 2.0, 200.0, 50.0))),
+        Frame(5, Stop(TOKEN)),
+        Frame(6, Heartbeat(TOKEN)),
         Frame(7, Ack(MsgType.SET_STIM)),
         Frame(8, Nak(MsgType.SET_STIM, NakReason.OUT_OF_LIMITS)),
-        Frame(9, StatusReq()),
+        Frame(9, StatusReq(TOKEN)),
+        Frame(11, Bye(TOKEN)),
+        Frame(12, Nak(MsgType.SET_STIM, NakReason.BAD_SESSION)),
         Frame(10, Status(True, StimParams(130.0, 1.5, 90.0, 20.0), 1200.0, 0b101)),
         Frame(65535, Status(False, None, None, 0)),
     ]
@@ -72,18 +77,37 @@ def test_every_message_round_trips(frame: Frame) -> None:
 
 
 def test_set_stim_bytes_match_the_documented_layout() -> None:
-    """A SET_STIM for 50 Hz / 2 mA / 200 µs / 50 µs, seq 1, is laid out exactly as docs/protocol.md says."""
-    wire = encode(Frame(1, SetStim(StimParams(50.0, 2.0, 200.0, 50.0))))
+    """A SET_STIM for 50 Hz / 2 mA / 200 µs / 50 µs, seq 1, is laid out exactly as docs/protocol.md says: version 2,
+    the session token first in the payload, then the four float32 parameters."""
+    wire = encode(Frame(1, SetStim(TOKEN, StimParams(50.0, 2.0, 200.0, 50.0))))
     assert wire[0] == 0 and wire[-1] == 0 and 0 not in wire[1:-1]
     body = cobs.decode(wire[1:-1])
-    head = bytes([1, 0x04]) + struct.pack("<HH", 1, 16) + struct.pack("<ffff", 50.0, 2.0, 200.0, 50.0)
+    head = (bytes([2, 0x04]) + struct.pack("<HH", 1, SESSION_TOKEN_SIZE + 16) + TOKEN
+            + struct.pack("<ffff", 50.0, 2.0, 200.0, 50.0))
     assert body == head + struct.pack("<I", zlib.crc32(head))
-    assert wire.hex(" ") == "00 04 01 04 01 02 10 01 01 03 48 42 01 01 02 40 01 03 48 43 01 07 48 42 cc 37 b5 cb 00"
+
+
+@pytest.mark.parametrize("token", [b"", b"short", bytes(9)])
+def test_a_request_without_an_eight_byte_token_cannot_be_encoded(token: bytes) -> None:
+    """Every host request needs an 8-byte session token: encoding one without is a ProtocolError, and a received
+    request whose payload lacks it does not decode."""
+    with pytest.raises(ProtocolError, match="token"):
+        encode(Frame(1, Stop(token)))
+    head = bytes([2, MsgType.STOP]) + struct.pack("<HH", 5, len(token)) + token
+    with pytest.raises(BadFrame) as exc:
+        decode(cobs.encode(head + struct.pack("<I", zlib.crc32(head))) + b"\x00")
+    assert exc.value.reason == "bad_payload" and exc.value.seq == 5
+
+
+def test_the_token_never_appears_in_a_repr() -> None:
+    """A request's repr (what a log line or a traceback shows) leaves the session token out."""
+    assert TOKEN.hex() not in repr(Frame(1, SetStim(TOKEN, StimParams(50.0, 2.0, 200.0)))) + repr(Stop(TOKEN))
+    assert repr(TOKEN) not in repr(Hello(TOKEN))
 
 
 def test_decode_asks_for_more_bytes_until_the_frame_is_complete() -> None:
     """A frame cut anywhere decodes to (0, None) until its last byte arrives."""
-    wire = encode(Frame(3, SetStim(StimParams(20.0, 1.0, 100.0))))[1:]
+    wire = encode(Frame(3, SetStim(TOKEN, StimParams(20.0, 1.0, 100.0))))[1:]
     for cut in range(1, len(wire)):
         assert decode(wire[:cut]) == (0, None)
     assert decode(wire)[1] is not None
@@ -91,8 +115,8 @@ def test_decode_asks_for_more_bytes_until_the_frame_is_complete() -> None:
 
 def test_decoder_resynchronises_after_garbage_and_bad_crc() -> None:
     """Garbage and a frame with a flipped bit are counted and skipped; the frames after them decode."""
-    good = encode(Frame(1, Stop()))
-    bad = bytearray(encode(Frame(2, Stop())))
+    good = encode(Frame(1, Stop(TOKEN)))
+    bad = bytearray(encode(Frame(2, Stop(TOKEN))))
     bad[3] ^= 0x10
     d = FrameDecoder()
     frames = d.feed(b"\x17\x99garbage" + good + bytes(bad) + good)
@@ -102,7 +126,7 @@ def test_decoder_resynchronises_after_garbage_and_bad_crc() -> None:
 
 def test_bad_crc_raises_bad_frame_with_bytes_to_skip() -> None:
     """decode() raises BadFrame (a ProtocolError) whose `consumed` ends at the delimiter of the bad chunk."""
-    wire = bytearray(encode(Frame(2, Heartbeat()))[1:])
+    wire = bytearray(encode(Frame(2, Heartbeat(TOKEN)))[1:])
     wire[2] ^= 0x01
     with pytest.raises(BadFrame) as exc:
         decode(bytes(wire) + b"tail")
@@ -112,7 +136,7 @@ def test_bad_crc_raises_bad_frame_with_bytes_to_skip() -> None:
 
 def test_bad_payload_with_good_crc_reports_seq_and_type() -> None:
     """A CRC-valid frame whose payload does not parse names its seq and type (so the board can NAK it)."""
-    head = bytes([1, MsgType.SET_STIM]) + struct.pack("<HH", 77, 3) + b"\x01\x02\x03"
+    head = bytes([2, MsgType.SET_STIM]) + struct.pack("<HH", 77, 3) + b"\x01\x02\x03"
     wire = cobs.encode(head + struct.pack("<I", zlib.crc32(head))) + b"\x00"
     with pytest.raises(BadFrame) as exc:
         decode(wire)
@@ -121,7 +145,8 @@ def test_bad_payload_with_good_crc_reports_seq_and_type() -> None:
 
 def test_unknown_type_and_wrong_version_are_rejected() -> None:
     """Frames with an unknown type or another protocol version are refused with their reason."""
-    for version, mtype, reason in ((1, 0x7F, "unknown_type"), (2, MsgType.STOP, "bad_version")):
+    for version, mtype, reason in ((2, 0x7F, "unknown_type"), (1, MsgType.STOP, "bad_version"),
+                                   (3, MsgType.STOP, "bad_version")):
         head = bytes([version, mtype]) + struct.pack("<HH", 5, 0)
         wire = cobs.encode(head + struct.pack("<I", zlib.crc32(head))) + b"\x00"
         with pytest.raises(BadFrame) as exc:
@@ -137,13 +162,13 @@ def test_overlong_input_without_delimiter_is_discarded() -> None:
     d = FrameDecoder()
     d.feed(b"\x05" * (MAX_ENCODED + 10))
     assert d.pending == 0 and d.bad_frames == 1
-    assert [f.seq for f in d.feed(encode(Frame(9, Stop())))] == [9]
+    assert [f.seq for f in d.feed(encode(Frame(9, Stop(TOKEN))))] == [9]
 
 
 def test_encode_rejects_what_does_not_fit() -> None:
     """encode() raises ProtocolError for a seq outside u16 or a payload over the length limit."""
     with pytest.raises(ProtocolError, match="seq"):
-        encode(Frame(70_000, Stop()))
+        encode(Frame(70_000, Stop(TOKEN)))
     big = Samples(0, SampleFormat.FLOAT32, np.zeros((1000, 17), dtype=np.float32))
     with pytest.raises(ProtocolError, match="fewer samples"):
         encode(Frame(0, big))
@@ -167,7 +192,7 @@ def test_fuzz_random_and_mutated_bytes_only_raise_protocol_error() -> None:
             a, b2 = rng.choice(valid), rng.choice(valid)
             data = a[:rng.randint(0, len(a))] + b2[rng.randint(0, len(b2)):]
         else:  # a COBS-valid body with a correct CRC but a random header and payload
-            head = bytes([1, rng.randrange(256)]) + rng.randbytes(rng.randint(0, 40))
+            head = bytes([2, rng.randrange(256)]) + rng.randbytes(rng.randint(0, 40))
             data = cobs.encode(head + struct.pack("<I", zlib.crc32(head))) + b"\x00"
         buf = data
         while buf:
@@ -185,7 +210,7 @@ def test_fuzz_random_and_mutated_bytes_only_raise_protocol_error() -> None:
 def test_stream_decoder_survives_a_long_noisy_stream() -> None:
     """A stream of valid frames with noise between them yields every frame the noise did not touch."""
     rng = random.Random(7)
-    frames = [Frame(i % 65536, SetStim(StimParams(float(1 + i % 100), 1.0, 100.0))) for i in range(2000)]
+    frames = [Frame(i % 65536, SetStim(TOKEN, StimParams(float(1 + i % 100), 1.0, 100.0))) for i in range(2000)]
     stream = bytearray()
     for f in frames:
         stream += encode(f)
