@@ -59,6 +59,10 @@ _READ_CHUNK = 1 << 16
 # One pump reads until the link is empty, for at most this long: the budget is time, not bytes (a float32 board at
 # 32 ch x 1 kHz sends 128 KB/s, and a pty hands out at most ~4 KB per read).
 _DRAIN_BUDGET_NS = 5_000_000
+# A fast stream outruns the pty's small buffer between two ticks: once a pump has read this much, an empty read
+# waits up to _LINGER_S for the board to refill the buffer before the pump ends (slow streams never wait).
+_LINGER_AFTER_BYTES = 8192
+_LINGER_S = 0.0003
 # A SAMPLES counter that goes back by more than this many seconds of samples is not a duplicate but a restarted
 # counter (a board reset when it lands near 0) or a jump the host must follow.
 _DUPLICATE_WINDOW_S = 1.0
@@ -122,6 +126,7 @@ class SerialBoardDriver(Driver):
         self._lost = False
         self._session_lost = False  # the board said our session is gone (it reset, or its watchdog expired)
         self._refusal: str | None = None
+        self._refusal_kind: str | None = None
         self._last_attempt_ns: int | None = None
         self._backoff_ns = self.reconnect_interval_ns
         self._epoch = 0
@@ -178,7 +183,7 @@ class SerialBoardDriver(Driver):
             wait_ns = min(wait_ns, max(0, self._last_tx_ns + self.heartbeat_ns - now))
             self._pump(wait_ns / 1e9)
             if self._session_lost:
-                self._renew_session()
+                self._check_session()
             if self._queue or self._now_ns() >= deadline:
                 break
         out = list(self._queue)
@@ -201,9 +206,16 @@ class SerialBoardDriver(Driver):
 
     @property
     def refusal(self) -> str | None:
-        """Why the last board that answered was refused (impossible INFO, or not the board of the first handshake),
-        until a good handshake; None otherwise."""
+        """Why the last reconnect was refused — the board that answered has impossible INFO or is not the board of
+        the first handshake, or another host holds the port or the board's session — until a good handshake; None
+        otherwise."""
         return self._refusal
+
+    @property
+    def refusal_kind(self) -> str | None:
+        """"board" (BoardRefused: not the board the loop was built for) or "port" (PortBusy: another host), with
+        `refusal`; None otherwise."""
+        return self._refusal_kind
 
     @property
     def session_epoch(self) -> int:
@@ -232,7 +244,7 @@ class SerialBoardDriver(Driver):
         except DriverError as err:
             self._backoff_ns = min(2 * self._backoff_ns, self.reconnect_max_interval_ns)
             if isinstance(err, BoardRefused | PortBusy):
-                self._refuse(str(err))
+                self._refuse(err)
             else:
                 log.info("board_reconnect_failed", port=self.port, error=str(err),
                          next_attempt_ms=round(self._backoff_ns / 1e6))
@@ -242,11 +254,13 @@ class SerialBoardDriver(Driver):
         log.warning("board_reconnected", port=self.port, device_id=self._info.device_id if self._info else None)
         return True
 
-    def _refuse(self, why: str) -> None:
+    def _refuse(self, err: BoardRefused | PortBusy) -> None:
+        why = str(err)
         if why != self._refusal:  # said once per distinct reason, not once per attempt
             log.error("board_refused", port=self.port, reason=why, next_attempt_ms=round(self._backoff_ns / 1e6),
                       detail="no stimulation until the board the loop was built for is back")
         self._refusal = why
+        self._refusal_kind = "board" if isinstance(err, BoardRefused) else "port"
 
     def _connect(self) -> None:
         self._link = self._factory()
@@ -270,6 +284,7 @@ class SerialBoardDriver(Driver):
         self._lost = False
         self._session_lost = False
         self._refusal = None
+        self._refusal_kind = None
         self._epoch += 1
         log.info("board_handshake", port=self.port, device_id=info.device_id, firmware=info.firmware_version,
                  n_channels=info.n_channels, sample_rate_hz=info.sample_rate_hz, limits=info.limits.__dict__)
@@ -310,6 +325,20 @@ class SerialBoardDriver(Driver):
                 log.warning("board_identity_changed", previous=self._pinned.device_id, now=info.device_id,
                             detail="same settings and limits: accepted")
 
+    def _check_session(self) -> None:
+        """Something suggested the board lost our session (a refusal of a heartbeat, a sample counter back near 0):
+        ask for STATUS in it. An answer means the session lives (the hint was, e.g., another process's NAK read off
+        the shared port); NAK bad_session means it is gone, and it is renewed."""
+        self._session_lost = False
+        try:
+            self._transact_once(StatusReq(self._token))
+        except DriverError as err:
+            if err.reason != NakReason.BAD_SESSION.label:
+                raise
+            self._renew_session()
+            return
+        self._bump("session_checks_ok")
+
     def _renew_session(self) -> None:
         """The board told us our session is gone: it restarted, or its dead-man timer expired while we were away.
         Either way it stopped by itself; handshake again so that the caller can command it, and count the reset."""
@@ -328,8 +357,8 @@ class SerialBoardDriver(Driver):
             raise
         except DriverError as err:
             self._mark_lost(BoardLost(str(err)))
-            if isinstance(err, BoardRefused):
-                self._refuse(str(err))
+            if isinstance(err, BoardRefused | PortBusy):
+                self._refuse(err)
             return
         self._info = info
         self._epoch += 1
@@ -451,13 +480,17 @@ class SerialBoardDriver(Driver):
             raise BoardLost("no link to the board")
         try:
             chunks = [link.read(_READ_CHUNK, timeout_s)]
-            if chunks[0]:
+            total = len(chunks[0])
+            if total:
                 budget_end = time.perf_counter_ns() + _DRAIN_BUDGET_NS
                 while time.perf_counter_ns() < budget_end:
                     more = link.read(_READ_CHUNK, 0.0)
+                    if not more and total >= _LINGER_AFTER_BYTES:
+                        more = link.read(_READ_CHUNK, _LINGER_S)
                     if not more:
                         break
                     chunks.append(more)
+                    total += len(more)
                 else:
                     self._bump("drain_budget_spent")  # more is waiting: the next pump takes it
         except BoardLost as err:

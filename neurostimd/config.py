@@ -74,7 +74,18 @@ SourceConfig = Annotated[BoardSourceConfig | LslSourceConfig | ReplaySourceConfi
 
 
 # --- the stimulator device --------------------------------------------------------------------------------------------
-class SerialDeviceConfig(_Strict):
+class _BoardLinkConfig(_Strict):
+    """What every board driven through the serial driver shares (a real port, or the in-process virtual board)."""
+
+    heartbeat_ms: float = Field(100.0, gt=0)
+    # A board whose dead-man timer is longer than this (or that has none) is refused: after the host dies it would go
+    # on stimulating for that long.
+    max_watchdog_ms: float = Field(500.0, gt=0)
+    # How often the loop asks the board for STATUS and checks that it runs what was last acknowledged.
+    status_poll_ms: float = Field(1000.0, gt=0, le=10_000)
+
+
+class SerialDeviceConfig(_BoardLinkConfig):
     """A board on a serial port (real hardware, or neurostimd-sim behind a pty)."""
 
     kind: Literal["serial"] = "serial"
@@ -82,11 +93,19 @@ class SerialDeviceConfig(_Strict):
     baudrate: int = Field(2_000_000, gt=0)
     ack_timeout_ms: float = Field(100.0, gt=0)
     retries: int = Field(2, ge=0, le=10)
-    heartbeat_ms: float = Field(100.0, gt=0)
     reconnect_interval_ms: float = Field(500.0, gt=0)
+    # Failed reconnects back off, doubling from reconnect_interval_ms up to this.
+    reconnect_max_interval_ms: float = Field(5000.0, gt=0)
+
+    @model_validator(mode="after")
+    def _backoff_ordered(self) -> SerialDeviceConfig:
+        if self.reconnect_max_interval_ms < self.reconnect_interval_ms:
+            raise ValueError(f"reconnect_max_interval_ms ({self.reconnect_max_interval_ms:g}) is below "
+                             f"reconnect_interval_ms ({self.reconnect_interval_ms:g})")
+        return self
 
 
-class VirtualDeviceConfig(_Strict):
+class VirtualDeviceConfig(_BoardLinkConfig):
     """The in-process virtual board: the serial driver over an in-memory link to the simulator's board logic."""
 
     kind: Literal["virtual"]
@@ -94,6 +113,13 @@ class VirtualDeviceConfig(_Strict):
     sample_rate_hz: float = Field(1000.0, gt=0)
     watchdog_ms: float = Field(250.0, gt=0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _watchdog_within_max(self) -> VirtualDeviceConfig:
+        if self.watchdog_ms > self.max_watchdog_ms:
+            raise ValueError(f"watchdog_ms ({self.watchdog_ms:g}) is above max_watchdog_ms "
+                             f"({self.max_watchdog_ms:g}); the daemon would refuse this board")
+        return self
 
 
 class NoDeviceConfig(_Strict):
@@ -247,6 +273,44 @@ class Config(_Strict):
         if self.source.kind == "board" and self.device.kind == "none":
             raise ValueError("source.kind = \"board\" reads samples from the device, so device.kind cannot be \"none\"")
         return self
+
+    @model_validator(mode="after")
+    def _watchdog_can_be_fed(self) -> Config:
+        dev = self.device
+        if isinstance(dev, SerialDeviceConfig | VirtualDeviceConfig):
+            # the board's timeout is known for the virtual board; a serial board's is read at the handshake and must
+            # be at most max_watchdog_ms, so a loop that cannot feed even that one can never run
+            if isinstance(dev, VirtualDeviceConfig):
+                problem = watchdog_feed_problem(self, dev.watchdog_ms)
+            else:
+                problem = watchdog_feed_problem(self, dev.max_watchdog_ms, what="the longest dead-man timer a board "
+                                                "may have ([device] max_watchdog_ms) is")
+            if problem:
+                raise ValueError(problem)
+        return self
+
+
+def watchdog_feed_interval_ms(cfg: Config) -> float:
+    """The longest the host can go without sending the board a frame: heartbeats go out from the loop's tick, so a
+    heartbeat due just after one tick leaves at the first tick at least heartbeat_ms after the previous frame."""
+    dev = cfg.device
+    heartbeat = dev.heartbeat_ms if isinstance(dev, SerialDeviceConfig | VirtualDeviceConfig) else 0.0
+    cadence = cfg.loop.cadence_ms
+    return math.ceil(heartbeat / cadence - 1e-9) * cadence
+
+
+def watchdog_feed_problem(cfg: Config, watchdog_ms: float, *, what: str = "the board's dead-man timer is"
+                          ) -> str | None:
+    """Why this config cannot keep a board with a `watchdog_ms` dead-man timer fed, or None. The host must send at
+    least two frames per timeout, so that one late tick does not trip it (a loop at cadence_ms = 1000 against a
+    250 ms timer tripped it 20 times in 20 s, each time stopping stimulation without a word)."""
+    feed = watchdog_feed_interval_ms(cfg)
+    if feed <= watchdog_ms / 2:
+        return None
+    return (f"{what} {watchdog_ms:g} ms but the host sends the board a frame only every {feed:g} ms "
+            f"([loop] cadence_ms = {cfg.loop.cadence_ms:g}, [device] heartbeat_ms = "
+            f"{getattr(cfg.device, 'heartbeat_ms', 0):g}); both must be at most {watchdog_ms / 2:g} ms so that "
+            f"every timeout sees at least two frames")
 
 
 def _error_lines(err: ValidationError) -> list[str]:

@@ -17,10 +17,16 @@ from typing import Any
 import structlog
 
 from drivers.base import Driver, make_driver
-from drivers.errors import DriverError
+from drivers.errors import BoardRefused, DriverError, PortBusy
 from neurostimd.audit import AuditLog, stimulated_s_since
 from neurostimd.clock import MonotonicClock
-from neurostimd.config import Config, SerialDeviceConfig, VirtualDeviceConfig, load_config
+from neurostimd.config import (
+    Config,
+    SerialDeviceConfig,
+    VirtualDeviceConfig,
+    load_config,
+    watchdog_feed_problem,
+)
 from neurostimd.errors import BundleError, ConfigError, NeurostimError, SourceError
 from neurostimd.logs import configure_logging
 from neurostimd.notify import SystemdNotifier
@@ -32,6 +38,7 @@ log = structlog.get_logger("neurostimd.daemon")
 EX_OK = 0
 EX_UNAVAILABLE = 69  # sysexits.h: the board did not confirm the shutdown STOP
 EX_SOFTWARE = 70  # sysexits.h: internal error (a crashed thread): systemd restarts the service
+EX_TEMPFAIL = 75  # sysexits.h: another process holds the board's port; systemd retries
 EX_CONFIG = 78
 
 
@@ -43,13 +50,16 @@ def make_device(cfg: Config, clock: Any = None) -> Driver | None:
 
         return make_driver("serial", port=dev.port, baudrate=dev.baudrate, ack_timeout_ms=dev.ack_timeout_ms,
                            retries=dev.retries, heartbeat_ms=dev.heartbeat_ms,
-                           reconnect_interval_ms=dev.reconnect_interval_ms)
+                           reconnect_interval_ms=dev.reconnect_interval_ms,
+                           reconnect_max_interval_ms=dev.reconnect_max_interval_ms,
+                           max_watchdog_ms=dev.max_watchdog_ms)
     if isinstance(dev, VirtualDeviceConfig):
         from neurostimd.virtual_board import VirtualBoardDriver
 
         return VirtualBoardDriver(n_channels=dev.n_channels, sample_rate_hz=dev.sample_rate_hz,
                                   watchdog_ms=dev.watchdog_ms, seed=dev.seed, clock=clock,
-                                  stream_samples=cfg.source.kind == "board")
+                                  stream_samples=cfg.source.kind == "board", heartbeat_ms=dev.heartbeat_ms,
+                                  max_watchdog_ms=dev.max_watchdog_ms)
     return None
 
 
@@ -174,10 +184,15 @@ class Daemon:
             loop.run(should_stop=self._should_stop, duration_s=duration_s, between_ticks=self._between_ticks)
             if self._crash is not None:
                 code = EX_SOFTWARE
-        except (BundleError, SourceError, ConfigError) as err:
+        except (BundleError, SourceError, ConfigError, BoardRefused) as err:
             log.error("startup_refused", error=str(err), error_type=type(err).__name__)
             audit.write("fault", faults=["startup_refused"], detail=str(err))
             code = EX_CONFIG
+        except PortBusy as err:
+            # Another host on the board: refuse to start (systemd retries a few times; it may have been released).
+            log.error("startup_refused", error=str(err), error_type=type(err).__name__)
+            audit.write("fault", faults=["startup_refused", "port_busy"], detail=str(err))
+            code = EX_TEMPFAIL
         except Exception as err:  # a crash anywhere: stop stimulation, exit non-zero so systemd restarts us
             log.exception("crashed", error=repr(err))
             code = EX_SOFTWARE
@@ -221,7 +236,9 @@ class Daemon:
         return code
 
     def _open_driver(self, driver: Driver) -> None:
-        """Handshake with the board; while it is not there, say so and keep trying (systemd shows the STATUS)."""
+        """Handshake with the board; while it is not there, say so and keep trying (systemd shows the STATUS).
+        A board that answers but cannot be used (BoardRefused), a port another process holds (PortBusy) and a
+        config that cannot feed this board's dead-man timer (ConfigError) end the start-up instead."""
         interval = getattr(self.cfg.device, "reconnect_interval_ms", 500.0) / 1000.0
         attempt = 0
         while not self._stop.is_set():
@@ -231,7 +248,13 @@ class Daemon:
                 log.info("board_ready", device_id=info.device_id, firmware=info.firmware_version,
                          n_channels=info.n_channels, sample_rate_hz=info.sample_rate_hz,
                          limits=info.limits.__dict__)
+                problem = watchdog_feed_problem(self.cfg, float(info.limits.watchdog_ms))
+                if problem:
+                    raise ConfigError(f"{problem}; fix the config (`neurostimd check-config` checks it against the "
+                                      f"longest timer allowed, [device] max_watchdog_ms)")
                 return
+            except (BoardRefused, PortBusy):
+                raise
             except DriverError as err:
                 attempt += 1
                 if attempt == 1 or attempt % 20 == 0:

@@ -15,12 +15,21 @@ import numpy as np
 import structlog
 
 from drivers.base import Driver, StimParams
-from drivers.errors import BoardLost, DriverError, DriverTimeout
+from drivers.errors import BadReply, BoardLost, DriverError, DriverTimeout
 from neurostimd.audit import AuditLog, params_dict
 from neurostimd.clock import Clock
 from neurostimd.config import Config
 from neurostimd.errors import BundleError, ConfigError, NeurostimError
-from neurostimd.faults import BoardReply, Command, ControlInputs, Controller, fallback_violations
+from neurostimd.faults import (
+    FAULT_BOARD_INFO_MISMATCH,
+    FAULT_BOARD_PARAMS_MISMATCH,
+    FAULT_BOARD_RESET,
+    BoardReply,
+    Command,
+    ControlInputs,
+    Controller,
+    fallback_violations,
+)
 from neurostimd.model.runtime import Bundle
 from neurostimd.ringbuffer import RingBuffer
 from neurostimd.safety import table_warnings
@@ -112,8 +121,15 @@ class ClosedLoop:
         self._t0_ns: int | None = None
         self._tick_index = 0
         self._impedance_ohm: float | None = None
-        # Electrode impedance for the gate's compliance rule: asked of the board every ~2 s (one STATUS round trip).
-        self._status_every = max(1, round(2000.0 / cfg.loop.cadence_ms))
+        # STATUS every status_poll_ms (one round trip): the electrode impedance for the gate's compliance rule, and
+        # the check that the board runs what it last acknowledged.
+        self._status_every = self._status_period(cfg)
+        self._poll_soon = False
+        # What the last STATUS showed that the host did not command (None: it agreed); a fault until a STATUS agrees.
+        self._board_mismatch: str | None = None
+        # The driver's session count and reset count when last seen: a change means a new session on the board.
+        self._epoch = int(getattr(driver, "session_epoch", 0))
+        self._resets = int(getattr(driver, "resets", 0))
         # a decision window plus as much again for the filters to settle
         self._warm_samples = 2 * bundle.window_samples
         for w in table_warnings(cfg.safety, bundle.table, limits):
@@ -145,6 +161,10 @@ class ClosedLoop:
                 return 32766 * info.uv_per_lsb
         return None
 
+    @staticmethod
+    def _status_period(cfg: Config) -> int:
+        return max(1, round(getattr(cfg.device, "status_poll_ms", 1000.0) / cfg.loop.cadence_ms))
+
     def _make_controller(self, cfg: Config, limits: Any, prior_daily_stim_s: float = 0.0) -> Controller:
         return Controller(cfg.policy, cfg.safety, self.bundle.table, stale_after_ms=cfg.loop.stale_after_ms,
                           board_limits=limits, prior_daily_stim_s=prior_daily_stim_s)
@@ -175,7 +195,7 @@ class ClosedLoop:
         self.cfg = self.cfg.model_copy(update={"policy": cfg.policy, "safety": cfg.safety,
                                                "loop": self.cfg.loop.model_copy(update=loop_upd)})
         self.cadence_ns = int(self.cfg.loop.cadence_ms * 1e6)
-        self._status_every = max(1, round(2000.0 / self.cfg.loop.cadence_ms))
+        self._status_every = self._status_period(self.cfg)
         return needs_restart
 
     # --- one tick --------------------------------------------------------------------------------------------------
@@ -199,14 +219,16 @@ class ClosedLoop:
         # ingest: the source fills the ring; a non-board source still pumps the driver for its heartbeats
         p = perf()
         board_ok = True
+        # what the checks at the boundary (board, stream, audit log) found wrong at this decision
+        boundary: list[str] = []
         try:
             self.source.pump(self.ring, 0.0)
-        except BoardLost:
+        except DriverError:
             board_ok = False
         if self.driver is not None and self.source.kind != "board":
             try:
                 self.driver.read_samples(0.0)
-            except BoardLost:
+            except DriverError:
                 board_ok = False
         if self.driver is not None and self._driver_lost():
             board_ok = False
@@ -215,6 +237,7 @@ class ClosedLoop:
             # find it still stimulating. So: unknown, and the first decision after the reconnect is sent (a STOP).
             self._board_applied = _UNKNOWN
             self.controller.commit(t_s, None, False)
+        self._board_checks(t_s, boundary)
         new = self.ring.since(self._next_index, copy=False)
         self._next_index = new.end_index
         n_new = len(new)
@@ -252,8 +275,6 @@ class ClosedLoop:
         flags = list(quality.reasons)
         if self.source.stale and "stale" not in flags:
             age_ms = math.inf if age_ms is None else max(age_ms, self.cfg.loop.stale_after_ms + 1.0)
-        # what the checks at the boundary (board, stream, audit log) found wrong at this decision
-        boundary: list[str] = []
 
         # policy → fault monitor → gate
         p = perf()
@@ -271,7 +292,7 @@ class ClosedLoop:
             sent = True
             ack_ms = self._send(cmd, start_ns)
         if (not self.shadow and self.driver is not None and board_ok and not sent
-                and self._tick_index % self._status_every == 0):
+                and (self._poll_soon or self._tick_index % self._status_every == 0)):
             self._poll_status(t_s)
         stages["driver"] = (perf() - p) / 1e6
 
@@ -291,6 +312,29 @@ class ClosedLoop:
             if self.outlet is not None:
                 self.outlet.push(rec)
         return stats
+
+    def _board_checks(self, t_s: float, boundary: list[str]) -> None:
+        """What the driver learnt about the board since the last decision, as fault causes: a new session (a
+        reconnect, or a board that lost ours) means its state is unknown and the ramp starts from zero; a reset, a
+        refused board and a STATUS that disagrees with what was acknowledged are faults of their own."""
+        drv = self.driver
+        if drv is None:
+            return
+        resets = int(getattr(drv, "resets", 0))
+        if resets != self._resets:
+            self._resets = resets
+            boundary.append(FAULT_BOARD_RESET)
+        epoch = int(getattr(drv, "session_epoch", 0))
+        if epoch != self._epoch:
+            self._epoch = epoch
+            # The board may run nothing (a new session) or the last command (a resumed one): unknown, so the next
+            # decision is sent whatever it is, and any stimulation ramps up again from zero.
+            self._board_applied = _UNKNOWN
+            self.controller.commit(t_s, None, False)
+        if self._driver_lost() and getattr(drv, "refusal_kind", None) == "board":
+            boundary.append(FAULT_BOARD_INFO_MISMATCH)
+        if self._board_mismatch is not None:
+            boundary.append(FAULT_BOARD_PARAMS_MISMATCH)
 
     def _audit_events(self, cmd: Command) -> None:
         for event, fields in cmd.side_events():
@@ -321,12 +365,14 @@ class ClosedLoop:
                 self.driver.stop()
             else:
                 self.driver.set_stimulation(applied)
-        except DriverTimeout as err:
-            reply, error = "timeout", str(err)
-        except BoardLost as err:
+        except (DriverTimeout, BoardLost, BadReply) as err:
+            # no answer, no link, or an answer of the wrong type: what the board runs now is unknown
             reply, error = "timeout", str(err)
         except DriverError as err:
-            reply, error = "nak", f"{err.reason}: {err}" if err.reason else str(err)
+            if err.reason == "bad_session":  # the board lost our session: it stopped by itself (see _board_checks)
+                reply, error = "timeout", str(err)
+            else:
+                reply, error = "nak", f"{err.reason}: {err}" if err.reason else str(err)
         ack_ns = self.clock.now_ns()
         acked = reply == "ack"
         ack_ms = (ack_ns - start_ns) / 1e6 if acked else None
@@ -354,6 +400,8 @@ class ClosedLoop:
 
     def _poll_status(self, t_s: float) -> None:
         assert self.driver is not None
+        self._poll_soon = False
+        epoch = int(getattr(self.driver, "session_epoch", 0))
         try:
             st = self.driver.status()
         except DriverError as err:
@@ -361,20 +409,60 @@ class ClosedLoop:
             log.warning("status_poll_failed", error=str(err))
             self._last_reply = "timeout"
             return
+        if int(getattr(self.driver, "session_epoch", 0)) != epoch:
+            return  # the session was renewed to get this STATUS: _board_checks deals with that first
+        mismatch = self._compare_status(st)
+        if mismatch is not None:
+            if self._board_mismatch is None:
+                log.error("board_params_mismatch", detail=mismatch, expected=params_dict(self._expected_params()),
+                          running=params_dict(st.params), fault_flags=list(st.fault_names),
+                          action="stimulation off (STOP) until the board runs what it is told")
+                self.audit.write("board_mismatch", check="board_params_mismatch", detail=mismatch,
+                                 expected=params_dict(self._expected_params()), running=params_dict(st.params),
+                                 fault_flags=list(st.fault_names))
+            self._board_mismatch = mismatch
+            self._board_applied = _UNKNOWN  # the next decision (a STOP: the fault forces off) is sent whatever it is
+            self._poll_soon = True  # look again right after it: the fault clears only when STATUS agrees
+        elif self._board_mismatch is not None:
+            log.warning("board_params_agree_again", detail="the board runs what it was last told")
+            self._board_mismatch = None
         if isinstance(self._board_applied, StimParams) and not st.stimulating:
-            # The board stopped by itself (its watchdog, a fault, its limits): it runs nothing, so the gate ramps
-            # from zero again rather than jumping back to the last amplitude.
+            # The board stopped by itself and says why (its watchdog, a fault, its limits): it runs nothing, so the
+            # gate ramps from zero again rather than jumping back to the last amplitude.
             log.warning("board_stopped_by_itself", fault_names=list(st.fault_names))
             self._board_applied = None
             self.controller.commit(t_s, None, True)
-        elif self._board_applied is None and st.stimulating:
-            log.error("board_stimulating_unexpectedly", params=params_dict(st.params))
-            self._board_applied = _UNKNOWN  # the next decision is sent whatever it is
         if st.impedance_ohm != self._impedance_ohm:
             log.info("electrode_impedance", impedance_ohm=st.impedance_ohm)
         self._impedance_ohm = st.impedance_ohm
         if st.fault_flags:
             log.warning("board_fault_flags", flags=st.fault_flags, names=list(st.fault_names))
+
+    def _expected_params(self) -> StimParams | None:
+        return self._board_applied if isinstance(self._board_applied, StimParams) else None
+
+    def _compare_status(self, st: Any) -> str | None:
+        """How STATUS contradicts the last acknowledged command (None when it agrees, or when the host does not know
+        what the board should run). A stop the board explains with a fault flag is not a contradiction."""
+        expected = self._board_applied
+        if expected is _UNKNOWN:
+            return None
+        if expected is None:
+            return "the board is stimulating although the host's last acknowledged command was STOP" \
+                if st.stimulating else None
+        assert isinstance(expected, StimParams)
+        if not st.stimulating:
+            return None if st.fault_flags else "the board stopped stimulating without a fault flag to say why"
+        running = st.params
+        if running is None:
+            return "the board says it stimulates but not with what"
+        pairs = ((running.frequency_hz, expected.frequency_hz), (running.amplitude_ma, expected.amplitude_ma),
+                 (running.pulse_width_us, expected.pulse_width_us),
+                 (running.interphase_gap_us, expected.interphase_gap_us))
+        # STATUS carries float32: equal within its rounding, nothing more (NaN is never close to anything)
+        if not all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6) for a, b in pairs):
+            return "the board runs other parameters than the host last acknowledged"
+        return None
 
     def _state_name(self, state: int | None) -> str | None:
         if state is None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from drivers.base import BoardLimits, StimParams
 from neurostimd.config import SafetyConfig
+from neurostimd.errors import SafetyViolation
 from neurostimd.stimtable import StimTable, notebook_table
 
 # Stable rule names: they appear in `limited_by`, the audit log and the docs. Order = the order the gate applies them.
@@ -175,6 +176,10 @@ class SafetyGate:
 
     def __init__(self, cfg: SafetyConfig, board_limits: BoardLimits | None = None, *,
                  prior_daily_stim_s: float = 0.0) -> None:
+        if board_limits is not None and board_limits.problems():
+            # The driver refuses such a board at the handshake; the gate does not rely on that.
+            raise SafetyViolation(f"board limits are unusable ({'; '.join(board_limits.problems())}); the gate will "
+                                  f"not work with them")
         self.cfg = cfg
         self.board_limits = board_limits
         self._prior_daily_stim_s = max(0.0, prior_daily_stim_s)

@@ -70,7 +70,8 @@ class VirtualBoardDriver(SerialBoardDriver):
                  impedance_ohm: float | None = None, limits: BoardLimits | None = None,
                  signal: str | Path | None = None, loop_signal: bool = False, initial_state: int = 0,
                  plant_params: PlantParams | None = None, ack_timeout_ms: float = 100.0, retries: int = 2,
-                 heartbeat_ms: float = 100.0, reconnect_interval_ms: float = 500.0) -> None:
+                 heartbeat_ms: float = 100.0, reconnect_interval_ms: float = 500.0, max_watchdog_ms: float = 500.0,
+                 check_session: bool = True) -> None:
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         source: SampleSource
         if signal is not None:
@@ -85,9 +86,10 @@ class VirtualBoardDriver(SerialBoardDriver):
         self.board = Board(source=source, block_size=block_size, sample_format=sample_format,
                            watchdog_ms=round(watchdog_ms), limits=limits, impedance_ohm=impedance_ohm,
                            device_id=f"virtual-{seed}", event_log=self.event_log,
-                           stream_samples=stream_samples, start_ns=self.clock.now_ns())
+                           stream_samples=stream_samples, start_ns=self.clock.now_ns(), check_session=check_session)
         super().__init__(port="virtual", ack_timeout_ms=ack_timeout_ms, retries=retries, heartbeat_ms=heartbeat_ms,
-                         reconnect_interval_ms=reconnect_interval_ms,
+                         reconnect_interval_ms=reconnect_interval_ms, max_watchdog_ms=max_watchdog_ms,
+                         reconnect_max_interval_ms=max(5000.0, reconnect_interval_ms),
                          link_factory=lambda: BoardLink(self.board, self.clock), now_ns=self.clock.now_ns)
 
     @property
