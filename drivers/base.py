@@ -234,6 +234,32 @@ class Driver(Lifecycle):
     @abstractmethod
     def counters(self) -> DriverCounters: ...
 
+    # --- what the caller must know about the link (defaults for a driver that cannot lose or refuse its board) -----
+    @property
+    def lost(self) -> bool:
+        """True while the board is unreachable (or the one that answered was refused) and stimulation is impossible."""
+        return False
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the board that answered the last reconnect was refused (None when it was not)."""
+        return None
+
+    @property
+    def refusal_kind(self) -> str | None:
+        """"board": not the board the caller was built for; "port": another host holds it; None: no refusal."""
+        return None
+
+    @property
+    def session_epoch(self) -> int:
+        """Changes whenever the driver opens a new session with the board: what the board runs is then unknown."""
+        return 0
+
+    @property
+    def resets(self) -> int:
+        """How often the board restarted (or lost the session) under a connected driver: each time it runs nothing."""
+        return 0
+
 
 _REGISTRY: dict[str, type[Driver]] = {}
 D = TypeVar("D", bound=type[Driver])

@@ -140,14 +140,18 @@ class SerialBoardDriver(Driver):
 
     def _close(self) -> None:
         if self._link is not None and not self._lost:
-            try:  # end the session, so that the next host need not wait for the dead-man timer
-                self._transact_once(Bye(self._token))
-            except DriverError as err:
-                log.info("board_bye_unanswered", port=self.port, error=str(err),
-                         detail="the board's dead-man timer ends the session")
+            self._say_bye()
         self._drop_link()
         self._lost = False
         self._queue.clear()
+
+    def _say_bye(self) -> None:
+        """End the session, so that the next host need not wait for the dead-man timer (best effort)."""
+        try:
+            self._transact_once(Bye(self._token))
+        except DriverError as err:
+            log.info("board_bye_unanswered", port=self.port, error=str(err),
+                     detail="the board's dead-man timer ends the session")
 
     def info(self) -> BoardInfo:
         self._require_open()
@@ -273,7 +277,11 @@ class SerialBoardDriver(Driver):
             reply = self._hello()
             assert isinstance(reply.msg, Info)  # _check_reply accepts nothing else for HELLO
             info = reply.msg.board_info()
-            self._check_info(info)
+            try:
+                self._check_info(info)
+            except BoardRefused:
+                self._say_bye()  # a board we will not command: leave its session at once
+                raise
         except DriverError:
             self._drop_link()
             self._lost = True

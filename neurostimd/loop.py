@@ -128,8 +128,8 @@ class ClosedLoop:
         # What the last STATUS showed that the host did not command (None: it agreed); a fault until a STATUS agrees.
         self._board_mismatch: str | None = None
         # The driver's session count and reset count when last seen: a change means a new session on the board.
-        self._epoch = int(getattr(driver, "session_epoch", 0))
-        self._resets = int(getattr(driver, "resets", 0))
+        self._epoch = driver.session_epoch if driver is not None else 0
+        self._resets = driver.resets if driver is not None else 0
         # a decision window plus as much again for the filters to settle
         self._warm_samples = 2 * bundle.window_samples
         for w in table_warnings(cfg.safety, bundle.table, limits):
@@ -204,7 +204,7 @@ class ClosedLoop:
         return (self.clock.now_ns() - t0) / _NS
 
     def _driver_lost(self) -> bool:
-        return bool(getattr(self.driver, "lost", False))
+        return self.driver is not None and self.driver.lost
 
     def tick(self, deadline_ns: int | None = None) -> TickStats:
         """Make one decision now. Never raises on bad data or board trouble: those become faults."""
@@ -291,7 +291,9 @@ class ClosedLoop:
         if cmd.applied != self._board_applied and (board_ok or self.shadow):
             sent = True
             ack_ms = self._send(cmd, start_ns)
-        if (not self.shadow and self.driver is not None and board_ok and not sent
+        # STATUS on schedule even on a tick that sent a command: a board that obeys someone else between two ramp
+        # steps must still be caught (right after a mismatch, at the next tick: the fault waits for agreement)
+        if (not self.shadow and self.driver is not None and board_ok and self._board_applied is not _UNKNOWN
                 and (self._poll_soon or self._tick_index % self._status_every == 0)):
             self._poll_status(t_s)
         stages["driver"] = (perf() - p) / 1e6
@@ -320,18 +322,18 @@ class ClosedLoop:
         drv = self.driver
         if drv is None:
             return
-        resets = int(getattr(drv, "resets", 0))
+        resets = drv.resets
         if resets != self._resets:
             self._resets = resets
             boundary.append(FAULT_BOARD_RESET)
-        epoch = int(getattr(drv, "session_epoch", 0))
+        epoch = drv.session_epoch
         if epoch != self._epoch:
             self._epoch = epoch
             # The board may run nothing (a new session) or the last command (a resumed one): unknown, so the next
             # decision is sent whatever it is, and any stimulation ramps up again from zero.
             self._board_applied = _UNKNOWN
             self.controller.commit(t_s, None, False)
-        if self._driver_lost() and getattr(drv, "refusal_kind", None) == "board":
+        if drv.lost and drv.refusal_kind == "board":
             boundary.append(FAULT_BOARD_INFO_MISMATCH)
         if self._board_mismatch is not None:
             boundary.append(FAULT_BOARD_PARAMS_MISMATCH)
@@ -401,7 +403,7 @@ class ClosedLoop:
     def _poll_status(self, t_s: float) -> None:
         assert self.driver is not None
         self._poll_soon = False
-        epoch = int(getattr(self.driver, "session_epoch", 0))
+        epoch = self.driver.session_epoch
         try:
             st = self.driver.status()
         except DriverError as err:
@@ -409,7 +411,7 @@ class ClosedLoop:
             log.warning("status_poll_failed", error=str(err))
             self._last_reply = "timeout"
             return
-        if int(getattr(self.driver, "session_epoch", 0)) != epoch:
+        if self.driver.session_epoch != epoch:
             return  # the session was renewed to get this STATUS: _board_checks deals with that first
         mismatch = self._compare_status(st)
         if mismatch is not None:

@@ -21,18 +21,30 @@ class CounterClockMap:
 
     The offset (host time minus counter time) follows the lower envelope of arrival times, i.e. the least-delayed
     blocks: it drops at once to an earlier arrival and creeps up slowly, which follows clock drift without turning
-    transfer jitter into timestamp jitter.
+    transfer jitter into timestamp jitter. A block whose offset differs from the current one by more than
+    `rebase_s` cannot come from the same running counter (no transfer is delayed that long): the counter jumped or
+    the board restarted, and the map starts again from that block (the ring flags the discontinuity from the
+    counter itself). Without that, a counter 10^12 ahead, or one back at 0, would stamp every later sample
+    centuries away from now, and the data would look stale (or fresh) for ever.
     """
 
-    def __init__(self, sample_rate_hz: float, creep: float = 0.002) -> None:
+    def __init__(self, sample_rate_hz: float, creep: float = 0.002, rebase_s: float = 1.0) -> None:
         self.period_s = 1.0 / sample_rate_hz
         self.creep = creep
+        self.rebase_s = rebase_s
         self.offset_s: float | None = None
         self._last_stamp_s: float | None = None
+        self.rebases = 0
 
     def stamp(self, first_index: int, n: int, t_recv_s: float) -> np.ndarray:
         last_counter_s = (first_index + n - 1) * self.period_s
         cand = t_recv_s - last_counter_s
+        if self.offset_s is not None and abs(cand - self.offset_s) > self.rebase_s:
+            self.rebases += 1
+            self.offset_s = None
+            # stamps go on from the last one: never backwards, never ahead of the arrival
+            if self._last_stamp_s is not None:
+                cand = max(cand, self._last_stamp_s + self.period_s - first_index * self.period_s)
         if self.offset_s is None:
             self.offset_s = cand
         elif cand < self.offset_s:

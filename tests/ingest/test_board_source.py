@@ -134,3 +134,23 @@ def test_eye_state_streams_through_the_simulated_board_as_fast_as_possible(share
     assert clock.now_ns() >= int(rec.duration_s * 0.99 * 1e9)  # ~117 s of board time went by
     check_sample_for_sample(ring, src, rec)
     assert ring.total_written == rec.n_samples and src.first_counter == 0
+
+
+def test_clock_map_follows_a_counter_that_jumps_or_restarts() -> None:
+    """Sample times stay on the host's clock through a counter jump 10^12 ahead, the counter's return, and a restart
+    at 0: each rebases the map instead of stamping every later sample centuries away (stale for ever), and no stamp
+    goes backwards."""
+    from neurostimd.sources.board import CounterClockMap
+
+    m = CounterClockMap(1000.0)
+    t = 100.0
+    stamps = []
+    counters = [*range(0, 5000, 10), 10**12, *range(5010, 8000, 10), *range(0, 2000, 10)]
+    for c in counters:
+        t += 0.01
+        ts = m.stamp(c, 10, t)
+        stamps.append(ts)
+        assert abs(ts[-1] - t) < 0.05, f"counter {c}: stamped {ts[-1] - t:+.3f} s from its arrival"
+    flat = np.concatenate(stamps)
+    assert np.all(np.diff(flat) > 0)
+    assert m.rebases == 3
