@@ -137,3 +137,32 @@ def test_integers_are_numbers() -> None:
     """A TOML integer where a float is due is a number like any other (`max_amplitude_ma = 3`)."""
     cfg = parse_config({"safety": {"max_amplitude_ma": 3, "k_max": 1}, "loop": {"cadence_ms": 40}})
     assert cfg.safety.max_amplitude_ma == 3.0 and cfg.safety.k_max == 1.0 and cfg.loop.cadence_ms == 40.0
+
+
+@pytest.mark.parametrize(("data", "bound"), [
+    ({"loop": {"cadence_ms": 1000}}, "at most 250 ms"),
+    ({"device": {"kind": "serial", "heartbeat_ms": 300}}, "at most 250 ms"),
+    ({"device": {"kind": "virtual", "watchdog_ms": 100}}, "at most 50 ms"),
+])
+def test_a_config_that_cannot_feed_the_dead_man_timer_is_refused(data: dict[str, dict[str, object]],
+                                                                 bound: str) -> None:
+    """The host must send the board a frame at least twice per dead-man timeout (the timer the virtual board has,
+    or the longest a serial board may have): cadence_ms = 1000 against 250 ms tripped the board 20 times in 20 s."""
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    assert any("dead-man timer" in line and bound in line for line in exc.value.errors), exc.value.errors
+
+
+def test_check_config_refuses_a_cadence_the_watchdog_cannot_take(tmp_path: Path) -> None:
+    """check-config exits 78 for `[loop] cadence_ms = 1000` with the default serial board."""
+    bad = tmp_path / "slow.toml"
+    bad.write_text((ROOT / "config" / "sim.toml").read_text().replace("cadence_ms = 50", "cadence_ms = 1000"))
+    res = neurostimd("check-config", str(bad))
+    assert res.returncode == 78 and "dead-man timer" in res.stderr
+
+
+def test_a_virtual_board_with_a_watchdog_above_the_maximum_is_refused() -> None:
+    """[device] watchdog_ms above max_watchdog_ms is an error: the daemon would refuse that board."""
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"device": {"kind": "virtual", "watchdog_ms": 600}})
+    assert any("max_watchdog_ms" in line for line in exc.value.errors)
