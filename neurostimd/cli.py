@@ -21,7 +21,20 @@ _COMMANDS = {
     "bench": "neurostimd.bench:cmd_bench",
     "status": "neurostimd.status:cmd_status",
     "closed-loop-eval": "neurostimd.evaluation:cmd_closed_loop_eval",
+    "audit": "neurostimd.audit:cmd_audit",
 }
+
+_VERIFY_EPILOG = """\
+exit status: 0 intact, 1 broken (the first break is named: file, line, seq, what it means), 2 bad arguments,
+66 no log at PATH.
+
+examples:
+  neurostimd audit verify /var/lib/neurostimd/audit.jsonl
+  neurostimd audit verify /var/lib/neurostimd --json
+  # against the chain head the journal kept (`audit_chain_head` lines, logged at each rotation and at close):
+  journalctl -u neurostimd -o cat | grep audit_chain_head | tail -1
+  neurostimd audit verify /var/lib/neurostimd/audit.jsonl --expect 199999:<hash from that line>
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--block", type=int, default=50,
                     help="samples per board block, i.e. per plant step (default 50: one 50 ms tick)")
     cl.add_argument("--out", required=True)
+    au = sub.add_parser("audit", help="check the audit log")
+    au_sub = au.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    v = au_sub.add_parser(
+        "verify", help="check the hash chain of every segment of an audit log",
+        description="Walk every segment of the audit log in order (oldest first, then the active file) and\n"
+                    "check that each record's `prev` is the sha256 of the record before it, that seq goes up\n"
+                    "by one, and that each segment starts with an audit_segment record naming the one before.\n"
+                    "Torn lines left by a crash are reported, not counted as breaks, when the next record\n"
+                    "names them. What the chain does and does not prove: docs/audit-log.md.",
+        epilog=_VERIFY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("path", help="the active audit log file ([audit] path), or the folder it is in")
+    v.add_argument("--json", action="store_true", help="print the report as JSON (for machines)")
+    v.add_argument("--expect", action="append", metavar="SEQ:SHA256",
+                   help="the record with this seq must have this sha256 (a chain head from the journal); repeatable")
     return p
 
 

@@ -223,7 +223,15 @@ class SafetyConfig(_Strict):
 
 # --- outputs ----------------------------------------------------------------------------------------------------------
 class AuditConfig(_Strict):
+    """The audit log (docs/audit-log.md): where it is, when it rotates, how often a dose checkpoint is written."""
+
     path: FilePath = Path("audit.jsonl")
+    # The active file is renamed to <path>.<NNNNNN> before it would grow past this many MB (10^6 bytes); rotated
+    # segments are kept, never deleted, and start-up reads only the active one.
+    rotate_mb: float = Field(4.0, gt=0)
+    # While the board may be stimulating, a durable `dose_checkpoint` at least this often: after a crash the dose is
+    # counted up to the last record plus this interval plus the board's watchdog. Above 1 s a crash could hide more.
+    checkpoint_ms: float = Field(1000.0, gt=0, le=1000)
 
 
 class RecorderConfig(_Strict):

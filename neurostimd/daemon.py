@@ -18,7 +18,7 @@ import structlog
 
 from drivers.base import Driver, make_driver
 from drivers.errors import BoardRefused, DriverError, PortBusy
-from neurostimd.audit import AuditLog, stimulated_s_since
+from neurostimd.audit import AuditError, AuditLog, DoseRecovery, board_timing
 from neurostimd.clock import MonotonicClock
 from neurostimd.config import (
     Config,
@@ -118,19 +118,27 @@ class Daemon:
 
     def _run(self, duration_s: float | None) -> int:
         cfg = self.cfg
-        # The day's earlier stimulation (from this log) counts toward the daily dose after a restart. A log that
-        # cannot be read is a refusal to start, never "no dose today".
+        # Opening the log reads its active segment once: the chain head, and the day's earlier stimulation (a run
+        # that crashed counted on until the board's watchdog would have stopped it), which counts toward the daily
+        # dose. A log that cannot be read or written is a refusal to start, never "no dose today".
+        audit: AuditLog | None = None
         try:
-            prior_daily_s = stimulated_s_since(cfg.audit.path, time.time() - 86_400)
-            audit = AuditLog(cfg.audit.path)
+            audit = AuditLog(cfg.audit.path, rotate_mb=cfg.audit.rotate_mb)
+            recovery = audit.dose_recovery()
             check_regular_or_absent(cfg.runtime.state_file, what="state file ([runtime] state_file)")
             if cfg.recorder.enabled:
                 real_directory(cfg.recorder.dir, what="recordings folder ([recorder] dir)")
+            prior_daily_s = recovery.daily_stim_s
+            self._log_recovery(audit, recovery)
+            # what dose recovery needs to bound this run if it crashes: its boot and its checkpoint interval
+            audit.write("startup", pid=os.getpid(), config=self.config_path, shadow=self.shadow,
+                        prior_daily_stim_s=prior_daily_s, prior_open_stim_s=recovery.open_s, boot_id=audit.boot_id,
+                        checkpoint_ms=cfg.audit.checkpoint_ms, audit_chain_problems=len(audit.findings))
         except (NeurostimError, OSError) as err:
             log.error("startup_refused", error=str(err), detail="fix the path named here and start again")
+            if audit is not None:
+                audit.close()
             return EX_CONFIG
-        audit.write("startup", pid=os.getpid(), config=self.config_path, shadow=self.shadow,
-                    prior_daily_stim_s=round(prior_daily_s, 3))
         driver: Driver | None = None
         source = None
         loop = None
@@ -143,7 +151,7 @@ class Daemon:
             # and the loop's first decision is sent whatever it is: a STOP until data has been clean.)
             driver = make_device(cfg, self.clock)
             if driver is not None:
-                self._open_driver(driver)
+                self._open_driver(driver, audit)
                 if self._stop.is_set():
                     return EX_OK
             from neurostimd.model.runtime import load_bundle
@@ -184,14 +192,25 @@ class Daemon:
             loop.run(should_stop=self._should_stop, duration_s=duration_s, between_ticks=self._between_ticks)
             if self._crash is not None:
                 code = EX_SOFTWARE
+        except AuditError as err:
+            # Before the loop (the board_ready record) an unwritable log refuses the start like any other; the
+            # loop itself never lets one out, so later only a config reload's record can get here.
+            log.error("startup_refused" if loop is None else "crashed", error=str(err))
+            code = EX_CONFIG if loop is None else EX_SOFTWARE
         except (BundleError, SourceError, ConfigError, BoardRefused) as err:
             log.error("startup_refused", error=str(err), error_type=type(err).__name__)
-            audit.write("fault", faults=["startup_refused"], detail=str(err))
+            try:
+                audit.write("fault", faults=["startup_refused"], detail=str(err))
+            except AuditError as audit_err:
+                log.error("audit_write_failed", audit_event="fault", error=str(audit_err))
             code = EX_CONFIG
         except PortBusy as err:
             # Another host on the board: refuse to start (systemd retries a few times; it may have been released).
             log.error("startup_refused", error=str(err), error_type=type(err).__name__)
-            audit.write("fault", faults=["startup_refused", "port_busy"], detail=str(err))
+            try:
+                audit.write("fault", faults=["startup_refused", "port_busy"], detail=str(err))
+            except AuditError as audit_err:
+                log.error("audit_write_failed", audit_event="fault", error=str(audit_err))
             code = EX_TEMPFAIL
         except Exception as err:  # a crash anywhere: stop stimulation, exit non-zero so systemd restarts us
             log.exception("crashed", error=repr(err))
@@ -226,17 +245,28 @@ class Daemon:
                 log.error("close_failed", what=type(obj).__name__, error=repr(err))
         try:
             audit.write("shutdown", exit_code=code)
-            audit.close()
         except NeurostimError as err:
             log.error("audit_write_failed", audit_event="shutdown", error=str(err))
+        finally:
+            audit.close()
         if self._timings is not None:
             self._timings.close()
         self.notifier.close()
         log.info("exit", code=code)
         return code
 
-    def _open_driver(self, driver: Driver) -> None:
+    @staticmethod
+    def _log_recovery(audit: AuditLog, recovery: DoseRecovery) -> None:
+        log.info("daily_dose_recovered", daily_stim_s=round(recovery.daily_stim_s, 3),
+                 open_at_crash_s=round(recovery.open_s, 3), audit=str(audit.path), next_seq=audit.next_seq)
+        if recovery.clock_back_s > 0:
+            log.warning("audit_clock_went_back", log_ahead_s=round(recovery.clock_back_s, 3),
+                        detail="the audit log's last record is later than the wall clock now; stimulation from "
+                               "earlier boots counts whole until the clock passes it — check NTP and the RTC")
+
+    def _open_driver(self, driver: Driver, audit: AuditLog) -> None:
         """Handshake with the board; while it is not there, say so and keep trying (systemd shows the STATUS).
+        The board's identity and dead-man timeout go to the audit log: dose recovery bounds a crash with them.
         A board that answers but cannot be used (BoardRefused), a port another process holds (PortBusy) and a
         config that cannot feed this board's dead-man timer (ConfigError) end the start-up instead."""
         interval = getattr(self.cfg.device, "reconnect_interval_ms", 500.0) / 1000.0
@@ -252,6 +282,8 @@ class Daemon:
                 if problem:
                     raise ConfigError(f"{problem}; fix the config (`neurostimd check-config` checks it against the "
                                       f"longest timer allowed, [device] max_watchdog_ms)")
+                audit.write("board_ready", device_id=info.device_id, firmware=info.firmware_version,
+                            limits=info.limits.__dict__, **board_timing(driver))
                 return
             except (BoardRefused, PortBusy):
                 raise

@@ -301,12 +301,12 @@ def _run_adaptive(cfg: Config, bundle: Any, driver: Any, tracer: TracingSource, 
                   duration_s: float, stem: Path, progress: Progress | None) -> dict[str, Any]:
     """The daemon's ClosedLoop, unchanged, on the board's own samples; per tick, the classifier's and the policy's
     state are compared with the plant's true state at that moment."""
-    from neurostimd.audit import AuditLog
+    from neurostimd.audit import AuditLog, remove_log
     from neurostimd.loop import ClosedLoop
     from neurostimd.sources.board import BoardSource
 
     audit_path = stem.with_name(stem.name + ".audit.jsonl")
-    audit_path.unlink(missing_ok=True)
+    remove_log(audit_path)  # a fresh log per run, earlier segments included
     run_cfg = cfg.model_copy(update={"audit": cfg.audit.model_copy(update={"path": audit_path})})
     source = BoardSource(driver, stale_after_ms=cfg.loop.stale_after_ms)
     ticks: list[tuple[int, int, int]] = []  # (true state, classifier argmax or -1, policy state or -1)
@@ -323,7 +323,7 @@ def _run_adaptive(cfg: Config, bundle: Any, driver: Any, tracer: TracingSource, 
         if progress is not None:
             progress("tick", (clock.now_ns() - t0) / _NS)
 
-    with AuditLog(audit_path) as audit:
+    with AuditLog(audit_path, rotate_mb=cfg.audit.rotate_mb) as audit:
         source.open()
         try:
             # One cadence before the first tick, so that every tick sees fresh samples.

@@ -16,11 +16,12 @@ import structlog
 
 from drivers.base import Driver, StimParams
 from drivers.errors import BadReply, BoardLost, DriverError, DriverTimeout
-from neurostimd.audit import AuditLog, params_dict
+from neurostimd.audit import AuditError, AuditLog, board_timing, params_dict
 from neurostimd.clock import Clock
 from neurostimd.config import Config
 from neurostimd.errors import BundleError, ConfigError, NeurostimError
 from neurostimd.faults import (
+    FAULT_AUDIT_UNAVAILABLE,
     FAULT_BOARD_INFO_MISMATCH,
     FAULT_BOARD_PARAMS_MISMATCH,
     FAULT_BOARD_RESET,
@@ -56,6 +57,19 @@ class TickStats:
     command_sent: bool
     ack_ms: float | None  # tick start → the board's ACK, when a command was sent and acknowledged
     overrun_ticks: int = 0
+
+
+@dataclass
+class _AuditOutage:
+    """The audit log cannot be written: since when, why, and what went unrecorded meanwhile (for `audit_resumed`)."""
+
+    error: str
+    since_wall: str
+    since_mono_ns: int
+    last_try_ns: int
+    missed: dict[str, int] = field(default_factory=dict)
+    unaudited_stops: list[dict[str, Any]] = field(default_factory=list)
+    stopped_at: dict[str, Any] | None = None  # the first unaudited STOP the board ACKed
 
 
 @dataclass
@@ -113,6 +127,9 @@ class ClosedLoop:
             raise ConfigError(f"[safety.fallback] would be cut by {', '.join(bad_fallback)} on this board "
                               f"(its limits: {limits}); lower the fallback parameters or use safe_state = \"off\"")
         self.controller = self._make_controller(cfg, limits, prior_daily_stim_s)
+        # the audit log at the boundary: down (nothing but STOP is sent) until a write succeeds again
+        self._audit_down: _AuditOutage | None = None
+        self._board_timing = board_timing(None if self.shadow else driver)
         self._next_index = 0
         self._last_reply: BoardReply | None = None
         # What the board was last confirmed to run (None = off). Unknown at start: a board may still be stimulating
@@ -213,6 +230,7 @@ class ClosedLoop:
             self._t0_ns = start_ns
         deadline_ns = start_ns if deadline_ns is None else deadline_ns
         t_s = (start_ns - self._t0_ns) / _NS
+        self._audit_boundary(t_s)
         stages: dict[str, float] = {}
         perf = time.perf_counter_ns
 
@@ -275,6 +293,8 @@ class ClosedLoop:
         flags = list(quality.reasons)
         if self.source.stale and "stale" not in flags:
             age_ms = math.inf if age_ms is None else max(age_ms, self.cfg.loop.stale_after_ms + 1.0)
+        if self._audit_down is not None:
+            boundary.append(FAULT_AUDIT_UNAVAILABLE)
 
         # policy → fault monitor → gate
         p = perf()
@@ -288,7 +308,9 @@ class ClosedLoop:
         # send what changed
         p = perf()
         sent, ack_ms = False, None
-        if cmd.applied != self._board_applied and (board_ok or self.shadow):
+        # an audit write failed in this tick: whatever the board runs is stopped now, not at the next decision
+        must_stop = self._audit_down is not None and self._board_applied is not None
+        if (cmd.applied != self._board_applied or must_stop) and (board_ok or self.shadow):
             sent = True
             ack_ms = self._send(cmd, start_ns)
         # STATUS on schedule even on a tick that sent a command: a board that obeys someone else between two ramp
@@ -340,7 +362,7 @@ class ClosedLoop:
 
     def _audit_events(self, cmd: Command) -> None:
         for event, fields in cmd.side_events():
-            self.audit.write(event, **fields)
+            self._audit_write(event, **fields)
             if event == "fault":
                 for cause in fields["raised"]:
                     self.state.fault_counts[cause] = self.state.fault_counts.get(cause, 0) + 1
@@ -353,7 +375,10 @@ class ClosedLoop:
 
     def _send(self, cmd: Command, start_ns: int) -> float | None:
         """Audit (fsync'd) first, then command the board; record the outcome. Returns tick start → ACK in ms."""
-        rec = self.audit.write(cmd.event, **cmd.audit_fields(), shadow=self.shadow)
+        rec = self._audit_write(cmd.event, **cmd.audit_fields(), shadow=self.shadow)
+        if rec is None:
+            self._stop_unaudited(cmd.t_s)
+            return None
         applied = cmd.applied
         t_s = cmd.t_s
         if self.shadow or self.driver is None:
@@ -380,10 +405,11 @@ class ClosedLoop:
         ack_ms = (ack_ns - start_ns) / 1e6 if acked else None
         # The ACK outcome follows the send; it is not fsync'd on its own (the next durable record carries it to disk),
         # which keeps a second fsync out of every commanding tick.
-        ack_rec = self.audit.write("stim_ack", durable=False, command_seq=rec["seq"], ack=acked,
-                                   **({"error": error, "reply": reply} if error else {}))
+        ack_rec = self._audit_write("stim_ack", durable=False, command_seq=rec["seq"], ack=acked,
+                                    **({"error": error, "reply": reply} if error else {}))
         if self.recorder is not None:
-            self.recorder.record_command({**rec, "ack": acked, "t_ack_mono_ns": ack_rec["t_mono_ns"]})
+            t_ack = ack_rec["t_mono_ns"] if ack_rec is not None else self.audit.clock_now()[1]
+            self.recorder.record_command({**rec, "ack": acked, "t_ack_mono_ns": t_ack})
         self.state.commands += 1
         if acked:
             self._board_applied = applied
@@ -403,6 +429,7 @@ class ClosedLoop:
     def _poll_status(self, t_s: float) -> None:
         assert self.driver is not None
         self._poll_soon = False
+        self._checkpoint_if_due(t_s)  # a STATUS exchange may take ack_timeout × tries: bounded by a fresh record
         epoch = self.driver.session_epoch
         try:
             st = self.driver.status()
@@ -502,6 +529,102 @@ class ClosedLoop:
             "safe_state": cmd.fault.active,
         }
 
+    # --- the audit log at the boundary ------------------------------------------------------------------------------
+    def _audit_write(self, event: str, *, durable: bool = True, **fields: Any) -> dict[str, Any] | None:
+        """One audit record; None when the log cannot be written. From the first failure on the log is down:
+        `audit_unavailable` holds (safe state off), no command but STOP is sent, and each record that would have
+        been written is counted for the `audit_resumed` record that ends the outage."""
+        down = self._audit_down
+        if down is None:
+            try:
+                return self.audit.write(event, durable=durable, **fields)
+            except AuditError as err:
+                wall, mono = self.audit.clock_now()
+                down = self._audit_down = _AuditOutage(error=str(err), since_wall=wall, since_mono_ns=mono,
+                                                       last_try_ns=mono)
+                log.error("audit_unavailable", error=str(err), audit_event=event,
+                          detail="no command but STOP is sent until the audit log is writable again")
+        down.missed[event] = down.missed.get(event, 0) + 1
+        return None
+
+    def _audit_boundary(self, t_s: float) -> None:
+        """At the start of a tick, before anything reaches the board: retry a log that is down, or write a dose
+        checkpoint when one is due."""
+        if self._audit_down is None:
+            self._checkpoint_if_due(t_s)
+        else:
+            self._try_audit_resume()
+
+    def _try_audit_resume(self, *, force: bool = False) -> None:
+        """Retry a log that is down (once per checkpoint interval) with the `audit_resumed` record; on success the
+        outage ends and the fault clears after recovery_clean_ms like any other."""
+        down = self._audit_down
+        if down is None:
+            return
+        _, mono = self.audit.clock_now()
+        if not force and mono - down.last_try_ns < self.cfg.audit.checkpoint_ms * 1e6:
+            return
+        down.last_try_ns = mono
+        try:
+            self.audit.write("audit_resumed", error=down.error, down_since=down.since_wall,
+                             down_s=round((mono - down.since_mono_ns) / _NS, 3), missed=down.missed,
+                             unaudited_stops=down.unaudited_stops, stopped_at=down.stopped_at)
+        except AuditError as err:
+            log.debug("audit_still_unavailable", error=str(err))
+            return
+        self._audit_down = None
+        log.warning("audit_resumed", down_s=round((mono - down.since_mono_ns) / _NS, 3), missed=down.missed,
+                    detail="stimulation may resume after recovery_clean_ms of clean data")
+
+    def _checkpoint_if_due(self, t_s: float) -> None:
+        """While the board may be stimulating, a durable `dose_checkpoint` at least every [audit] checkpoint_ms, so
+        that a crash hides no more than that (dose recovery counts on through the last record + this interval + the
+        longest exchange + the board's watchdog). One per interval: any other durable record counts as one."""
+        if self._audit_down is not None or self.shadow or self.driver is None or self._board_applied is None:
+            return
+        since = self.audit.since_durable_ns()
+        # checked once a tick: a cadence early, so that the spacing stays within the interval
+        due_ns = max(0.0, self.cfg.audit.checkpoint_ms - self.cfg.loop.cadence_ms) * 1e6
+        if since is not None and since < due_ns:
+            return
+        gate = self.controller.gate
+        running = self._board_applied
+        self._audit_write("dose_checkpoint", session_stim_s=gate.session_stim_s, daily_stim_s=gate.daily_stim_s(t_s),
+                          applied=params_dict(running) if isinstance(running, StimParams) else "unknown",
+                          checkpoint_ms=self.cfg.audit.checkpoint_ms, **self._board_timing)
+
+    def _stop_unaudited(self, t_s: float) -> None:
+        """The audit log is down: STOP the board all the same (its record cannot be written), and remember it for
+        the `audit_resumed` record."""
+        if self.shadow or self.driver is None:
+            self._board_applied = None
+            self.controller.commit(t_s, None, True)
+            return
+        reply: BoardReply = "ack"
+        error: str | None = None
+        try:
+            self.driver.stop()
+        except (DriverTimeout, BoardLost) as err:
+            reply, error = "timeout", str(err)
+        except DriverError as err:
+            reply, error = "nak", str(err)
+        acked = reply == "ack"
+        wall, mono = self.audit.clock_now()
+        down = self._audit_down
+        if down is not None:
+            if len(down.unaudited_stops) < 16:
+                down.unaudited_stops.append({"t_wall": wall, "t_mono_ns": mono, "ack": acked})
+            if acked and down.stopped_at is None:
+                down.stopped_at = {"t_wall": wall, "t_mono_ns": mono}
+        log.error("stim_stop_unaudited", ack=acked, reply=reply, error=error,
+                  detail="the audit log cannot be written; STOP was sent without its record")
+        self.state.commands += 1
+        if not acked:
+            self.state.send_failures += 1
+        self._board_applied = None if acked else (self._board_applied if reply == "nak" else _UNKNOWN)
+        self.controller.commit(t_s, None, acked)
+        self._last_reply = reply
+
     # --- stopping --------------------------------------------------------------------------------------------------
     def _audit_safely(self, event: str, **fields: Any) -> dict[str, Any] | None:
         """An audit write on the stopping path: a broken log must not keep the STOP from the board."""
@@ -514,6 +637,8 @@ class ClosedLoop:
 
     def stop_stimulation(self, reason: str, attempts: int = 3) -> bool:
         """STOP the board and wait for its ACK (bounded retries); audit it. True when the board confirmed."""
+        if self._audit_down is not None:
+            self._try_audit_resume(force=True)  # what an outage missed goes in before the stop, if the log is back
         rec = self._audit_safely("stim_stop", reason=reason, requested=None, applied=None, limited_by=[],
                                  state=self.state.state, confidence=self.state.confidence,
                                  t_data_s=self.source.t_data_s, shadow=self.shadow)

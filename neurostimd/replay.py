@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import structlog
 
-from neurostimd.audit import AuditLog
+from neurostimd.audit import AuditLog, remove_log
 from neurostimd.clock import Clock, ScaledClock, VirtualClock
 from neurostimd.config import Config, ReplaySourceConfig, load_config
 from neurostimd.errors import ConfigError, NeurostimError
@@ -54,11 +54,12 @@ def run_replay(cfg: Config, recording: Path, out: Path, speed: float | Literal["
                                 watchdog_ms=getattr(dev, "watchdog_ms", 250.0), clock=clock, stream_samples=False,
                                 log_path=board_log)
     decisions_path = out / "decisions.jsonl"
-    (out / "audit.jsonl").unlink(missing_ok=True)
+    remove_log(out / "audit.jsonl")  # and the segments of an earlier replay into the same folder
     decisions: list[dict[str, Any]] = []
     duration_s = source.recording.duration_s
     # Not fsync'd: the virtual board is in memory and the clock is virtual, so there is no command to protect.
-    with open(decisions_path, "w") as dec_f, AuditLog(cfg.audit.path, durable=False) as audit:
+    with open(decisions_path, "w") as dec_f, \
+            AuditLog(cfg.audit.path, durable=False, rotate_mb=cfg.audit.rotate_mb) as audit:
         driver.open()
         source.open()
         try:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import structlog
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -34,6 +35,14 @@ def no_leaks(request: pytest.FixtureRequest):
         p.kill()
     assert not threads, f"test left threads running: {[t.name for t in threads]}"
     assert not children, f"test left child processes running: {[p.cmdline() for p in children]}"
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging():
+    """structlog's defaults for every test: a command run in process (replay configures warning level) must not
+    filter the info events a later test captures."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
