@@ -132,6 +132,7 @@ class SerialBoardDriver(Driver):
         self._epoch = 0
         self._resets = 0
         self._session_seq0 = 0  # seq of the HELLO that opened the current session
+        self._handshaking = False
 
     # --- Driver ----------------------------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -267,6 +268,8 @@ class SerialBoardDriver(Driver):
         self._refusal_kind = "board" if isinstance(err, BoardRefused) else "port"
 
     def _connect(self) -> None:
+        # Samples that arrive before this board's INFO is accepted cannot be interpreted (it may be another board).
+        self._handshaking = True
         self._link = self._factory()
         self._decoder.reset()
         self._replies.clear()
@@ -287,6 +290,7 @@ class SerialBoardDriver(Driver):
             self._lost = True
             raise
         self._info = info
+        self._handshaking = False
         if self._pinned is None:
             self._pinned = info
         self._lost = False
@@ -527,8 +531,8 @@ class SerialBoardDriver(Driver):
 
     def _enqueue(self, s: Samples, t_recv_ns: int) -> None:
         info = self._info
-        if info is None:
-            self._bump("blocks_before_handshake")  # cannot scale them without INFO
+        if info is None or self._handshaking:
+            self._bump("blocks_before_handshake")  # cannot scale them without this board's INFO
             return
         n, ch = s.data.shape
         if ch != info.n_channels or s.sample_format.label != info.sample_format:

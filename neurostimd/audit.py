@@ -41,7 +41,8 @@ from neurostimd.safe_io import UnsafePath, open_regular, read_regular
 log = structlog.get_logger("neurostimd.audit")
 
 EVENTS = ("stim_command", "stim_stop", "stim_ack", "fault", "fault_cleared", "state_change", "config_reload",
-          "startup", "shutdown", "board_ready", "dose_checkpoint", "audit_segment", "audit_resumed")
+          "startup", "shutdown", "board_ready", "dose_checkpoint", "audit_segment", "audit_resumed",
+          "board_mismatch", "board_stopped")
 
 GENESIS = "0" * 64  # `prev` of the very first record of a log
 SEGMENT_DIGITS = 6  # rotated segments are <name>.000001, <name>.000002, …
@@ -480,6 +481,10 @@ class DoseTracker:
             self._pending.clear()
         elif ev == "audit_resumed":
             self._pending.clear()
+        elif ev == "board_stopped":
+            self.on = False  # the board's own STATUS says it runs nothing (its watchdog, a fault, its limits)
+        elif ev == "board_mismatch" and rec.get("running") is not None:
+            self.on = True  # the board runs something the host never sent: it counts until a confirmed stop
         elif ev in ("board_ready", "dose_checkpoint"):
             self._take_bounds(rec)
 

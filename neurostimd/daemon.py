@@ -312,10 +312,10 @@ class Daemon:
         except ConfigError as err:
             errors = err.errors or [str(err)]
             log.error("config_reload_rejected", errors=errors, detail="keeping the running config")
-            loop.audit.write("config_reload", ok=False, errors=errors)
+            loop.audit_record("config_reload", ok=False, errors=errors)
         else:
             self.cfg = loop.cfg
-            loop.audit.write("config_reload", ok=True, needs_restart=needs_restart)
+            loop.audit_record("config_reload", ok=True, needs_restart=needs_restart)
             log.info("config_reloaded", needs_restart=needs_restart,
                      detail="safe state until clean data for recovery_clean_ms, then stimulation resumes, ramping")
             if needs_restart:

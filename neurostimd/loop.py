@@ -446,9 +446,9 @@ class ClosedLoop:
                 log.error("board_params_mismatch", detail=mismatch, expected=params_dict(self._expected_params()),
                           running=params_dict(st.params), fault_flags=list(st.fault_names),
                           action="stimulation off (STOP) until the board runs what it is told")
-                self.audit.write("board_mismatch", check="board_params_mismatch", detail=mismatch,
-                                 expected=params_dict(self._expected_params()), running=params_dict(st.params),
-                                 fault_flags=list(st.fault_names))
+                self._audit_write("board_mismatch", check="board_params_mismatch", detail=mismatch,
+                                  expected=params_dict(self._expected_params()), running=params_dict(st.params),
+                                  fault_flags=list(st.fault_names))
             self._board_mismatch = mismatch
             self._board_applied = _UNKNOWN  # the next decision (a STOP: the fault forces off) is sent whatever it is
             self._poll_soon = True  # look again right after it: the fault clears only when STATUS agrees
@@ -459,6 +459,8 @@ class ClosedLoop:
             # The board stopped by itself and says why (its watchdog, a fault, its limits): it runs nothing, so the
             # gate ramps from zero again rather than jumping back to the last amplitude.
             log.warning("board_stopped_by_itself", fault_names=list(st.fault_names))
+            # as good as an ACKed STOP for the dose: the board itself says it runs nothing
+            self._audit_write("board_stopped", fault_flags=list(st.fault_names))
             self._board_applied = None
             self.controller.commit(t_s, None, True)
         if st.impedance_ohm != self._impedance_ohm:
@@ -530,6 +532,11 @@ class ClosedLoop:
         }
 
     # --- the audit log at the boundary ------------------------------------------------------------------------------
+    def audit_record(self, event: str, **fields: Any) -> dict[str, Any] | None:
+        """A record from outside the tick (the daemon's config reload): like every record of the loop, one that
+        cannot be written puts the log down (audit_unavailable) instead of raising."""
+        return self._audit_write(event, **fields)
+
     def _audit_write(self, event: str, *, durable: bool = True, **fields: Any) -> dict[str, Any] | None:
         """One audit record; None when the log cannot be written. From the first failure on the log is down:
         `audit_unavailable` holds (safe state off), no command but STOP is sent, and each record that would have

@@ -81,3 +81,39 @@ def test_a_full_disk_stops_stimulation_unaudited_then_resumes_when_writable(tmp_
     with AuditLog(cfg.audit.path, durable=False) as log:
         recovered = log.recovered_daily_stim_s()
     assert board_s <= recovered <= board_s + 1.0, "the outage itself is not counted as stimulation"
+
+
+def test_a_config_reload_while_the_disk_is_full_does_not_crash_the_daemon(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGHUP while the audit log cannot be written: the reload's record puts the log down (audit_unavailable, off)
+    instead of raising out of the daemon (it exited 70 and restarted into the same full disk)."""
+    import tomli_w
+
+    cfg = virtual_config(tmp_path)
+    cfg_path = tmp_path / "neurostimd.toml"
+    cfg_path.write_text(tomli_w.dumps(cfg.model_dump(mode="json", exclude_none=True)))
+    disk = FullDisk(monkeypatch, Path(cfg.audit.path))
+    real_tick = ClosedLoop.tick
+    daemon_box: list[Daemon] = []
+    marks: dict[str, int] = {}
+
+    def tick(self: ClosedLoop, deadline_ns: int | None = None) -> Any:
+        stats = real_tick(self, deadline_ns)
+        now = time.monotonic_ns()
+        if "full" not in marks and self.driver.board.stimulating:  # type: ignore[union-attr]
+            disk.full, marks["full"] = True, now
+            daemon_box[0]._reload.set()  # what SIGHUP does
+        elif "full" in marks and now - marks["full"] > 1e9:
+            daemon_box[0].request_stop()
+        return stats
+
+    monkeypatch.setattr(ClosedLoop, "tick", tick)
+    daemon = Daemon(cfg, str(cfg_path), notifier=SystemdNotifier({}))
+    daemon_box.append(daemon)
+    with capture_logs() as logs:
+        code = daemon.run(duration_s=30.0)
+    assert "full" in marks
+    events = [e["event"] for e in logs]
+    assert "crashed" not in events and code != 70
+    assert "config_reloaded" in events and "audit_unavailable" in events
+    assert not daemon.loop.driver.board.stimulating  # type: ignore[union-attr]

@@ -198,3 +198,21 @@ def test_across_boots_the_wall_clock_decides_and_a_log_ahead_of_it_counts_whole(
             rec = log.dose_recovery()
         assert rec.daily_stim_s == pytest.approx(expected), advance_h
         assert (rec.clock_back_s > 4 * 3600) == (advance_h < 0)
+
+
+def test_a_board_that_stopped_by_itself_ends_the_dose_and_a_foreign_stimulation_starts_it(tmp_path: Path) -> None:
+    """`board_stopped` (the board's STATUS says it runs nothing) ends stimulation like an ACKed STOP; a
+    `board_mismatch` showing the board running what the host never sent counts from there until a confirmed stop."""
+    clocks, path = Clocks(), tmp_path / "audit.jsonl"
+    with clocks.open(path) as log:
+        startup(log)
+        command(log, ON)
+        clocks.advance(10)
+        log.write("board_stopped", fault_flags=["watchdog_trip"])
+        clocks.advance(100)
+        log.write("board_mismatch", running=ON, expected=None)
+        clocks.advance(5)
+        command(log, None)
+        clocks.advance(50)
+        log.write("shutdown")
+        assert log.dose_recovery().daily_stim_s == pytest.approx(15.0)
