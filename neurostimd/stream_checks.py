@@ -263,15 +263,22 @@ class PlausibilityCheck:
 
     With training statistics: implausible when some channel's RMS over the window is below `window_rms_lo / F` or
     above `window_rms_hi · F`, or some |x| exceeds `F · abs_max` (F = factor). Without: only |x| ≥ HARD_BOUND_UV.
-    Non-finite samples are left to the ring's nan_inf flag. Buffers are preallocated; `check` allocates nothing.
+    Non-finite samples are left to the ring's nan_inf flag.
+
+    Two ways in: `check(window)` judges a whole window; the loop instead `push`es each tick's new samples (their
+    per-channel max, min and sum of squares go into a preallocated ring of block summaries) and `judge`s the newest
+    blocks that cover a window — a few microseconds per tick instead of a pass over the whole window. Nothing is
+    allocated per call.
     """
 
-    def __init__(self, n_channels: int, stats: SignalStats | None, factor: float = PLAUSIBILITY_FACTOR) -> None:
+    def __init__(self, n_channels: int, stats: SignalStats | None, factor: float = PLAUSIBILITY_FACTOR, *,
+                 window_samples: int = 1) -> None:
         if not factor > 1.0:
             raise ValueError(f"plausibility factor must be above 1, got {factor}")
         self.n_channels = int(n_channels)
         self.stats = stats
         self.factor = float(factor)
+        self.window_samples = max(1, int(window_samples))
         if stats is not None:
             self._rms_lo = (stats.window_rms_lo / factor).astype(np.float64)
             self._rms_hi = (stats.window_rms_hi * factor).astype(np.float64)
@@ -289,7 +296,49 @@ class PlausibilityCheck:
         self._mn = np.zeros(n_channels, dtype=np.float32)
         self._bad = np.zeros(n_channels, dtype=bool)
         self._tmp = np.zeros(n_channels, dtype=bool)
+        # block summaries, mirrored (slot i and i + cap) so that the newest k blocks are one contiguous slice
+        cap = self.window_samples + 1  # enough for one-sample blocks
+        self._cap = cap
+        # per block: row 0 max, row 1 min, row 2 sum of squares (float64 throughout: one copy mirrors all three)
+        self._b = np.zeros((2 * cap, 3, n_channels), dtype=np.float64)
+        self._b_n = [0] * cap  # samples per block (a list: read element-wise in Python)
+        self._blocks = 0  # pushed so far
         self.last_reason: str | None = None
+
+    def push(self, block: npt.NDArray[np.float32]) -> None:
+        """Summarise one tick's new samples (n, n_channels)."""
+        n = block.shape[0]
+        if n == 0:
+            return
+        i = self._blocks % self._cap
+        row = self._b[i]
+        np.max(block, axis=0, out=row[0])
+        np.min(block, axis=0, out=row[1])
+        np.einsum("ij,ij->j", block, block, dtype=np.float64, out=row[2])
+        self._b[i + self._cap] = row
+        self._b_n[i] = n
+        self._blocks += 1
+
+    def judge(self) -> bool | None:
+        """Over the newest pushed blocks that cover `window_samples`: True when implausible (`last_reason` says
+        why), False when not, None while fewer samples than a window have been pushed."""
+        cap = self._cap
+        last = (self._blocks - 1) % cap
+        sizes = self._b_n
+        k, covered = 0, 0
+        avail = min(self._blocks, cap)
+        while k < avail and covered < self.window_samples:
+            covered += sizes[last - k]  # negative indices wrap around the list, as the blocks do
+            k += 1
+        if covered < self.window_samples:
+            return None
+        newest = last + cap  # the mirrored copy: the k newest blocks are one slice ending here
+        b = self._b[newest - k + 1:newest + 1]
+        np.max(b[:, 0], axis=0, out=self._mx)
+        np.min(b[:, 1], axis=0, out=self._mn)
+        np.sum(b[:, 2], axis=0, out=self._ms)
+        self._ms /= covered
+        return self._verdict()
 
     def check(self, window: npt.NDArray[np.float32]) -> bool:
         """True when `window` (n_samples, n_channels) µV is implausible; `last_reason` then says why."""
@@ -298,6 +347,11 @@ class PlausibilityCheck:
             return False
         np.max(window, axis=0, out=self._mx)
         np.min(window, axis=0, out=self._mn)
+        np.einsum("ij,ij->j", window, window, dtype=np.float64, out=self._ms)
+        self._ms /= n
+        return self._verdict()
+
+    def _verdict(self) -> bool:
         if self.stats is None:  # the hard bound: at or beyond
             np.greater_equal(self._mx, self._abs, out=self._bad)
             np.less_equal(self._mn, self._neg_abs, out=self._tmp)
@@ -311,8 +365,6 @@ class PlausibilityCheck:
         if self.stats is None:
             self.last_reason = None
             return False
-        np.einsum("ij,ij->j", window, window, dtype=np.float64, out=self._ms)
-        self._ms /= n
         with np.errstate(invalid="ignore"):
             np.less(self._ms, self._ms_lo, out=self._bad)
             np.greater(self._ms, self._ms_hi, out=self._tmp)

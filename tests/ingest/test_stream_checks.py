@@ -225,3 +225,28 @@ def test_nan_is_left_to_the_quality_flags(default_stats, sim_windows) -> None:
     w = sim_windows[0].copy()
     w[5, 3] = np.nan
     assert not PlausibilityCheck(32, default_stats).check(w)
+
+
+def test_pushed_blocks_are_judged_like_the_window_they_cover(default_stats, sim_windows) -> None:
+    """Ticks of 50 samples pushed one by one give no verdict before a window's worth, then the verdict and mean
+    squares of check() on the same 550 samples; a 1e20 sample is flagged while its block is in the window."""
+    data = np.concatenate(list(sim_windows[:4]))
+    inc = PlausibilityCheck(32, default_stats, window_samples=550)
+    whole = PlausibilityCheck(32, default_stats)
+    for k in range(10):
+        inc.push(data[50 * k:50 * k + 50])
+        assert inc.judge() is None
+    for k in range(10, 30):
+        inc.push(data[50 * k:50 * k + 50])
+        got, ms = inc.judge(), inc._ms.copy()
+        assert got == whole.check(data[50 * k + 50 - 550:50 * k + 50]) is False
+        np.testing.assert_allclose(ms, whole._ms, rtol=1e-6)
+    spike = data[:50].copy()
+    spike[3, 2] = 1e20
+    inc.push(spike)
+    assert inc.judge() is True and inc.last_reason == "amplitude"
+    for k in range(10):
+        inc.push(data[50 * k:50 * k + 50])
+        assert inc.judge() is True
+    inc.push(data[500:550])
+    assert inc.judge() is False
