@@ -361,6 +361,14 @@ class RingBuffer:
         self._check_overwritten(w, total - n, copy)
         return w
 
+    def latest_data(self, n: int) -> npt.NDArray[np.float32]:
+        """A view of the newest n samples' data (fewer if fewer were written), valid until the next write: for a
+        single-threaded reader that only looks at the values (no Window, no index array)."""
+        total = self._total
+        n = max(0, min(int(n), total, self.capacity))
+        p = (total - n) % self.capacity
+        return self._data[p:p + n]
+
     def since(self, index: int, *, copy: bool = True, max_samples: int | None = None) -> Window:
         """Samples with ring index >= index (up to max_samples of the oldest such). If some were already
         overwritten, the window starts at the oldest sample still held and `overrun` says how many were lost."""
