@@ -282,3 +282,29 @@ def test_a_foreign_outlet_after_the_real_one_vanished_is_never_stimulated_on(cfg
     assert len(after) > 80 and not stimulated(after[4:]), "nothing is commanded on the foreign outlet's data"
     assert sum(e["event"] == "lsl_stream_refused" for e in logs) == 1
     assert loop.ring.total_written > samples + 2000, "the real outlet's restart is read"
+
+
+def test_an_edf_at_its_physical_rails_is_saturation(cfg: Config, bundle: Any, tmp_path: Path,
+                                                      sim: dict[str, Any]) -> None:
+    """An EDF whose channel 3 sits on its physical maximum for 20 ms is saturated there, by the range the file
+    declares (no configuration), and those decisions command nothing."""
+    import edfio
+
+    data = sim["data"][:8000].astype(np.float64).copy()
+    data[5000:5020, 3] = 1500.0
+    signals = [edfio.EdfSignal(np.clip(data[:, c], -1500.0, 1500.0), 1000.0, label=NAMES[c],
+                               physical_dimension="uV", physical_range=(-1500.0, 1500.0)) for c in range(32)]
+    path = tmp_path / "rails.edf"
+    edfio.Edf(signals).write(path)
+    clock = VirtualClock()
+    src = ReplaySource(path, 1.0, clock)
+    src.open()
+    decisions: list[dict[str, Any]] = []
+    with capture_logs() as logs, AuditLog(tmp_path / "audit.jsonl", durable=False) as audit:
+        loop = ClosedLoop(cfg, clock=clock, source=src, bundle=bundle, audit=audit, driver=None,
+                          on_decision=decisions.append)
+        loop.run(should_stop=lambda: False)
+    src.close()
+    assert any(e["event"] == "saturation_threshold" and e["origin"] == "source_range" for e in logs)
+    hit = [d for d in decisions if "quality_saturation" in d["faults"]]
+    assert hit and all(5.0 <= d["t_data_s"] < 5.6 and d["applied"] is None for d in hit)
