@@ -34,22 +34,62 @@ class BoardSourceConfig(_Strict):
     kind: Literal["board"] = "board"
 
 
+def _check_units(v: str | None) -> str | None:
+    if v is not None:
+        from neurostimd.units import config_uv
+
+        config_uv(v)  # ValueError naming the accepted spellings
+    return v
+
+
+def _check_channels(v: list[str] | None) -> list[str] | None:
+    if v is None:
+        return v
+    if not v or any(not c.strip() for c in v):
+        raise ValueError("channels must list at least one non-empty channel name")
+    seen: set[str] = set()
+    for c in v:
+        key = c.strip().casefold()
+        if key in seen:
+            raise ValueError(f"channels lists {c!r} twice (names compare without case and surrounding spaces)")
+        seen.add(key)
+    return v
+
+
 class LslSourceConfig(_Strict):
-    """Samples come from a Lab Streaming Layer stream."""
+    """Samples come from a Lab Streaming Layer stream.
+
+    `n_channels` and `sample_rate_hz` are what the stream must declare. `units` states the samples' unit for a stream
+    that declares none (or an unknown one); `channels` picks, by name, the channels the model needs from a wider
+    stream, in any order. `timestamp_jitter_ms` is how far an outlet's stamps may stray from its sample clock (0 for
+    an outlet that stamps each sample at its rate; a few ms for one that stamps chunks at push time) before a step is
+    a gap. `source_id` and `hostname` narrow the choice of stream; after a stream is chosen, only that stream (same
+    source_id and host, or the same uid without a source_id) is reconnected to, unless `allow_other_outlets`."""
 
     kind: Literal["lsl"]
     name: str | None = None
     type: str | None = None
     source_id: str | None = None
+    hostname: str | None = None
     resolve_timeout_s: float = Field(5.0, gt=0)
     n_channels: int = Field(gt=0)
     sample_rate_hz: float = Field(gt=0)
     stale_after_ms: float = Field(250.0, gt=0)
+    units: str | None = None
+    channels: list[str] | None = None
+    timestamp_jitter_ms: float = Field(0.0, ge=0, le=1000)
+    allow_other_outlets: bool = False
+
+    _units = field_validator("units")(_check_units)
+    _channels = field_validator("channels")(_check_channels)
 
     @model_validator(mode="after")
     def _one_selector(self) -> LslSourceConfig:
-        if not (self.name or self.type or self.source_id):
-            raise ValueError("set at least one of name, type or source_id to choose the LSL stream")
+        if not (self.name or self.type or self.source_id or self.hostname):
+            raise ValueError("set at least one of name, type, source_id or hostname to choose the LSL stream")
+        if self.channels is not None and len(self.channels) > self.n_channels:
+            raise ValueError(f"channels lists {len(self.channels)} names but n_channels (the stream's channel "
+                             f"count) is {self.n_channels}")
         return self
 
 
@@ -61,6 +101,12 @@ class ReplaySourceConfig(_Strict):
     speed: float | Literal["max"] = 1.0
     loop: bool = False
     sample_rate_hz: float | None = Field(None, gt=0)  # for files that carry no rate (CSV without time, ARFF)
+    units: str | None = None  # for files that declare no unit (an EDF with an empty physical dimension, ...)
+    channels: list[str] | None = None  # pick these channels, by name, from a wider recording
+    timestamp_jitter_ms: float = Field(0.0, ge=0, le=1000)  # a timestamp step beyond 1.5 periods + this is a gap
+
+    _units = field_validator("units")(_check_units)
+    _channels = field_validator("channels")(_check_channels)
 
     @field_validator("speed")
     @classmethod
@@ -143,9 +189,12 @@ class LoopConfig(_Strict):
     cadence_ms: float = Field(50.0, gt=0, le=1000)  # stopping waits for at most one tick (TimeoutStopSec=5s)
     stale_after_ms: float = Field(250.0, gt=0, le=10_000)
     ring_seconds: float = Field(30.0, gt=0)
-    # |sample| at or above this flags the window as saturated (a clipping amplifier). Default: the board's int16
-    # full scale when samples come from the board; none for other sources unless set here.
+    # |sample| at or above this flags the window as saturated (a clipping amplifier). Default: the source's declared
+    # range (the board's int16 full scale, an EDF's physical range), else 3 x the bundle's largest training |x|.
     saturation_uv: float | None = Field(None, gt=0)
+    # implausible_signal when a decision window's per-channel RMS is outside [lo / F, hi · F] of the training windows'
+    # RMS range, or some |x| exceeds F x the training maximum (docs/safety.md)
+    plausibility_factor: float = Field(5.0, gt=1, le=1e6)
 
 
 class PolicyConfig(_Strict):

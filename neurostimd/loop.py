@@ -25,6 +25,9 @@ from neurostimd.faults import (
     FAULT_BOARD_INFO_MISMATCH,
     FAULT_BOARD_PARAMS_MISMATCH,
     FAULT_BOARD_RESET,
+    FAULT_IMPLAUSIBLE_SIGNAL,
+    FAULT_RATE_MISMATCH,
+    FAULT_STARTUP,
     BoardReply,
     Command,
     ControlInputs,
@@ -35,12 +38,18 @@ from neurostimd.model.runtime import Bundle
 from neurostimd.ringbuffer import RingBuffer
 from neurostimd.safety import table_warnings
 from neurostimd.sources.base import Source
+from neurostimd.stream_checks import MontageError, PlausibilityCheck, RateMonitor, match_montage, saturation_rule
 
 log = structlog.get_logger(__name__)
 
 _NS = 1_000_000_000
 # Sentinel for "we do not know what the board runs" (after a failed send): the next decision is sent whatever it is.
 _UNKNOWN = object()
+
+
+def _names(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return f"[{shown}{f', … ({len(names)} in all)' if len(names) > limit else ''}]"
 
 
 @dataclass
@@ -116,8 +125,18 @@ class ClosedLoop:
         self.state = LoopState()
         self._check_bundle_matches_source()
         fs = source.sample_rate_hz
+        sat = saturation_rule(source.n_channels, configured_uv=cfg.loop.saturation_uv, source_range_uv=source.range_uv,
+                              stats=bundle.signal_stats)
         self.ring = RingBuffer(source.n_channels, max(int(cfg.loop.ring_seconds * fs), 4 * bundle.window_samples),
-                               fs, saturation_uv=self._saturation_uv(cfg, source, driver))
+                               fs, saturation_bounds_uv=None if sat is None else (sat.lo, sat.hi),
+                               jitter_tolerance_s=source.timestamp_tolerance_s)
+        # The boundary checks of the stream itself (docs/safety.md): effective rate and plausible amplitudes.
+        self.rate = RateMonitor(fs, cfg.loop.cadence_ms / 1000.0)
+        self.plausibility = PlausibilityCheck(source.n_channels, bundle.signal_stats, cfg.loop.plausibility_factor,
+                                              window_samples=bundle.window_samples)
+        self._rate_bad = False
+        self._implausible = False
+        self._log_stream_checks(sat)
         self.features = bundle.new_features()
         limits = None
         if driver is not None:
@@ -158,6 +177,7 @@ class ClosedLoop:
     # --- set-up ----------------------------------------------------------------------------------------------------
     def _check_bundle_matches_source(self) -> None:
         b, s = self.bundle, self.source
+        self._match_montage()
         problems = []
         if b.n_channels != s.n_channels:
             problems.append(f"{s.n_channels} channels from the source, the model expects {b.n_channels}")
@@ -167,16 +187,50 @@ class ClosedLoop:
             raise BundleError(f"model bundle {b.path} does not match the data source: {'; '.join(problems)}. "
                               f"Train a bundle for this source (`neurostimd train`) or configure a matching source")
 
-    @staticmethod
-    def _saturation_uv(cfg: Config, source: Source, driver: Driver | None) -> float | None:
-        if cfg.loop.saturation_uv is not None:
-            return cfg.loop.saturation_uv
-        if source.kind == "board" and driver is not None:
-            info = driver.info()
-            if info.sample_format == "int16":
-                # one count inside the rails: a clipped int16 converter sits at ±32767/-32768 counts
-                return 32766 * info.uv_per_lsb
-        return None
+    def _match_montage(self) -> None:
+        """Match the source's channels to the model's by name and make the source deliver them in the model's order;
+        BundleError naming the missing and extra channels. Without names on either side, only the count is checked
+        (and the operator told so once)."""
+        b, s = self.bundle, self.source
+        model, mine = b.channel_names, s.declared_channel_names
+        if model is None or mine is None:
+            log.warning("montage_unchecked", n_channels=s.n_channels, source=s.kind,
+                        reason="the source names no channels" if mine is None else
+                        "the model bundle records no channel names",
+                        detail="only the channel count is compared with the model; a miswired or reordered montage "
+                               "cannot be seen")
+            return
+        try:
+            idx = match_montage(model, mine)
+        except MontageError as err:
+            picked = getattr(self.cfg.source, "channels", None) is not None
+            if err.missing:
+                fix = ("connect or label the missing channels, or use a bundle trained on this montage "
+                       "(`neurostimd train`)")
+            elif picked:
+                fix = "remove the channels the model does not know from [source] channels"
+            else:
+                fix = f"choose the model's channels from the wider source with [source] channels = {list(model)!r}"
+            count = (f"{s.n_channels} channels from the source, the model expects {b.n_channels}; "
+                     if s.n_channels != b.n_channels else "")
+            raise BundleError(f"model bundle {b.path} does not match the data source: {count}by channel name, {err} "
+                              f"(the model was trained on {_names(model)}, the source delivers {_names(mine)}). "
+                              f"Fix: {fix}") from err
+        s.select_channels(idx)
+        if not np.array_equal(idx, np.arange(len(idx))):
+            log.info("montage_reordered", source_order=mine, model_order=list(model))
+
+    def _log_stream_checks(self, sat: Any) -> None:
+        b = self.bundle
+        if b.signal_stats is None:
+            log.warning("training_stats_missing", bundle=str(b.path),
+                        detail="the bundle has no signal_stats: amplitudes are checked only against |x| >= 1e6 uV; "
+                               "add them with `python -m neurostimd.model.bundle add-stats`")
+        if sat is None:
+            log.warning("saturation_unchecked", detail="no [loop] saturation_uv, no range declared by the source and "
+                                                       "no training statistics: saturation is not detected")
+        else:
+            log.info("saturation_threshold", origin=sat.origin, lo_uv=float(sat.lo.max()), hi_uv=float(sat.hi.min()))
 
     @staticmethod
     def _status_period(cfg: Config) -> int:
@@ -293,6 +347,7 @@ class ClosedLoop:
         flags = list(quality.reasons)
         if self.source.stale and "stale" not in flags:
             age_ms = math.inf if age_ms is None else max(age_ms, self.cfg.loop.stale_after_ms + 1.0)
+        self._check_stream(t_s, new.data, boundary)
         if self._audit_down is not None:
             boundary.append(FAULT_AUDIT_UNAVAILABLE)
 
@@ -359,6 +414,38 @@ class ClosedLoop:
             boundary.append(FAULT_BOARD_INFO_MISMATCH)
         if self._board_mismatch is not None:
             boundary.append(FAULT_BOARD_PARAMS_MISMATCH)
+
+    def _check_stream(self, t_s: float, new_data: np.ndarray, boundary: list[str]) -> None:
+        """The stream's effective rate and the plausibility of the decision window's amplitudes, as boundary
+        causes. Until the rate has a first verdict, the start-up cause holds the safe state."""
+        c = self.ring.counters
+        bad_rate = self.rate.update(t_s, self.ring.total_written, c.missing_samples, c.gaps,
+                                    flowing=not self.source.stale)
+        if bad_rate:
+            boundary.append(FAULT_RATE_MISMATCH)
+        elif not self.rate.judged:
+            boundary.append(FAULT_STARTUP)
+        if bad_rate != self._rate_bad:
+            self._rate_bad = bad_rate
+            if bad_rate:
+                log.warning("rate_mismatch", declared_hz=self.rate.declared_hz,
+                            effective_hz=round(self.rate.effective_hz or 0.0, 2),
+                            tolerance=round(self.rate.threshold or 0.0, 4))
+            else:
+                log.info("rate_mismatch_cleared", effective_hz=round(self.rate.effective_hz or 0.0, 2))
+        self.plausibility.push(new_data)
+        bad = bool(self.plausibility.judge())
+        if bad and not self._implausible:
+            names = self.source.channel_names
+            data = self.ring.latest_data(self.bundle.window_samples)
+            log.warning("implausible_signal", reason=self.plausibility.last_reason,
+                        channels=[names[i] for i in self.plausibility.channels(data)][:16],
+                        factor=self.plausibility.factor, has_training_stats=self.bundle.signal_stats is not None)
+        if bad:
+            boundary.append(FAULT_IMPLAUSIBLE_SIGNAL)
+        elif self._implausible:
+            log.info("implausible_signal_cleared")
+        self._implausible = bad
 
     def _audit_events(self, cmd: Command) -> None:
         for event, fields in cmd.side_events():

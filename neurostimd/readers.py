@@ -1,6 +1,22 @@
 """Readers for recordings: the continuous .npz of DESIGN.md, CSV, EDF/BDF, XDF, ARFF, and a recorder session folder,
-all returned as one `Recording`; `to_npz()` writes the interchange .npz. Bad files raise DataFormatError naming what
-is wrong and what to do.
+all returned as one `Recording` in µV; `to_npz()` writes the interchange .npz. Bad files raise DataFormatError naming
+what is wrong and what to do.
+
+Units. Files that declare units are scaled from them (neurostimd.units): an XDF stream's channel units
+(`desc/channels/channel/unit`, "microvolts" by the XDF EEG convention), an EDF/BDF signal's physical dimension. A
+missing or unknown unit there (an empty EDF physical dimension is not µV) is refused unless the caller states the
+unit (`units=`, from `[source] units`); a declared unit that contradicts the stated one is refused with both named.
+The interchange .npz, CSV and ARFF carry samples in µV by this project's convention (DESIGN.md), unless the .npz
+holds an optional `units` string (one for all channels, e.g. "mV"), which is honoured, or the caller states `units`.
+A recorder session is µV by its format.
+
+Channel names. `channel_names_declared` is False when the file names no channels (an .npz without `channel_names`,
+an XDF without labels, an EDF with blank labels, a session whose names are the recorder's placeholders ch0, ch1, ...):
+the generated names are then only column labels, and the montage cannot be checked by name.
+
+Timestamps. XDF timestamps are read as recorded (clock-synchronised, not dejittered: dejittering would smooth over
+short gaps); every reader's timestamps must be finite and advance at the file's rate within 2 % (median step), or the
+file is refused.
 
 CSV convention: a header row naming the columns; one numeric column per channel; optional columns `time` (or
 `timestamp`, seconds) and `label` (or `labels`, integer class). The rate is the `fs` argument if given, else
@@ -20,6 +36,7 @@ import numpy.typing as npt
 import structlog
 
 from neurostimd.errors import DataFormatError
+from neurostimd.units import UnitError, scales_to_uv, uv_per_unit
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +56,11 @@ class Recording:
     class_names: list[str] | None = None
     timestamps: npt.NDArray[np.float64] | None = None
     source: str = ""
+    channel_names_declared: bool = True
+    # Per channel (lo, hi) µV at or beyond which a sample sits on the converter's rails (EDF physical range); None
+    # when the file declares no range.
+    range_uv: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
+    units: str = "uV (interchange convention)"  # where the µV scale came from, for the log
 
     @property
     def n_samples(self) -> int:
@@ -63,19 +85,32 @@ def _validated(rec: Recording, where: str) -> Recording:
     for name, arr in (("labels", rec.labels), ("timestamps", rec.timestamps)):
         if arr is not None and arr.shape[0] != rec.data.shape[0]:
             raise DataFormatError(f"{where}: {name} has {arr.shape[0]} entries for {rec.data.shape[0]} samples")
+    if rec.timestamps is not None and rec.timestamps.shape[0] >= 3:
+        ts = rec.timestamps
+        if not np.isfinite(ts).all():
+            raise DataFormatError(f"{where}: some timestamps are NaN or infinite; repair them or drop the timestamps")
+        step = float(np.median(np.diff(ts)))
+        if not (step > 0 and abs(step * rec.fs - 1.0) <= 0.02):
+            got = f"{1.0 / step:g} Hz" if step > 0 else "not at all"
+            raise DataFormatError(f"{where}: the timestamps advance at {got} (median step), but the sample rate is "
+                                  f"{rec.fs:g} Hz; the file's rate or its timestamps are wrong — fix the file, or "
+                                  f"pass the true rate as fs / [source] sample_rate_hz")
     rec.data = np.ascontiguousarray(rec.data, dtype=np.float32)
     rec.source = rec.source or where
     return rec
 
 
-def read_recording(path: str | Path, *, fs: float | None = None) -> Recording:
+def read_recording(path: str | Path, *, fs: float | None = None, units: str | None = None) -> Recording:
     """Read any supported recording. `fs` overrides (or, for CSV without a time column and ARFF, supplies) the
-    sample rate in Hz."""
+    sample rate in Hz; `units` states the samples' unit where the file declares none (see the module's docstring)."""
     p = Path(path)
     if not p.exists():
         raise DataFormatError(f"recording {p} does not exist; check the path")
     if p.is_dir():
         rec = read_session(p)
+        if units is not None and uv_per_unit(units) != 1.0:
+            raise DataFormatError(f"{p}: a recorder session holds µV by its format, but units = {units!r} was given; "
+                                  f"remove [source] units for a session")
     else:
         suffix = p.suffix.lower()
         readers = {".npz": _read_npz, ".csv": _read_csv, ".edf": _read_edf, ".bdf": _read_edf,
@@ -83,14 +118,25 @@ def read_recording(path: str | Path, *, fs: float | None = None) -> Recording:
         if suffix not in readers:
             raise DataFormatError(f"{p}: unknown recording type {suffix!r}; use .npz, .csv, .edf, .bdf, .xdf, .arff "
                                   f"or a recorder session folder")
-        rec = readers[suffix](p, fs)
+        try:
+            rec = readers[suffix](p, fs, units)
+        except UnitError as err:
+            raise DataFormatError(f"{p}: {err}") from err
     if fs is not None:
         rec.fs = float(fs)
     return _validated(rec, str(p))
 
 
 # --- .npz -------------------------------------------------------------------------------------------------------------
-def _read_npz(p: Path, fs: float | None) -> Recording:
+def _stated(data: npt.NDArray[Any], units: str | None, what: str) -> tuple[npt.NDArray[np.float32], str]:
+    """Samples of a file without declared units: µV by convention, or in the unit the caller states."""
+    if units is None:
+        return data.astype(np.float32, copy=False), "uV (interchange convention)"
+    f = scales_to_uv([None] * data.shape[1], configured=units, what=what)
+    return (data.astype(np.float64) * f).astype(np.float32), f"{units} (stated in the config)"
+
+
+def _read_npz(p: Path, fs: float | None, units: str | None = None) -> Recording:
     try:
         z = np.load(p, allow_pickle=False)
     except (OSError, ValueError) as err:
@@ -119,7 +165,15 @@ def _read_npz(p: Path, fs: float | None) -> Recording:
         labels = np.asarray(z["labels"]).astype(np.int64).reshape(-1) if "labels" in keys else None
         classes = [str(s) for s in np.asarray(z["class_names"]).reshape(-1)] if "class_names" in keys else None
         ts = np.asarray(z["timestamps"], dtype=np.float64).reshape(-1) if "timestamps" in keys else None
-    return Recording(data.astype(np.float32, copy=False), rate, names, labels, classes, ts)
+        declared_unit = str(np.asarray(z["units"]).reshape(-1)[0]) if "units" in keys else None
+    if declared_unit is not None:
+        f = scales_to_uv([declared_unit] * data.shape[1], configured=units, what=f"its `units` ({declared_unit!r})")
+        samples = (data.astype(np.float64) * f).astype(np.float32)
+        how = f"{declared_unit} (declared in the file)"
+    else:
+        samples, how = _stated(data, units, "the .npz")
+    return Recording(samples, rate, names, labels, classes, ts, channel_names_declared="channel_names" in keys,
+                     units=how)
 
 
 def to_npz(rec: Recording, path: str | Path) -> Path:
@@ -142,7 +196,7 @@ def to_npz(rec: Recording, path: str | Path) -> Path:
 
 
 # --- CSV --------------------------------------------------------------------------------------------------------------
-def _read_csv(p: Path, fs: float | None) -> Recording:
+def _read_csv(p: Path, fs: float | None, units: str | None = None) -> Recording:
     try:
         with p.open(newline="") as fh:
             rows = [r for r in csv.reader(line for line in fh if not line.lstrip().startswith("#")) if r]
@@ -181,15 +235,12 @@ def _read_csv(p: Path, fs: float | None) -> Recording:
             raise DataFormatError(f"{p}: the time column does not increase; fix it or pass fs")
         rate = 1.0 / step
     labels = values[:, label_col].astype(np.int64) if label_col is not None else None
-    return Recording(values[:, chan_cols].astype(np.float32), float(rate), [header[i] for i in chan_cols],
-                     labels, None, ts)
+    samples, how = _stated(values[:, chan_cols], units, "the CSV")
+    return Recording(samples, float(rate), [header[i] for i in chan_cols], labels, None, ts, units=how)
 
 
 # --- EDF / BDF --------------------------------------------------------------------------------------------------------
-_TO_UV = {"uv": 1.0, "µv": 1.0, "μv": 1.0, "mv": 1e3, "v": 1e6, "nv": 1e-3}
-
-
-def _read_edf(p: Path, fs: float | None) -> Recording:
+def _read_edf(p: Path, fs: float | None, units: str | None = None) -> Recording:
     import edfio
 
     try:
@@ -208,19 +259,40 @@ def _read_edf(p: Path, fs: float | None) -> Recording:
     if dropped:
         log.warning("edf_channels_dropped", path=str(p), rate_hz=rate, dropped=dropped)
     n = min(len(s.data) for s in kept)
-    cols = []
-    for s in kept:
-        scale = _TO_UV.get(s.physical_dimension.strip().lower(), 1.0)
-        cols.append(np.asarray(s.data[:n], dtype=np.float64) * scale)
-    return Recording(np.stack(cols, axis=1).astype(np.float32), rate, [s.label for s in kept])
+    labels = [str(s.label).strip() for s in kept]
+    factors = scales_to_uv([s.physical_dimension for s in kept], configured=units, labels=labels,
+                           what="its physical dimensions (EDF header)")
+    cols, lo, hi = [], [], []
+    for s, f in zip(kept, factors, strict=True):
+        cols.append(np.asarray(s.data[:n], dtype=np.float64) * f)
+        # The digital extremes map onto the physical ones: a sample within half a step of them is on the rails.
+        pmin, pmax = sorted((float(s.physical_min), float(s.physical_max)))
+        half_lsb = 0.5 * (pmax - pmin) / max(1, int(s.digital_max) - int(s.digital_min))
+        lo.append((pmin + half_lsb) * f)
+        hi.append((pmax - half_lsb) * f)
+    declared = all(labels)
+    names = [lab if lab else f"ch{i}" for i, lab in enumerate(labels)]
+    how = "declared (EDF physical dimension)" if units is None else f"{units} where the EDF header declares none"
+    return Recording(np.stack(cols, axis=1).astype(np.float32), rate, names, channel_names_declared=declared,
+                     range_uv=(np.array(lo, dtype=np.float32), np.array(hi, dtype=np.float32)), units=how)
 
 
 # --- XDF --------------------------------------------------------------------------------------------------------------
-def _read_xdf(p: Path, fs: float | None) -> Recording:
+def _first(d: Any, key: str) -> Any:
+    """pyxdf's XML-as-lists: d[key][0], or None when absent."""
+    try:
+        v = d[key]
+        return v[0] if isinstance(v, list) and v else None
+    except (KeyError, TypeError, IndexError):
+        return None
+
+
+def _read_xdf(p: Path, fs: float | None, units: str | None = None) -> Recording:
     import pyxdf
 
     try:
-        streams, _header = pyxdf.load_xdf(str(p))
+        # Not dejittered: pyxdf's linear fit runs over gaps shorter than a second and would hide them.
+        streams, _header = pyxdf.load_xdf(str(p), dejitter_timestamps=False)
     except Exception as err:  # pyxdf raises assorted errors on a truncated or foreign file
         raise DataFormatError(f"{p}: not a readable XDF file ({err})") from err
     numeric = []
@@ -233,22 +305,30 @@ def _read_xdf(p: Path, fs: float | None) -> Recording:
     if not numeric:
         raise DataFormatError(f"{p}: no regularly sampled numeric stream in the XDF file")
     s = max(numeric, key=lambda st: st["time_series"].shape[0] * st["time_series"].shape[1])
-    data = np.asarray(s["time_series"], dtype=np.float32)
+    raw = np.asarray(s["time_series"])
     info = s["info"]
-    names = [f"ch{i}" for i in range(data.shape[1])]
+    n_ch = raw.shape[1]
     try:
-        chans = info["desc"][0]["channels"][0]["channel"]
-        labels = [c["label"][0] for c in chans]
-        if len(labels) == data.shape[1]:
-            names = labels
+        chans: list[Any] = list(info["desc"][0]["channels"][0]["channel"])
     except (KeyError, IndexError, TypeError):
-        pass
+        chans = []
+    if len(chans) != n_ch:
+        chans = [{}] * n_ch
+    labels = [(_first(c, "label") or "").strip() for c in chans]
+    declared = all(labels)
+    names = [lab if lab else f"ch{i}" for i, lab in enumerate(labels)]
+    stream = f"its stream {_first(info, 'name')!r}"
+    factors = scales_to_uv([_first(c, "unit") for c in chans], channel_types=[_first(c, "type") for c in chans],
+                           stream_type=_first(info, "type"), configured=units, labels=labels,
+                           what=f"{stream} (channel units in the XDF header)")
+    data = (raw.astype(np.float64) * factors).astype(np.float32)
+    how = "declared (XDF channel units)" if units is None else f"{units} where the XDF header declares none"
     return Recording(data, float(info["nominal_srate"][0]), names, None, None,
-                     np.asarray(s["time_stamps"], dtype=np.float64))
+                     np.asarray(s["time_stamps"], dtype=np.float64), channel_names_declared=declared, units=how)
 
 
 # --- ARFF -------------------------------------------------------------------------------------------------------------
-def _read_arff(p: Path, fs: float | None) -> Recording:
+def _read_arff(p: Path, fs: float | None, units: str | None = None) -> Recording:
     from scipy.io import arff
 
     if fs is None:
@@ -269,7 +349,8 @@ def _read_arff(p: Path, fs: float | None) -> Recording:
             labels = np.array([classes.index(v) for v in decoded], dtype=np.int64)
     if not chans:
         raise DataFormatError(f"{p}: no numeric attributes to use as channels")
-    return Recording(np.stack(chans, axis=1), float(fs), names, labels, classes)
+    samples, how = _stated(np.stack(chans, axis=1), units, "the ARFF file")
+    return Recording(samples, float(fs), names, labels, classes, units=how)
 
 
 # --- recorder session folder ------------------------------------------------------------------------------------------
@@ -300,7 +381,10 @@ def read_session(folder: str | Path) -> Recording:
     data = raw[: n * n_ch].reshape(n, n_ch).astype(np.float32)
     if n == 0:
         raise DataFormatError(f"{d}: the session holds no complete sample")
-    return Recording(data, rate, names, None, None, ts[:n].copy(), str(d))
+    # The recorder writes ch0, ch1, ... when its source named no channels: those are not a montage.
+    declared = names != [f"ch{i}" for i in range(n_ch)]
+    return Recording(data, rate, names, None, None, ts[:n].copy(), str(d), channel_names_declared=declared,
+                     units="uV (session format)")
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

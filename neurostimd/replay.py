@@ -27,8 +27,11 @@ EX_CONFIG = 78
 
 def replay_config(cfg: Config, recording: Path, speed: float | Literal["max"], out: Path) -> Config:
     """The config with the recording as its source and every output inside `out`."""
+    # The replay config's own file options (units, channels, gap jitter) apply to the recording given here.
+    keep = {k: getattr(cfg.source, k) for k in ("units", "channels", "timestamp_jitter_ms")} \
+        if isinstance(cfg.source, ReplaySourceConfig) else {}
     return cfg.model_copy(update={
-        "source": ReplaySourceConfig(kind="replay", path=recording, speed=speed),
+        "source": ReplaySourceConfig(kind="replay", path=recording, speed=speed, **keep),
         "audit": cfg.audit.model_copy(update={"path": out / "audit.jsonl"}),
         "runtime": cfg.runtime.model_copy(update={"state_file": out / "state.json"}),
     })
@@ -46,7 +49,10 @@ def run_replay(cfg: Config, recording: Path, out: Path, speed: float | Literal["
     cfg = replay_config(cfg, recording, speed, out)
     clock: Clock = VirtualClock() if speed == "max" else ScaledClock(float(speed))
     bundle = load_bundle(cfg.model.bundle, verify=cfg.model.verify_on_load)
-    source = ReplaySource(recording, 1.0, clock)
+    src_cfg = cfg.source
+    assert isinstance(src_cfg, ReplaySourceConfig)
+    source = ReplaySource(recording, 1.0, clock, units=src_cfg.units, channels=src_cfg.channels,
+                          timestamp_jitter_ms=src_cfg.timestamp_jitter_ms)
     board_log = out / "board.jsonl"
     board_log.unlink(missing_ok=True)
     dev = cfg.device

@@ -108,6 +108,7 @@ class RingBuffer:
         saturation_uv: float | None = None,
         flatline_samples: int | None = None,
         jitter_tolerance_s: float = 0.1,
+        saturation_bounds_uv: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
     ) -> None:
         if n_channels <= 0 or capacity_samples <= 1:
             raise ValueError(f"a ring needs n_channels > 0 and capacity_samples > 1 "
@@ -118,6 +119,17 @@ class RingBuffer:
         self.capacity = int(capacity_samples)
         self.sample_rate_hz = float(sample_rate_hz)
         self.saturation_uv = saturation_uv
+        # Per-channel rails (lo, hi): a sample at or beyond either is saturated. `saturation_uv` is the symmetric case.
+        self._sat_lo: npt.NDArray[np.float32] | None = None
+        self._sat_hi: npt.NDArray[np.float32] | None = None
+        if saturation_bounds_uv is not None:
+            self._sat_lo = np.broadcast_to(np.asarray(saturation_bounds_uv[0], dtype=np.float32),
+                                           (self.n_channels,)).copy()
+            self._sat_hi = np.broadcast_to(np.asarray(saturation_bounds_uv[1], dtype=np.float32),
+                                           (self.n_channels,)).copy()
+        elif saturation_uv is not None:
+            self._sat_hi = np.full(self.n_channels, saturation_uv, dtype=np.float32)
+            self._sat_lo = -self._sat_hi
         # Default: a quarter second of bit-identical values on one channel; shorter runs happen in quiet,
         # coarsely quantized recordings, longer ones mean a disconnected electrode or a stuck converter.
         self.flatline_samples = max(3, int(flatline_samples if flatline_samples is not None
@@ -349,6 +361,14 @@ class RingBuffer:
         self._check_overwritten(w, total - n, copy)
         return w
 
+    def latest_data(self, n: int) -> npt.NDArray[np.float32]:
+        """A view of the newest n samples' data (fewer if fewer were written), valid until the next write: for a
+        single-threaded reader that only looks at the values (no Window, no index array)."""
+        total = self._total
+        n = max(0, min(int(n), total, self.capacity))
+        p = (total - n) % self.capacity
+        return self._data[p:p + n]
+
     def since(self, index: int, *, copy: bool = True, max_samples: int | None = None) -> Window:
         """Samples with ring index >= index (up to max_samples of the oldest such). If some were already
         overwritten, the window starts at the oldest sample still held and `overrun` says how many were lost."""
@@ -432,8 +452,8 @@ class RingBuffer:
 
     def quality(self, n: int) -> Quality:
         """Data-quality flags for the newest n samples: NaN/Inf, flatline (some channel bit-identical for at least
-        `flatline_samples` samples ending inside the span), saturation (|x| >= saturation_uv), gaps and clock
-        events. Never raises."""
+        `flatline_samples` samples ending inside the span), saturation (at or beyond the rails: |x| >= saturation_uv,
+        or the per-channel saturation_bounds_uv), gaps and clock events. Never raises."""
         total = self._total
         n = max(0, min(int(n), total, self.capacity))
         q = Quality(n_samples=n)
@@ -442,13 +462,13 @@ class RingBuffer:
         w = self._span(total - n, total, copy=False)
         data = w.data
         q.nan_inf = not bool(np.isfinite(data).all())
-        if self.saturation_uv is not None:
-            s = self.saturation_uv
+        if self._sat_hi is not None and self._sat_lo is not None:
+            lo, hi = self._sat_lo, self._sat_hi
             with np.errstate(invalid="ignore"):
                 if q.nan_inf:  # infinities are nan_inf, not a saturated converter
-                    q.saturation = bool(((np.abs(data) >= s) & np.isfinite(data)).any())
+                    q.saturation = bool((((data >= hi) | (data <= lo)) & np.isfinite(data)).any())
                 else:
-                    q.saturation = bool((data >= s).any() or (data <= -s).any())
+                    q.saturation = bool((data >= hi).any() or (data <= lo).any())
         ev = np.bitwise_or.reduce(w.flags) if n else 0
         q.gap = bool(ev & FLAG_GAP)
         q.clock_jump = bool(ev & FLAG_CLOCK_JUMP)

@@ -50,6 +50,11 @@ def push_main(argv: list[str]) -> int:
     ap.add_argument("--seconds", type=float, required=True)
     a = ap.parse_args(argv)
     info = pylsl.StreamInfo(a.name, "EEG", a.channels, a.rate, "float32", a.name)
+    chans = info.desc().append_child("channels")
+    for i in range(a.channels):  # declared units: an LslSource refuses a stream without them
+        ch = chans.append_child("channel")
+        ch.append_child_value("label", f"ch{i}")
+        ch.append_child_value("unit", "microvolts")
     outlet = pylsl.StreamOutlet(info)
     print("READY", flush=True)
     if not outlet.wait_for_consumers(30.0):
@@ -197,8 +202,9 @@ def lsl_trial(ch: int, rate: float, seconds: float, *, bare: bool) -> Trial:
             inlet.close_stream()
             trial.received = received
         else:
+            # the outlet stamps each chunk at push time (every ~1 ms): allow its jitter before a step is a gap
             cfg = LslSourceConfig(kind="lsl", source_id=name, n_channels=ch, sample_rate_hz=rate,
-                                  resolve_timeout_s=10.0, stale_after_ms=1000.0)
+                                  resolve_timeout_s=10.0, stale_after_ms=1000.0, timestamp_jitter_ms=5.0)
             ring = RingBuffer(ch, int(rate * 5), rate)
             with LslSource(cfg) as src:
                 nxt = 0

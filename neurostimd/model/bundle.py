@@ -114,3 +114,122 @@ def read_verified_manifest(bundle_dir: str | Path) -> dict[str, Any]:
         if key not in manifest:
             raise BundleError(f"model bundle {d}: manifest lacks {key!r}; {REBUILD_HINT}")
     return manifest
+
+
+# --- maintenance: training-signal statistics for a bundle trained before they were stored ---------------------------
+CONTENT_TOLERANCE = 1e-5
+
+
+def _content_proof(bundle_dir: Path, manifest: dict[str, Any], recs: list[Any], segs: list[Any],
+                   keys: dict[str, list[int]]) -> str:
+    """Why `recs` are the bundle's training data although their file hashes differ: they reproduce the bundle's
+    check windows and its fitted scaler (every training frame enters the scaler). BundleError otherwise."""
+    import numpy as np
+
+    from neurostimd.features import FeatureSettings, Scaler
+    from neurostimd.model.dataset import windows_for
+
+    feat = json.loads((bundle_dir / FEATURES).read_text())
+    settings = FeatureSettings.model_validate(feat["settings"])
+    stored = Scaler.from_dict(feat["scaler"])
+    split = json.loads((bundle_dir / SPLIT).read_text())
+    fs = float(manifest["sample_rate_hz"])
+    n_split = sum(len(src[part]) for src in split["sources"] for part in ("train", "val", "test"))
+    d_scaler = d_check = float("inf")
+    if len(segs) == n_split and keys["train"] and keys["val"] and \
+            all(r.n_channels == int(manifest["n_channels"]) and r.fs == fs for r in recs):
+        tr = windows_for(segs, keys["train"], settings, fs, 1)
+        refit = Scaler.fit(settings.scaler, np.concatenate(tr.frames))
+        if refit.offset.shape == stored.offset.shape:
+            d_scaler = max(float(np.max(np.abs(refit.offset - stored.offset))),
+                           float(np.max(np.abs(refit.scale - stored.scale) / np.abs(stored.scale))))
+        va = windows_for(segs, keys["val"], settings, fs, 1)
+        with np.load(bundle_dir / CHECK, allow_pickle=False) as z:
+            check = np.asarray(z["windows"], dtype=np.float32)
+        if len(va.X) >= len(check) and va.X.shape[1:] == check.shape[1:]:
+            x_va = stored.transform(va.X)
+            rng = np.random.default_rng(int(split["seed"]))
+            pick = rng.choice(len(x_va), size=len(check), replace=False)
+            d_check = float(np.max(np.abs(x_va[np.sort(pick)].astype(np.float32) - check)))
+    if not (d_scaler <= CONTENT_TOLERANCE and d_check <= CONTENT_TOLERANCE):
+        raise BundleError(f"model bundle {bundle_dir}: {', '.join(r.path for r in recs)} is not the data it was "
+                          f"trained on (its scaler refits {d_scaler:.2e} away and its check windows differ by "
+                          f"{d_check:.2e}, tolerance {CONTENT_TOLERANCE:g}); pass the training file")
+    return f"content (scaler refit within {d_scaler:.1e}, check windows within {d_check:.1e})"
+
+
+def add_signal_stats(bundle_dir: str | Path, data: list[str | Path], *, by_content: bool = False) -> dict[str, Any]:
+    """Compute `signal_stats` from a bundle's training data and add them to its manifest; no other file changes.
+
+    The data must be the training files the manifest lists, by sha256. With `by_content`, a file whose bytes differ
+    (regenerated elsewhere, re-saved) is accepted when it reproduces the bundle's fitted scaler and check windows.
+    Statistics come from the training segments of split.json, as `neurostimd train` computes them."""
+    from neurostimd.features import FeatureSettings
+    from neurostimd.model.dataset import load_recording, segments
+    from neurostimd.model.stats import compute_signal_stats
+
+    d = Path(bundle_dir)
+    manifest = read_verified_manifest(d)
+    listed = manifest.get("training_data") or []
+    recs = [load_recording(p) for p in data]
+    want = [str(e.get("sha256")) for e in listed if isinstance(e, dict)]
+    if len(recs) != len(want):
+        raise BundleError(f"model bundle {d} was trained on {len(want)} file(s) "
+                          f"({', '.join(str(e.get('path')) for e in listed)}); pass each of them with --data")
+    hashes = [r.sha256 for r in recs]
+    if sorted(hashes) == sorted(want):
+        order = [hashes.index(h) for h in want]
+        recs = [recs[i] for i in order]
+        verified = "sha256"
+    elif not by_content:
+        raise BundleError(f"model bundle {d}: the data given has sha256 {', '.join(h[:12] + '…' for h in hashes)} "
+                          f"but the bundle was trained on {', '.join(h[:12] + '…' for h in want)}; pass the training "
+                          f"file(s), or --by-content to accept data that reproduces the bundle's scaler and check "
+                          f"windows")
+    else:
+        verified = ""  # below
+    split = json.loads((d / SPLIT).read_text())
+    feat = json.loads((d / FEATURES).read_text())
+    settings = FeatureSettings.model_validate(feat["settings"])
+    segs = segments(recs, settings, float(split["block_s"]))
+    keys: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for si, src in enumerate(split["sources"]):
+        for part in keys:
+            chosen = set(src[part])
+            keys[part] += [i for i, s in enumerate(segs) if s.source == si and s.index in chosen]
+    if not verified:
+        verified = _content_proof(d, manifest, recs, segs, keys)
+    names = [str(n) for n in manifest.get("channel_names", [])] or None
+    stats = compute_signal_stats([segs[i].data for i in keys["train"]], int(manifest["window_samples"]), names)
+    manifest["signal_stats"] = {**stats.to_json(), "verified_by": verified, "data_sha256": hashes}
+    (d / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return read_verified_manifest(d)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from neurostimd.errors import NeurostimError
+
+    ap = argparse.ArgumentParser(prog="python -m neurostimd.model.bundle", description="Bundle maintenance.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("add-stats", help="add training-signal statistics (signal_stats) to a bundle's manifest")
+    a.add_argument("--bundle", required=True)
+    a.add_argument("--data", action="append", required=True, help="a training file the manifest lists (repeat)")
+    a.add_argument("--by-content", action="store_true",
+                   help="accept data whose bytes differ if it reproduces the bundle's scaler and check windows")
+    args = ap.parse_args(argv)
+    try:
+        m = add_signal_stats(args.bundle, args.data, by_content=args.by_content)
+    except (NeurostimError, OSError, ValueError, KeyError) as err:
+        print(f"add-stats: {err}", file=sys.stderr)
+        return 2
+    s = m["signal_stats"]
+    print(f"added signal_stats to {args.bundle} ({s['verified_by']}): abs_max {min(s['abs_max']):.4g}..."
+          f"{max(s['abs_max']):.4g} uV, window RMS {min(s['window_rms_lo']):.4g}..{max(s['window_rms_hi']):.4g} uV")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

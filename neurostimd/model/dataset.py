@@ -30,6 +30,7 @@ class Recording:
     labels: np.ndarray | None = None  # continuous: (n_samples,)
     X: np.ndarray | None = None  # epochs: (n_epochs, n_channels, n_samples)
     y: np.ndarray | None = None  # epochs: (n_epochs,)
+    names_declared: bool = True  # False when the file has no channel_names (they are generated ch0, ch1, ...)
 
     @property
     def n_channels(self) -> int:
@@ -99,7 +100,8 @@ def load_recording(path: str | Path) -> Recording:
             n_ch = X.shape[1]
             names = _names(z, "channel_names", [f"ch{i}" for i in range(n_ch)])
             classes = _names(z, "class_names", [str(c) for c in range(int(y.max()) + 1)])
-            rec = Recording(str(p), file_sha256(p), "epochs", fs, names, classes, X=X, y=y)
+            rec = Recording(str(p), file_sha256(p), "epochs", fs, names, classes, X=X, y=y,
+                            names_declared="channel_names" in keys)
         elif "data" in keys:
             data = np.asarray(z["data"], dtype=np.float32)
             if data.ndim != 2:
@@ -112,7 +114,8 @@ def load_recording(path: str | Path) -> Recording:
             n_ch = data.shape[1]
             names = _names(z, "channel_names", [f"ch{i}" for i in range(n_ch)])
             classes = _names(z, "class_names", [str(c) for c in range(int(labels.max()) + 1)])
-            rec = Recording(str(p), file_sha256(p), "continuous", fs, names, classes, data=data, labels=labels)
+            rec = Recording(str(p), file_sha256(p), "continuous", fs, names, classes, data=data, labels=labels,
+                            names_declared="channel_names" in keys)
         else:
             raise DataFormatError(f"{p}: neither an epoch set (X, y) nor a continuous recording (data, labels); "
                                   f"keys found: {sorted(keys)}")

@@ -16,6 +16,7 @@ import structlog
 from neurostimd.errors import BundleError
 from neurostimd.features import FeatureSettings, Scaler, StreamingFeatures
 from neurostimd.model import bundle as files
+from neurostimd.model.stats import SignalStats
 from neurostimd.stimtable import StimTable
 
 log = structlog.get_logger(__name__)
@@ -40,6 +41,20 @@ class Bundle:
         self.sample_rate_hz = float(manifest["sample_rate_hz"])
         self.input_shape = (int(manifest["input_shape"][0]), int(manifest["input_shape"][1]))
         self.window_samples = settings.window_samples(self.sample_rate_hz)
+        names = manifest.get("channel_names")
+        # The montage the model was trained on; None when unknown (an older manifest, or training files without
+        # channel_names, whose generated ch0, ch1, ... say nothing about electrodes).
+        self.channel_names: list[str] | None = (
+            [str(n) for n in names] if isinstance(names, list) and len(names) == self.n_channels
+            and manifest.get("channel_names_declared", True) else None)
+        # The training signal's amplitudes (None for a bundle trained before they were stored).
+        self.signal_stats: SignalStats | None = None
+        if "signal_stats" in manifest:
+            try:
+                self.signal_stats = SignalStats.from_json(manifest["signal_stats"], self.n_channels)
+            except ValueError as err:
+                raise BundleError(f"model bundle {path}: {err}; {files.REBUILD_HINT}, or add the statistics with "
+                                  f"`python -m neurostimd.model.bundle add-stats`") from err
         self._interp = interpreter
         self._in_index = interpreter.get_input_details()[0]["index"]
         self._out_index = interpreter.get_output_details()[0]["index"]

@@ -22,6 +22,7 @@ from neurostimd.errors import BundleError, DataFormatError, NeurostimError
 from neurostimd.features import FeatureSettings, Scaler, design_filters
 from neurostimd.model import bundle as files
 from neurostimd.model.dataset import Recording, load_recording, segments, split_segments, windows_for
+from neurostimd.model.stats import compute_signal_stats
 from neurostimd.stimtable import StimTable, notebook_table
 
 log = structlog.get_logger(__name__)
@@ -169,9 +170,13 @@ def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, 
     (out_dir / files.SPLIT).write_text(json.dumps(split, indent=1) + "\n")
     (out_dir / files.HISTORY).write_text(json.dumps(history) + "\n")
     data_hash = hashlib.sha256("".join(sorted(r.sha256 for r in recs)).encode()).hexdigest()
+    # The amplitudes of the training segments (not validation or test): what live signal is compared with.
+    stats = compute_signal_stats([segs[i].data for i in train_idx], settings.window_samples(fs), channel_names)
     manifest = files.write_manifest(out_dir, {
         "n_channels": n_ch, "sample_rate_hz": fs, "input_shape": [settings.n_frames, int(x_tr.shape[2])],
         "class_names": class_names, "channel_names": channel_names,
+        "channel_names_declared": all(r.names_declared for r in recs),
+        "signal_stats": {**stats.to_json(), "verified_by": "training"},
         "training_data": [{"path": r.path, "sha256": r.sha256, "kind": r.kind} for r in recs],
         "training_data_sha256": data_hash, "metrics": metrics,
         "training": {"epochs": epochs, "seed": seed, "batch_size": batch_size, "stride": stride,

@@ -34,8 +34,8 @@ def make_source(
     if isinstance(cfg, ReplaySourceConfig):
         from neurostimd.sources.replay import ReplaySource
 
-        if cfg.speed == "max":
-            vclock = clock if isinstance(clock, VirtualClock) else VirtualClock()
-            return ReplaySource(cfg.path, 1.0, vclock, loop=cfg.loop, fs=cfg.sample_rate_hz)
-        return ReplaySource(cfg.path, float(cfg.speed), clock, loop=cfg.loop, fs=cfg.sample_rate_hz)
+        speed, on = (1.0, clock if isinstance(clock, VirtualClock) else VirtualClock()) if cfg.speed == "max" else \
+            (float(cfg.speed), clock)
+        return ReplaySource(cfg.path, speed, on, loop=cfg.loop, fs=cfg.sample_rate_hz, units=cfg.units,
+                            channels=cfg.channels, timestamp_jitter_ms=cfg.timestamp_jitter_ms)
     raise SourceError(f"unknown source kind {getattr(cfg, 'kind', cfg)!r}; use board, lsl or replay")

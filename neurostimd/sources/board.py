@@ -1,11 +1,13 @@
 """Samples from the stimulator board itself (SAMPLES frames through the driver). The board's sample counter gives
-exact gap detection; sample times are the counter mapped onto the local monotonic clock."""
+exact gap detection; sample times are the counter mapped onto the local monotonic clock. The board names no channels
+(the montage can be checked by count only); an int16 board declares its rails."""
 
 from __future__ import annotations
 
 import time
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 
 from drivers.base import Driver
@@ -73,15 +75,18 @@ class BoardSource(Source):
         self._owns_driver = False
         self._n_channels = 0
         self._rate_hz = 0.0
+        self._range: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
         self._map: CounterClockMap | None = None
         self._first_counter: int | None = None
         self._newest_counter: int | None = None
         self._last_data_mono_s = 0.0
         self.bad_blocks = 0
 
-    @property
-    def n_channels(self) -> int:
+    def _offered_channels(self) -> int:
         return self._n_channels
+
+    def _offered_range_uv(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None:
+        return self._range
 
     @property
     def sample_rate_hz(self) -> float:
@@ -108,6 +113,10 @@ class BoardSource(Source):
         info = self.driver.info()
         self._n_channels = int(info.n_channels)
         self._rate_hz = float(info.sample_rate_hz)
+        if info.sample_format == "int16":
+            # one count inside the rails: a clipped int16 converter sits at +32767 / -32768 counts
+            hi = np.full(self._n_channels, 32766 * info.uv_per_lsb, dtype=np.float32)
+            self._range = (-hi, hi)
         self._map = CounterClockMap(self._rate_hz)
         self._last_data_mono_s = time.monotonic()
         self._stale_reason = "no samples received yet"
@@ -135,6 +144,8 @@ class BoardSource(Source):
                 log.warning("board_block_refused", shape=list(data.shape), n_channels=self._n_channels)
                 continue
             ts = self._map.stamp(b.first_index, data.shape[0], b.t_recv_ns / 1e9)
+            if self._order is not None:
+                data = data[:, self._order]
             ring.write(data, ts, first_index=b.first_index)
             if self._first_counter is None:
                 self._first_counter = b.first_index

@@ -1,18 +1,26 @@
 """Replay of a recording as a live source: each sample is released when its due time comes on a clock — the real
 monotonic clock (x1, xN) or a virtual clock that the loop moves as fast as it can ("max"). The same file, config and
-virtual clock give byte-identical ring contents, hence byte-identical decisions."""
+virtual clock give byte-identical ring contents, hence byte-identical decisions.
+
+A recording's own timestamps (XDF, .npz `timestamps`, a session) mark its gaps as the LSL source marks them live: a
+step longer than 1.5 periods (plus `timestamp_jitter_ms`) skips the samples it stands for, in the sample counter
+handed to the ring (which flags the gap) and in time (the replay waits for them, as the live daemon did)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 
 from neurostimd.clock import Clock, MonotonicClock, VirtualClock
+from neurostimd.errors import SourceError
 from neurostimd.readers import Recording, read_recording
 from neurostimd.ringbuffer import RingBuffer
 from neurostimd.sources.base import Source
+from neurostimd.stream_checks import MontageError, pick_channels, virtual_counter
 
 log = structlog.get_logger(__name__)
 
@@ -22,18 +30,22 @@ _NS = 1_000_000_000
 class ReplaySource(Source):
     """Plays `recording` at `speed` x real time on `clock`.
 
-    Sample i is due at t0 + i / (fs · speed) on the clock (t0 = clock time at open()); pump() writes every sample due
-    by clock.now_ns(), stamped with its due time in clock seconds. On a VirtualClock pump() never waits: time moves
-    only when the loop moves it. A clock that is itself scaled (it has a `speed` attribute, like
-    neurostimd.clock.ScaledClock) already runs at recording pace, so the source then releases at 1x clock time.
+    Sample i is due at t0 + c(i) / (fs · speed) on the clock (t0 = clock time at open(), c the sample counter: i for
+    a recording without gaps); pump() writes every sample due by clock.now_ns(), stamped with its due time in clock
+    seconds. On a VirtualClock pump() never waits: time moves only when the loop moves it. A clock that is itself
+    scaled (it has a `speed` attribute, like neurostimd.clock.ScaledClock) already runs at recording pace, so the
+    source then releases at 1x clock time. `units` states the unit of a file that declares none; `channels` picks
+    channels by name.
     """
 
     kind = "replay"
 
     def __init__(self, recording: Recording | str | Path, speed: float = 1.0, clock: Clock | None = None, *,
-                 loop: bool = False, fs: float | None = None) -> None:
+                 loop: bool = False, fs: float | None = None, units: str | None = None,
+                 channels: Sequence[str] | None = None, timestamp_jitter_ms: float = 0.0) -> None:
         super().__init__()
-        self.recording = recording if isinstance(recording, Recording) else read_recording(recording, fs=fs)
+        self.recording = recording if isinstance(recording, Recording) else \
+            read_recording(recording, fs=fs, units=units)
         if not (speed > 0):
             raise ValueError(f"replay speed must be positive, got {speed}")
         self.clock: Clock = clock if clock is not None else MonotonicClock()
@@ -45,18 +57,59 @@ class ReplaySource(Source):
         self._ns_per_sample = np.float64(_NS) / np.float64(self._rate)
         self._t0_ns = 0
         self._released = 0
+        rec = self.recording
+        self._pick: npt.NDArray[np.intp] | None = None
+        if channels is not None:
+            if not rec.channel_names_declared:
+                raise SourceError(f"[source] channels picks channels by name, but {rec.source} names none; remove "
+                                  f"channels from the config or use a file with channel names")
+            try:
+                self._pick = pick_channels(list(channels), rec.channel_names)
+            except MontageError as err:
+                raise SourceError(f"[source] channels does not fit {rec.source} ({err}); its channels are "
+                                  f"{rec.channel_names}") from err
+        self._take = self._pick
+        # The counter: consecutive samples 1 apart, jumps where the recording's own stamps skip samples.
+        n = rec.n_samples
+        if rec.timestamps is not None and n > 1:
+            self._counter = virtual_counter(rec.timestamps, rec.fs, timestamp_jitter_ms / 1000.0)
+        else:
+            self._counter = np.arange(n, dtype=np.int64)
+        self._span = int(self._counter[-1]) + 1  # counter values one pass of the recording covers
+        self._breaks = np.flatnonzero(np.diff(self._counter) != 1) + 1  # first sample after each jump
+        if self._breaks.size:
+            log.info("replay_recording_gaps", source=rec.source, gaps=int(self._breaks.size),
+                     missing_samples=int(self._span - n))
 
-    @property
-    def n_channels(self) -> int:
-        return self.recording.n_channels
+    # --- description -----------------------------------------------------------------------------------------------
+    def _offered_channels(self) -> int:
+        return int(self._pick.shape[0]) if self._pick is not None else self.recording.n_channels
+
+    def _offered_names(self) -> list[str] | None:
+        rec = self.recording
+        if not rec.channel_names_declared:
+            return None
+        return [rec.channel_names[i] for i in self._pick] if self._pick is not None else list(rec.channel_names)
+
+    def _offered_range_uv(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None:
+        r = self.recording.range_uv
+        if r is None or self._pick is None:
+            return r
+        return r[0][self._pick], r[1][self._pick]
+
+    def _order_changed(self) -> None:
+        base = self._pick if self._pick is not None else np.arange(self.recording.n_channels, dtype=np.intp)
+        take = base if self._order is None else base[self._order]
+        self._take = None if np.array_equal(take, np.arange(self.recording.n_channels)) else take
 
     @property
     def sample_rate_hz(self) -> float:
         return self.recording.fs
 
     @property
-    def channel_names(self) -> list[str]:
-        return list(self.recording.channel_names)
+    def timestamp_tolerance_s(self) -> float:
+        # Due times are exact (integer nanoseconds): half a period is plenty, and a wrong step is a real event.
+        return 0.5 / self._rate
 
     @property
     def released(self) -> int:
@@ -67,7 +120,7 @@ class ReplaySource(Source):
     def t_data_s(self) -> float | None:
         if self._released == 0:
             return None
-        return ((self._released - 1) % self.recording.n_samples) / self.recording.fs
+        return int(self._counter[(self._released - 1) % self.recording.n_samples]) / self.recording.fs
 
     @property
     def exhausted(self) -> bool:
@@ -77,28 +130,41 @@ class ReplaySource(Source):
         self._t0_ns = self.clock.now_ns()
         self._released = 0
         self._stale_reason = None
-        log.info("replay_source_open", source=self.recording.source, n_samples=self.recording.n_samples,
-                 fs=self.recording.fs, speed=self.speed, virtual=self._virtual)
+        rec = self.recording
+        log.info("replay_source_open", source=rec.source, n_samples=rec.n_samples, fs=rec.fs, speed=self.speed,
+                 virtual=self._virtual, units=rec.units)
 
     def _close(self) -> None:
         return None
 
+    # --- timing ----------------------------------------------------------------------------------------------------
+    def _count(self, i: int) -> int:
+        """Counter value of (global, possibly looped) sample i."""
+        n = self.recording.n_samples
+        return (i // n) * self._span + int(self._counter[i % n])
+
     def _due_ns(self, i: int) -> int:
         """Clock time at which sample i is due (exact integer arithmetic, so replays are reproducible)."""
-        return self._t0_ns + int(np.floor(np.float64(i) * self._ns_per_sample))
+        return self._t0_ns + int(np.floor(np.float64(self._count(i)) * self._ns_per_sample))
 
     def _count_due(self, now_ns: int) -> int:
         if now_ns < self._t0_ns:
             return 0
-        k = int((now_ns - self._t0_ns) * self._rate / _NS) + 1  # estimate; fixed up against _due_ns exactly
-        while k > 0 and self._due_ns(k - 1) > now_ns:
-            k -= 1
-        while self._due_ns(k) <= now_ns:
-            k += 1
+        # the newest counter value due by now (estimate, fixed up exactly), then how many samples have one <= it
+        c = int((now_ns - self._t0_ns) * self._rate / _NS) + 1
+        while c > 0 and self._t0_ns + int(np.floor(np.float64(c - 1) * self._ns_per_sample)) > now_ns:
+            c -= 1
+        while self._t0_ns + int(np.floor(np.float64(c) * self._ns_per_sample)) <= now_ns:
+            c += 1
+        # counter values 0 .. c-1 are due
+        n = self.recording.n_samples
+        loops, rest = divmod(c, self._span)
+        k = loops * n + int(np.searchsorted(self._counter, rest, side="left"))
         if not self.loop:
-            k = min(k, self.recording.n_samples)
+            k = min(k, n)
         return k
 
+    # --- data ------------------------------------------------------------------------------------------------------
     def pump(self, ring: RingBuffer, timeout_s: float = 0.0) -> int:
         if not self._is_open or self.exhausted:
             return 0
@@ -112,10 +178,18 @@ class ReplaySource(Source):
         start, end = self._released, due
         n_rec = self.recording.n_samples
         idx = np.arange(start, end, dtype=np.int64)
-        due_ns = self._t0_ns + np.floor(idx.astype(np.float64) * self._ns_per_sample).astype(np.int64)
+        local = idx % n_rec
+        counts = (idx // n_rec) * self._span + self._counter[local]
+        due_ns = self._t0_ns + np.floor(counts.astype(np.float64) * self._ns_per_sample).astype(np.int64)
         ts = due_ns.astype(np.float64) / _NS
-        data = self.recording.data[idx % n_rec] if self.loop else self.recording.data[start:end]
-        ring.write(data, ts, first_index=start)
+        rows = self.recording.data[local] if (self.loop or self._breaks.size) else self.recording.data[start:end]
+        data = rows if self._take is None else rows[:, self._take]
+        if self._breaks.size == 0:
+            ring.write(data, ts, first_index=int(counts[0]))
+        else:  # one write per contiguous run, so that the ring sees each counter jump
+            cuts = np.flatnonzero(np.diff(counts) != 1) + 1
+            for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(counts)])), strict=True):
+                ring.write(data[a:b], ts[a:b], first_index=int(counts[a]))
         self._released = end
         if self.exhausted:
             self._stale_reason = "replay reached the end of the recording"

@@ -92,8 +92,10 @@ def test_outlet_killed_and_restarted_goes_stale_then_recovers(outlets, with_sour
     sid = name if with_source_id else ""
     rate = 500.0
     outlets.append(OutletProcess(name=name, source_id=sid, channels=2, rate=rate, wait_consumer=20))
+    # Without a source_id, nothing tells a restarted outlet from another process's: it is accepted only when the
+    # config allows other outlets (test_lsl_identity.py shows the refusal).
     cfg = LslSourceConfig(kind="lsl", name=name, n_channels=2, sample_rate_hz=rate, stale_after_ms=150,
-                          resolve_timeout_s=10)
+                          resolve_timeout_s=10, allow_other_outlets=not with_source_id)
     ring = RingBuffer(2, 20000, rate)
     with LslSource(cfg) as src:
         assert pump_until(src, ring, lambda: ring.total_written > 100 and not src.stale, 20.0)
@@ -152,7 +154,7 @@ def test_source_reads_channel_labels_from_the_stream_description():
     info = pylsl.StreamInfo(name, "EEG", 3, 100.0, "float32", name)
     chans = info.desc().append_child("channels")
     for label in ("Fz", "Cz", "Pz"):
-        chans.append_child("channel").append_child_value("label", label)
+        chans.append_child("channel").append_child_value("label", label).append_child_value("unit", "microvolts")
     outlet = pylsl.StreamOutlet(info)
     cfg = LslSourceConfig(kind="lsl", source_id=name, n_channels=3, sample_rate_hz=100.0, resolve_timeout_s=5)
     with LslSource(cfg) as src:

@@ -94,18 +94,27 @@ def _xdf_chunk(tag: int, content: bytes) -> bytes:
     return struct.pack("<BI", 4, len(body)) + body
 
 
-def write_xdf(path: Path, data: np.ndarray, fs: float, names: list[str]) -> None:
-    """A minimal XDF 1.0 file (one float32 stream), written from the format's specification."""
+def write_xdf(path: Path, data: np.ndarray, fs: float, names: list[str], units: list[str] | None = None,
+              types: list[str] | None = None, timestamps: np.ndarray | None = None) -> None:
+    """A minimal XDF 1.0 file (one float32 stream), written from the format's specification; `units` and `types`
+    go into each channel's description as LabRecorder files carry them."""
     n, ch = data.shape
-    chans = "".join(f"<channel><label>{c}</label></channel>" for c in names)
+    ts = 10.0 + np.arange(n) / fs if timestamps is None else timestamps
+
+    def chan(i: int, c: str) -> str:
+        unit = f"<unit>{units[i]}</unit>" if units is not None else ""
+        kind = f"<type>{types[i]}</type>" if types is not None else ""
+        return f"<channel><label>{c}</label>{unit}{kind}</channel>"
+
+    chans = "".join(chan(i, c) for i, c in enumerate(names))
     header = (f"<?xml version=\"1.0\"?><info><name>test</name><type>EEG</type><channel_count>{ch}</channel_count>"
               f"<nominal_srate>{fs}</nominal_srate><channel_format>float32</channel_format>"
               f"<desc><channels>{chans}</channels></desc></info>").encode()
     samples = struct.pack("<I", 1) + struct.pack("<BI", 4, n)
     for i in range(n):
-        samples += struct.pack("<Bd", 8, 10.0 + i / fs) + data[i].astype("<f4").tobytes()
-    footer = (f"<?xml version=\"1.0\"?><info><first_timestamp>10.0</first_timestamp><last_timestamp>"
-              f"{10.0 + (n - 1) / fs}</last_timestamp><sample_count>{n}</sample_count></info>").encode()
+        samples += struct.pack("<Bd", 8, float(ts[i])) + data[i].astype("<f4").tobytes()
+    footer = (f"<?xml version=\"1.0\"?><info><first_timestamp>{ts[0]}</first_timestamp><last_timestamp>"
+              f"{ts[-1]}</last_timestamp><sample_count>{n}</sample_count></info>").encode()
     out = b"XDF:" + _xdf_chunk(1, b"<?xml version=\"1.0\"?><info><version>1.0</version></info>")
     out += _xdf_chunk(2, struct.pack("<I", 1) + header) + _xdf_chunk(3, samples)
     out += _xdf_chunk(6, struct.pack("<I", 1) + footer)
@@ -116,7 +125,7 @@ def test_xdf_stream_reads_with_labels_and_timestamps(tmp_path):
     """An XDF file's numeric stream reads with its rate, channel labels and timestamps."""
     data = sine_data(300, 3, 100.0)
     p = tmp_path / "r.xdf"
-    write_xdf(p, data, 100.0, ["O1", "Oz", "O2"])
+    write_xdf(p, data, 100.0, ["O1", "Oz", "O2"], units=["microvolts"] * 3)
     got = read_recording(p)
     assert got.fs == 100.0 and got.channel_names == ["O1", "Oz", "O2"]
     np.testing.assert_array_equal(got.data, data)

@@ -163,3 +163,18 @@ def test_block_larger_than_capacity_keeps_the_newest_samples():
     ring.write(counter_block(5, 40), times(5, 40))
     assert ring.total_written == 45
     np.testing.assert_array_equal(ring.latest(16).data, counter_block(29, 16))
+
+
+def test_per_channel_rails_flag_saturation_on_either_side():
+    """With per-channel rails, a sample at a channel's own lower or upper rail is saturation; within them it is not,
+    and an infinity is nan_inf, not saturation."""
+    ring = RingBuffer(2, 100, 100.0, saturation_bounds_uv=([-10.0, -1000.0], [50.0, 1000.0]))
+    ring.write(np.array([[49.0, -999.0], [-9.0, 999.0]], dtype=np.float32))
+    assert not ring.quality(2).saturation
+    ring.write(np.array([[0.0, 0.0], [-10.0, 0.0]], dtype=np.float32))
+    assert ring.quality(2).saturation
+    ring.write(np.array([[0.0, 1000.0]], dtype=np.float32))
+    assert ring.quality(1).saturation
+    ring.write(np.array([[0.0, np.inf]], dtype=np.float32))
+    q = ring.quality(1)
+    assert q.nan_inf and not q.saturation

@@ -136,3 +136,18 @@ def test_evaluate_refuses_scoring_training_data_as_unseen(tiny: tuple[Path, Path
     rc = main(["evaluate", "--bundle", str(bdir), "--data", str(data), "--report", str(tmp_path / "r"),
                "--split", "all"])
     assert rc == 2 and "--split test" in capsys.readouterr().err
+
+
+def test_training_stores_signal_stats_that_add_stats_reproduces(tiny: tuple[Path, Path], copy: Path) -> None:
+    """`neurostimd train` writes the training segments' statistics into the manifest, per channel, and add-stats run
+    on the same bundle and data computes exactly the same."""
+    bdir, data = tiny
+    written = json.loads((bdir / files.MANIFEST).read_text())["signal_stats"]
+    assert written["verified_by"] == "training" and len(written["abs_max"]) == CH
+    assert written["channel_names"] == json.loads((bdir / files.MANIFEST).read_text())["channel_names"]
+    b = load_bundle(bdir)
+    assert b.signal_stats is not None and b.signal_stats.window_samples == b.window_samples
+    again = files.add_signal_stats(copy, [data])["signal_stats"]
+    assert again["verified_by"] == "sha256"
+    keep = ("abs_max", "rms", "abs_p999", "window_rms_lo", "window_rms_hi", "n_samples", "window_samples")
+    assert {k: again[k] for k in keep} == {k: written[k] for k in keep}
