@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -43,6 +45,31 @@ def fresh_logging():
     filter the info events a later test captures."""
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(scope="session")
+def bundle() -> Any:
+    """The default model bundle (models/default), loaded and verified once per session."""
+    from neurostimd.model.runtime import load_bundle
+
+    return load_bundle(ROOT / "models" / "default")
+
+
+@pytest.fixture(scope="session")
+def cfg() -> Any:
+    """config/sim.toml, the default configuration (a test that needs another builds its own)."""
+    from neurostimd.config import load_config
+
+    return load_config(ROOT / "config" / "sim.toml")
+
+
+@pytest.fixture
+def outlets() -> Iterator[list[Any]]:
+    """LSL outlet processes a test starts (tests.ingest.test_lsl_source.OutletProcess), killed after it."""
+    started: list[Any] = []
+    yield started
+    for o in started:
+        o.kill()
 
 
 @pytest.fixture

@@ -10,24 +10,12 @@ from typing import Any
 import pytest
 
 from neurostimd.audit import read_audit
-from neurostimd.config import Config, parse_config
 from neurostimd.daemon import EX_SOFTWARE, Daemon
 from neurostimd.loop import ClosedLoop
 from neurostimd.notify import SystemdNotifier
+from tests.loops import virtual_config
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _cfg(tmp_path: Path) -> Config:
-    return parse_config({
-        "source": {"kind": "board"},
-        "device": {"kind": "virtual", "n_channels": 32, "sample_rate_hz": 1000.0},
-        "model": {"bundle": str(ROOT / "models" / "default")},
-        "policy": {"onset_ms": 100, "termination_ms": 100, "blanking_ms": 200},
-        "safety": {"recovery_clean_ms": 200, "ramp_ma_per_s": 20.0},
-        "audit": {"path": str(tmp_path / "audit.jsonl")},
-        "runtime": {"state_file": str(tmp_path / "state.json")},
-    })
 
 
 def _run_until_stimulating_then(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: Any) -> tuple[int, Any]:
@@ -43,7 +31,7 @@ def _run_until_stimulating_then(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         return real_tick(self, deadline_ns)
 
     monkeypatch.setattr(ClosedLoop, "tick", tick)
-    daemon = Daemon(_cfg(tmp_path), None, notifier=SystemdNotifier({}))
+    daemon = Daemon(virtual_config(tmp_path), None, notifier=SystemdNotifier({}))
     t0 = time.monotonic()
     code = daemon.run(duration_s=30.0)
     assert time.monotonic() - t0 < 30.0, "the daemon stopped on the failure, not at the end of its duration"

@@ -6,42 +6,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from structlog.testing import capture_logs
 
 from drivers.base import StimParams
 from firmware_sim.generate import generate_recording
 from neurostimd.audit import AuditLog, read_audit
 from neurostimd.clock import VirtualClock
-from neurostimd.config import Config, load_config
+from neurostimd.config import Config
 from neurostimd.loop import ClosedLoop
-from neurostimd.model.runtime import load_bundle
-from neurostimd.sources.board import BoardSource
 from neurostimd.sources.replay import ReplaySource
 from neurostimd.virtual_board import VirtualBoardDriver
+from tests.loops import board_loop
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def bundle() -> Any:
-    return load_bundle(ROOT / "models" / "default")
-
-
-@pytest.fixture(scope="module")
-def cfg() -> Config:
-    return load_config(ROOT / "config" / "sim.toml")
-
-
-def _board_loop(cfg: Config, bundle: Any, tmp_path: Path, **drv_kw: Any) -> tuple[ClosedLoop, VirtualBoardDriver,
-                                                                                   AuditLog, VirtualClock]:
-    clock = VirtualClock()
-    drv = VirtualBoardDriver(n_channels=32, sample_rate_hz=1000.0, clock=clock, block_size=50, **drv_kw)
-    drv.open()
-    src = BoardSource(drv)
-    src.open()
-    audit = AuditLog(tmp_path / "audit.jsonl", durable=False)
-    return ClosedLoop(cfg, clock=clock, source=src, bundle=bundle, audit=audit, driver=drv), drv, audit, clock
 
 
 def _events(tmp_path: Path) -> list[dict[str, Any]]:
@@ -50,7 +27,7 @@ def _events(tmp_path: Path) -> list[dict[str, Any]]:
 
 def test_first_decision_stops_a_board_left_stimulating(cfg: Config, bundle: Any, tmp_path: Path) -> None:
     """A board still stimulating from an earlier host is sent an audited STOP at the loop's first decision."""
-    loop, drv, audit, _ = _board_loop(cfg, bundle, tmp_path)
+    loop, drv, audit, _ = board_loop(cfg, bundle, tmp_path)
     try:
         drv.set_stimulation(StimParams(20.0, 1.0, 100.0))
         assert drv.board.stimulating
@@ -66,7 +43,7 @@ def test_first_decision_stops_a_board_left_stimulating(cfg: Config, bundle: Any,
 
 def test_every_command_is_on_disk_before_the_board_sees_it(cfg: Config, bundle: Any, tmp_path: Path) -> None:
     """When SET_STIM reaches the board, the audit log already holds the stim_command with those parameters."""
-    loop, drv, audit, _ = _board_loop(cfg, bundle, tmp_path)
+    loop, drv, audit, _ = board_loop(cfg, bundle, tmp_path)
     seen: list[bool] = []
     real_feed = drv.board.feed
 
@@ -90,7 +67,7 @@ def test_every_command_is_on_disk_before_the_board_sees_it(cfg: Config, bundle: 
 
 def test_a_nak_leads_to_the_safe_state_at_the_next_decision(cfg: Config, bundle: Any, tmp_path: Path) -> None:
     """A board fault that NAKs SET_STIM: the loop records the NAK, raises the `nak` fault and sends STOP."""
-    loop, drv, audit, clock = _board_loop(cfg, bundle, tmp_path)
+    loop, drv, audit, clock = board_loop(cfg, bundle, tmp_path)
     try:
         loop.run(should_stop=lambda: drv.board.stimulating, duration_s=10.0)
         assert drv.board.stimulating, "the loop started stimulating on clean data"
@@ -136,7 +113,7 @@ def test_nan_burst_faults_then_recovers(cfg: Config, bundle: Any, tmp_path: Path
 def test_overruns_are_counted_and_logged(cfg: Config, bundle: Any, tmp_path: Path) -> None:
     """A 170 ms stall in a 50 ms cadence: the late tick's jitter shows it, the skipped deadlines are counted as
     overruns and logged at warning level, and the cadence resumes on the original grid (absolute deadlines)."""
-    loop, drv, audit, clock = _board_loop(cfg, bundle, tmp_path)
+    loop, drv, audit, clock = board_loop(cfg, bundle, tmp_path)
     ticks: list[Any] = []
     loop.on_tick = ticks.append
     slow = {"n": 0}

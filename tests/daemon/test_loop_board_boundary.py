@@ -13,40 +13,17 @@ from structlog.testing import capture_logs
 from drivers import ManipulatedLink, StimParams
 from drivers.protocol import Ack, Frame, FrameDecoder, Info, MsgType, SampleFormat, SetStim, encode
 from firmware_sim.board import DEFAULT_LIMITS
-from neurostimd.audit import AuditLog, read_audit
-from neurostimd.clock import VirtualClock
-from neurostimd.config import Config, load_config
+from neurostimd.audit import read_audit
+from neurostimd.config import Config
 from neurostimd.loop import ClosedLoop
-from neurostimd.model.runtime import load_bundle
-from neurostimd.sources.board import BoardSource
 from neurostimd.virtual_board import BoardLink, VirtualBoardDriver
+from tests.loops import board_loop
 
 ROOT = Path(__file__).resolve().parents[2]
 # What a second process sent: close to what runs (the simulated tissue shows no stronger artefact, so only the
 # STATUS check can see it; a 6 mA command is caught a tick earlier by the plausibility check of the signal).
 FOREIGN = StimParams(45.0, 2.0, 220.0)
 OTHER_TOKEN = bytes(range(8))
-
-
-@pytest.fixture(scope="module")
-def bundle() -> Any:
-    return load_bundle(ROOT / "models" / "default")
-
-
-@pytest.fixture(scope="module")
-def cfg() -> Config:
-    return load_config(ROOT / "config" / "sim.toml")
-
-
-def _loop(cfg: Config, bundle: Any, tmp_path: Path, **drv_kw: Any) -> tuple[ClosedLoop, VirtualBoardDriver,
-                                                                              AuditLog, VirtualClock]:
-    clock = VirtualClock()
-    drv = VirtualBoardDriver(n_channels=32, sample_rate_hz=1000.0, clock=clock, block_size=50, **drv_kw)
-    drv.open()
-    src = BoardSource(drv)
-    src.open()
-    audit = AuditLog(tmp_path / "audit.jsonl", durable=False)
-    return ClosedLoop(cfg, clock=clock, source=src, bundle=bundle, audit=audit, driver=drv), drv, audit, clock
 
 
 def _stimulate(loop: ClosedLoop, drv: VirtualBoardDriver, min_ma: float = 0.0, steady_ticks: int = 0) -> None:
@@ -68,7 +45,7 @@ def test_status_with_parameters_the_host_did_not_command_stops_the_board(cfg: Co
     """A board that obeyed another process (firmware without the session check) is caught by the next STATUS poll:
     a board_params_mismatch fault, audited with what ran and what was expected, logged at error level once, and a
     STOP; the fault holds until a STATUS agrees again."""
-    loop, drv, audit, clock = _loop(cfg, bundle, tmp_path, check_session=False)
+    loop, drv, audit, clock = board_loop(cfg, bundle, tmp_path, check_session=False)
     try:
         _stimulate(loop, drv, steady_ticks=5)
         t_attack = clock.now_ns()
@@ -103,7 +80,7 @@ def test_status_check_does_not_fire_on_a_board_that_runs_what_it_was_told(cfg: C
                                                                           tmp_path: Path) -> None:
     """Ten seconds of ordinary closed-loop stimulation (ramps, state changes, STATUS every second) raise no
     board_params_mismatch: the float32 rounding of STATUS is not a difference."""
-    loop, drv, audit, _ = _loop(cfg, bundle, tmp_path)
+    loop, drv, audit, _ = board_loop(cfg, bundle, tmp_path)
     try:
         loop.run(should_stop=lambda: False, duration_s=10.0)
     finally:
@@ -119,7 +96,7 @@ def test_a_board_reset_is_a_fault_and_stimulation_ramps_again_from_zero(cfg: Con
     """A board that reboots while stimulating (counter back near 0, session gone) is a board_reset fault, and
     stimulation afterwards ramps up from zero: the first amplitude the rebooted board runs is one ramp step, not
     the old amplitude plus one (the ramp went from 0 to 1.3 mA in one step because the host still believed 1.2)."""
-    loop, drv, audit, clock = _loop(cfg, bundle, tmp_path)
+    loop, drv, audit, clock = board_loop(cfg, bundle, tmp_path)
     try:
         _stimulate(loop, drv, min_ma=1.2)
         t_reset = clock.now_ns()
@@ -139,7 +116,7 @@ def test_a_board_reset_is_a_fault_and_stimulation_ramps_again_from_zero(cfg: Con
 def test_a_reply_of_the_wrong_type_leaves_the_board_state_unknown(cfg: Config, bundle: Any, tmp_path: Path) -> None:
     """A SET_STIM answered with an INFO (right seq, wrong type) is audited ack false with reply timeout — outcome
     unknown, a missing_ack fault, the next decision sent whatever it is — never as ack true."""
-    loop, drv, audit, clock = _loop(cfg, bundle, tmp_path)
+    loop, drv, audit, clock = board_loop(cfg, bundle, tmp_path)
     forged = {"n": 0}
     info = Info("x", "y", 32, 1000.0, SampleFormat.INT16, 0.195, DEFAULT_LIMITS)
 

@@ -4,7 +4,6 @@ declared is classified and stimulated on — in replay on a virtual clock, and f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +14,15 @@ from structlog.testing import capture_logs
 from firmware_sim.generate import generate_recording
 from neurostimd.audit import AuditLog
 from neurostimd.clock import MonotonicClock, VirtualClock
-from neurostimd.config import Config, LslSourceConfig, ReplaySourceConfig, load_config
+from neurostimd.config import Config, LslSourceConfig, ReplaySourceConfig
 from neurostimd.errors import BundleError
 from neurostimd.loop import ClosedLoop
-from neurostimd.model.runtime import load_bundle
 from neurostimd.sources.lsl import LslSource
 from neurostimd.sources.replay import ReplaySource
 from tests.ingest.test_lsl_source import OutletProcess, unique
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = [f"ch{i:02d}" for i in range(32)]
-
-
-@pytest.fixture(scope="module")
-def bundle() -> Any:
-    return load_bundle(ROOT / "models" / "default")
-
-
-@pytest.fixture(scope="module")
-def cfg() -> Config:
-    return load_config(ROOT / "config" / "sim.toml")
 
 
 @pytest.fixture(scope="module")
@@ -175,14 +163,6 @@ def test_a_gap_in_a_recordings_timestamps_faults_its_windows(cfg: Config, bundle
 
 
 # --- LSL on loopback --------------------------------------------------------------------------------------------------
-@pytest.fixture
-def outlets() -> Iterator[list[OutletProcess]]:
-    started: list[OutletProcess] = []
-    yield started
-    for o in started:
-        o.kill()
-
-
 def lsl_run(cfg: Config, bundle: Any, tmp_path: Path, src_cfg: LslSourceConfig, seconds: float,
             until: Any = None) -> tuple[list[dict[str, Any]], ClosedLoop, LslSource]:
     """Run the loop (shadow mode, real clock) on an LSL source for `seconds`; decisions, loop and the open source."""

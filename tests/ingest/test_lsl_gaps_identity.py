@@ -5,7 +5,6 @@ the real outlet's restart is accepted, and an ambiguous start is refused."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -16,14 +15,6 @@ from neurostimd.errors import SourceError
 from neurostimd.ringbuffer import FLAG_GAP, RingBuffer
 from neurostimd.sources.lsl import LslSource
 from tests.ingest.test_lsl_source import OutletProcess, pump_until, unique
-
-
-@pytest.fixture
-def outlets() -> Iterator[list[OutletProcess]]:
-    started: list[OutletProcess] = []
-    yield started
-    for o in started:
-        o.kill()
 
 
 @pytest.mark.parametrize("missing", [20, 1])

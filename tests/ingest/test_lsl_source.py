@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +40,6 @@ class OutletProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)
-
-
-@pytest.fixture
-def outlets() -> Iterator[list[OutletProcess]]:
-    started: list[OutletProcess] = []
-    yield started
-    for o in started:
-        o.kill()
 
 
 def pump_until(src: LslSource, ring: RingBuffer, cond, timeout_s: float) -> bool:

@@ -9,24 +9,12 @@ from typing import Any
 
 import pytest
 
-from neurostimd.config import Config, parse_config
+from neurostimd.config import Config
 from neurostimd.daemon import Daemon
 from neurostimd.notify import SystemdNotifier
+from tests.loops import virtual_config
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def virtual_config(tmp_path: Path, **audit: Any) -> Config:
-    """A config for the in-process virtual board with short policy and recovery times; outputs in tmp_path."""
-    return parse_config({
-        "source": {"kind": "board"},
-        "device": {"kind": "virtual", "n_channels": 32, "sample_rate_hz": 1000.0},
-        "model": {"bundle": str(ROOT / "models" / "default")},
-        "policy": {"onset_ms": 100, "termination_ms": 100, "blanking_ms": 200},
-        "safety": {"recovery_clean_ms": 200, "ramp_ma_per_s": 20.0},
-        "audit": {"path": str(tmp_path / "audit.jsonl"), **audit},
-        "runtime": {"state_file": str(tmp_path / "state.json")},
-    })
+__all__ = ["FullDisk", "run_daemon", "virtual_config"]
 
 
 def run_daemon(cfg: Config, duration_s: float) -> tuple[int, Daemon]:

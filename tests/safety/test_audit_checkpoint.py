@@ -8,29 +8,16 @@ import random
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from neurostimd.audit import AuditLog, board_timing, read_audit
 from neurostimd.clock import VirtualClock
-from neurostimd.config import Config, load_config
+from neurostimd.config import Config
 from neurostimd.loop import ClosedLoop
-from neurostimd.model.runtime import load_bundle
 from neurostimd.sources.board import BoardSource
 from neurostimd.virtual_board import VirtualBoardDriver
 from tests.safety.audit_clocks import T0_WALL
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT_NS = 1_000_000_000
-
-
-@pytest.fixture(scope="module")
-def bundle() -> Any:
-    return load_bundle(ROOT / "models" / "default")
-
-
-@pytest.fixture(scope="module")
-def cfg() -> Config:
-    return load_config(ROOT / "config" / "sim.toml")
 
 
 class _Run:
