@@ -18,8 +18,6 @@ from neurostimd.sources.replay import ReplaySource
 from neurostimd.virtual_board import VirtualBoardDriver
 from tests.loops import board_loop
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def _events(tmp_path: Path) -> list[dict[str, Any]]:
     return read_audit(tmp_path / "audit.jsonl").records

@@ -19,7 +19,6 @@ from neurostimd.loop import ClosedLoop
 from neurostimd.virtual_board import BoardLink, VirtualBoardDriver
 from tests.loops import board_loop
 
-ROOT = Path(__file__).resolve().parents[2]
 # What a second process sent: close to what runs (the simulated tissue shows no stronger artefact, so only the
 # STATUS check can see it; a 6 mA command is caught a tick earlier by the plausibility check of the signal).
 FOREIGN = StimParams(45.0, 2.0, 220.0)

@@ -21,7 +21,6 @@ from neurostimd.sources.lsl import LslSource
 from neurostimd.sources.replay import ReplaySource
 from tests.ingest.test_lsl_source import OutletProcess, unique
 
-ROOT = Path(__file__).resolve().parents[2]
 NAMES = [f"ch{i:02d}" for i in range(32)]
 
 

@@ -16,7 +16,6 @@ from neurostimd.sources.board import BoardSource
 from neurostimd.virtual_board import VirtualBoardDriver
 from tests.safety.audit_clocks import T0_WALL
 
-ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT_NS = 1_000_000_000
 
 
