@@ -319,11 +319,14 @@ class ClosedLoop:
 
         # features + inference
         p = perf()
+        # the amplitudes of the new samples, judged before anything with memory sees them
+        over_bound = self.plausibility.push(new.data) if n_new else False
         if n_new:
             data = new.data
-            if not np.isfinite(data).all():
-                # NaN/Inf would poison the filters' state for good; start them afresh after it (the ring's quality
-                # flag keeps the fault raised meanwhile, and the window refills with clean frames).
+            if over_bound or not np.isfinite(data).all():
+                # NaN/Inf, or amplitudes beyond the plausibility bound (10^20 µV), would poison the filters' state
+                # for seconds after they leave the window; start them afresh after it (the fault holds meanwhile,
+                # and the window refills with clean frames before anything is decided on it).
                 self.features.reset()
             else:
                 if n_new > 2 * self._warm_samples:
@@ -347,7 +350,7 @@ class ClosedLoop:
         flags = list(quality.reasons)
         if self.source.stale and "stale" not in flags:
             age_ms = math.inf if age_ms is None else max(age_ms, self.cfg.loop.stale_after_ms + 1.0)
-        self._check_stream(t_s, new.data, boundary)
+        self._check_stream(t_s, boundary)
         if self._audit_down is not None:
             boundary.append(FAULT_AUDIT_UNAVAILABLE)
 
@@ -415,7 +418,7 @@ class ClosedLoop:
         if self._board_mismatch is not None:
             boundary.append(FAULT_BOARD_PARAMS_MISMATCH)
 
-    def _check_stream(self, t_s: float, new_data: np.ndarray, boundary: list[str]) -> None:
+    def _check_stream(self, t_s: float, boundary: list[str]) -> None:
         """The stream's effective rate and the plausibility of the decision window's amplitudes, as boundary
         causes. Until the rate has a first verdict, the start-up cause holds the safe state."""
         c = self.ring.counters
@@ -433,8 +436,7 @@ class ClosedLoop:
                             tolerance=round(self.rate.threshold or 0.0, 4))
             else:
                 log.info("rate_mismatch_cleared", effective_hz=round(self.rate.effective_hz or 0.0, 2))
-        self.plausibility.push(new_data)
-        bad = bool(self.plausibility.judge())
+        bad = bool(self.plausibility.judge())  # the new samples were pushed before the features saw them
         if bad and not self._implausible:
             names = self.source.channel_names
             data = self.ring.latest_data(self.bundle.window_samples)

@@ -305,11 +305,12 @@ class PlausibilityCheck:
         self._blocks = 0  # pushed so far
         self.last_reason: str | None = None
 
-    def push(self, block: npt.NDArray[np.float32]) -> None:
-        """Summarise one tick's new samples (n, n_channels)."""
+    def push(self, block: npt.NDArray[np.float32]) -> bool:
+        """Summarise one tick's new samples (n, n_channels); True when the block itself holds an amplitude beyond
+        the bound (the caller keeps such samples out of anything with memory, e.g. the feature filters)."""
         n = block.shape[0]
         if n == 0:
-            return
+            return False
         i = self._blocks % self._cap
         row = self._b[i]
         np.max(block, axis=0, out=row[0])
@@ -318,6 +319,9 @@ class PlausibilityCheck:
         self._b[i + self._cap] = row
         self._b_n[i] = n
         self._blocks += 1
+        if self.stats is None:  # the hard bound: at or beyond
+            return bool((row[0] >= self._abs).any() or (row[1] <= self._neg_abs).any())
+        return bool((row[0] > self._abs).any() or (row[1] < self._neg_abs).any())
 
     def judge(self) -> bool | None:
         """Over the newest pushed blocks that cover `window_samples`: True when implausible (`last_reason` says

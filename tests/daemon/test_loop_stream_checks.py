@@ -78,6 +78,26 @@ def test_samples_of_1e20_uv_stop_stimulation_at_that_decision(cfg: Config, bundl
     assert any(d["applied"] is not None for d in decisions if d["t_data_s"] < at / 1000), "it was stimulating"
 
 
+def test_after_a_1e20_burst_the_classifier_is_not_left_working_on_poisoned_features(
+        cfg: Config, bundle: Any, tmp_path: Path, sim: dict[str, Any]) -> None:
+    """Samples beyond the plausibility bound never reach the feature filters (their ringing lasted seconds after the
+    fault cleared, and the decisions then differed from the clean run by up to 0.98): once the fault clears, every
+    fault-free decision's probabilities are within 0.1 of the clean run's at the same tick."""
+    clean, _ = replay(cfg, bundle, tmp_path, sim)
+    t_stim = next(d["t_data_s"] for d in clean if d["applied"] is not None and d["t_data_s"] > 5.0)
+    data = sim["data"].copy()
+    at = int((t_stim + 1.0) * 1000)
+    data[at:at + 10, 7] = 1e20
+    decisions, _ = replay(cfg, bundle, tmp_path, {**sim, "data": data})
+    by_tick = {d["tick"]: d for d in clean}
+    after = [(d, by_tick[d["tick"]]) for d in decisions
+             if d["t_data_s"] is not None and d["t_data_s"] >= at / 1000 and not d["faults"] and d["probs"] is not None
+             and by_tick[d["tick"]]["probs"] is not None]
+    assert len(after) >= 100, "the loop decided again after the burst"
+    worst = max(max(abs(a - b) for a, b in zip(d["probs"], c["probs"], strict=True)) for d, c in after)
+    assert worst <= 0.1, f"decisions after the burst differ from the clean run by up to {worst:.2f}"
+
+
 def test_a_whole_recording_in_volts_read_as_microvolts_never_stimulates(cfg: Config, bundle: Any, tmp_path: Path,
                                                                         sim: dict[str, Any]) -> None:
     """Samples a million times too small (volts taken for µV) are implausible in every window: no stimulation."""
