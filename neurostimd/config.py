@@ -348,26 +348,29 @@ class Config(_Strict):
 
 
 def watchdog_feed_interval_ms(cfg: Config) -> float:
-    """The longest the host can go without sending the board a frame: heartbeats go out from the loop's tick, so a
-    heartbeat due just after one tick leaves at the first tick at least heartbeat_ms after the previous frame."""
+    """The longest the host can go without sending the board a frame: heartbeats go out from the loop's ticks when
+    heartbeat_ms have passed since the last frame, and the last frame left a little into its tick, so the heartbeat
+    leaves at the first tick more than heartbeat_ms later — cadence × (floor(heartbeat / cadence) + 1): 150 ms with
+    the defaults (100 ms, 50 ms), as measured on the virtual board."""
     dev = cfg.device
     heartbeat = dev.heartbeat_ms if isinstance(dev, SerialDeviceConfig | VirtualDeviceConfig) else 0.0
     cadence = cfg.loop.cadence_ms
-    return math.ceil(heartbeat / cadence - 1e-9) * cadence
+    return (math.floor(heartbeat / cadence + 1e-9) + 1) * cadence
 
 
 def watchdog_feed_problem(cfg: Config, watchdog_ms: float, *, what: str = "the board's dead-man timer is"
                           ) -> str | None:
-    """Why this config cannot keep a board with a `watchdog_ms` dead-man timer fed, or None. The host must send at
-    least two frames per timeout, so that one late tick does not trip it (a loop at cadence_ms = 1000 against a
-    250 ms timer tripped it 20 times in 20 s, each time stopping stimulation without a word)."""
+    """Why this config cannot keep a board with a `watchdog_ms` dead-man timer fed, or None. The longest gap between
+    the host's frames, plus one late tick, must fit in the timeout (a loop at cadence_ms = 1000 against a 250 ms
+    timer tripped it 20 times in 20 s, each time stopping stimulation without a word)."""
     feed = watchdog_feed_interval_ms(cfg)
-    if feed <= watchdog_ms / 2:
+    cadence = cfg.loop.cadence_ms
+    if feed + cadence <= watchdog_ms:
         return None
-    return (f"{what} {watchdog_ms:g} ms but the host sends the board a frame only every {feed:g} ms "
-            f"([loop] cadence_ms = {cfg.loop.cadence_ms:g}, [device] heartbeat_ms = "
-            f"{getattr(cfg.device, 'heartbeat_ms', 0):g}); both must be at most {watchdog_ms / 2:g} ms so that "
-            f"every timeout sees at least two frames")
+    return (f"{what} {watchdog_ms:g} ms but the host sends the board a frame only every {feed:g} ms at worst "
+            f"([loop] cadence_ms = {cadence:g}, [device] heartbeat_ms = {getattr(cfg.device, 'heartbeat_ms', 0):g}), "
+            f"and one late tick adds {cadence:g} ms: {feed + cadence:g} ms; lower heartbeat_ms or cadence_ms so that "
+            f"the gap is at most {max(0.0, watchdog_ms - cadence):g} ms")
 
 
 def _error_lines(err: ValidationError) -> list[str]:

@@ -18,7 +18,7 @@ from drivers.base import Driver, StimParams
 from drivers.errors import BadReply, BoardLost, DriverError, DriverTimeout
 from neurostimd.audit import AuditError, AuditLog, board_timing, params_dict
 from neurostimd.clock import Clock
-from neurostimd.config import Config
+from neurostimd.config import Config, watchdog_feed_problem
 from neurostimd.errors import BundleError, ConfigError, NeurostimError
 from neurostimd.faults import (
     FAULT_AUDIT_UNAVAILABLE,
@@ -257,6 +257,13 @@ class ClosedLoop:
         loop_upd = {k: getattr(cfg.loop, k) for k in self.LIVE_LOOP_KEYS}
         needs_restart += [f"loop.{k}" for k in type(cfg.loop).model_fields
                           if k not in self.LIVE_LOOP_KEYS and getattr(cfg.loop, k) != getattr(self.cfg.loop, k)]
+        if limits is not None:
+            # the new cadence with the running device settings must still feed this board's dead-man timer (a
+            # config refused at start must not get in by SIGHUP)
+            live = self.cfg.model_copy(update={"loop": self.cfg.loop.model_copy(update=loop_upd)})
+            problem = watchdog_feed_problem(live, float(limits.watchdog_ms))
+            if problem:
+                raise ConfigError(f"{problem}; the reload is refused and the running config kept")
         t_s = self._t_s()
         ctl = self._make_controller(cfg, limits)
         # The dose history carries over, and the new gate ramps from what the board runs now, not from zero.

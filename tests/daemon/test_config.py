@@ -140,14 +140,15 @@ def test_integers_are_numbers() -> None:
 
 
 @pytest.mark.parametrize(("data", "bound"), [
-    ({"loop": {"cadence_ms": 1000}}, "at most 250 ms"),
-    ({"device": {"kind": "serial", "heartbeat_ms": 300}}, "at most 250 ms"),
+    ({"loop": {"cadence_ms": 1000}}, "2000 ms"),
+    ({"device": {"kind": "serial", "heartbeat_ms": 500}}, "at most 450 ms"),
     ({"device": {"kind": "virtual", "watchdog_ms": 100}}, "at most 50 ms"),
 ])
 def test_a_config_that_cannot_feed_the_dead_man_timer_is_refused(data: dict[str, dict[str, object]],
                                                                  bound: str) -> None:
-    """The host must send the board a frame at least twice per dead-man timeout (the timer the virtual board has,
-    or the longest a serial board may have): cadence_ms = 1000 against 250 ms tripped the board 20 times in 20 s."""
+    """The longest gap between the host's frames plus one late tick must fit in the dead-man timeout (the timer the
+    virtual board has, or the longest a serial board may have): cadence_ms = 1000 against 250 ms tripped the board
+    20 times in 20 s."""
     with pytest.raises(ConfigError) as exc:
         parse_config(data)
     assert any("dead-man timer" in line and bound in line for line in exc.value.errors), exc.value.errors
@@ -166,3 +167,13 @@ def test_a_virtual_board_with_a_watchdog_above_the_maximum_is_refused() -> None:
     with pytest.raises(ConfigError) as exc:
         parse_config({"device": {"kind": "virtual", "watchdog_ms": 600}})
     assert any("max_watchdog_ms" in line for line in exc.value.errors)
+
+
+def test_the_feed_interval_is_the_worst_gap_the_loop_leaves() -> None:
+    """Heartbeats leave from ticks once heartbeat_ms have passed, so the worst gap is the first tick after that:
+    150 ms for 100 ms / 50 ms (measured on the virtual board), a whole cadence when the cadence is longer."""
+    from neurostimd.config import watchdog_feed_interval_ms
+
+    assert watchdog_feed_interval_ms(parse_config({})) == 150.0
+    assert watchdog_feed_interval_ms(parse_config({"loop": {"cadence_ms": 200}})) == 200.0
+    assert watchdog_feed_interval_ms(parse_config({"loop": {"cadence_ms": 40}})) == 120.0

@@ -145,3 +145,25 @@ def test_a_reply_of_the_wrong_type_leaves_the_board_state_unknown(cfg: Config, b
     bad = [r for r in ev if r["event"] == "stim_ack" and "INFO" in str(r.get("error", ""))]
     assert len(bad) == 3 and all(r["ack"] is False and r["reply"] == "timeout" for r in bad)
     assert any(r["event"] == "fault" and "missing_ack" in r["raised"] for r in ev)
+
+
+def test_a_reload_cannot_set_a_cadence_this_boards_watchdog_cannot_take(cfg: Config, bundle: Any,
+                                                                       tmp_path: Path) -> None:
+    """cadence_ms = 250 passes the config's own check (against the longest timer a board may have) but not this
+    board's 250 ms one: a SIGHUP reload with it is refused (ConfigError) and the running cadence kept — at start
+    the same config exits 78."""
+    from neurostimd.config import parse_config
+    from neurostimd.errors import ConfigError
+
+    loop, drv, audit, _ = board_loop(cfg, bundle, tmp_path)
+    try:
+        slow = parse_config({**cfg.model_dump(mode="json", exclude_none=True), "loop": {"cadence_ms": 250}})
+        with pytest.raises(ConfigError, match="dead-man timer is 250 ms"):
+            loop.reload(slow)
+        assert loop.cfg.loop.cadence_ms == cfg.loop.cadence_ms
+        ok = parse_config({**cfg.model_dump(mode="json", exclude_none=True), "loop": {"cadence_ms": 40}})
+        loop.reload(ok)
+        assert loop.cfg.loop.cadence_ms == 40.0
+    finally:
+        audit.close()
+        drv.close()
