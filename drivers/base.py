@@ -90,6 +90,9 @@ class BoardInfo:
             out.append(f"sample_rate_hz = {self.sample_rate_hz!r} is not a positive finite number")
         if not (math.isfinite(self.uv_per_lsb) and self.uv_per_lsb > 0):
             out.append(f"uv_per_lsb = {self.uv_per_lsb!r} is not a positive finite number")
+        elif self.sample_format == "float32" and self.uv_per_lsb != 1.0:
+            # float32 samples are µV on the wire (the protocol's rule): another scale means other units
+            out.append(f"uv_per_lsb = {self.uv_per_lsb!r} for float32 samples, which are µV (1.0)")
         return out + self.limits.problems()
 
     def differences(self, other: BoardInfo) -> list[str]:
@@ -257,7 +260,9 @@ class Driver(Lifecycle):
 
     @property
     def resets(self) -> int:
-        """How often the board restarted (or lost the session) under a connected driver: each time it runs nothing."""
+        """How often the board restarted (or lost the session) under a connected driver: each time it runs nothing.
+        A session that expired because the host itself was silent past the dead-man timeout is not counted here
+        (the board did what it should, and the samples it did not send show as a gap)."""
         return 0
 
 

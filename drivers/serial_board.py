@@ -131,7 +131,8 @@ class SerialBoardDriver(Driver):
         self._backoff_ns = self.reconnect_interval_ns
         self._epoch = 0
         self._resets = 0
-        self._session_seq0 = 0  # seq of the HELLO that opened the current session
+        self._session_sent = 0  # sequence numbers used since then
+        self._went_silent = False  # this host left a gap longer than the board's dead-man timeout in this session
         self._handshaking = False
 
     # --- Driver ----------------------------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ class SerialBoardDriver(Driver):
         self._replies.clear()
         self._expected_index = None  # a restarted board starts its counter again; the reconnect is counted
         self._mismatched_run = 0
-        self._session_seq0 = self._seq
+        self._start_session()
         try:
             reply = self._hello()
             assert isinstance(reply.msg, Info)  # _check_reply accepts nothing else for HELLO
@@ -352,28 +353,52 @@ class SerialBoardDriver(Driver):
         self._bump("session_checks_ok")
 
     def _renew_session(self) -> None:
-        """The board told us our session is gone: it restarted, or its dead-man timer expired while we were away.
-        Either way it stopped by itself; handshake again so that the caller can command it, and count the reset."""
+        """The board told us our session is gone: it stopped by itself and runs nothing. Handshake again so that the
+        caller can command it. A session that expired because this host itself was silent longer than the dead-man
+        timeout (a slow start-up, a stalled loop) is an expiry; any other loss is a board reset, counted in
+        `resets`."""
         self._session_lost = False
-        self._resets += 1
         self._expected_index = None
-        log.warning("board_session_lost", port=self.port, resets=self._resets,
-                    detail="the board restarted or its dead-man timer expired: it runs nothing; handshaking again")
-        self._session_seq0 = self._seq
+        if self._went_silent:
+            self._counters.extra["session_expiries"] = self._counters.extra.get("session_expiries", 0) + 1
+            log.info("board_session_expired", port=self.port,
+                     detail="the host sent nothing for longer than the board's dead-man timeout (it stopped by "
+                            "itself, as it should); handshaking again")
+        else:
+            self._resets += 1
+            log.warning("board_session_lost", port=self.port, resets=self._resets,
+                        detail="the board restarted or dropped the session: it runs nothing; handshaking again")
+        self._start_session()
+        self._handshaking = True  # samples of a rebooted board mean nothing until its INFO is accepted
         try:
             reply = self._hello()
             assert isinstance(reply.msg, Info)
             info = reply.msg.board_info()
-            self._check_info(info)
+            try:
+                self._check_info(info)
+            except BoardRefused:
+                self._say_bye()  # a board we will not command: leave its session at once
+                raise
         except BoardLost:
+            self._queue.clear()
             raise
         except DriverError as err:
+            self._queue.clear()
             self._mark_lost(BoardLost(str(err)))
             if isinstance(err, BoardRefused | PortBusy):
                 self._refuse(err)
             return
+        finally:
+            self._handshaking = False
         self._info = info
         self._epoch += 1
+
+    def _start_session(self) -> None:
+        """Bookkeeping for a new session, before its HELLO: no sequence number sent in it yet, no silence yet (the
+        HELLO itself may come after a long one, which is the old session's, not this one's)."""
+        self._session_sent = 0
+        self._went_silent = False
+        self._last_tx_ns = 0
 
     def _drop_link(self) -> None:
         if self._link is not None:
@@ -398,19 +423,26 @@ class SerialBoardDriver(Driver):
 
     # --- frames ----------------------------------------------------------------------------------------------------
     def _in_this_session(self, seq: int) -> bool:
-        """Whether `seq` was sent since the handshake that opened the current session (a late refusal of a request
-        from before it says nothing about the session we have now)."""
-        return (seq - self._session_seq0) % SEQ_MODULO < SEQ_MODULO // 2
+        """Whether `seq` is one of the last sequence numbers sent in the current session (at most half the range:
+        beyond that a number is ambiguous). A late refusal of a request from before the session says nothing about
+        the session we have now."""
+        back = (self._seq - 1 - seq) % SEQ_MODULO
+        return back < min(self._session_sent, SEQ_MODULO // 2)
 
     def _next_seq(self) -> int:
         seq = self._seq
         self._seq = (self._seq + 1) % SEQ_MODULO
+        self._session_sent += 1
         return seq
 
     def _write(self, data: bytes) -> None:
         link = self._link
         if link is None:
             raise BoardLost("no link to the board")
+        now = self._now_ns()
+        info = self._info
+        if info is not None and self._last_tx_ns and now - self._last_tx_ns > info.limits.watchdog_ms * 1_000_000:
+            self._went_silent = True  # the board's timer has ended the session by now: our doing, not a reset
         try:
             link.write(data)
         except BoardLost as err:

@@ -163,16 +163,18 @@ class ClosedLoop:
         self._poll_soon = False
         # What the last STATUS showed that the host did not command (None: it agreed); a fault until a STATUS agrees.
         self._board_mismatch: str | None = None
-        # The driver's session count and reset count when last seen: a change means a new session on the board.
-        self._epoch = driver.session_epoch if driver is not None else 0
-        self._resets = driver.resets if driver is not None else 0
         # a decision window plus as much again for the filters to settle
         self._warm_samples = 2 * bundle.window_samples
         for w in table_warnings(cfg.safety, bundle.table, limits):
             log.warning("stim_table_limited", detail=w)
         if driver is not None:
-            # Know the electrode impedance (compliance rule) before the first command, not 2 s into stimulation.
+            # Know the electrode impedance (compliance rule) before the first command, not 2 s into stimulation. (The
+            # session may have expired while the model and the source loaded: this poll renews it, before the loop
+            # takes the driver's session count as its starting point. The board's state is unknown either way.)
             self._poll_status(0.0)
+        # The driver's session count and reset count when last seen: a change means a new session on the board.
+        self._epoch = driver.session_epoch if driver is not None else 0
+        self._resets = driver.resets if driver is not None else 0
 
     # --- set-up ----------------------------------------------------------------------------------------------------
     def _check_bundle_matches_source(self) -> None:
@@ -534,6 +536,11 @@ class ClosedLoop:
             log.warning("status_poll_failed", error=str(err))
             self._last_reply = "timeout"
             return
+        if st.impedance_ohm != self._impedance_ohm:
+            log.info("electrode_impedance", impedance_ohm=st.impedance_ohm)
+        self._impedance_ohm = st.impedance_ohm
+        if st.fault_flags:
+            log.warning("board_fault_flags", flags=st.fault_flags, names=list(st.fault_names))
         if self.driver.session_epoch != epoch:
             return  # the session was renewed to get this STATUS: _board_checks deals with that first
         mismatch = self._compare_status(st)
@@ -559,11 +566,6 @@ class ClosedLoop:
             self._audit_write("board_stopped", fault_flags=list(st.fault_names))
             self._board_applied = None
             self.controller.commit(t_s, None, True)
-        if st.impedance_ohm != self._impedance_ohm:
-            log.info("electrode_impedance", impedance_ohm=st.impedance_ohm)
-        self._impedance_ohm = st.impedance_ohm
-        if st.fault_flags:
-            log.warning("board_fault_flags", flags=st.fault_flags, names=list(st.fault_names))
 
     def _expected_params(self) -> StimParams | None:
         return self._board_applied if isinstance(self._board_applied, StimParams) else None

@@ -256,9 +256,9 @@ def test_a_foreign_nak_read_off_the_port_does_not_count_as_a_reset() -> None:
         sent = [False]
 
         def on_read(data: bytes) -> list[bytes]:
-            if not sent[0] and rig.driver.session_epoch == 2:  # once the new session is open
-                sent[0] = True
-                foreign_seq = (rig.driver._seq + 5) % 65536  # a seq that could be one of ours
+            if not sent[0] and rig.driver.session_epoch == 2 and rig.driver._session_sent >= 3:
+                sent[0] = True  # once the new session has sent a few requests
+                foreign_seq = (rig.driver._seq - 1) % 65536  # a seq that could be one of ours
                 return [data, encode(Frame(foreign_seq, Nak(MsgType.HEARTBEAT, NakReason.BAD_SESSION)))]
             return [data]
 
@@ -303,3 +303,62 @@ def test_one_read_drains_the_link_not_just_4kb() -> None:
     n = sum(len(b.data) for b in blocks)
     assert n >= 2900, f"{n} samples of 3000 in 3 s"
     assert all(b.first_index == a.first_index + 10 for a, b in itertools.pairwise(blocks))
+
+
+def test_a_session_that_expired_while_the_host_was_silent_is_not_a_board_reset() -> None:
+    """The host sends nothing for longer than the dead-man timeout (a slow start-up: the model and an LSL source
+    load): the board ends the session, as it should; the driver renews it and counts an expiry, not a reset (every
+    start logged a board reset that did not happen)."""
+    rig = Rig()
+    with rig.driver as d:
+        rig.clock.advance(500_000_000)  # 500 ms of silence against a 250 ms timer
+        st = d.status()
+        assert not st.stimulating
+        assert d.resets == 0 and d.counters.extra.get("session_expiries") == 1 and d.session_epoch == 2
+        rig.run(1.0)  # heartbeats again: the renewed session holds
+        rig.board.reboot(rig.clock.now_ns())
+        rig.run(0.5)
+        assert d.resets == 1, "a reboot while the host was talking is still a reset"
+
+
+def test_heartbeat_refusals_are_recognised_after_any_number_of_requests() -> None:
+    """A NAK bad_session of a heartbeat is taken as the session's loss however many sequence numbers the session has
+    used (past 32 768 the old check ignored them for half of every 65 536)."""
+    rig = Rig()
+    with rig.driver as d:
+        d._seq = 40_000  # as after an hour of heartbeats
+        d._session_sent = 40_000
+        rig.run(0.3)
+        rig.board.reboot(rig.clock.now_ns())
+        rig.run(0.3)
+        assert d.resets == 1
+
+
+def test_a_float32_board_must_report_one_microvolt_per_unit() -> None:
+    """float32 samples are µV on the wire: a board that says otherwise (volts, uv_per_lsb = 1e6) is refused
+    instead of being read a million times too small."""
+    from drivers.base import BoardInfo
+
+    info = BoardInfo("x", "y", 2, 4, 1000.0, "float32", 1e6, DEFAULT_LIMITS)
+    assert any("uv_per_lsb" in p for p in info.problems())
+    assert not BoardInfo("x", "y", 2, 4, 1000.0, "float32", 1.0, DEFAULT_LIMITS).problems()
+
+
+def test_a_board_that_reboots_into_other_settings_is_refused_and_none_of_its_samples_delivered() -> None:
+    """A board that loses the session and comes back with other settings (here 100x the µV per count) is refused at
+    the re-handshake like at a reconnect: BYE, no command, and no sample of it reaches the caller."""
+    rig = Rig()
+    with rig.driver as d:
+        rig.run(0.3)
+        rig.board.reboot(rig.clock.now_ns())
+        rig.board.uv_per_lsb = 19.5
+        got = []
+        for _ in range(10):
+            rig.clock.advance(50_000_000)
+            try:
+                got += d.read_samples(0.0)
+            except BoardLost:
+                pass
+        assert d.lost and d.refusal_kind == "board" and "uv_per_lsb" in (d.refusal or "")
+        assert not got, f"{len(got)} blocks of the refused board were delivered"
+        assert any(e["event"] == "session_closed" for e in rig.board.log.events)
