@@ -64,6 +64,9 @@ HIGH_IMPEDANCE_OHM = 50_000.0  # above this the electrode counts as open
 # A board's FIFO holds about this much: after a longer stall samples are dropped (the host sees a counter jump),
 # rather than flooding the line with a backlog.
 MAX_BACKLOG_S = 1.0
+# Latched fault flags an accepted SET_STIM or STOP clears (docs/protocol.md, STATUS): all but `internal`, which holds
+# until the fault is cleared; high_impedance is set again at the next measurement if the electrode is still open.
+_CLEARED_BY_COMMAND = FaultFlag.WATCHDOG_TRIP | FaultFlag.LIMIT_STOP | FaultFlag.HIGH_IMPEDANCE
 # float32 on the wire rounds the host's values; a limit is not "exceeded" by that rounding
 _REL_TOL = 1e-6
 
@@ -420,12 +423,17 @@ class Board:
             return self._reply(seq, Nak(MsgType.SET_STIM, NakReason.OUT_OF_LIMITS))
         self.stimulating = True
         self.params = p
-        self.fault_flags &= ~(FaultFlag.WATCHDOG_TRIP | FaultFlag.LIMIT_STOP)
+        self._clear_latched()
         self.log.write("stim_applied", now_ns, **p.as_dict(), interphase_gap_us=float(p.interphase_gap_us))
         return self._reply(seq, Ack(MsgType.SET_STIM))
+
+    def _clear_latched(self) -> None:
+        self.fault_flags &= ~_CLEARED_BY_COMMAND
+        if self.impedance_ohm is not None and self.impedance_ohm > HIGH_IMPEDANCE_OHM:
+            self.fault_flags |= FaultFlag.HIGH_IMPEDANCE  # still open: the condition, not only the event
 
     def _stop(self, seq: int, now_ns: int) -> bytes:
         if self.stimulating:
             self._stim_off(now_ns, "host_stop")
-        self.fault_flags &= ~(FaultFlag.WATCHDOG_TRIP | FaultFlag.LIMIT_STOP)
+        self._clear_latched()
         return self._reply(seq, Ack(MsgType.STOP))

@@ -52,6 +52,19 @@ def _names(names: list[str], limit: int = 12) -> str:
     return f"[{shown}{f', … ({len(names)} in all)' if len(names) > limit else ''}]"
 
 
+# STATUS fault flags that say the board stopped by itself (drivers.protocol.FaultFlag names)
+_STOPPING_FLAGS = frozenset({"watchdog_trip", "limit_stop", "internal"})
+
+
+def _failed_reply(err: DriverError) -> tuple[BoardReply, str]:
+    """What a failed send means for the board's state: "nak" when the board refused (it runs what it ran),
+    "timeout" when the outcome is unknown — no answer, no link, an answer of the wrong type, or the board no longer
+    knowing our session (it stopped by itself; _board_checks sees the new session)."""
+    if isinstance(err, DriverTimeout | BoardLost | BadReply) or err.reason == "bad_session":
+        return "timeout", str(err)
+    return "nak", f"{err.reason}: {err}" if err.reason else str(err)
+
+
 @dataclass
 class TickStats:
     """What one tick did and how long each stage took (ms). Kept for metrics, the bench and the status file."""
@@ -490,14 +503,8 @@ class ClosedLoop:
                 self.driver.stop()
             else:
                 self.driver.set_stimulation(applied)
-        except (DriverTimeout, BoardLost, BadReply) as err:
-            # no answer, no link, or an answer of the wrong type: what the board runs now is unknown
-            reply, error = "timeout", str(err)
         except DriverError as err:
-            if err.reason == "bad_session":  # the board lost our session: it stopped by itself (see _board_checks)
-                reply, error = "timeout", str(err)
-            else:
-                reply, error = "nak", f"{err.reason}: {err}" if err.reason else str(err)
+            reply, error = _failed_reply(err)
         ack_ns = self.clock.now_ns()
         acked = reply == "ack"
         ack_ms = (ack_ns - start_ns) / 1e6 if acked else None
@@ -581,7 +588,10 @@ class ClosedLoop:
                 if st.stimulating else None
         assert isinstance(expected, StimParams)
         if not st.stimulating:
-            return None if st.fault_flags else "the board stopped stimulating without a fault flag to say why"
+            # only a flag that means "I stopped" explains a stop (high_impedance does not stop anything)
+            if _STOPPING_FLAGS & set(st.fault_names):
+                return None
+            return "the board stopped stimulating without a fault flag that says why"
         running = st.params
         if running is None:
             return "the board says it stimulates but not with what"
@@ -709,10 +719,8 @@ class ClosedLoop:
         error: str | None = None
         try:
             self.driver.stop()
-        except (DriverTimeout, BoardLost) as err:
-            reply, error = "timeout", str(err)
         except DriverError as err:
-            reply, error = "nak", str(err)
+            reply, error = _failed_reply(err)
         acked = reply == "ack"
         wall, mono = self.audit.clock_now()
         down = self._audit_down

@@ -167,3 +167,21 @@ def test_a_reload_cannot_set_a_cadence_this_boards_watchdog_cannot_take(cfg: Con
     finally:
         audit.close()
         drv.close()
+
+
+def test_a_latched_high_impedance_flag_does_not_explain_a_silent_stop(cfg: Config, bundle: Any,
+                                                                      tmp_path: Path) -> None:
+    """A board that stops without saying why is a board_params_mismatch even while a high_impedance flag is
+    latched (that flag stops nothing); a stop with watchdog_trip, limit_stop or internal is the board's own."""
+    from drivers.protocol import FaultFlag
+
+    loop, drv, audit, clock = board_loop(cfg, bundle, tmp_path)
+    try:
+        _stimulate(loop, drv, steady_ticks=5)
+        drv.board.fault_flags |= FaultFlag.HIGH_IMPEDANCE
+        drv.board.stimulating, drv.board.params = False, None  # firmware that stops silently
+        loop.run(should_stop=lambda: loop._board_mismatch is not None, duration_s=2.0)
+        assert loop._board_mismatch is not None and "without a fault flag" in loop._board_mismatch
+    finally:
+        audit.close()
+        drv.close()
