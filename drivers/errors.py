@@ -42,3 +42,7 @@ class BoardRefused(DriverError):
 
 class BadReply(DriverError):
     """The board answered a request with a reply of the wrong type: whether it ran the request is unknown."""
+
+
+class PortInvalid(DriverError):
+    """The configured port is not a serial port (a FIFO, a regular file, a tty that refuses exclusivity)."""

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import serial
 
-from drivers.errors import BoardLost, DriverError, PortBusy
+from drivers.errors import BoardLost, DriverError, PortBusy, PortInvalid
 
 # Fault injection hook: takes the bytes of one write (or one read) and returns the chunks to pass on instead
 # (split: several chunks; drop: []; duplicate: the chunk twice; corrupt / garbage: altered or extra bytes).
@@ -81,7 +81,7 @@ def _check_char_device(port: str) -> None:
     except OSError as err:
         raise BoardLost(f"cannot open serial port {port}: {err}") from err
     if not stat.S_ISCHR(st.st_mode):
-        raise DriverError(f"{port} is not a serial port (not a character device); check [device] port")
+        raise PortInvalid(f"{port} is not a serial port (not a character device); check [device] port")
 
 
 class SerialLink(ByteLink):
@@ -114,7 +114,7 @@ class SerialLink(ByteLink):
                 fcntl.ioctl(self._ser.fileno(), termios.TIOCEXCL)
             except OSError as err:  # not a tty after all: pyserial would have failed first; be explicit
                 self.close()
-                raise DriverError(f"{port}: cannot make the port exclusive ({err}); is it a serial port?") from err
+                raise PortInvalid(f"{port}: cannot make the port exclusive ({err}); is it a serial port?") from err
         # bytes queued before we opened belong to no one (an earlier host's session): start clean
         with contextlib.suppress(serial.SerialException, OSError):
             self._ser.reset_input_buffer()

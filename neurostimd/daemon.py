@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from drivers.base import Driver, make_driver
-from drivers.errors import BoardRefused, DriverError, PortBusy
+from drivers.errors import BoardRefused, DriverError, PortBusy, PortInvalid
 from neurostimd.audit import AuditError, AuditLog, DoseRecovery, board_timing
 from neurostimd.clock import MonotonicClock
 from neurostimd.config import (
@@ -27,7 +27,7 @@ from neurostimd.config import (
     load_config,
     watchdog_feed_problem,
 )
-from neurostimd.errors import BundleError, ConfigError, NeurostimError, SourceError
+from neurostimd.errors import BundleError, ConfigError, DataFormatError, NeurostimError, SourceError
 from neurostimd.logs import configure_logging
 from neurostimd.notify import SystemdNotifier
 from neurostimd.safe_io import UnsafePath, check_regular_or_absent, real_directory
@@ -197,7 +197,7 @@ class Daemon:
             # loop itself never lets one out, so later only a config reload's record can get here.
             log.error("startup_refused" if loop is None else "crashed", error=str(err))
             code = EX_CONFIG if loop is None else EX_SOFTWARE
-        except (BundleError, SourceError, ConfigError, BoardRefused) as err:
+        except (BundleError, SourceError, ConfigError, BoardRefused, PortInvalid, DataFormatError) as err:
             log.error("startup_refused", error=str(err), error_type=type(err).__name__)
             try:
                 audit.write("fault", faults=["startup_refused"], detail=str(err))
@@ -285,7 +285,7 @@ class Daemon:
                 audit.write("board_ready", device_id=info.device_id, firmware=info.firmware_version,
                             limits=info.limits.__dict__, **board_timing(driver))
                 return
-            except (BoardRefused, PortBusy):
+            except (BoardRefused, PortBusy, PortInvalid):
                 raise
             except DriverError as err:
                 attempt += 1

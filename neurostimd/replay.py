@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import structlog
 
-from neurostimd.audit import AuditLog, remove_log
+from neurostimd.audit import AuditLog, iter_records, remove_log
 from neurostimd.clock import Clock, ScaledClock, VirtualClock
 from neurostimd.config import Config, ReplaySourceConfig, load_config
 from neurostimd.errors import ConfigError, NeurostimError
@@ -35,6 +35,17 @@ def replay_config(cfg: Config, recording: Path, speed: float | Literal["max"], o
         "audit": cfg.audit.model_copy(update={"path": out / "audit.jsonl"}),
         "runtime": cfg.runtime.model_copy(update={"state_file": out / "state.json"}),
     })
+
+
+def _refuse_a_daemons_log(path: Path) -> None:
+    """ConfigError when the audit log replay would replace was written by the daemon (its records begin with
+    `startup`, which replay never writes): `--out` pointed at the daemon's folder must not erase its dose history."""
+    for i, rec in enumerate(iter_records(path)):
+        if rec.get("event") == "startup":
+            raise ConfigError(f"{path} is a daemon's audit log (it holds the dose history and the hash chain); replay "
+                              f"would replace it — choose another --out folder")
+        if i >= 8:  # a daemon's log starts with `startup`; a replay's never holds one
+            return
 
 
 def run_replay(cfg: Config, recording: Path, out: Path, speed: float | Literal["max"] = "max", *,
@@ -60,6 +71,7 @@ def run_replay(cfg: Config, recording: Path, out: Path, speed: float | Literal["
                                 watchdog_ms=getattr(dev, "watchdog_ms", 250.0), clock=clock, stream_samples=False,
                                 log_path=board_log)
     decisions_path = out / "decisions.jsonl"
+    _refuse_a_daemons_log(out / "audit.jsonl")
     remove_log(out / "audit.jsonl")  # and the segments of an earlier replay into the same folder
     decisions: list[dict[str, Any]] = []
     duration_s = source.recording.duration_s

@@ -99,3 +99,56 @@ def test_daemon_with_audit_path_on_a_fifo_exits_78_promptly(tmp_path: Path) -> N
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert res.returncode == 78, res.stdout[-2000:] + res.stderr[-2000:]
     assert "FIFO" in res.stdout + res.stderr
+
+
+def _daemon(cfg_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(cfg_text + f'[model]\nbundle = "{ROOT / "models" / "default"}"\n'
+                   f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n[runtime]\nstate_file = '
+                   f'"{tmp_path / "state.json"}"\n[logging]\nformat = "json"\n')
+    return subprocess.run([sys.executable, "-m", "neurostimd", "run", "--config", str(cfg), "--duration", "5"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "file"])
+def test_a_port_that_is_not_a_serial_port_refuses_the_start(tmp_path: Path, kind: str) -> None:
+    """[device] port naming a FIFO or a regular file exits 78 with "not a serial port" (it retried for ever as
+    "waiting for the board")."""
+    port = tmp_path / "ttyFAKE"
+    if kind == "fifo":
+        os.mkfifo(port)
+    else:
+        port.write_text("")
+    res = _daemon(f'[source]\nkind = "board"\n[device]\nkind = "serial"\nport = "{port}"\n', tmp_path)
+    assert res.returncode == 78, res.stdout[-2000:]
+    assert "not a serial port" in res.stdout
+
+
+def test_a_replay_source_with_a_bad_file_refuses_the_start(tmp_path: Path) -> None:
+    """A replay source whose file cannot be read (here a CSV without a header) exits 78 naming the problem (it
+    crashed with exit 70, and systemd restarted it into the same file)."""
+    bad = tmp_path / "rec.csv"
+    bad.write_text("1,2,3\n4,5,6\n")
+    res = _daemon(f'[source]\nkind = "replay"\npath = "{bad}"\nsample_rate_hz = 1000.0\n[device]\nkind = "none"\n',
+                  tmp_path)
+    assert res.returncode == 78, res.stdout[-2000:]
+    assert "header" in res.stdout
+
+
+def test_replay_will_not_replace_a_daemons_audit_log(tmp_path: Path) -> None:
+    """`neurostimd replay --out` pointed at the daemon's folder refuses instead of deleting its audit log (the
+    dose history and the hash chain)."""
+    import numpy as np
+
+    from firmware_sim.generate import generate_recording
+
+    with AuditLog(tmp_path / "audit.jsonl") as log:
+        log.write("startup", pid=1)
+    before = (tmp_path / "audit.jsonl").read_bytes()
+    rec = tmp_path / "rec.npz"
+    np.savez(rec, **generate_recording(2.0, 32, 1000.0, seed=1))
+    res = subprocess.run([sys.executable, "-m", "neurostimd", "replay", str(rec), "--config",
+                          str(ROOT / "config" / "replay.toml"), "--out", str(tmp_path)], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 78 and "daemon's audit log" in res.stderr
+    assert (tmp_path / "audit.jsonl").read_bytes() == before
