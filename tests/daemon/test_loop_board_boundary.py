@@ -175,7 +175,7 @@ def test_a_latched_high_impedance_flag_does_not_explain_a_silent_stop(cfg: Confi
     latched (that flag stops nothing); a stop with watchdog_trip, limit_stop or internal is the board's own."""
     from drivers.protocol import FaultFlag
 
-    loop, drv, audit, clock = board_loop(cfg, bundle, tmp_path)
+    loop, drv, audit, _ = board_loop(cfg, bundle, tmp_path)
     try:
         _stimulate(loop, drv, steady_ticks=5)
         drv.board.fault_flags |= FaultFlag.HIGH_IMPEDANCE
