@@ -448,6 +448,12 @@ class DoseTracker:
         if ev == "startup":
             self._restart(t, rec)
             return
+        if ev == "audit_resumed" and not self.on:
+            newest = next(reversed(self._pending.values()), None)
+            if newest is not None and newest[0]:
+                # a command with parameters whose outcome the log could not record (it went down at the ACK): the
+                # board may have run it from then on
+                self.on = True
         if ev == "audit_resumed" and self.on:
             # nothing but STOP went out while the log was down; stimulation ended at the first one the board ACKed
             stopped = rec.get("stopped_at")
@@ -630,7 +636,19 @@ class DoseTracker:
 
     @classmethod
     def from_summary(cls, rec: dict[str, Any]) -> DoseTracker:
-        """A tracker that continues from an `audit_segment` record's summary. ValueError if it is malformed."""
+        """A tracker that continues from an `audit_segment` record's summary. ValueError if it is malformed (a
+        field missing, of the wrong type, or a number that is not finite: json reads NaN and 1e400)."""
+
+        def num(v: Any) -> float:
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ValueError(f"{v!r} is not a finite number")
+            return float(v)
+
+        def whole(v: Any) -> int:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{v!r} is not an integer")
+            return v
+
         try:
             dose, st = rec["dose"], rec["dose_state"]
             if dose["bin_s"] != BIN_S:
@@ -638,21 +656,24 @@ class DoseTracker:
             boots = list(dose["boots"])
             tr = cls()
             for bi, key, mono_ms, wall_ms, stim_ms in dose["bins"]:
-                b = _Bin(boots[bi], int(key), None if mono_ms is None else int(mono_ms) * 1_000_000,
-                         int(wall_ms) / 1000.0, int(stim_ms) / 1000.0)
+                stim_s = num(stim_ms) / 1000.0
+                if stim_s < 0:
+                    raise ValueError(f"negative stimulation time {stim_ms!r}")
+                b = _Bin(boots[whole(bi)], whole(key), None if mono_ms is None else whole(mono_ms) * 1_000_000,
+                         num(wall_ms) / 1000.0, stim_s)
                 tr._bins.append(b)
                 tr._by_key[(b.boot, b.key)] = b
             tr.boot = st["boot_id"]
             tr.new_format = bool(st["new_format"])
-            tr.checkpoint_ms = float(st["checkpoint_ms"])
-            tr.exchange_ms = float(st["exchange_ms"])
-            tr.watchdog_ms = None if st["board_watchdog_ms"] is None else float(st["board_watchdog_ms"])
+            tr.checkpoint_ms = num(st["checkpoint_ms"])
+            tr.exchange_ms = num(st["exchange_ms"])
+            tr.watchdog_ms = None if st["board_watchdog_ms"] is None else num(st["board_watchdog_ms"])
             tr.on = bool(st["on"])
             for seq, on, mono, wall in st["pending"]:
-                tr._pending[int(seq)] = (bool(on), (None if mono is None else int(mono), float(wall)))
+                tr._pending[whole(seq)] = (bool(on), (None if mono is None else whole(mono), num(wall)))
             last = st["last"]
-            tr.last = None if last is None else (None if last[0] is None else int(last[0]), float(last[1]))
-        except (KeyError, TypeError, IndexError) as err:
+            tr.last = None if last is None else (None if last[0] is None else whole(last[0]), num(last[1]))
+        except (KeyError, TypeError, IndexError, OverflowError) as err:
             raise ValueError(f"malformed dose summary: {err!r}") from err
         return tr
 
@@ -786,6 +807,10 @@ class AuditLog:
         except OSError as err:
             raise AuditError(f"cannot open audit log {self.path}: {err.strerror}; check that the folder exists and "
                              f"is writable by the daemon's user") from err
+        except (ValueError, ArithmeticError) as err:  # damaged content the checks above did not name
+            raise AuditError(f"audit log {self.path} cannot be read ({err}); the day's earlier dose is unknown, so "
+                             f"the daemon will not start — check it with `neurostimd audit verify {self.path}`"
+                             ) from err
 
     # --- opening ---------------------------------------------------------------------------------------------------
     def _open(self) -> None:

@@ -216,3 +216,20 @@ def test_a_board_that_stopped_by_itself_ends_the_dose_and_a_foreign_stimulation_
         clocks.advance(50)
         log.write("shutdown")
         assert log.dose_recovery().daily_stim_s == pytest.approx(15.0)
+
+
+def test_a_command_whose_ack_the_log_could_not_record_counts_until_the_unaudited_stop(tmp_path: Path) -> None:
+    """The log goes down at the very ACK of a command (the record of the ACK is lost, the board runs it): the
+    `audit_resumed` record's stopped_at ends it, and the time from the command to that stop is counted (it was
+    dropped with the pending command)."""
+    clocks, path = Clocks(), tmp_path / "audit.jsonl"
+    with clocks.open(path) as log:
+        startup(log)
+        log.write("stim_command", applied=ON)  # its stim_ack never made it to disk
+        clocks.advance(5)
+        wall, mono = log.clock_now()
+        clocks.advance(10)
+        log.write("audit_resumed", stopped_at={"t_wall": wall, "t_mono_ns": mono})
+        clocks.advance(100)
+        log.write("shutdown")
+        assert log.dose_recovery().daily_stim_s == pytest.approx(5.0)

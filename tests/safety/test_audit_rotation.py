@@ -136,3 +136,27 @@ def test_opening_a_200000_record_log_reads_only_its_active_segment(tmp_path: Pat
     assert read[0] == active, f"read {read[0]} bytes; the active segment is {active}, the log {total}"
     assert peak < 1_000_000, f"peak {peak} bytes traced while opening a {total}-byte log"
     assert dose == pytest.approx(199_996 * 0.05, rel=1e-3)
+
+
+@pytest.mark.parametrize(("field", "value"), [("checkpoint_ms", "NaN"), ("wall", "1e400")])
+def test_a_dose_summary_with_numbers_that_are_not_finite_refuses_the_open(tmp_path: Path, field: str,
+                                                                          value: str) -> None:
+    """A damaged summary whose numbers json reads as NaN or infinity is an AuditError (the daemon exits 78), not a
+    ValueError or OverflowError out of the start (a traceback, and systemd restarting into it)."""
+    from neurostimd.audit import AuditError
+
+    clocks, path = Clocks(), tmp_path / "audit.jsonl"
+    _write_commands(clocks, path, 150)
+    first, rest = path.read_bytes().split(b"\n", 1)
+    head = json.loads(first)
+    assert head["event"] == "audit_segment"
+    if field == "checkpoint_ms":
+        head["dose_state"]["checkpoint_ms"] = "@@"
+        line = json.dumps(head).replace('"@@"', value)
+    else:
+        assert head["dose"]["bins"], "the summary carries bins"
+        head["dose"]["bins"][0][3] = "@@"
+        line = json.dumps(head).replace('"@@"', value)
+    path.write_bytes(line.encode() + b"\n" + rest)
+    with pytest.raises(AuditError, match=r"cannot be read|dose summary"):
+        clocks.open(path)
