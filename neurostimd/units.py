@@ -111,9 +111,20 @@ def scales_to_uv(units: Sequence[str | None], *, channel_types: Sequence[str | N
                             f"{SPELLINGS}), or, if you know the unit, state it with {config_key} = \"uV\" (or the "
                             f"true unit)")
         return np.array(found, dtype=np.float64)
+    # A bare integer (an MNE-LSL FIFF exponent) on a channel of no voltage type is not a unit we can apply, but it
+    # says something: read as a power of ten of volts, it must agree with the configured unit.
+    as_volts = [None if f is not None else _exponent_uv(units[i]) for i, f in enumerate(found)]
     clash = [f"{_name(i, labels)} declares {units[i]!r}" for i, f in enumerate(found)
-             if f is not None and not np.isclose(f, cfg, rtol=1e-9, atol=0.0)]
+             if (g := f if f is not None else as_volts[i]) is not None and not np.isclose(g, cfg, rtol=1e-9, atol=0.0)]
     if clash:
         raise UnitError(f"{what} contradicts {config_key} = {configured!r}: {_listing(clash)}. Remove "
                         f"{config_key} (the declared units are then used) or fix the outlet's or file's units")
     return np.array([cfg if f is None else f for f in found], dtype=np.float64)
+
+
+def _exponent_uv(unit: object) -> float | None:
+    """µV per unit of a bare integer exponent read as 10^e V (MNE-LSL's FIFF convention), or None if it is not one."""
+    text = str(unit).strip() if unit is not None else ""
+    if not text.lstrip("+-").isdigit():
+        return None
+    return float(10.0 ** (int(text) + 6))

@@ -132,6 +132,7 @@ class LslSource(Source):
         self._resolver: Any = None
         self._inlet: Any = None
         self._inlet_uid: str | None = None
+        self._inlet_created_at = 0.0  # created_at of the outlet the inlet is on
         self._verified = False  # the current inlet's description was checked against the pinned stream's
         self.identity: StreamIdentity | None = None
         self._desc: _Description | None = None
@@ -362,6 +363,7 @@ class LslSource(Source):
             return False
         self._inlet = inlet
         self._inlet_uid = info.uid()
+        self._inlet_created_at = float(info.created_at())
         dtype = inlet.np_dtype if inlet.np_dtype is not None else np.float32
         if self._buf is None or self._buf.dtype != dtype:
             self._buf = np.empty((self.max_chunk_samples, self.cfg.n_channels), dtype=dtype)
@@ -561,8 +563,8 @@ class LslSource(Source):
         self._next_reconnect_s = now + self.reconnect_interval_s
         alive = self._inlet is not None
         for info in self._matches(self._resolver.results()):
-            if alive and info.uid() == self._inlet_uid:
-                continue
+            if alive and (info.uid() == self._inlet_uid or info.created_at() <= self._inlet_created_at):
+                continue  # while the inlet lives, only a restart (a newer outlet) may replace it
             if now - self._lost_at.get(info.uid(), -LOST_UID_HOLD_S) < LOST_UID_HOLD_S:
                 continue
             if not self._acceptable(info):

@@ -67,3 +67,13 @@ def test_config_units_must_be_a_known_voltage_unit() -> None:
     assert config_uv("microvolts") == 1.0
     with pytest.raises(ValueError, match=r"uV.*mV.*V"):
         config_uv("counts")
+
+
+def test_a_bare_fiff_exponent_must_agree_with_the_configured_unit() -> None:
+    """An MNE-LSL exponent on a channel of no voltage type cannot be applied, but `[source] units` does not override
+    it silently: "0" (volts) against "uV" is a contradiction; "-6" agrees."""
+    from neurostimd.units import UnitError, scales_to_uv
+
+    assert scales_to_uv(["-6"], channel_types=[None], configured="uV").tolist() == [1.0]
+    with pytest.raises(UnitError, match="contradicts"):
+        scales_to_uv(["0"], channel_types=[None], configured="uV")
