@@ -276,16 +276,8 @@ class SerialBoardDriver(Driver):
         self._replies.clear()
         self._expected_index = None  # a restarted board starts its counter again; the reconnect is counted
         self._mismatched_run = 0
-        self._start_session()
         try:
-            reply = self._hello()
-            assert isinstance(reply.msg, Info)  # _check_reply accepts nothing else for HELLO
-            info = reply.msg.board_info()
-            try:
-                self._check_info(info)
-            except BoardRefused:
-                self._say_bye()  # a board we will not command: leave its session at once
-                raise
+            info = self._handshake()
         except DriverError:
             self._drop_link()
             self._lost = True
@@ -368,17 +360,9 @@ class SerialBoardDriver(Driver):
             self._resets += 1
             log.warning("board_session_lost", port=self.port, resets=self._resets,
                         detail="the board restarted or dropped the session: it runs nothing; handshaking again")
-        self._start_session()
         self._handshaking = True  # samples of a rebooted board mean nothing until its INFO is accepted
         try:
-            reply = self._hello()
-            assert isinstance(reply.msg, Info)
-            info = reply.msg.board_info()
-            try:
-                self._check_info(info)
-            except BoardRefused:
-                self._say_bye()  # a board we will not command: leave its session at once
-                raise
+            info = self._handshake()
         except BoardLost:
             self._queue.clear()
             raise
@@ -392,6 +376,20 @@ class SerialBoardDriver(Driver):
             self._handshaking = False
         self._info = info
         self._epoch += 1
+
+    def _handshake(self) -> BoardInfo:
+        """Open a session (HELLO) and return the board's INFO once it passes _check_info; a board that does not is
+        sent BYE (we will not command it: its session ends at once) and BoardRefused raised."""
+        self._start_session()
+        reply = self._hello()
+        assert isinstance(reply.msg, Info)  # _check_reply accepts nothing else for HELLO
+        info = reply.msg.board_info()
+        try:
+            self._check_info(info)
+        except BoardRefused:
+            self._say_bye()
+            raise
+        return info
 
     def _start_session(self) -> None:
         """Bookkeeping for a new session, before its HELLO: no sequence number sent in it yet, no silence yet (the
