@@ -62,16 +62,24 @@ def test_the_clean_replay_stimulates(cfg: Config, bundle: Any, tmp_path: Path, s
     assert not any({"rate_mismatch", "implausible_signal", "startup"} & set(d["faults"]) for d in late)
 
 
-def test_samples_of_1e20_uv_stop_stimulation_at_that_decision(cfg: Config, bundle: Any, tmp_path: Path,
-                                                              sim: dict[str, Any]) -> None:
-    """Ten samples of 1e20 µV on one channel during stimulation: every decision whose window holds them is
-    implausible_signal and commands nothing."""
+def _burst_of_1e20(cfg: Config, bundle: Any, tmp_path: Path, sim: dict[str, Any]
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """The clean replay's decisions, those of the same recording with ten samples of 1e20 µV on channel 7 one second
+    into stimulation, and the burst's first sample index."""
     clean, _ = replay(cfg, bundle, tmp_path, sim)
     t_stim = next(d["t_data_s"] for d in clean if d["applied"] is not None and d["t_data_s"] > 5.0)
     data = sim["data"].copy()
     at = int((t_stim + 1.0) * 1000)
     data[at:at + 10, 7] = 1e20
     decisions, _ = replay(cfg, bundle, tmp_path, {**sim, "data": data})
+    return clean, decisions, at
+
+
+def test_samples_of_1e20_uv_stop_stimulation_at_that_decision(cfg: Config, bundle: Any, tmp_path: Path,
+                                                              sim: dict[str, Any]) -> None:
+    """Ten samples of 1e20 µV on one channel during stimulation: every decision whose window holds them is
+    implausible_signal and commands nothing."""
+    _, decisions, at = _burst_of_1e20(cfg, bundle, tmp_path, sim)
     hit = [d for d in decisions if at / 1000 <= d["t_data_s"] < (at + 10) / 1000 + 0.55]
     assert len(hit) >= 10
     assert all("implausible_signal" in d["faults"] and d["applied"] is None for d in hit)
@@ -83,12 +91,7 @@ def test_after_a_1e20_burst_the_classifier_is_not_left_working_on_poisoned_featu
     """Samples beyond the plausibility bound never reach the feature filters (their ringing lasted seconds after the
     fault cleared, and the decisions then differed from the clean run by up to 0.98): once the fault clears, every
     fault-free decision's probabilities are within 0.1 of the clean run's at the same tick."""
-    clean, _ = replay(cfg, bundle, tmp_path, sim)
-    t_stim = next(d["t_data_s"] for d in clean if d["applied"] is not None and d["t_data_s"] > 5.0)
-    data = sim["data"].copy()
-    at = int((t_stim + 1.0) * 1000)
-    data[at:at + 10, 7] = 1e20
-    decisions, _ = replay(cfg, bundle, tmp_path, {**sim, "data": data})
+    clean, decisions, at = _burst_of_1e20(cfg, bundle, tmp_path, sim)
     by_tick = {d["tick"]: d for d in clean}
     after = [(d, by_tick[d["tick"]]) for d in decisions
              if d["t_data_s"] is not None and d["t_data_s"] >= at / 1000 and not d["faults"] and d["probs"] is not None
