@@ -11,15 +11,10 @@ import pytest
 from neurostimd.errors import BundleError
 from neurostimd.model import bundle as files
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT = ROOT / "models" / "default"
-
 
 @pytest.fixture
-def bundle(tmp_path: Path) -> Path:
-    dst = tmp_path / "bundle"
-    shutil.copytree(DEFAULT, dst)
-    return dst
+def bundle(default_copy: Path) -> Path:
+    return default_copy
 
 
 def _edit_manifest(bundle: Path, edit) -> None:  # type: ignore[no-untyped-def]

@@ -4,7 +4,6 @@ existing bundle only from its own training data, and refused when malformed."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,13 +19,6 @@ from neurostimd.model.stats import SignalStats, compute_signal_stats
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ROOT / "models" / "default"
-
-
-@pytest.fixture
-def default_copy(tmp_path: Path) -> Path:
-    dst = tmp_path / "bundle"
-    shutil.copytree(DEFAULT, dst)
-    return dst
 
 
 def test_statistics_of_known_signals_are_exact() -> None:

@@ -157,16 +157,21 @@ def test_the_summary_and_the_active_segment_recover_what_the_whole_log_does(tmp_
         assert log.recovered_daily_stim_s() > 0
 
 
-def test_a_wall_clock_step_within_a_boot_does_not_drop_the_days_dose(tmp_path: Path) -> None:
-    """In the same boot the window is on the monotonic clock: the wall clock stepping two days forward (an RTC reset
-    put right by NTP) or hours back changes nothing; a wall-clock window would have lost it all."""
-    clocks, path = Clocks(), tmp_path / "audit.jsonl"
+def _a_run_stimulating_100_s(clocks: Clocks, path: Path) -> None:
+    """A run that stimulates for 100 s, stops (ACKed) and shuts down cleanly."""
     with clocks.open(path) as log:
         startup(log)
         command(log, ON)
         clocks.advance(100)
         command(log, None)
         log.write("shutdown", exit_code=0)
+
+
+def test_a_wall_clock_step_within_a_boot_does_not_drop_the_days_dose(tmp_path: Path) -> None:
+    """In the same boot the window is on the monotonic clock: the wall clock stepping two days forward (an RTC reset
+    put right by NTP) or hours back changes nothing; a wall-clock window would have lost it all."""
+    clocks, path = Clocks(), tmp_path / "audit.jsonl"
+    _a_run_stimulating_100_s(clocks, path)
     clocks.advance(60)
     clocks.step_wall(2 * DAY_S)
     with clocks.open(path) as log:
@@ -186,12 +191,7 @@ def test_across_boots_the_wall_clock_decides_and_a_log_ahead_of_it_counts_whole(
     clock gone back behind the log's last record, everything in the log counts and the step is reported."""
     for advance_h, expected in ((25.0, 0.0), (12.0, 100.0), (-5.0, 100.0)):
         clocks, path = Clocks(), tmp_path / str(advance_h) / "audit.jsonl"
-        with clocks.open(path) as log:
-            startup(log)
-            command(log, ON)
-            clocks.advance(100)
-            command(log, None)
-            log.write("shutdown", exit_code=0)
+        _a_run_stimulating_100_s(clocks, path)
         clocks.reboot()
         clocks.step_wall(advance_h * 3600)
         with clocks.open(path, boot_id="boot-B") as log:
