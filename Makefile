@@ -24,10 +24,10 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check neurostimd drivers firmware_sim tests
-	$(BIN)/mypy neurostimd drivers firmware_sim
+	$(BIN)/mypy neurostimd  # neurostimd/drivers and neurostimd/firmware_sim are links to the folders
 
 run: $(VENV)/.installed
-	$(BIN)/python -m neurostimd.demo --config $(CONFIG) --duration $(DURATION)
+	$(BIN)/python -m neurostimd.commands.demo --config $(CONFIG) --duration $(DURATION)
 
 bench: $(VENV)/.installed
 	$(BIN)/neurostimd bench --json bench.json

@@ -1,45 +1,4 @@
-"""Stimulator drivers: the board protocol codec, the Driver ABC, the serial board driver and its byte links.
+"""The stimulator library: the Driver ABC and the value types (`base`, `types`), byte links (`transport`), errors,
+and one folder per device protocol (`neurostim_board/`). Imports nothing of the host (neurostimd) or the simulator.
 
-Imports nothing else of this project (see DESIGN.md, "Layers")."""
-
-from drivers.base import (
-    BoardInfo,
-    BoardLimits,
-    BoardStatus,
-    Driver,
-    DriverCounters,
-    SampleBlock,
-    StimParams,
-    driver_class,
-    make_driver,
-    register_driver,
-    registered_drivers,
-)
-from drivers.errors import BoardLost, DriverError, DriverTimeout, NeurostimError, ProtocolError
-from drivers.links import ByteLink, ManipulatedLink, Manipulator, PipeLink, SerialLink
-from drivers.serial_board import SerialBoardDriver
-
-__all__ = [
-    "BoardInfo",
-    "BoardLimits",
-    "BoardLost",
-    "BoardStatus",
-    "ByteLink",
-    "Driver",
-    "DriverCounters",
-    "DriverError",
-    "DriverTimeout",
-    "ManipulatedLink",
-    "Manipulator",
-    "NeurostimError",
-    "PipeLink",
-    "ProtocolError",
-    "SampleBlock",
-    "SerialBoardDriver",
-    "SerialLink",
-    "StimParams",
-    "driver_class",
-    "make_driver",
-    "register_driver",
-    "registered_drivers",
-]
+Importing this package loads nothing: import the module you need (`neurostimd.drivers.types` needs numpy only)."""

@@ -31,10 +31,10 @@ from types import FrameType
 import serial
 import structlog
 
-from drivers.base import BoardLimits
-from drivers.protocol import SampleFormat
-from firmware_sim.board import DEFAULT_LIMITS, Board, EventLog
-from firmware_sim.generator import FileSource, SampleSource, SyntheticSource
+from neurostimd.drivers.neurostim_board.codec import SampleFormat
+from neurostimd.drivers.types import BoardLimits
+from neurostimd.firmware_sim.board import DEFAULT_LIMITS, Board, EventLog
+from neurostimd.firmware_sim.generator import FileSource, SampleSource, SyntheticSource
 
 log = structlog.get_logger("firmware_sim")
 

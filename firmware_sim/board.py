@@ -1,7 +1,7 @@
 """The simulated board's logic, as firmware would run it: protocol endpoint, device-side hard limits, dead-man timer,
 sample pacing and the event log. No I/O except the event log file, no clock of its own: the caller passes the time
 (`now_ns`) into every call, so the same logic runs behind a pty (firmware_sim.__main__) and in memory on a virtual
-clock (neurostimd.virtual_board).
+clock (firmware_sim.inprocess).
 
 feed(bytes, now_ns) -> bytes     the board's replies to what the host sent
 advance(now_ns) -> bytes         SAMPLES frames now due, after the watchdog check (sent only while a session is
@@ -26,8 +26,7 @@ from typing import IO, Any
 import numpy as np
 import structlog
 
-from drivers.base import BoardLimits, StimParams
-from drivers.protocol import (
+from neurostimd.drivers.neurostim_board.codec import (
     SEQ_MODULO,
     Ack,
     Bye,
@@ -50,7 +49,8 @@ from drivers.protocol import (
     Stop,
     encode,
 )
-from firmware_sim.generator import SampleSource
+from neurostimd.drivers.types import BoardLimits, StimParams
+from neurostimd.firmware_sim.generator import SampleSource
 
 log = structlog.get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """Write a labelled synthetic continuous recording (.npz of DESIGN.md) for training and tests.
 
-    python -m firmware_sim.generate --out data.npz --duration 600 --channels 32 --rate 1000 --seed 0
+    python -m neurostimd.firmware_sim.generate --out data.npz --duration 600 --channels 32 --rate 1000 --seed 0
 
 The state follows a forced schedule (segments of random length; the first three segments visit all three states in
 random order), so the classes are balanced and every state is present. A random third of the segments carry
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from drivers.base import StimParams
-from firmware_sim.generator import SignalGenerator
-from firmware_sim.plant import N_STATES, STATE_NAMES
+from neurostimd.drivers.types import StimParams
+from neurostimd.firmware_sim.generator import SignalGenerator
+from neurostimd.firmware_sim.plant import N_STATES, STATE_NAMES
 
 # stimulation a segment may carry (frequency_hz, amplitude_ma, pulse_width_us): within the board's default limits
 _STIM_CHOICES = ((20.0, 2.5, 200.0), (50.0, 3.5, 300.0), (100.0, 2.0, 400.0), (130.0, 1.5, 200.0))
@@ -85,7 +85,7 @@ def generate_recording(duration_s: float, n_channels: int = 32, sample_rate_hz: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m firmware_sim.generate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m neurostimd.firmware_sim.generate", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output .npz path")
     p.add_argument("--duration", type=float, default=600.0, help="seconds of signal (default 600)")
     p.add_argument("--channels", type=int, default=32)

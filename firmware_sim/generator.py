@@ -11,7 +11,7 @@ The signal in µV is a sum of
 * stimulation artefacts: one biphasic spike per stimulation pulse at the stimulation frequency, scaled by
   amplitude and pulse width, on every channel (strongest near the stimulating contact).
 
-SyntheticSource couples the generator to the Plant (firmware_sim.plant), whose state responds to stimulation.
+SyntheticSource couples the generator to the Plant (neurostimd.firmware_sim.plant), whose state responds to stimulation.
 Everything is deterministic given the seed and the sequence of calls. No I/O.
 """
 
@@ -25,8 +25,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from drivers.base import StimParams
-from firmware_sim.plant import N_STATES, STATE_NAMES, Plant, PlantParams, charge_rate_uc_per_s
+from neurostimd.drivers.types import StimParams
+from neurostimd.firmware_sim.plant import N_STATES, STATE_NAMES, Plant, PlantParams, charge_rate_uc_per_s
 
 F32 = npt.NDArray[np.float32]
 

@@ -1,5 +1,5 @@
 import sys
 
-from neurostimd.cli import main
+from neurostimd.commands.cli import main
 
 sys.exit(main())

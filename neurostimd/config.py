@@ -8,27 +8,16 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from neurostimd.core.policy import PolicyConfig
+from neurostimd.core.safety import SafetyConfig
+from neurostimd.core.settings import FilePath, Strict
 from neurostimd.errors import ConfigError
-
-K_MAX_CEILING = 1.85  # Shannon's k above which no config is accepted (DESIGN.md, safety model)
-
-
-class _Strict(BaseModel):
-    # No NaN or infinity anywhere: `inf` would silently switch a limit off (a ramp, a staleness bound, a dose).
-    # Strict types: a number must be a TOML number (an integer is taken where a float is due), never a bool or a
-    # numeric string — `k_max = true` or `max_amplitude_ma = "3.0"` is a typo to report, not a value to coerce.
-    # Paths are the one lax field (FilePath below): TOML has no path type, so they arrive as strings.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
-
-
-# A path in the config: a TOML string, turned into a Path.
-FilePath = Annotated[Path, Field(strict=False)]
 
 
 # --- sources ----------------------------------------------------------------------------------------------------------
-class BoardSourceConfig(_Strict):
+class BoardSourceConfig(Strict):
     """Samples come from the stimulator board itself, through the driver (SAMPLES frames)."""
 
     kind: Literal["board"] = "board"
@@ -36,7 +25,7 @@ class BoardSourceConfig(_Strict):
 
 def _check_units(v: str | None) -> str | None:
     if v is not None:
-        from neurostimd.units import config_uv
+        from neurostimd.core.units import config_uv
 
         config_uv(v)  # ValueError naming the accepted spellings
     return v
@@ -56,7 +45,7 @@ def _check_channels(v: list[str] | None) -> list[str] | None:
     return v
 
 
-class LslSourceConfig(_Strict):
+class LslSourceConfig(Strict):
     """Samples come from a Lab Streaming Layer stream.
 
     `n_channels` and `sample_rate_hz` are what the stream must declare. `units` states the samples' unit for a stream
@@ -93,7 +82,7 @@ class LslSourceConfig(_Strict):
         return self
 
 
-class ReplaySourceConfig(_Strict):
+class ReplaySourceConfig(Strict):
     """Samples come from a recording file (.npz, .csv, .edf/.bdf, .xdf) played on a clock."""
 
     kind: Literal["replay"]
@@ -120,7 +109,7 @@ SourceConfig = Annotated[BoardSourceConfig | LslSourceConfig | ReplaySourceConfi
 
 
 # --- the stimulator device --------------------------------------------------------------------------------------------
-class _BoardLinkConfig(_Strict):
+class _BoardLinkConfig(Strict):
     """What every board driven through the serial driver shares (a real port, or the in-process virtual board)."""
 
     heartbeat_ms: float = Field(100.0, gt=0)
@@ -168,7 +157,7 @@ class VirtualDeviceConfig(_BoardLinkConfig):
         return self
 
 
-class NoDeviceConfig(_Strict):
+class NoDeviceConfig(Strict):
     """No stimulator at all: decide and audit only (shadow mode forced)."""
 
     kind: Literal["none"]
@@ -180,12 +169,12 @@ DeviceConfig = Annotated[
 
 
 # --- model, loop, policy ----------------------------------------------------------------------------------------------
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     bundle: FilePath = Path("models/default")
     verify_on_load: bool = True
 
 
-class LoopConfig(_Strict):
+class LoopConfig(Strict):
     cadence_ms: float = Field(50.0, gt=0, le=1000)  # stopping waits for at most one tick (TimeoutStopSec=5s)
     stale_after_ms: float = Field(250.0, gt=0, le=10_000)
     ring_seconds: float = Field(30.0, gt=0)
@@ -197,81 +186,8 @@ class LoopConfig(_Strict):
     plausibility_factor: float = Field(5.0, gt=1, le=1e6)
 
 
-class PolicyConfig(_Strict):
-    confidence_threshold: float = Field(0.6, ge=0.0, le=1.0)
-    onset_ms: float = Field(500.0, ge=0)
-    termination_ms: float = Field(500.0, ge=0)
-    blanking_ms: float = Field(1000.0, ge=0)
-    use_state_durations: bool = False  # end a state's stimulation after its table `duration_min`
-    target_state: int | None = None  # the state closed-loop control aims for (used by the evaluation)
-
-
-# --- safety -----------------------------------------------------------------------------------------------------------
-class FallbackParams(_Strict):
-    frequency_hz: float = Field(gt=0)
-    amplitude_ma: float = Field(ge=0)
-    pulse_width_us: float = Field(gt=0)
-
-
-class SafetyConfig(_Strict):
-    """The daemon's safety gate. Every limit here is a hard limit: the gate clamps toward it or refuses."""
-
-    electrode_area_cm2: float = Field(0.06, gt=0)
-    k_max: float = Field(1.75, gt=0)
-    min_frequency_hz: float = Field(1.0, gt=0)
-    max_frequency_hz: float = Field(130.0, gt=0)
-    min_amplitude_ma: float = Field(0.0, ge=0)
-    max_amplitude_ma: float = Field(5.0, ge=0)
-    min_pulse_width_us: float = Field(20.0, gt=0)
-    max_pulse_width_us: float = Field(500.0, gt=0)
-    interphase_gap_us: float = Field(50.0, ge=0)
-    ramp_ma_per_s: float = Field(1.0, gt=0)
-    max_charge_per_phase_uc: float = Field(2.0, gt=0)
-    max_charge_density_uc_cm2: float = Field(25.0, gt=0)  # RNS's 25 µC/cm²/phase
-    compliance_v_max: float = Field(12.0, gt=0)
-    max_session_stim_s: float = Field(4 * 3600.0, gt=0)
-    max_daily_stim_s: float = Field(8 * 3600.0, gt=0)
-    safe_state: Literal["off", "fallback"] = "off"
-    fallback: FallbackParams | None = None
-    recovery_clean_ms: float = Field(2000.0, ge=0)
-
-    @field_validator("k_max")
-    @classmethod
-    def _k_max_ceiling(cls, v: float) -> float:
-        if v > K_MAX_CEILING:
-            raise ValueError(f"k_max = {v} is above the ceiling {K_MAX_CEILING} (Shannon 1992); "
-                             f"lower it to at most {K_MAX_CEILING}")
-        return v
-
-    @model_validator(mode="after")
-    def _coherent(self) -> SafetyConfig:
-        for lo, hi in (("min_frequency_hz", "max_frequency_hz"), ("min_amplitude_ma", "max_amplitude_ma"),
-                       ("min_pulse_width_us", "max_pulse_width_us")):
-            if getattr(self, lo) > getattr(self, hi):
-                raise ValueError(f"{lo} ({getattr(self, lo)}) is above {hi} ({getattr(self, hi)})")
-        if self.safe_state == "fallback" and self.fallback is None:
-            raise ValueError("safe_state = \"fallback\" needs a [safety.fallback] table "
-                             "(frequency_hz, amplitude_ma, pulse_width_us)")
-        if self.fallback is not None:
-            # Lazy import: the gate's rules live in neurostimd.safety, which imports this module.
-            from drivers.base import StimParams
-            from neurostimd.safety import limit_violations
-
-            fb = StimParams(self.fallback.frequency_hz, self.fallback.amplitude_ma, self.fallback.pulse_width_us,
-                            self.interphase_gap_us)
-            broken = limit_violations(fb, self)
-            if broken:
-                raise ValueError(f"[safety.fallback] breaks the gate's own rules ({', '.join(broken)}); the safe "
-                                 f"state must pass the gate unclamped — lower its amplitude or pulse width")
-        if self.max_session_stim_s > self.max_daily_stim_s:
-            raise ValueError("max_session_stim_s is above max_daily_stim_s")
-        if not math.isfinite(self.electrode_area_cm2):
-            raise ValueError("electrode_area_cm2 must be finite")
-        return self
-
-
 # --- outputs ----------------------------------------------------------------------------------------------------------
-class AuditConfig(_Strict):
+class AuditConfig(Strict):
     """The audit log (docs/audit-log.md): where it is, when it rotates, how often a dose checkpoint is written."""
 
     path: FilePath = Path("audit.jsonl")
@@ -283,35 +199,35 @@ class AuditConfig(_Strict):
     checkpoint_ms: float = Field(1000.0, gt=0, le=1000)
 
 
-class RecorderConfig(_Strict):
+class RecorderConfig(Strict):
     enabled: bool = False
     dir: FilePath = Path("recordings")
     flush_interval_ms: float = Field(500.0, gt=0)
 
 
-class DecisionsLslConfig(_Strict):
+class DecisionsLslConfig(Strict):
     enabled: bool = False
     name: str = "neurostimd-decisions"
     source_id: str = "neurostimd-decisions"
 
 
-class MetricsConfig(_Strict):
+class MetricsConfig(Strict):
     enabled: bool = False
     port: int = Field(9108, gt=0, lt=65536)
     # Bound to loopback only; a lab that wants it elsewhere puts a reverse proxy in front.
     host: Literal["127.0.0.1", "::1"] = "127.0.0.1"
 
 
-class LoggingConfig(_Strict):
+class LoggingConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
 
 
-class RuntimeConfig(_Strict):
+class RuntimeConfig(Strict):
     state_file: FilePath = Path("neurostimd.state.json")  # what `neurostimd status` reads
 
 
-class Config(_Strict):
+class Config(Strict):
     source: SourceConfig = Field(default_factory=BoardSourceConfig)
     device: DeviceConfig = Field(default_factory=SerialDeviceConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

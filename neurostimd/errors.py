@@ -1,8 +1,8 @@
-"""The daemon-side errors, on the one NeurostimError tree rooted in `drivers.errors`."""
+"""The daemon-side errors, on the one NeurostimError tree rooted in `neurostimd.drivers.errors`."""
 
 from __future__ import annotations
 
-from drivers.errors import BoardLost, DriverError, DriverTimeout, NeurostimError, ProtocolError
+from neurostimd.drivers.errors import BoardLost, DriverError, DriverTimeout, NeurostimError, ProtocolError
 
 
 class ConfigError(NeurostimError):

@@ -1,7 +1,7 @@
 """The closed loop itself: one tick is source → ring buffer → features → LiteRT model → policy → fault monitor →
 safety gate → audit → driver, on absolute deadlines of a Clock. The same code runs the daemon (real clock, serial
 board) and replay (virtual clock, in-process virtual board); process concerns (signals, systemd, exit codes) live in
-`neurostimd.daemon`."""
+`neurostimd.service.daemon`."""
 
 from __future__ import annotations
 
@@ -14,13 +14,10 @@ from typing import Any
 import numpy as np
 import structlog
 
-from drivers.base import Driver, StimParams
-from drivers.errors import BadReply, BoardLost, DriverError, DriverTimeout
-from neurostimd.audit import AuditError, AuditLog, board_timing, params_dict
 from neurostimd.clock import Clock
 from neurostimd.config import Config, watchdog_feed_problem
-from neurostimd.errors import BundleError, ConfigError, NeurostimError
-from neurostimd.faults import (
+from neurostimd.core.controller import Command, ControlInputs, Controller, params_dict
+from neurostimd.core.faults import (
     FAULT_AUDIT_UNAVAILABLE,
     FAULT_BOARD_INFO_MISMATCH,
     FAULT_BOARD_PARAMS_MISMATCH,
@@ -29,16 +26,18 @@ from neurostimd.faults import (
     FAULT_RATE_MISMATCH,
     FAULT_STARTUP,
     BoardReply,
-    Command,
-    ControlInputs,
-    Controller,
     fallback_violations,
 )
+from neurostimd.core.ringbuffer import RingBuffer
+from neurostimd.core.safety import table_warnings
+from neurostimd.core.stream_checks import MontageError, PlausibilityCheck, RateMonitor, match_montage, saturation_rule
+from neurostimd.drivers.base import Driver
+from neurostimd.drivers.errors import BadReply, BoardLost, DriverError, DriverTimeout
+from neurostimd.drivers.types import StimParams
+from neurostimd.errors import BundleError, ConfigError, NeurostimError
 from neurostimd.model.runtime import Bundle
-from neurostimd.ringbuffer import RingBuffer
-from neurostimd.safety import table_warnings
+from neurostimd.outputs.audit import AuditError, AuditLog, board_timing
 from neurostimd.sources.base import Source
-from neurostimd.stream_checks import MontageError, PlausibilityCheck, RateMonitor, match_montage, saturation_rule
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +51,7 @@ def _names(names: list[str], limit: int = 12) -> str:
     return f"[{shown}{f', … ({len(names)} in all)' if len(names) > limit else ''}]"
 
 
-# STATUS fault flags that say the board stopped by itself (drivers.protocol.FaultFlag names)
+# STATUS fault flags that say the board stopped by itself (neurostimd.drivers.neurostim_board.codec.FaultFlag names)
 _STOPPING_FLAGS = frozenset({"watchdog_trip", "limit_stop", "internal"})
 
 
@@ -124,8 +123,8 @@ class ClosedLoop:
                  on_tick: Callable[[TickStats], None] | None = None, prior_daily_stim_s: float = 0.0,
                  recorder: Any = None, outlet: Any = None) -> None:
         self.cfg = cfg
-        self.recorder = recorder  # neurostimd.recorder.Recorder: raw samples, decisions, commands of the session
-        self.outlet = outlet  # neurostimd.decisions_lsl.DecisionsOutlet: decisions as an LSL stream
+        self.recorder = recorder  # outputs.recorder.Recorder: raw samples, decisions, commands of the session
+        self.outlet = outlet  # neurostimd.outputs.decisions_lsl.DecisionsOutlet: decisions as an LSL stream
         self.clock = clock
         self.source = source
         self.bundle = bundle

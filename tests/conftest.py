@@ -65,7 +65,7 @@ def cfg() -> Any:
 
 @pytest.fixture
 def outlets() -> Iterator[list[Any]]:
-    """LSL outlet processes a test starts (tests.ingest.test_lsl_source.OutletProcess), killed after it."""
+    """LSL outlet processes a test starts (tests.sources.test_lsl_source.OutletProcess), killed after it."""
     started: list[Any] = []
     yield started
     for o in started:

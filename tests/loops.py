@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from neurostimd.audit import AuditLog
 from neurostimd.clock import VirtualClock
 from neurostimd.config import Config, parse_config
+from neurostimd.firmware_sim.inprocess import VirtualBoardDriver
 from neurostimd.loop import ClosedLoop
+from neurostimd.outputs.audit import AuditLog
 from neurostimd.sources.board import BoardSource
-from neurostimd.virtual_board import VirtualBoardDriver
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -126,7 +126,7 @@ def _content_proof(bundle_dir: Path, manifest: dict[str, Any], recs: list[Any], 
     check windows and its fitted scaler (every training frame enters the scaler). BundleError otherwise."""
     import numpy as np
 
-    from neurostimd.features import FeatureSettings, Scaler
+    from neurostimd.core.features import FeatureSettings, Scaler
     from neurostimd.model.dataset import windows_for
 
     feat = json.loads((bundle_dir / FEATURES).read_text())
@@ -164,9 +164,9 @@ def add_signal_stats(bundle_dir: str | Path, data: list[str | Path], *, by_conte
     The data must be the training files the manifest lists, by sha256. With `by_content`, a file whose bytes differ
     (regenerated elsewhere, re-saved) is accepted when it reproduces the bundle's fitted scaler and check windows.
     Statistics come from the training segments of split.json, as `neurostimd train` computes them."""
-    from neurostimd.features import FeatureSettings
+    from neurostimd.core.features import FeatureSettings
+    from neurostimd.core.stats import compute_signal_stats
     from neurostimd.model.dataset import load_recording, segments
-    from neurostimd.model.stats import compute_signal_stats
 
     d = Path(bundle_dir)
     manifest = read_verified_manifest(d)

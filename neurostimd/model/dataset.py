@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from neurostimd.core.features import FeatureSettings, extract_frames, frame_end_sample, sliding_windows
 from neurostimd.errors import DataFormatError
-from neurostimd.features import FeatureSettings, extract_frames, frame_end_sample, sliding_windows
 
 
 @dataclass

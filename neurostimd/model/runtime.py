@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import structlog
 
+from neurostimd.core.features import FeatureSettings, Scaler, StreamingFeatures
+from neurostimd.core.stats import SignalStats
+from neurostimd.core.stimtable import StimTable
 from neurostimd.errors import BundleError
-from neurostimd.features import FeatureSettings, Scaler, StreamingFeatures
 from neurostimd.model import bundle as files
-from neurostimd.model.stats import SignalStats
-from neurostimd.stimtable import StimTable
 
 log = structlog.get_logger(__name__)
 

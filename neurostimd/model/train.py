@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import structlog
 
+from neurostimd.core.features import FeatureSettings, Scaler, design_filters
+from neurostimd.core.stats import compute_signal_stats
+from neurostimd.core.stimtable import StimTable, notebook_table
 from neurostimd.errors import BundleError, DataFormatError, NeurostimError
-from neurostimd.features import FeatureSettings, Scaler, design_filters
 from neurostimd.model import bundle as files
 from neurostimd.model.dataset import Recording, load_recording, segments, split_segments, windows_for
-from neurostimd.model.stats import compute_signal_stats
-from neurostimd.stimtable import StimTable, notebook_table
 
 log = structlog.get_logger(__name__)
 

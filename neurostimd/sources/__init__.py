@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from drivers.base import Driver
 from neurostimd.clock import Clock, VirtualClock
 from neurostimd.config import BoardSourceConfig, LslSourceConfig, ReplaySourceConfig
+from neurostimd.drivers.base import Driver
 from neurostimd.errors import SourceError
 from neurostimd.sources.base import Source
 

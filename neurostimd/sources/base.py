@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from drivers.base import Lifecycle
-from neurostimd.ringbuffer import RingBuffer
+from neurostimd.core.ringbuffer import RingBuffer
+from neurostimd.drivers.base import Lifecycle
 
 # The ring's historical timestamp tolerance: for sources whose stamps are arrival estimates, not sample clocks.
 DEFAULT_TIMESTAMP_TOLERANCE_S = 0.1

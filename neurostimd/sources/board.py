@@ -10,9 +10,9 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from drivers.base import Driver
-from drivers.errors import DriverError
-from neurostimd.ringbuffer import RingBuffer
+from neurostimd.core.ringbuffer import RingBuffer
+from neurostimd.drivers.base import Driver
+from neurostimd.drivers.errors import DriverError
 from neurostimd.sources.base import Source
 
 log = structlog.get_logger(__name__)

@@ -17,11 +17,11 @@ import pylsl
 import structlog
 
 from neurostimd.config import LslSourceConfig
+from neurostimd.core.ringbuffer import RingBuffer
+from neurostimd.core.stream_checks import MontageError, gap_threshold_s, missing_in_step, normal_name, pick_channels
+from neurostimd.core.units import UnitError, scales_to_uv
 from neurostimd.errors import SourceError
-from neurostimd.ringbuffer import RingBuffer
 from neurostimd.sources.base import Source
-from neurostimd.stream_checks import MontageError, gap_threshold_s, missing_in_step, normal_name, pick_channels
-from neurostimd.units import UnitError, scales_to_uv
 
 log = structlog.get_logger(__name__)
 
@@ -102,7 +102,7 @@ class _Description:
 class LslSource(Source):
     """An LSL inlet as a sample source.
 
-    Units: each channel's declared unit (`desc/channels/channel/unit`; neurostimd.units) gives a preallocated µV
+    Units: each channel's declared unit (`desc/channels/channel/unit`; neurostimd.core.units) gives a preallocated µV
     factor; a missing or unknown unit is refused at open unless `[source] units` states it. Channels: labels
     (`desc/channels/channel/label`) are the declared names; `[source] channels` picks from a wider stream.
 

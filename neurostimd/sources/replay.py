@@ -16,11 +16,11 @@ import numpy.typing as npt
 import structlog
 
 from neurostimd.clock import Clock, MonotonicClock, VirtualClock
+from neurostimd.core.ringbuffer import RingBuffer
+from neurostimd.core.stream_checks import MontageError, pick_channels, virtual_counter
 from neurostimd.errors import SourceError
-from neurostimd.readers import Recording, read_recording
-from neurostimd.ringbuffer import RingBuffer
 from neurostimd.sources.base import Source
-from neurostimd.stream_checks import MontageError, pick_channels, virtual_counter
+from neurostimd.sources.recordings import Recording, read_recording
 
 log = structlog.get_logger(__name__)
 

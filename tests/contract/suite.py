@@ -10,7 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from drivers import BoardLost, Driver, DriverError, StimParams
+from neurostimd.drivers.base import Driver
+from neurostimd.drivers.errors import BoardLost, DriverError
+from neurostimd.drivers.types import StimParams
 
 SAFE = StimParams(frequency_hz=50.0, amplitude_ma=2.0, pulse_width_us=200.0, interphase_gap_us=50.0)
 

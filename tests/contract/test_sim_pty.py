@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers import Driver, SerialBoardDriver
+from neurostimd.drivers.base import Driver
+from neurostimd.drivers.neurostim_board.driver import SerialBoardDriver
 from tests.contract.suite import DriverContract
 from tests.sim.simproc import SimProcess
 

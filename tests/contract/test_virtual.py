@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from drivers import Driver, make_driver
-from neurostimd.virtual_board import VirtualBoardDriver
+from neurostimd.drivers.base import Driver, make_driver
+from neurostimd.firmware_sim.inprocess import VirtualBoardDriver
 from tests.contract.suite import DriverContract
 
 

@@ -13,13 +13,26 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from drivers import BoardLimits, BoardLost, ByteLink, ManipulatedLink, SerialBoardDriver, StimParams
-from drivers.errors import BadReply, BoardRefused, DriverError
-from drivers.protocol import Ack, Frame, FrameDecoder, Info, MsgType, Nak, NakReason, SampleFormat, Samples, encode
-from firmware_sim.board import DEFAULT_LIMITS, Board
-from firmware_sim.generator import SyntheticSource
 from neurostimd.clock import VirtualClock
-from neurostimd.virtual_board import BoardLink
+from neurostimd.drivers.errors import BadReply, BoardLost, BoardRefused, DriverError
+from neurostimd.drivers.neurostim_board.codec import (
+    Ack,
+    Frame,
+    FrameDecoder,
+    Info,
+    MsgType,
+    Nak,
+    NakReason,
+    SampleFormat,
+    Samples,
+    encode,
+)
+from neurostimd.drivers.neurostim_board.driver import SerialBoardDriver
+from neurostimd.drivers.transport import ByteLink, ManipulatedLink
+from neurostimd.drivers.types import BoardLimits, StimParams
+from neurostimd.firmware_sim.board import DEFAULT_LIMITS, Board
+from neurostimd.firmware_sim.generator import SyntheticSource
+from neurostimd.firmware_sim.inprocess import BoardLink
 
 SAFE = StimParams(50.0, 2.0, 200.0)
 
@@ -82,9 +95,8 @@ def test_a_board_without_a_dead_man_timer_or_with_one_too_long_is_refused(watchd
 def test_the_gate_refuses_impossible_board_limits_instead_of_crashing() -> None:
     """Defence in depth: the gate itself refuses board limits that are not usable, with a message, never a
     ZeroDivisionError at the first command."""
-    from neurostimd.config import SafetyConfig
+    from neurostimd.core.safety import SafetyConfig, SafetyGate
     from neurostimd.errors import SafetyViolation
-    from neurostimd.safety import SafetyGate
 
     with pytest.raises(SafetyViolation, match="max_frequency_hz"):
         SafetyGate(SafetyConfig.model_validate({}), BoardLimits(**{**DEFAULT_LIMITS.__dict__, "max_frequency_hz": 0}))
@@ -337,7 +349,7 @@ def test_heartbeat_refusals_are_recognised_after_any_number_of_requests() -> Non
 def test_a_float32_board_must_report_one_microvolt_per_unit() -> None:
     """float32 samples are µV on the wire: a board that says otherwise (volts, uv_per_lsb = 1e6) is refused
     instead of being read a million times too small."""
-    from drivers.base import BoardInfo
+    from neurostimd.drivers.types import BoardInfo
 
     info = BoardInfo("x", "y", 2, 4, 1000.0, "float32", 1e6, DEFAULT_LIMITS)
     assert any("uv_per_lsb" in p for p in info.problems())

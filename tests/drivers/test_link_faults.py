@@ -10,22 +10,15 @@ from collections.abc import Callable
 
 import pytest
 
-from drivers import (
-    BoardLost,
-    ByteLink,
-    DriverTimeout,
-    ManipulatedLink,
-    PipeLink,
-    ProtocolError,
-    SerialBoardDriver,
-    StimParams,
-)
-from drivers.links import Manipulator
-from drivers.protocol import Ack, Frame, MsgType, SetStim, decode
-from firmware_sim.board import Board
-from firmware_sim.generator import SyntheticSource
 from neurostimd.clock import VirtualClock
-from neurostimd.virtual_board import BoardLink
+from neurostimd.drivers.errors import BoardLost, DriverTimeout, ProtocolError
+from neurostimd.drivers.neurostim_board.codec import Ack, Frame, MsgType, SetStim, decode
+from neurostimd.drivers.neurostim_board.driver import SerialBoardDriver
+from neurostimd.drivers.transport import ByteLink, ManipulatedLink, Manipulator, PipeLink
+from neurostimd.drivers.types import StimParams
+from neurostimd.firmware_sim.board import Board
+from neurostimd.firmware_sim.generator import SyntheticSource
+from neurostimd.firmware_sim.inprocess import BoardLink
 
 SAFE = StimParams(50.0, 2.0, 200.0)
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from cobs import cobs
 
-from drivers import BoardLimits, ProtocolError, StimParams
-from drivers.protocol import (
+from neurostimd.drivers.errors import ProtocolError
+from neurostimd.drivers.neurostim_board.codec import (
     MAX_ENCODED,
     SESSION_TOKEN_SIZE,
     Ack,
@@ -34,6 +34,7 @@ from drivers.protocol import (
     decode,
     encode,
 )
+from neurostimd.drivers.types import BoardLimits, StimParams
 
 TOKEN = bytes.fromhex("a1b2c3d4e5f60718")
 LIMITS = BoardLimits(min_frequency_hz=1.0, max_frequency_hz=250.0, max_amplitude_ma=6.0, min_pulse_width_us=10.0,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from drivers import StimParams
-from drivers.protocol import PROTOCOL_VERSION, Frame, SetStim, decode, encode
-from drivers.protocol_examples import TOKEN, worked_examples
+from neurostimd.drivers.neurostim_board.codec import PROTOCOL_VERSION, Frame, SetStim, decode, encode
+from neurostimd.drivers.neurostim_board.examples import TOKEN, worked_examples
+from neurostimd.drivers.types import StimParams
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
@@ -29,11 +29,12 @@ def dumps(kind: str) -> list[bytes]:
 
 
 def test_the_worked_examples_are_what_the_codec_generates() -> None:
-    """The section between the doc's GENERATED markers is exactly `python -m drivers.protocol_examples`."""
+    """The section between the doc's GENERATED markers is exactly what
+    `python -m neurostimd.drivers.neurostim_board.examples` prints."""
     text = DOC.read_text()
     m = re.search(r"<!-- BEGIN GENERATED EXAMPLES[^>]*-->\n(.*?)<!-- END GENERATED EXAMPLES -->", text, re.S)
     assert m, "docs/protocol.md lost its generated-examples markers"
-    assert m.group(1) == worked_examples(), "regenerate §8 with `python -m drivers.protocol_examples`"
+    assert m.group(1) == worked_examples(), "regenerate §8 with `python -m neurostimd.drivers.neurostim_board.examples`"
     assert f"version {PROTOCOL_VERSION}" in text.splitlines()[0]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers import SerialBoardDriver
+from neurostimd.drivers.neurostim_board.driver import SerialBoardDriver
 from tests.sim.simproc import running_sim
 
 

@@ -98,7 +98,7 @@ def start_sim(tmp_path: Path) -> Iterator[Callable[..., Sim]]:
 
     def start(*args: str, log_name: str = "board.jsonl") -> Sim:
         log = tmp_path / log_name
-        proc = subprocess.Popen([sys.executable, "-m", "firmware_sim", "--pty", "--log", str(log), *args],
+        proc = subprocess.Popen([sys.executable, "-m", "neurostimd.firmware_sim", "--pty", "--log", str(log), *args],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
         procs.append(proc)
         assert proc.stdout is not None

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from drivers import StimParams
-from drivers.errors import PortBusy
-from drivers.links import SerialLink
-from drivers.protocol import Frame, Heartbeat, SetStim, encode
+from neurostimd.drivers.errors import PortBusy
+from neurostimd.drivers.neurostim_board.codec import Frame, Heartbeat, SetStim, encode
+from neurostimd.drivers.transport import SerialLink
+from neurostimd.drivers.types import StimParams
 from tests.e2e.conftest import ROOT, wait_for, write_config
 
 pytestmark = pytest.mark.usefixtures("need_bundle")

@@ -85,7 +85,7 @@ def test_stimulation_follows_the_simulated_state(tmp_path: Path, start_sim, star
     The yardstick is the same bundle replayed over the same file on a virtual clock: the live loop over the pty must
     follow the true states about as well (what the model itself gets wrong is measured by `evaluate`, not here)."""
     rec = tmp_path / "rec.npz"
-    subprocess.run([sys.executable, "-m", "firmware_sim.generate", "--out", str(rec), "--duration", "40",
+    subprocess.run([sys.executable, "-m", "neurostimd.firmware_sim.generate", "--out", str(rec), "--duration", "40",
                     "--channels", "32", "--rate", "1000", "--seed", "21"], check=True, capture_output=True)
     labels = np.load(rec)["labels"]
     sim = start_sim("--signal", str(rec))
@@ -238,7 +238,7 @@ def test_reported_impedance_engages_the_compliance_rule(tmp_path: Path, start_si
 
 def test_recorded_session_reads_back_and_replays(tmp_path: Path, start_sim, start_daemon) -> None:
     """[recorder] writes the session's samples, decisions and commands; the session replays like any recording."""
-    from neurostimd.readers import read_recording
+    from neurostimd.sources.recordings import read_recording
 
     sim = start_sim()
     cfg = write_config(tmp_path, extra="")

@@ -16,9 +16,9 @@ pytestmark = pytest.mark.usefixtures("need_bundle")
 
 
 def _generate(path: Path, seconds: int, seed: int, channels: int = 32) -> None:
-    subprocess.run([sys.executable, "-m", "firmware_sim.generate", "--out", str(path), "--duration", str(seconds),
-                    "--channels", str(channels), "--rate", "1000", "--seed", str(seed)], check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "neurostimd.firmware_sim.generate", "--out", str(path),
+                    "--duration", str(seconds), "--channels", str(channels), "--rate", "1000", "--seed", str(seed)],
+                   check=True, capture_output=True)
 
 
 def _replay(rec: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:

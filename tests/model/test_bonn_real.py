@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from neurostimd.cli import main
+from neurostimd.commands.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_data, pytest.mark.train]
 

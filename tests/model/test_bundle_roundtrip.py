@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from firmware_sim.generate import generate_recording
-from neurostimd.cli import main
+from neurostimd.commands.cli import main
+from neurostimd.core.features import extract_frames, sliding_windows
 from neurostimd.errors import BundleError
-from neurostimd.features import extract_frames, sliding_windows
+from neurostimd.firmware_sim.generate import generate_recording
 from neurostimd.model import bundle as files
 from neurostimd.model.runtime import load_bundle
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from neurostimd.core.features import FeatureSettings, frame_end_sample
 from neurostimd.errors import DataFormatError
-from neurostimd.features import FeatureSettings, frame_end_sample
 from neurostimd.model.dataset import load_recording, segments, split_segments, windows_for
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from firmware_sim.generator import SignalGenerator
+from neurostimd.firmware_sim.generator import SignalGenerator
 from neurostimd.model.runtime import load_bundle
 
 ROOT = Path(__file__).resolve().parents[2]

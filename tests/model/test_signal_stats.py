@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from firmware_sim.generate import generate_recording
+from neurostimd.core.stats import SignalStats, compute_signal_stats
 from neurostimd.errors import BundleError
+from neurostimd.firmware_sim.generate import generate_recording
 from neurostimd.model import bundle as files
 from neurostimd.model.runtime import load_bundle
-from neurostimd.model.stats import SignalStats, compute_signal_stats
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ROOT / "models" / "default"
@@ -86,7 +86,7 @@ def test_add_stats_on_the_readme_training_data_reproduces_the_shipped_statistics
     """The README's generate command regenerates the default bundle's training data; add-stats on it (by content:
     the file bytes differ from the original's) gives the committed statistics and changes no other bundle file."""
     data = tmp_path / "sim_train.npz"
-    subprocess.run([sys.executable, "-m", "firmware_sim.generate", "--out", str(data), "--duration", "600",
+    subprocess.run([sys.executable, "-m", "neurostimd.firmware_sim.generate", "--out", str(data), "--duration", "600",
                     "--channels", "32", "--rate", "1000", "--seed", "7"], cwd=ROOT, check=True, capture_output=True)
     m = json.loads((default_copy / files.MANIFEST).read_text())
     shipped = m.pop("signal_stats")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from scipy import signal
 
-from neurostimd.features import FeatureSettings, StreamingFeatures, _biquad_ss, design_filters
+from neurostimd.core.features import FeatureSettings, StreamingFeatures, _biquad_ss, design_filters
 
 DEFAULT = Path(__file__).resolve().parents[2] / "models" / "default"
 

@@ -20,7 +20,7 @@ class SimProcess:
     def __init__(self, tmp: Path, *args: str, log_name: str = "sim.jsonl", link: Path | None = None) -> None:
         self.log_path = tmp / log_name
         self.stderr_path = tmp / (log_name + ".stderr")
-        cmd = [sys.executable, "-m", "firmware_sim", "--pty", "--log", str(self.log_path), *args]
+        cmd = [sys.executable, "-m", "neurostimd.firmware_sim", "--pty", "--log", str(self.log_path), *args]
         if link is not None:
             cmd += ["--pty-link", str(link)]
         self._stderr = self.stderr_path.open("ab")

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from cobs import cobs
 
-from drivers import BoardLimits, StimParams
-from drivers.protocol import (
+from neurostimd.drivers.neurostim_board.codec import (
     Ack,
     Bye,
     FaultFlag,
@@ -30,8 +29,9 @@ from drivers.protocol import (
     Stop,
     encode,
 )
-from firmware_sim.board import DEFAULT_LIMITS, Board, EventLog, check_limits
-from firmware_sim.generator import SyntheticSource
+from neurostimd.drivers.types import BoardLimits, StimParams
+from neurostimd.firmware_sim.board import DEFAULT_LIMITS, Board, EventLog, check_limits
+from neurostimd.firmware_sim.generator import SyntheticSource
 
 MS = 1_000_000
 T0 = 5_000 * MS

@@ -31,7 +31,8 @@ import sys
 sys.stdin.readline()
 import structlog
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout is the handshake channel
-from drivers import SerialBoardDriver, StimParams
+from neurostimd.drivers.neurostim_board.driver import SerialBoardDriver
+from neurostimd.drivers.types import StimParams
 d = SerialBoardDriver(port=sys.argv[1], ack_timeout_ms=250, retries=4, heartbeat_ms=50)
 d.open()
 d.set_stimulation(StimParams(50.0, 2.0, 200.0))

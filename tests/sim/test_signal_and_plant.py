@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy.signal import welch
 
-from drivers import StimParams
-from firmware_sim.generate import generate_recording, main, state_schedule
-from firmware_sim.generator import FileSource, SignalGenerator, SyntheticSource, load_signal
-from firmware_sim.plant import Plant, charge_rate_uc_per_s
+from neurostimd.drivers.types import StimParams
+from neurostimd.firmware_sim.generate import generate_recording, main, state_schedule
+from neurostimd.firmware_sim.generator import FileSource, SignalGenerator, SyntheticSource, load_signal
+from neurostimd.firmware_sim.plant import Plant, charge_rate_uc_per_s
 
 FS = 1000.0
 
@@ -119,7 +119,8 @@ def test_schedule_visits_every_state() -> None:
 
 
 def test_generate_writes_the_continuous_npz_format(tmp_path: Path) -> None:
-    """`python -m firmware_sim.generate` writes data/fs/channel_names/labels/class_names that np.load reads."""
+    """`python -m neurostimd.firmware_sim.generate` writes data/fs/channel_names/labels/class_names that np.load
+    reads."""
     out = tmp_path / "g.npz"
     assert main(["--out", str(out), "--duration", "12", "--channels", "4", "--rate", "500", "--seed", "1"]) == 0
     with np.load(out) as z:

@@ -16,7 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drivers import BoardLost, ByteLink, SerialBoardDriver, SerialLink, StimParams
+from neurostimd.drivers.errors import BoardLost
+from neurostimd.drivers.neurostim_board.driver import SerialBoardDriver
+from neurostimd.drivers.transport import ByteLink, SerialLink
+from neurostimd.drivers.types import StimParams
 from tests.sim.simproc import ROOT, SimProcess, running_sim, wait_for
 
 SAFE = StimParams(50.0, 2.0, 200.0)
@@ -157,11 +160,12 @@ def test_recording_playback_streams_the_files_samples(tmp_path: Path) -> None:
 def test_bad_signal_file_exits_2_with_a_message(tmp_path: Path) -> None:
     """A --signal path that is not a recording makes the simulator exit 2 with a one-line reason."""
     (tmp_path / "bad.npz").write_bytes(b"nope")
-    res = subprocess.run([sys.executable, "-m", "firmware_sim", "--pty", "--signal", str(tmp_path / "bad.npz")],
+    res = subprocess.run([sys.executable, "-m", "neurostimd.firmware_sim", "--pty", "--signal",
+                          str(tmp_path / "bad.npz")],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert res.returncode == 2
     assert "cannot read" in res.stderr and "Traceback" not in res.stderr
-    res = subprocess.run([sys.executable, "-m", "firmware_sim", "--pty", "--block", "0"],
+    res = subprocess.run([sys.executable, "-m", "neurostimd.firmware_sim", "--pty", "--block", "0"],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert res.returncode == 2 and "must be positive" in res.stderr
 
@@ -187,7 +191,8 @@ def test_port_mode_serves_a_serial_device_path(tmp_path: Path) -> None:
     """--port PATH opens an existing serial device with pyserial and serves the protocol on it."""
     master, slave = os.openpty()
     tty.setraw(master)
-    proc = subprocess.Popen([sys.executable, "-m", "firmware_sim", "--port", os.ttyname(slave), "--channels", "3"],
+    proc = subprocess.Popen([sys.executable, "-m", "neurostimd.firmware_sim", "--port", os.ttyname(slave),
+                             "--channels", "3"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
         assert proc.stdout is not None

@@ -1,0 +1,1 @@
+"""neurostimd's own board: its codec (protocol v2) and its serial driver."""

@@ -1,0 +1,124 @@
+"""The in-process virtual board: the serial board driver, unchanged, over an in-memory link whose far end is the
+simulator's board logic (neurostimd.firmware_sim.board.Board), stepped synchronously in the caller's thread.
+
+A write is handled by the board at once; time comes from an injectable clock (MonotonicClock by default, a
+VirtualClock for replay), so a replay at hundreds of times real time is deterministic and needs no threads. Unit
+tests and replay therefore exercise the real protocol path: framing, CRC, ACKs, device limits, dead-man timer.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Protocol
+
+from neurostimd.drivers.base import register_driver
+from neurostimd.drivers.errors import DriverError
+from neurostimd.drivers.neurostim_board.driver import SerialBoardDriver
+from neurostimd.drivers.transport import ByteLink
+from neurostimd.drivers.types import BoardLimits
+from neurostimd.firmware_sim.board import Board, EventLog
+from neurostimd.firmware_sim.generator import FileSource, SampleSource, SyntheticSource
+from neurostimd.firmware_sim.plant import Plant, PlantParams
+
+
+class Clock(Protocol):
+    """The time the in-memory board runs on (neurostimd's MonotonicClock and VirtualClock are ones)."""
+
+    def now_ns(self) -> int: ...
+
+    def sleep_until(self, t_ns: int) -> None: ...
+
+
+class _Monotonic:
+    """time.monotonic_ns, sleeping for real."""
+
+    def now_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def sleep_until(self, t_ns: int) -> None:
+        dt = (t_ns - time.monotonic_ns()) / 1e9
+        if dt > 0:
+            time.sleep(dt)
+
+
+class BoardLink(ByteLink):
+    """A link to a Board in memory. write() feeds the board now; read() advances it, sleeping on the clock (a
+    VirtualClock jumps) until the board has something to send or the timeout is over."""
+
+    def __init__(self, board: Board, clock: Clock) -> None:
+        self.board = board
+        self.clock = clock
+        self._rx = bytearray()
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            raise DriverError("virtual board link is closed")
+        self._rx += self.board.feed(data, self.clock.now_ns())
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        if self._closed:
+            raise DriverError("virtual board link is closed")
+        deadline = self.clock.now_ns() + int(max(0.0, timeout_s) * 1e9)
+        while True:
+            self._rx += self.board.advance(self.clock.now_ns())
+            now = self.clock.now_ns()
+            if self._rx or now >= deadline:
+                break
+            wake = self.board.next_wakeup_ns()
+            self.clock.sleep_until(deadline if wake is None else min(max(wake, now), deadline))
+        out = bytes(self._rx[:max_bytes])
+        del self._rx[:max_bytes]
+        return out
+
+    def close(self) -> None:
+        self._closed = True
+        self._rx.clear()
+
+
+@register_driver("virtual")
+class VirtualBoardDriver(SerialBoardDriver):
+    """The serial board driver talking to an in-memory simulated board.
+
+    The board persists across close()/open() like a physical board would; `board` and `plant` give tests and the
+    closed-loop evaluation access to its state. With `signal` (a continuous .npz) the board streams that recording
+    instead of the synthetic generator; with stream_samples=False it streams nothing (replay reads its file itself).
+    """
+
+    def __init__(self, n_channels: int = 8, sample_rate_hz: float = 1000.0, watchdog_ms: float = 250.0,
+                 seed: int = 0, *, clock: Clock | None = None, stream_samples: bool = True,
+                 log_path: str | Path | None = None, block_size: int = 10, sample_format: str = "int16",
+                 impedance_ohm: float | None = None, limits: BoardLimits | None = None,
+                 signal: str | Path | None = None, loop_signal: bool = False, initial_state: int = 0,
+                 plant_params: PlantParams | None = None, ack_timeout_ms: float = 100.0, retries: int = 2,
+                 heartbeat_ms: float = 100.0, reconnect_interval_ms: float = 500.0, max_watchdog_ms: float = 500.0,
+                 check_session: bool = True) -> None:
+        self.clock: Clock = clock if clock is not None else _Monotonic()
+        source: SampleSource
+        if signal is not None:
+            try:
+                source = FileSource(signal, loop=loop_signal)
+            except ValueError as err:
+                raise DriverError(f"virtual board cannot play {signal}: {err}") from err
+        else:
+            source = SyntheticSource(n_channels, sample_rate_hz, seed, initial_state=initial_state,
+                                     plant_params=plant_params)
+        self.event_log = EventLog(log_path)
+        self.board = Board(source=source, block_size=block_size, sample_format=sample_format,
+                           watchdog_ms=round(watchdog_ms), limits=limits, impedance_ohm=impedance_ohm,
+                           device_id=f"virtual-{seed}", event_log=self.event_log,
+                           stream_samples=stream_samples, start_ns=self.clock.now_ns(), check_session=check_session)
+        super().__init__(port="virtual", ack_timeout_ms=ack_timeout_ms, retries=retries, heartbeat_ms=heartbeat_ms,
+                         reconnect_interval_ms=reconnect_interval_ms, max_watchdog_ms=max_watchdog_ms,
+                         reconnect_max_interval_ms=max(5000.0, reconnect_interval_ms),
+                         link_factory=lambda: BoardLink(self.board, self.clock), now_ns=self.clock.now_ns)
+
+    @property
+    def plant(self) -> Plant | None:
+        """The simulated tissue when the signal is synthetic, else None."""
+        return self.board.source.plant if isinstance(self.board.source, SyntheticSource) else None
+
+    def _close(self) -> None:
+        super()._close()
+        self.event_log.close()

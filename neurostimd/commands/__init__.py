@@ -1,0 +1,1 @@
+"""The command line: each subcommand and the programs behind it."""

@@ -1,0 +1,140 @@
+"""Process plumbing shared by the loop and daemon benchmarks: the simulated board, the daemon under a socket-level
+service manager (READY=1 timing), a CPU hog for the other core, and percentile helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pct(values: Sequence[float], q: float) -> float | None:
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    return round(float(np.percentile(v, q)), 4) if v else None
+
+
+@contextlib.contextmanager
+def simulator(log: Path, *args: str) -> Iterator[str]:
+    """`neurostimd-sim --pty` as a subprocess (started as `make run` starts it); yields the pty path."""
+    from neurostimd.commands.demo import start_simulator
+
+    proc, pty = start_simulator(log, list(args))
+    try:
+        yield pty
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
+def busy_core() -> Iterator[None]:
+    """Keep one core busy with a separate process (the 'other core busy' condition of the loop targets)."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+    try:
+        yield
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout:
+        proc.stdout.close()
+
+
+@dataclass
+class DaemonRun:
+    ready_s: float | None = None
+    rss_mb: float | None = None
+    cpu_percent: float | None = None
+    exit_code: int | None = None
+    timings: list[dict[str, Any]] = field(default_factory=list)
+    workdir: Path | None = None
+
+
+def bench_config(workdir: Path, extra: str = "") -> Path:
+    """config/sim.toml with outputs in workdir and JSON logs."""
+    text = (ROOT / "config" / "sim.toml").read_text()
+    text = text.replace('bundle = "models/default"', f'bundle = "{ROOT / "models" / "default"}"')
+    text = text.replace('path = "runs/sim/audit.jsonl"', f'path = "{workdir / "audit.jsonl"}"')
+    text = text.replace('state_file = "runs/sim/state.json"', f'state_file = "{workdir / "state.json"}"')
+    text = text.replace('format = "auto"', 'format = "json"')
+    path = workdir / "bench.toml"
+    path.write_text(text + extra)
+    return path
+
+
+def run_daemon(pty: str, seconds: float, *, progress: Any, settle_s: float = 3.0) -> DaemonRun:
+    """Start the daemon on `pty` under a NOTIFY_SOCKET, time READY=1, then measure RSS and CPU over `seconds`."""
+    out = DaemonRun()
+    workdir = Path(tempfile.mkdtemp(prefix="neurostimd-bench-"))
+    out.workdir = workdir
+    cfg = bench_config(workdir)
+    sock_path = str(workdir / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(0.05)
+    env = dict(os.environ, NOTIFY_SOCKET=sock_path, PYTHONUNBUFFERED="1")
+    timings = workdir / "timings.jsonl"
+    t_start = time.monotonic()
+    with open(workdir / "daemon.log", "w") as log_f:
+        proc = subprocess.Popen([sys.executable, "-m", "neurostimd", "run", "--config", str(cfg), "--port", pty,
+                                 "--timings", str(timings)], stdout=log_f, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        try:
+            deadline = t_start + 60
+            while out.ready_s is None and time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    msg = sock.recv(4096).decode()
+                except TimeoutError:
+                    continue
+                if "READY=1" in msg.splitlines():
+                    out.ready_s = round(time.monotonic() - t_start, 3)
+            if out.ready_s is None:
+                raise RuntimeError(f"the daemon did not become READY; see {workdir / 'daemon.log'}")
+            progress(f"daemon READY after {out.ready_s} s; measuring for {seconds:.0f} s")
+            time.sleep(settle_s)
+            ps = psutil.Process(proc.pid)
+            c0, w0 = ps.cpu_times(), time.monotonic()
+            n_lines0 = _count_lines(timings)
+            time.sleep(seconds)
+            c1, w1 = ps.cpu_times(), time.monotonic()
+            out.rss_mb = round(ps.memory_info().rss / 2**20, 1)
+            out.cpu_percent = round(100 * ((c1.user + c1.system) - (c0.user + c0.system)) / (w1 - w0), 2)
+            proc.send_signal(signal.SIGTERM)
+            out.exit_code = proc.wait(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            sock.close()
+    lines = timings.read_text().splitlines()
+    out.timings = [json.loads(x) for x in lines[n_lines0:] if x.strip()]
+    return out
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        return len(path.read_text().splitlines())
+    except FileNotFoundError:
+        return 0

@@ -1,0 +1,163 @@
+"""The `neurostimd` command line. Each subcommand imports its implementation lazily, so that `run` never pulls in
+TensorFlow and `check-config` starts in milliseconds."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+EX_CONFIG = 78  # sysexits.h: configuration error
+
+# subcommand -> "module:function"; each function takes the parsed argparse.Namespace and returns an exit code.
+_COMMANDS = {
+    "run": "neurostimd.service.daemon:cmd_run",
+    "replay": "neurostimd.commands.replay:cmd_replay",
+    "check-config": "neurostimd.commands.cli:cmd_check_config",
+    "config-schema": "neurostimd.commands.cli:cmd_config_schema",
+    "train": "neurostimd.model.train:cmd_train",
+    "evaluate": "neurostimd.model.evaluate:cmd_evaluate",
+    "bench": "neurostimd.commands.bench:cmd_bench",
+    "status": "neurostimd.outputs.status:cmd_status",
+    "closed-loop-eval": "neurostimd.commands.evaluation:cmd_closed_loop_eval",
+    "audit": "neurostimd.outputs.audit:cmd_audit",
+}
+
+_VERIFY_EPILOG = """\
+exit status: 0 intact, 1 broken (the first break is named: file, line, seq, what it means), 2 bad arguments,
+66 no log at PATH.
+
+examples:
+  neurostimd audit verify /var/lib/neurostimd/audit.jsonl
+  neurostimd audit verify /var/lib/neurostimd --json
+  # against the chain head the journal kept (`audit_chain_head` lines, logged at each rotation and at close):
+  journalctl -u neurostimd -o cat | grep audit_chain_head | tail -1
+  neurostimd audit verify /var/lib/neurostimd/audit.jsonl --expect 199999:<hash from that line>
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="neurostimd",
+        description="Closed-loop neural stimulation controller (research software, not a medical device).",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run the closed-loop daemon")
+    r.add_argument("--config", required=True, help="TOML config file (see config/sim.toml)")
+    r.add_argument("--port", help="serial port of the stimulator board; overrides [device] port")
+    r.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run forever)")
+    r.add_argument("--shadow", action="store_true", help="decide and audit, but never command the board")
+    r.add_argument("--timings", help="write per-tick stage latencies as JSON lines to this file (used by the bench)")
+
+    rp = sub.add_parser("replay", help="run the whole pipeline over a recording on a virtual clock")
+    rp.add_argument("recording", help="continuous .npz, .csv, .edf/.bdf, .xdf, or a recorder session folder")
+    rp.add_argument("--config", required=True)
+    rp.add_argument("--speed", default="max", help="N (x real time) or max (default)")
+    rp.add_argument("--out", required=True, help="output folder for decisions.jsonl, audit.jsonl, timeline.png")
+
+    c = sub.add_parser("check-config", help="validate a config file (exit 0, or 78 with one line per error)")
+    c.add_argument("config")
+
+    sub.add_parser("config-schema", help="print the config's JSON Schema")
+
+    t = sub.add_parser("train", help="train a model bundle")
+    t.add_argument("--data", action="append", required=True, help="continuous or epoch-set .npz (repeatable)")
+    t.add_argument("--out", required=True, help="bundle folder to write")
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--table", help="stimulation table (TOML); default: the notebook's three-state table")
+    t.add_argument("--features", default=None, help="feature kind (bandpower or raw); default bandpower")
+    t.add_argument("--val-fraction", type=float, default=0.2)
+    t.add_argument("--test-fraction", type=float, default=0.0,
+                   help="hold this fraction of segments/time out of training entirely (for evaluate)")
+    t.add_argument("--hop-ms", type=float, default=None, help="feature frame hop in ms (default 50, the cadence)")
+    t.add_argument("--frame-hops", type=int, default=None, help="frame length in hops (default 2)")
+    t.add_argument("--frames", type=int, default=None, help="T, frames per model window (default 10)")
+    t.add_argument("--block-s", type=float, default=20.0,
+                   help="continuous recordings: length of the time blocks that splits keep whole")
+    t.add_argument("--stride", type=int, default=1, help="train on every Nth window (1 = all)")
+
+    e = sub.add_parser("evaluate", help="evaluate a bundle on held-out data and write a report")
+    e.add_argument("--bundle", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--report", required=True, help="folder for metrics.json and PNGs")
+    e.add_argument("--split", choices=["all", "test"], default="test",
+                   help="evaluate on the bundle's held-out split of this data (test) or on all of it")
+
+    b = sub.add_parser("bench", help="run the benchmark suite")
+    b.add_argument("--json", dest="json_path", default="bench.json", help="where to write the figures")
+    b.add_argument("--only", action="append", default=None, help="run only this section (repeatable)")
+    b.add_argument("--quick", action="store_true", help="shorter runs (for tests; figures are noisier)")
+
+    s = sub.add_parser("status", help="show the running daemon's state")
+    s.add_argument("--config", default=None, help="config of the daemon (to find its state file)")
+    s.add_argument("--state-file", default=None)
+    s.add_argument("--json", action="store_true")
+
+    cl = sub.add_parser("closed-loop-eval", help="adaptive vs continuous vs no stimulation on the simulated plant")
+    cl.add_argument("--config", default="config/sim.toml")
+    cl.add_argument("--duration", type=float, default=600.0, help="simulated seconds per arm")
+    cl.add_argument("--seed", type=int, default=0, help="first plant seed")
+    cl.add_argument("--seeds", type=int, default=5, help="number of seeds (seed, seed+1, ...); mean ± sd over them")
+    cl.add_argument("--bundle", default=None, help="model bundle; overrides [model] bundle of the config")
+    cl.add_argument("--continuous-state", type=int, default=1,
+                    help="the table entry the continuous arm runs, through the safety gate (default 1)")
+    cl.add_argument("--initial-state", type=int, default=0, help="the plant's state at t = 0 (default 0)")
+    cl.add_argument("--block", type=int, default=50,
+                    help="samples per board block, i.e. per plant step (default 50: one 50 ms tick)")
+    cl.add_argument("--out", required=True)
+    au = sub.add_parser("audit", help="check the audit log")
+    au_sub = au.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    v = au_sub.add_parser(
+        "verify", help="check the hash chain of every segment of an audit log",
+        description="Walk every segment of the audit log in order (oldest first, then the active file) and\n"
+                    "check that each record's `prev` is the sha256 of the record before it, that seq goes up\n"
+                    "by one, and that each segment starts with an audit_segment record naming the one before.\n"
+                    "Torn lines left by a crash are reported, not counted as breaks, when the next record\n"
+                    "names them. What the chain does and does not prove: docs/audit-log.md.",
+        epilog=_VERIFY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("path", help="the active audit log file ([audit] path), or the folder it is in")
+    v.add_argument("--json", action="store_true", help="print the report as JSON (for machines)")
+    v.add_argument("--expect", action="append", metavar="SEQ:SHA256",
+                   help="the record with this seq must have this sha256 (a chain head from the journal); repeatable")
+    return p
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from neurostimd.config import load_config
+    from neurostimd.errors import ConfigError
+
+    try:
+        load_config(args.config)
+    except ConfigError as err:
+        for line in err.errors or [str(err)]:
+            print(f"{args.config}: {line}", file=sys.stderr)
+        return EX_CONFIG
+    print(f"{args.config}: OK")
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from neurostimd.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, func_name = _COMMANDS[args.command].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

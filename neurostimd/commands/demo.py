@@ -1,0 +1,147 @@
+"""`make run`: the simulated board behind a pty plus the daemon on it, with a live, readable view of what the loop
+decides. Ctrl-C (or DURATION seconds) stops the daemon first — so the board ACKs the STOP — and then the board."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_simulator(log_path: Path, extra: list[str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """Start `neurostimd-sim --pty` in its own session and return it with the pty path it printed."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    # The simulator's own log goes to a file: an unread pipe would block it once full.
+    err_path = log_path.with_suffix(".stderr")
+    with open(err_path, "w") as err_f:
+        sim = subprocess.Popen([sys.executable, "-m", "neurostimd.firmware_sim", "--pty", "--log", str(log_path),
+                                *(extra or [])], stdout=subprocess.PIPE, stderr=err_f, text=True,
+                               start_new_session=True)
+    assert sim.stdout is not None
+    line = sim.stdout.readline().strip()
+    if not line.startswith("PTY "):
+        sim.kill()
+        raise SystemExit(f"neurostimd-sim did not print its pty (got {line!r}); see {err_path}")
+    return sim, line.split(" ", 1)[1]
+
+
+def _fmt_params(p: dict[str, Any] | None) -> str:
+    if not p:
+        return "off"
+    return f"{p['frequency_hz']:g} Hz  {p['amplitude_ma']:.2f} mA  {p['pulse_width_us']:g} µs"
+
+
+def render(rec: dict[str, Any], t0: float) -> str | None:
+    """One human line for the daemon log events a newcomer cares about; None for the rest."""
+    ev = rec.get("event")
+    t = f"{time.monotonic() - t0:6.1f}s"
+    if ev == "board_ready":
+        return f"{t}  board {rec.get('device_id')} fw {rec.get('firmware')}: {rec.get('n_channels')} ch @ " \
+               f"{rec.get('sample_rate_hz'):g} Hz"
+    if ev == "ready":
+        return f"{t}  READY in {rec.get('ready_s')} s — deciding every tick"
+    if ev == "state_change":
+        return f"{t}  state → {rec.get('state_name')} (confidence {rec.get('confidence')})"
+    if ev in ("stim_command", "stim_stop"):
+        lim = rec.get("limited_by") or []
+        return f"{t}  stimulation: {_fmt_params(rec.get('applied'))}" + (f"   [gate: {', '.join(lim)}]" if lim else "")
+    if ev in ("fault", "fault_cleared", "board_lost", "board_reconnected", "overrun", "stim_send_failed"):
+        detail = {k: v for k, v in rec.items() if k not in ("event", "level", "timestamp", "logger")}
+        return f"{t}  {ev}: {detail}"
+    if rec.get("level") in ("error", "critical"):
+        return f"{t}  ERROR {ev}: {rec.get('error', '')}"
+    if ev == "exit":
+        return f"{t}  daemon exited with code {rec.get('code')}"
+    return None
+
+
+def _pump(stream: IO[str], t0: float) -> None:
+    for line in stream:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            print(line.rstrip(), flush=True)
+            continue
+        out = render(rec, t0)
+        if out:
+            print(out, flush=True)
+
+
+def _ticker(state_file: Path, t0: float, done: threading.Event, every_s: float = 3.0) -> None:
+    """Every few seconds, one line of what the loop is doing now, from the daemon's status file."""
+    while not done.wait(every_s):
+        try:
+            st = json.loads(state_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if st.get("exited"):
+            return
+        probs = " ".join(f"{p:.2f}" for p in st.get("probs") or [])
+        print(f"{time.monotonic() - t0:6.1f}s  [{st.get('phase')}] state {st.get('state_name') or '-'} "
+              f"(p = {probs or '-'})  stim {_fmt_params(st.get('applied'))}  fault {st.get('fault') or 'none'}  "
+              f"ticks {st.get('ticks')} overruns {st.get('overruns')}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--config", default=str(ROOT / "config" / "sim.toml"))
+    p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
+    args = p.parse_args(argv)
+    runs = ROOT / "runs" / "sim"
+    # Ctrl-C before the children exist just ends the demo; after, it is forwarded (see below).
+    stop_early = {"flag": False}
+    signal.signal(signal.SIGINT, lambda *_: stop_early.update(flag=True))
+    sim, pty = start_simulator(runs / "board.jsonl")
+    print(f"simulated board on {pty} (event log {runs / 'board.jsonl'}); starting the daemon — Ctrl-C stops",
+          flush=True)
+    cmd = [sys.executable, "-m", "neurostimd", "run", "--config", args.config, "--port", pty]
+    if args.duration > 0:
+        cmd += ["--duration", str(args.duration)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    t0 = time.monotonic()
+    daemon = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    assert daemon.stdout is not None
+    reader = threading.Thread(target=_pump, args=(daemon.stdout, t0), name="demo-log", daemon=True)
+    reader.start()
+    from neurostimd.config import load_config
+
+    state_file = load_config(args.config).runtime.state_file
+    state_file.unlink(missing_ok=True)
+    done = threading.Event()
+    ticker = threading.Thread(target=_ticker, args=(state_file, t0, done), name="demo-status", daemon=True)
+    ticker.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    if stop_early["flag"]:
+        forward(signal.SIGINT, None)
+    try:
+        code = daemon.wait()
+    finally:
+        done.set()
+        reader.join(timeout=5)
+        sim.send_signal(signal.SIGTERM)
+        try:
+            sim.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+            sim.wait()
+    print(f"done: daemon exit code {code}; audit log {runs / 'audit.jsonl'}", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The pure core: every step here takes time as an argument and does no I/O."""

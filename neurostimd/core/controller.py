@@ -1,0 +1,128 @@
+"""The controller: policy → fault monitor → safety gate as one pure step, and the command it produces.
+
+Time is an argument; nothing here does I/O. The loop writes each command's audit record (`Command.audit_fields`)
+before it sends the command."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from neurostimd.core.faults import BoardReply, FaultInputs, FaultMonitor, FaultStatus
+from neurostimd.core.policy import Policy, PolicyConfig, PolicyDecision
+from neurostimd.core.safety import GateResult, SafetyConfig, SafetyGate
+from neurostimd.core.stimtable import StimTable
+from neurostimd.drivers.types import BoardLimits, StimParams
+
+
+def params_dict(p: StimParams | None) -> dict[str, float] | None:
+    """`{frequency_hz, amplitude_ma, pulse_width_us}` of DESIGN.md, or None for no stimulation."""
+    return None if p is None else p.as_dict()
+
+
+def command_fields(*, state: int | None, confidence: float | None, requested: StimParams | None,
+                   result: Any, t_data_s: float | None, **extra: Any) -> dict[str, Any]:
+    """The fields of a `stim_command` / `stim_stop` record, from the gate's result (`GateResult`)."""
+    return {
+        "state": state,
+        "confidence": confidence,
+        "requested": params_dict(requested),
+        "applied": params_dict(result.applied),
+        "limited_by": list(result.limited_by),
+        "refused": bool(result.refused),
+        "t_data_s": t_data_s,
+        "ack": None,  # pending: the outcome is the follow-up stim_ack record
+        **extra,
+    }
+
+
+
+@dataclass(frozen=True)
+class ControlInputs:
+    """Everything one decision needs: the classifier output, the data's health and the board's."""
+
+    probs: npt.NDArray[np.floating] | None
+    data_age_ms: float | None
+    t_data_s: float | None = None
+    quality_flags: Collection[str] = ()
+    board_ok: bool = True
+    last_reply: BoardReply | None = None
+    impedance_ohm: float | None = None
+    boundary_causes: Collection[str] = ()
+
+
+@dataclass(frozen=True)
+class Command:
+    """One decision's outcome. Send `applied` (None = STOP), after writing `audit_fields()` to the audit log."""
+
+    t_s: float
+    decision: PolicyDecision
+    fault: FaultStatus
+    requested: StimParams | None
+    gate: GateResult
+    t_data_s: float | None
+
+    @property
+    def applied(self) -> StimParams | None:
+        return self.gate.applied
+
+    @property
+    def event(self) -> str:
+        return "stim_stop" if self.gate.applied is None else "stim_command"
+
+    def side_events(self) -> list[tuple[str, dict[str, Any]]]:
+        """The audit records this decision needs besides the command itself, in order: `fault` (new causes),
+        `fault_cleared`, `state_change`. Write them, then the command (`event`, `audit_fields()`), then send."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        if self.fault.raised:
+            out.append(("fault", {"faults": list(self.fault.faults), "raised": list(self.fault.raised),
+                                  "safe_state": "off" if self.requested is None else "fallback",
+                                  "t_data_s": self.t_data_s}))
+        if self.fault.cleared:
+            out.append(("fault_cleared", {"clean_since_s": self.fault.clean_since_s, "t_data_s": self.t_data_s}))
+        if self.decision.changed:
+            out.append(("state_change", {"state": self.decision.state, "confidence": self.decision.confidence,
+                                         "reason": self.decision.reason, "t_data_s": self.t_data_s}))
+        return out
+
+    def audit_fields(self) -> dict[str, Any]:
+        """The audit record's fields for this command (DESIGN.md: state, confidence, requested, applied, …)."""
+        from neurostimd.core.controller import command_fields
+
+        return command_fields(state=self.decision.state, confidence=self.decision.confidence,
+                              requested=self.requested, result=self.gate, t_data_s=self.t_data_s,
+                              reason=self.decision.reason, faults=list(self.fault.faults))
+
+
+class Controller:
+    """Policy → fault monitor → safety gate as one pure step. The gate stays a separate object with its own limits.
+
+    Loop: `cmd = ctl.step(t, inputs)`; write the audit record; send `cmd.applied`; `ctl.commit(t, cmd.applied,
+    acked)`; pass the reply as `last_reply` of the next step.
+    """
+
+    def __init__(self, policy_cfg: PolicyConfig, safety_cfg: SafetyConfig, table: StimTable, *,
+                 stale_after_ms: float, board_limits: BoardLimits | None = None,
+                 prior_daily_stim_s: float = 0.0) -> None:
+        self.policy = Policy(policy_cfg, table)
+        self.monitor = FaultMonitor(safety_cfg, stale_after_ms=stale_after_ms,
+                                    confidence_threshold=policy_cfg.confidence_threshold)
+        self.gate = SafetyGate(safety_cfg, board_limits, prior_daily_stim_s=prior_daily_stim_s)
+
+    def step(self, t_s: float, inputs: ControlInputs) -> Command:
+        decision = self.policy.step(t_s, inputs.probs)
+        fault = self.monitor.update(t_s, FaultInputs(
+            data_age_ms=inputs.data_age_ms, quality_flags=inputs.quality_flags,
+            confidence=None if inputs.probs is None else decision.confidence,
+            board_ok=inputs.board_ok, last_reply=inputs.last_reply, boundary_causes=inputs.boundary_causes))
+        requested = self.monitor.override(decision.desired)
+        result = self.gate.apply(t_s, requested, impedance_ohm=inputs.impedance_ohm)
+        return Command(t_s=t_s, decision=decision, fault=fault, requested=requested, gate=result,
+                       t_data_s=inputs.t_data_s)
+
+    def commit(self, t_s: float, applied: StimParams | None, acked: bool) -> None:
+        self.gate.commit(t_s, applied, acked)

@@ -1,0 +1,158 @@
+"""Fault handling: turn stale or bad data, low confidence and board trouble into the safe state within one decision,
+and the `Controller` that chains policy → fault monitor → safety gate into one pure step for the loop.
+
+A safety event here is never only a log line: it changes what is sent. Recovery needs clean inputs for
+`recovery_clean_ms` without interruption; the monitor starts in the safe state, so stimulation never starts before
+data has been flowing clean for that long.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Literal
+
+from neurostimd.core.safety import SafetyConfig, limit_violations
+from neurostimd.drivers.types import BoardLimits, StimParams
+
+# Stable fault names (audit `fault` events and the metrics' `kind` label).
+FAULT_STARTUP = "startup"  # nothing clean seen yet
+FAULT_NO_DATA = "no_data"
+FAULT_STALE = "stale_data"
+FAULT_LOW_CONFIDENCE = "low_confidence"
+FAULT_BOARD_LOST = "board_lost"
+FAULT_NAK = "nak"
+FAULT_MISSING_ACK = "missing_ack"
+FAULT_QUALITY_PREFIX = "quality_"  # + the window's flag: quality_nan, quality_flatline, quality_saturation, ...
+# Checks at the daemon's boundary (docs/safety.md, "What the daemon checks at its boundary"); the loop passes them as
+# `boundary_causes`.
+FAULT_BOARD_PARAMS_MISMATCH = "board_params_mismatch"  # STATUS shows parameters the host did not command
+FAULT_BOARD_INFO_MISMATCH = "board_info_mismatch"  # a (re)connected board is not the one the loop was built for
+FAULT_BOARD_RESET = "board_reset"  # the board restarted (counter back near 0, its session gone)
+FAULT_RATE_MISMATCH = "rate_mismatch"  # samples arrive faster or slower than the declared rate
+FAULT_IMPLAUSIBLE_SIGNAL = "implausible_signal"  # amplitudes far outside anything the model was trained on
+FAULT_AUDIT_UNAVAILABLE = "audit_unavailable"  # the audit log cannot be written: nothing but STOP may be sent
+
+# Causes after which the safe state is "off" even when [safety] safe_state = "fallback": the board is not doing what
+# it is told (or is not the board we know), or nothing can be audited — commanding any stimulation would trust it.
+FORCE_OFF_CAUSES = frozenset({FAULT_BOARD_PARAMS_MISMATCH, FAULT_BOARD_INFO_MISMATCH, FAULT_AUDIT_UNAVAILABLE})
+
+BoardReply = Literal["ack", "nak", "timeout"]
+
+
+@dataclass(frozen=True)
+class FaultInputs:
+    """What the loop knows at one decision.
+
+    `data_age_ms`: age of the newest sample (None: no data yet). `quality_flags`: the window's flags (e.g. "nan",
+    "inf", "flatline", "saturation", "gap"; empty = clean). `confidence`: the classifier's top probability (None: no
+    classification this tick). `board_ok`: False when the board is lost. `last_reply`: the board's answer to the
+    previous command sent (None when nothing was sent since the previous decision). `boundary_causes`: fault names
+    raised by the loop's checks of what comes from outside (the board's INFO and STATUS, the stream's rate and
+    amplitudes, the audit log: FAULT_BOARD_PARAMS_MISMATCH, …), taken as they are.
+    """
+
+    data_age_ms: float | None
+    quality_flags: Collection[str] = ()
+    confidence: float | None = None
+    board_ok: bool = True
+    last_reply: BoardReply | None = None
+    boundary_causes: Collection[str] = ()
+
+
+@dataclass(frozen=True)
+class FaultStatus:
+    """`faults`: the causes seen at this decision. `active`: the safe state is in force. `raised`: causes new since
+    the previous decision. `cleared`: the safe state ended at this decision. `force_off`: a cause in FORCE_OFF_CAUSES
+    holds, so the safe state is "off" whatever [safety] safe_state says."""
+
+    active: bool
+    faults: tuple[str, ...]
+    raised: tuple[str, ...]
+    cleared: bool
+    clean_since_s: float | None
+    force_off: bool = False
+
+
+def fallback_params(cfg: SafetyConfig) -> StimParams | None:
+    """The configured fallback as StimParams (None when the safe state is `off`)."""
+    if cfg.safe_state != "fallback" or cfg.fallback is None:
+        return None
+    fb = cfg.fallback
+    return StimParams(frequency_hz=fb.frequency_hz, amplitude_ma=fb.amplitude_ma, pulse_width_us=fb.pulse_width_us,
+                      interphase_gap_us=cfg.interphase_gap_us)
+
+
+def fallback_violations(cfg: SafetyConfig, board_limits: BoardLimits | None = None) -> list[str]:
+    """The gate rules the configured fallback breaks (empty when there is none or it passes unclamped)."""
+    fb = fallback_params(cfg)
+    return [] if fb is None else limit_violations(fb, cfg, board_limits=board_limits)
+
+
+class FaultMonitor:
+    """Per decision: which faults hold, and whether the safe state is in force. Pure; time is an input."""
+
+    def __init__(self, cfg: SafetyConfig, *, stale_after_ms: float, confidence_threshold: float) -> None:
+        self.cfg = cfg
+        self.stale_after_ms = stale_after_ms
+        self.confidence_threshold = confidence_threshold
+        self.safe_params = fallback_params(cfg)
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the start: safe state in force until inputs have been clean for `recovery_clean_ms`."""
+        self._active = True
+        self._force_off = False
+        self._prev: frozenset[str] = frozenset({FAULT_STARTUP})
+        self._clean_since_s: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def causes(self, inputs: FaultInputs) -> tuple[str, ...]:
+        """The fault causes in `inputs`, in a stable order."""
+        out: list[str] = []
+        if not inputs.board_ok:
+            out.append(FAULT_BOARD_LOST)
+        if inputs.last_reply == "nak":
+            out.append(FAULT_NAK)
+        elif inputs.last_reply == "timeout":
+            out.append(FAULT_MISSING_ACK)
+        age = inputs.data_age_ms
+        if age is None:
+            out.append(FAULT_NO_DATA)
+        elif not math.isfinite(age) or age > self.stale_after_ms:
+            out.append(FAULT_STALE)
+        out.extend(FAULT_QUALITY_PREFIX + str(f) for f in sorted(set(inputs.quality_flags)))
+        c = inputs.confidence
+        if c is None or not math.isfinite(c) or c < self.confidence_threshold:
+            out.append(FAULT_LOW_CONFIDENCE)
+        out.extend(dict.fromkeys(str(b) for b in inputs.boundary_causes if str(b) not in out))
+        return tuple(out)
+
+    def update(self, t_s: float, inputs: FaultInputs) -> FaultStatus:
+        causes = self.causes(inputs)
+        raised = tuple(c for c in causes if c not in self._prev)
+        cleared = False
+        if causes:
+            self._active = True
+            self._clean_since_s = None
+        elif self._active:
+            if self._clean_since_s is None:
+                self._clean_since_s = t_s
+            if t_s - self._clean_since_s >= self.cfg.recovery_clean_ms / 1000.0:
+                self._active = False
+                cleared = True
+        self._prev = frozenset(causes)
+        self._force_off = any(c in FORCE_OFF_CAUSES for c in causes)
+        return FaultStatus(active=self._active, faults=causes, raised=raised, cleared=cleared,
+                           clean_since_s=self._clean_since_s, force_off=self._force_off)
+
+    def override(self, desired: StimParams | None) -> StimParams | None:
+        """What to request from the gate: the policy's wish, or the safe state while a fault is in force (off,
+        whatever the configured safe state, while a FORCE_OFF_CAUSES cause holds)."""
+        if self._force_off:
+            return None
+        return self.safe_params if self._active else desired

@@ -1,0 +1,1 @@
+"""Running as a service: the daemon, systemd notification, logging, exit codes."""

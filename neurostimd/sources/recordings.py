@@ -1,0 +1,406 @@
+"""Readers for recordings: the continuous .npz of DESIGN.md, CSV, EDF/BDF, XDF, ARFF, and a recorder session folder,
+all returned as one `Recording` in µV; `to_npz()` writes the interchange .npz. Bad files raise DataFormatError naming
+what is wrong and what to do.
+
+Units. Files that declare units are scaled from them (neurostimd.core.units): an XDF stream's channel units
+(`desc/channels/channel/unit`, "microvolts" by the XDF EEG convention), an EDF/BDF signal's physical dimension. A
+missing or unknown unit there (an empty EDF physical dimension is not µV) is refused unless the caller states the
+unit (`units=`, from `[source] units`); a declared unit that contradicts the stated one is refused with both named.
+The interchange .npz, CSV and ARFF carry samples in µV by this project's convention (DESIGN.md), unless the .npz
+holds an optional `units` string (one for all channels, e.g. "mV"), which is honoured, or the caller states `units`.
+A recorder session is µV by its format.
+
+Channel names. `channel_names_declared` is False when the file names no channels (an .npz without `channel_names`,
+an XDF without labels, an EDF with blank labels, a session whose names are the recorder's placeholders ch0, ch1, ...):
+the generated names are then only column labels, and the montage cannot be checked by name.
+
+Timestamps. XDF timestamps are read as recorded (clock-synchronised, not dejittered: dejittering would smooth over
+short gaps); every reader's timestamps must be finite and advance at the file's rate within 2 % (median step), or the
+file is refused.
+
+CSV convention: a header row naming the columns; one numeric column per channel; optional columns `time` (or
+`timestamp`, seconds) and `label` (or `labels`, integer class). The rate is the `fs` argument if given, else
+1 / median step of the time column; a CSV with neither is refused. Lines starting with `#` are comments.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from neurostimd.core.units import UnitError, scales_to_uv, uv_per_unit
+from neurostimd.errors import DataFormatError
+
+log = structlog.get_logger(__name__)
+
+_TIME_COLUMNS = ("time", "timestamp", "timestamps", "t", "time_s")
+_LABEL_COLUMNS = ("label", "labels", "class", "y")
+SESSION_FORMAT = "neurostimd-session"
+
+
+@dataclass
+class Recording:
+    """A continuous multichannel recording: data (n_samples, n_channels) float32 at fs Hz."""
+
+    data: npt.NDArray[np.float32]
+    fs: float
+    channel_names: list[str]
+    labels: npt.NDArray[np.int64] | None = None
+    class_names: list[str] | None = None
+    timestamps: npt.NDArray[np.float64] | None = None
+    source: str = ""
+    channel_names_declared: bool = True
+    # Per channel (lo, hi) µV at or beyond which a sample sits on the converter's rails (EDF physical range); None
+    # when the file declares no range.
+    range_uv: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
+    units: str = "uV (interchange convention)"  # where the µV scale came from, for the log
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.data.shape[1])
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_samples / self.fs
+
+
+def _validated(rec: Recording, where: str) -> Recording:
+    if rec.data.ndim != 2 or rec.data.shape[0] == 0 or rec.data.shape[1] == 0:
+        raise DataFormatError(f"{where}: data has shape {rec.data.shape}; need (n_samples > 0, n_channels > 0)")
+    if not (np.isfinite(rec.fs) and rec.fs > 0):
+        raise DataFormatError(f"{where}: sample rate {rec.fs!r} is not a positive number; pass fs explicitly")
+    if len(rec.channel_names) != rec.data.shape[1]:
+        raise DataFormatError(f"{where}: {len(rec.channel_names)} channel names for {rec.data.shape[1]} channels")
+    for name, arr in (("labels", rec.labels), ("timestamps", rec.timestamps)):
+        if arr is not None and arr.shape[0] != rec.data.shape[0]:
+            raise DataFormatError(f"{where}: {name} has {arr.shape[0]} entries for {rec.data.shape[0]} samples")
+    if rec.timestamps is not None and rec.timestamps.shape[0] >= 3:
+        ts = rec.timestamps
+        if not np.isfinite(ts).all():
+            raise DataFormatError(f"{where}: some timestamps are NaN or infinite; repair them or drop the timestamps")
+        step = float(np.median(np.diff(ts)))
+        if not (step > 0 and abs(step * rec.fs - 1.0) <= 0.02):
+            got = f"{1.0 / step:g} Hz" if step > 0 else "not at all"
+            raise DataFormatError(f"{where}: the timestamps advance at {got} (median step), but the sample rate is "
+                                  f"{rec.fs:g} Hz; the file's rate or its timestamps are wrong — fix the file, or "
+                                  f"pass the true rate as fs / [source] sample_rate_hz")
+    rec.data = np.ascontiguousarray(rec.data, dtype=np.float32)
+    rec.source = rec.source or where
+    return rec
+
+
+def read_recording(path: str | Path, *, fs: float | None = None, units: str | None = None) -> Recording:
+    """Read any supported recording. `fs` overrides (or, for CSV without a time column and ARFF, supplies) the
+    sample rate in Hz; `units` states the samples' unit where the file declares none (see the module's docstring)."""
+    p = Path(path)
+    if not p.exists():
+        raise DataFormatError(f"recording {p} does not exist; check the path")
+    if p.is_dir():
+        rec = read_session(p)
+        if units is not None and uv_per_unit(units) != 1.0:
+            raise DataFormatError(f"{p}: a recorder session holds µV by its format, but units = {units!r} was given; "
+                                  f"remove [source] units for a session")
+    else:
+        suffix = p.suffix.lower()
+        readers = {".npz": _read_npz, ".csv": _read_csv, ".edf": _read_edf, ".bdf": _read_edf,
+                   ".xdf": _read_xdf, ".arff": _read_arff}
+        if suffix not in readers:
+            raise DataFormatError(f"{p}: unknown recording type {suffix!r}; use .npz, .csv, .edf, .bdf, .xdf, .arff "
+                                  f"or a recorder session folder")
+        try:
+            rec = readers[suffix](p, fs, units)
+        except UnitError as err:
+            raise DataFormatError(f"{p}: {err}") from err
+    if fs is not None:
+        rec.fs = float(fs)
+    return _validated(rec, str(p))
+
+
+# --- .npz -------------------------------------------------------------------------------------------------------------
+def _stated(data: npt.NDArray[Any], units: str | None, what: str) -> tuple[npt.NDArray[np.float32], str]:
+    """Samples of a file without declared units: µV by convention, or in the unit the caller states."""
+    if units is None:
+        return data.astype(np.float32, copy=False), "uV (interchange convention)"
+    f = scales_to_uv([None] * data.shape[1], configured=units, what=what)
+    return (data.astype(np.float64) * f).astype(np.float32), f"{units} (stated in the config)"
+
+
+def _read_npz(p: Path, fs: float | None, units: str | None = None) -> Recording:
+    try:
+        z = np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DataFormatError(f"{p}: not a readable .npz ({err}); re-export it with numpy.savez") from err
+    with z:
+        keys = set(z.files)
+        if "X" in keys and "data" not in keys:
+            raise DataFormatError(f"{p} is an epoch set (X, y), not a continuous recording; replay needs a "
+                                  f"continuous .npz with `data` (n_samples, n_channels) and `fs`")
+        if "data" not in keys:
+            raise DataFormatError(f"{p}: no `data` array (found {sorted(keys)}); a continuous .npz needs `data` "
+                                  f"(n_samples, n_channels) and `fs`")
+        data = np.asarray(z["data"])
+        if data.ndim == 1:
+            data = data[:, None]
+        if data.ndim != 2 or not np.issubdtype(data.dtype, np.number):
+            raise DataFormatError(f"{p}: `data` has shape {data.shape} dtype {data.dtype}; need 2-D numbers")
+        if "fs" in keys:
+            rate = float(np.asarray(z["fs"]).reshape(-1)[0])
+        elif fs is not None:
+            rate = fs
+        else:
+            raise DataFormatError(f"{p}: no `fs` (sample rate, Hz) in the file; add it or pass fs")
+        names = ([str(s) for s in np.asarray(z["channel_names"]).reshape(-1)] if "channel_names" in keys
+                 else [f"ch{i}" for i in range(data.shape[1])])
+        labels = np.asarray(z["labels"]).astype(np.int64).reshape(-1) if "labels" in keys else None
+        classes = [str(s) for s in np.asarray(z["class_names"]).reshape(-1)] if "class_names" in keys else None
+        ts = np.asarray(z["timestamps"], dtype=np.float64).reshape(-1) if "timestamps" in keys else None
+        declared_unit = str(np.asarray(z["units"]).reshape(-1)[0]) if "units" in keys else None
+    if declared_unit is not None:
+        f = scales_to_uv([declared_unit] * data.shape[1], configured=units, what=f"its `units` ({declared_unit!r})")
+        samples = (data.astype(np.float64) * f).astype(np.float32)
+        how = f"{declared_unit} (declared in the file)"
+    else:
+        samples, how = _stated(data, units, "the .npz")
+    return Recording(samples, rate, names, labels, classes, ts, channel_names_declared="channel_names" in keys,
+                     units=how)
+
+
+def to_npz(rec: Recording, path: str | Path) -> Path:
+    """Write `rec` as the continuous .npz of DESIGN.md (readable by np.load without this project)."""
+    p = Path(path)
+    arrays: dict[str, Any] = {
+        "data": np.ascontiguousarray(rec.data, dtype=np.float32),
+        "fs": np.float64(rec.fs),
+        "channel_names": np.array([str(c) for c in rec.channel_names]),
+    }
+    if rec.labels is not None:
+        arrays["labels"] = np.asarray(rec.labels, dtype=np.int64)
+    if rec.class_names is not None:
+        arrays["class_names"] = np.array([str(c) for c in rec.class_names])
+    if rec.timestamps is not None:
+        arrays["timestamps"] = np.asarray(rec.timestamps, dtype=np.float64)
+    with p.open("wb") as fh:
+        np.savez(fh, **arrays)
+    return p
+
+
+# --- CSV --------------------------------------------------------------------------------------------------------------
+def _read_csv(p: Path, fs: float | None, units: str | None = None) -> Recording:
+    try:
+        with p.open(newline="") as fh:
+            rows = [r for r in csv.reader(line for line in fh if not line.lstrip().startswith("#")) if r]
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataFormatError(f"{p}: cannot read as text CSV ({err})") from err
+    if len(rows) < 2:
+        raise DataFormatError(f"{p}: needs a header row naming the channels and at least one data row")
+    header = [h.strip() for h in rows[0]]
+    try:
+        [float(h) for h in header]
+        raise DataFormatError(f"{p}: the first row is numbers, not a header; add a header row naming the channels")
+    except ValueError:
+        pass
+    width = len(header)
+    values = np.empty((len(rows) - 1, width), dtype=np.float64)
+    for i, r in enumerate(rows[1:], start=2):
+        if len(r) != width:
+            raise DataFormatError(f"{p}: line {i} has {len(r)} fields, the header has {width}")
+        try:
+            values[i - 2] = [float(v) for v in r]
+        except ValueError as err:
+            raise DataFormatError(f"{p}: line {i} has a non-numeric value ({err})") from err
+    lower = [h.lower() for h in header]
+    time_col = next((lower.index(c) for c in _TIME_COLUMNS if c in lower), None)
+    label_col = next((lower.index(c) for c in _LABEL_COLUMNS if c in lower), None)
+    chan_cols = [i for i in range(width) if i not in (time_col, label_col)]
+    if not chan_cols:
+        raise DataFormatError(f"{p}: no channel columns (only time/label columns found)")
+    ts = values[:, time_col].copy() if time_col is not None else None
+    rate = fs
+    if rate is None:
+        if ts is None or ts.shape[0] < 2:
+            raise DataFormatError(f"{p}: no sample rate: add a `time` column (seconds) or pass fs")
+        step = float(np.median(np.diff(ts)))
+        if not step > 0:
+            raise DataFormatError(f"{p}: the time column does not increase; fix it or pass fs")
+        rate = 1.0 / step
+    labels = values[:, label_col].astype(np.int64) if label_col is not None else None
+    samples, how = _stated(values[:, chan_cols], units, "the CSV")
+    return Recording(samples, float(rate), [header[i] for i in chan_cols], labels, None, ts, units=how)
+
+
+# --- EDF / BDF --------------------------------------------------------------------------------------------------------
+def _read_edf(p: Path, fs: float | None, units: str | None = None) -> Recording:
+    import edfio
+
+    try:
+        edf = edfio.read_bdf(p) if p.suffix.lower() == ".bdf" else edfio.read_edf(p)
+    except Exception as err:  # edfio raises several types for malformed headers
+        raise DataFormatError(f"{p}: not a valid {p.suffix.upper().lstrip('.')} file ({err})") from err
+    signals: list[Any] = list(edf.signals)
+    if not signals:
+        raise DataFormatError(f"{p}: no signals in the file")
+    rates = [float(s.sampling_frequency) for s in signals]
+    # Keep the channels at the most common rate; auxiliary channels at other rates cannot share one time axis.
+    values, counts = np.unique(rates, return_counts=True)
+    rate = float(values[int(np.argmax(counts))])
+    kept = [s for s in signals if float(s.sampling_frequency) == rate]
+    dropped = [s.label for s in signals if float(s.sampling_frequency) != rate]
+    if dropped:
+        log.warning("edf_channels_dropped", path=str(p), rate_hz=rate, dropped=dropped)
+    n = min(len(s.data) for s in kept)
+    labels = [str(s.label).strip() for s in kept]
+    factors = scales_to_uv([s.physical_dimension for s in kept], configured=units, labels=labels,
+                           what="its physical dimensions (EDF header)")
+    cols, lo, hi = [], [], []
+    for s, f in zip(kept, factors, strict=True):
+        cols.append(np.asarray(s.data[:n], dtype=np.float64) * f)
+        # The digital extremes map onto the physical ones: a sample within half a step of them is on the rails.
+        pmin, pmax = sorted((float(s.physical_min), float(s.physical_max)))
+        half_lsb = 0.5 * (pmax - pmin) / max(1, int(s.digital_max) - int(s.digital_min))
+        lo.append((pmin + half_lsb) * f)
+        hi.append((pmax - half_lsb) * f)
+    declared = all(labels)
+    names = [lab if lab else f"ch{i}" for i, lab in enumerate(labels)]
+    how = "declared (EDF physical dimension)" if units is None else f"{units} where the EDF header declares none"
+    return Recording(np.stack(cols, axis=1).astype(np.float32), rate, names, channel_names_declared=declared,
+                     range_uv=(np.array(lo, dtype=np.float32), np.array(hi, dtype=np.float32)), units=how)
+
+
+# --- XDF --------------------------------------------------------------------------------------------------------------
+def _first(d: Any, key: str) -> Any:
+    """pyxdf's XML-as-lists: d[key][0], or None when absent."""
+    try:
+        v = d[key]
+        return v[0] if isinstance(v, list) and v else None
+    except (KeyError, TypeError, IndexError):
+        return None
+
+
+def _read_xdf(p: Path, fs: float | None, units: str | None = None) -> Recording:
+    import pyxdf
+
+    try:
+        # Not dejittered: pyxdf's linear fit runs over gaps shorter than a second and would hide them.
+        streams, _header = pyxdf.load_xdf(str(p), dejitter_timestamps=False)
+    except Exception as err:  # pyxdf raises assorted errors on a truncated or foreign file
+        raise DataFormatError(f"{p}: not a readable XDF file ({err})") from err
+    numeric = []
+    for s in streams:
+        series = s.get("time_series")
+        rate = float(s["info"]["nominal_srate"][0])
+        if isinstance(series, np.ndarray) and series.ndim == 2 and series.shape[0] > 0 and rate > 0 \
+                and np.issubdtype(series.dtype, np.number):
+            numeric.append(s)
+    if not numeric:
+        raise DataFormatError(f"{p}: no regularly sampled numeric stream in the XDF file")
+    s = max(numeric, key=lambda st: st["time_series"].shape[0] * st["time_series"].shape[1])
+    raw = np.asarray(s["time_series"])
+    info = s["info"]
+    n_ch = raw.shape[1]
+    try:
+        chans: list[Any] = list(info["desc"][0]["channels"][0]["channel"])
+    except (KeyError, IndexError, TypeError):
+        chans = []
+    if len(chans) != n_ch:
+        chans = [{}] * n_ch
+    labels = [(_first(c, "label") or "").strip() for c in chans]
+    declared = all(labels)
+    names = [lab if lab else f"ch{i}" for i, lab in enumerate(labels)]
+    stream = f"its stream {_first(info, 'name')!r}"
+    factors = scales_to_uv([_first(c, "unit") for c in chans], channel_types=[_first(c, "type") for c in chans],
+                           stream_type=_first(info, "type"), configured=units, labels=labels,
+                           what=f"{stream} (channel units in the XDF header)")
+    data = (raw.astype(np.float64) * factors).astype(np.float32)
+    how = "declared (XDF channel units)" if units is None else f"{units} where the XDF header declares none"
+    return Recording(data, float(info["nominal_srate"][0]), names, None, None,
+                     np.asarray(s["time_stamps"], dtype=np.float64), channel_names_declared=declared, units=how)
+
+
+# --- ARFF -------------------------------------------------------------------------------------------------------------
+def _read_arff(p: Path, fs: float | None, units: str | None = None) -> Recording:
+    from scipy.io import arff
+
+    if fs is None:
+        raise DataFormatError(f"{p}: ARFF carries no sample rate; pass fs (EEG Eye State was sampled at 128 Hz)")
+    try:
+        table, meta = arff.loadarff(p)
+    except Exception as err:  # scipy raises ParseArffError / ValueError on malformed files
+        raise DataFormatError(f"{p}: not a readable ARFF file ({err})") from err
+    names, chans, labels, classes = [], [], None, None
+    for name in meta.names():
+        kind, values = meta[name]
+        if kind == "numeric":
+            names.append(name)
+            chans.append(np.asarray(table[name], dtype=np.float32))
+        elif kind == "nominal" and labels is None:
+            classes = list(values)
+            decoded = [v.decode() if isinstance(v, bytes) else str(v) for v in table[name]]
+            labels = np.array([classes.index(v) for v in decoded], dtype=np.int64)
+    if not chans:
+        raise DataFormatError(f"{p}: no numeric attributes to use as channels")
+    samples, how = _stated(np.stack(chans, axis=1), units, "the ARFF file")
+    return Recording(samples, float(fs), names, labels, classes, units=how)
+
+
+# --- recorder session folder ------------------------------------------------------------------------------------------
+def read_session(folder: str | Path) -> Recording:
+    """Read a recorder session folder (docs/recording-format.md). A session cut short by SIGKILL reads up to its
+    last complete sample."""
+    d = Path(folder)
+    meta_path = d / "session.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError as err:
+        raise DataFormatError(f"{d}: not a recorder session (no session.json); pass a recording file or a session "
+                              f"folder written by neurostimd") from err
+    except (OSError, ValueError) as err:
+        raise DataFormatError(f"{meta_path}: unreadable session sidecar ({err})") from err
+    if meta.get("format") != SESSION_FORMAT:
+        raise DataFormatError(f"{meta_path}: format is {meta.get('format')!r}, expected {SESSION_FORMAT!r}")
+    try:
+        n_ch = int(meta["n_channels"])
+        rate = float(meta["sample_rate_hz"])
+        names = [str(c) for c in meta["channel_names"]]
+        files = meta["files"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataFormatError(f"{meta_path}: missing or bad field {err}") from err
+    raw = np.fromfile(d / files["samples"], dtype="<f4")
+    ts = np.fromfile(d / files["timestamps"], dtype="<f8")
+    n = min(raw.shape[0] // n_ch, ts.shape[0])  # a SIGKILL can leave a partial last row in either file
+    data = raw[: n * n_ch].reshape(n, n_ch).astype(np.float32)
+    if n == 0:
+        raise DataFormatError(f"{d}: the session holds no complete sample")
+    # The recorder writes ch0, ch1, ... when its source named no channels: those are not a montage.
+    declared = names != [f"ch{i}" for i in range(n_ch)]
+    return Recording(data, rate, names, None, None, ts[:n].copy(), str(d), channel_names_declared=declared,
+                     units="uV (session format)")
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file; a torn last line (SIGKILL mid-write) is skipped."""
+    out: list[dict[str, Any]] = []
+    p = Path(path)
+    if not p.exists():
+        return out
+    lines = p.read_text().split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError as err:
+            if i == len(lines) - 1:
+                break  # an unterminated last line is the torn tail of an interrupted write
+            raise DataFormatError(f"{p}: line {i + 1} is not JSON ({err})") from err
+    return out
