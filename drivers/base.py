@@ -1,4 +1,4 @@
-"""The one abstract stimulator driver and the registry of driver kinds.
+"""The one abstract stimulator driver (the kinds a config can name are listed in neurostimd.registry).
 
 Drivers fill in a few protected methods; the base adds idempotent open/close, the context manager and a warning for
 a driver that was never closed (as python-can's BusABC does). The values drivers speak in live in `types`."""
@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import Any, ClassVar, Self, TypeVar
+from typing import ClassVar, Self
 
 from neurostimd.drivers.errors import DriverError
 from neurostimd.drivers.types import BoardInfo, BoardStatus, DriverCounters, SampleBlock, StimParams
@@ -130,33 +129,3 @@ class Driver(Lifecycle):
 
 
 _REGISTRY: dict[str, type[Driver]] = {}
-D = TypeVar("D", bound=type[Driver])
-
-
-def register_driver(name: str) -> Callable[[D], D]:
-    """Class decorator: make a driver class available under a config name."""
-
-    def deco(cls: D) -> D:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"driver name {name!r} is already registered to {_REGISTRY[name].__name__}")
-        _REGISTRY[name] = cls
-        cls.kind = name
-        return cls
-
-    return deco
-
-
-def driver_class(name: str) -> type[Driver]:
-    """The driver class registered under `name`; a clear error listing the known names otherwise."""
-    if name not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY)) or "(none registered)"
-        raise DriverError(f"unknown driver kind {name!r}; known kinds: {known}")
-    return _REGISTRY[name]
-
-
-def registered_drivers() -> dict[str, type[Driver]]:
-    return dict(_REGISTRY)
-
-
-def make_driver(name: str, **kwargs: Any) -> Driver:
-    return driver_class(name)(**kwargs)

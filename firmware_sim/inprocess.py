@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from neurostimd.drivers.base import register_driver
 from neurostimd.drivers.errors import DriverError
 from neurostimd.drivers.neurostim_board.driver import SerialBoardDriver
 from neurostimd.drivers.transport import ByteLink
@@ -77,7 +76,6 @@ class BoardLink(ByteLink):
         self._rx.clear()
 
 
-@register_driver("virtual")
 class VirtualBoardDriver(SerialBoardDriver):
     """The serial board driver talking to an in-memory simulated board.
 

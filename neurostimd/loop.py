@@ -248,7 +248,7 @@ class ClosedLoop:
 
     @staticmethod
     def _status_period(cfg: Config) -> int:
-        return max(1, round(getattr(cfg.device, "status_poll_ms", 1000.0) / cfg.loop.cadence_ms))
+        return max(1, round(cfg.device.status_poll_interval_ms() / cfg.loop.cadence_ms))
 
     def _make_controller(self, cfg: Config, limits: Any, prior_daily_stim_s: float = 0.0) -> Controller:
         return Controller(cfg.policy, cfg.safety, self.bundle.table, stale_after_ms=cfg.loop.stale_after_ms,

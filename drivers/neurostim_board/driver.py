@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import structlog
 
-from neurostimd.drivers.base import Driver, register_driver
+from neurostimd.drivers.base import Driver
 from neurostimd.drivers.errors import BadReply, BoardLost, BoardRefused, DriverError, DriverTimeout, PortBusy
 from neurostimd.drivers.neurostim_board.codec import (
     SEQ_MODULO,
@@ -72,7 +72,6 @@ _DUPLICATE_WINDOW_S = 1.0
 _MAX_MISMATCHED_BLOCKS = 20
 
 
-@register_driver("serial")
 class SerialBoardDriver(Driver):
     """A stimulator board on a serial port (or on any ByteLink a factory makes).
 

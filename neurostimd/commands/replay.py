@@ -16,9 +16,10 @@ import numpy as np
 import structlog
 
 from neurostimd.clock import Clock, ScaledClock, VirtualClock
-from neurostimd.config import Config, ReplaySourceConfig, load_config
+from neurostimd.config import Config, load_config
 from neurostimd.errors import ConfigError, NeurostimError
 from neurostimd.outputs.audit import AuditLog, iter_records, remove_log
+from neurostimd.sources.settings import ReplaySourceConfig
 
 log = structlog.get_logger(__name__)
 

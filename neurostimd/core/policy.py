@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -22,12 +23,18 @@ from neurostimd.drivers.types import StimParams
 # Reasons a decision carries (stable strings: the loop logs and records them).
 
 class PolicyConfig(Strict):
+    """The stimulation-table law (`[policy] kind = "table"`, the default): the accepted state's row of the table."""
+
+    kind: Literal["table"] = "table"
     confidence_threshold: float = Field(0.6, ge=0.0, le=1.0)
     onset_ms: float = Field(500.0, ge=0)
     termination_ms: float = Field(500.0, ge=0)
     blanking_ms: float = Field(1000.0, ge=0)
     use_state_durations: bool = False  # end a state's stimulation after its table `duration_min`
     target_state: int | None = None  # the state closed-loop control aims for (used by the evaluation)
+
+    def build(self, table: StimTable) -> Policy:
+        return Policy(self, table)
 
 
 REASON_NO_DATA = "no_data"

@@ -17,8 +17,9 @@ from typing import Any
 import structlog
 
 from neurostimd.clock import MonotonicClock
-from neurostimd.config import Config, SerialDeviceConfig, VirtualDeviceConfig, load_config, watchdog_feed_problem
-from neurostimd.drivers.base import Driver, make_driver
+from neurostimd.config import Config, load_config, watchdog_feed_problem
+from neurostimd.devices import make_device
+from neurostimd.drivers.base import Driver
 from neurostimd.drivers.errors import BoardRefused, DriverError, PortBusy, PortInvalid
 from neurostimd.errors import BundleError, ConfigError, DataFormatError, NeurostimError, SourceError
 from neurostimd.outputs.audit import AuditError, AuditLog, DoseRecovery, board_timing
@@ -34,27 +35,6 @@ EX_UNAVAILABLE = 69  # sysexits.h: the board did not confirm the shutdown STOP
 EX_SOFTWARE = 70  # sysexits.h: internal error (a crashed thread): systemd restarts the service
 EX_TEMPFAIL = 75  # sysexits.h: another process holds the board's port; systemd retries
 EX_CONFIG = 78
-
-
-def make_device(cfg: Config, clock: Any = None) -> Driver | None:
-    """The driver the [device] table asks for (not opened)."""
-    dev = cfg.device
-    if isinstance(dev, SerialDeviceConfig):
-        import neurostimd.drivers.neurostim_board.driver  # noqa: F401  (registers "serial")
-
-        return make_driver("serial", port=dev.port, baudrate=dev.baudrate, ack_timeout_ms=dev.ack_timeout_ms,
-                           retries=dev.retries, heartbeat_ms=dev.heartbeat_ms,
-                           reconnect_interval_ms=dev.reconnect_interval_ms,
-                           reconnect_max_interval_ms=dev.reconnect_max_interval_ms,
-                           max_watchdog_ms=dev.max_watchdog_ms)
-    if isinstance(dev, VirtualDeviceConfig):
-        from neurostimd.firmware_sim.inprocess import VirtualBoardDriver
-
-        return VirtualBoardDriver(n_channels=dev.n_channels, sample_rate_hz=dev.sample_rate_hz,
-                                  watchdog_ms=dev.watchdog_ms, seed=dev.seed, clock=clock,
-                                  stream_samples=cfg.source.kind == "board", heartbeat_ms=dev.heartbeat_ms,
-                                  max_watchdog_ms=dev.max_watchdog_ms)
-    return None
 
 
 class Daemon:
@@ -263,7 +243,7 @@ class Daemon:
         The board's identity and dead-man timeout go to the audit log: dose recovery bounds a crash with them.
         A board that answers but cannot be used (BoardRefused), a port another process holds (PortBusy) and a
         config that cannot feed this board's dead-man timer (ConfigError) end the start-up instead."""
-        interval = getattr(self.cfg.device, "reconnect_interval_ms", 500.0) / 1000.0
+        interval = self.cfg.device.reconnect_interval_s()
         attempt = 0
         while not self._stop.is_set():
             try:
@@ -416,9 +396,7 @@ def apply_port(cfg: Config, port: str | None) -> Config:
     """The config with `--port` put into [device] (which must then be a serial device)."""
     if not port:
         return cfg
-    if not isinstance(cfg.device, SerialDeviceConfig):
-        raise ConfigError(f"--port needs [device] kind = \"serial\" (the config has {cfg.device.kind!r})")
-    return cfg.model_copy(update={"device": cfg.device.model_copy(update={"port": port})})
+    return cfg.model_copy(update={"device": cfg.device.with_port(port)})
 
 
 def cmd_run(args: argparse.Namespace) -> int:

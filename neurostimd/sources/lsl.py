@@ -16,12 +16,12 @@ import numpy.typing as npt
 import pylsl
 import structlog
 
-from neurostimd.config import LslSourceConfig
 from neurostimd.core.ringbuffer import RingBuffer
 from neurostimd.core.stream_checks import MontageError, gap_threshold_s, missing_in_step, normal_name, pick_channels
 from neurostimd.core.units import UnitError, scales_to_uv
 from neurostimd.errors import SourceError
 from neurostimd.sources.base import Source
+from neurostimd.sources.settings import LslSourceConfig
 
 log = structlog.get_logger(__name__)
 

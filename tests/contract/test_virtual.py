@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from neurostimd.drivers.base import Driver, make_driver
+from neurostimd.devices import DeviceContext
+from neurostimd.drivers.base import Driver
 from neurostimd.firmware_sim.inprocess import VirtualBoardDriver
+from neurostimd.registry import DEVICES
 from tests.contract.suite import DriverContract
 
 
@@ -14,4 +16,9 @@ class TestVirtualBoard(DriverContract):
 
 class TestVirtualBoardFromRegistry(DriverContract):
     def make_driver(self) -> Driver:
-        return make_driver("virtual", n_channels=4, sample_rate_hz=500.0, watchdog_ms=250.0, seed=2)
+        # through the device table, as the daemon builds it from `[device] kind = "virtual"`
+        settings = DEVICES.model("virtual").model_validate({"kind": "virtual", "n_channels": 4,
+                                                            "sample_rate_hz": 500.0, "watchdog_ms": 250.0, "seed": 2})
+        driver = settings.build(DeviceContext())  # type: ignore[attr-defined]
+        assert isinstance(driver, Driver)
+        return driver

@@ -11,6 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from neurostimd.config import Config
+from neurostimd.drivers.errors import BoardLost
 from neurostimd.drivers.neurostim_board.codec import (
     Ack,
     Frame,
@@ -145,7 +146,7 @@ def test_a_reply_of_the_wrong_type_leaves_the_board_state_unknown(cfg: Config, b
 
     try:
         drv._factory = wrap_link
-        drv._mark_lost(__import__("drivers").BoardLost("replug"))  # the next pump reconnects through the wrapper
+        drv._mark_lost(BoardLost("replug"))  # the next pump reconnects through the wrapper
         loop.run(should_stop=lambda: forged["n"] >= 3, duration_s=20.0)
         loop.run(should_stop=lambda: False, duration_s=1.0)
     finally:

@@ -12,13 +12,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from neurostimd.clock import MonotonicClock, VirtualClock
-from neurostimd.config import Config, LslSourceConfig, ReplaySourceConfig
+from neurostimd.config import Config
 from neurostimd.errors import BundleError
 from neurostimd.firmware_sim.generate import generate_recording
 from neurostimd.loop import ClosedLoop
 from neurostimd.outputs.audit import AuditLog
 from neurostimd.sources.lsl import LslSource
 from neurostimd.sources.replay import ReplaySource
+from neurostimd.sources.settings import LslSourceConfig, ReplaySourceConfig
 from tests.sources.test_lsl_source import OutletProcess, unique
 
 NAMES = [f"ch{i:02d}" for i in range(32)]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from neurostimd.config import LslSourceConfig
 from neurostimd.core.ringbuffer import FLAG_GAP, RingBuffer
 from neurostimd.errors import SourceError
 from neurostimd.sources.lsl import LslSource
+from neurostimd.sources.settings import LslSourceConfig
 from tests.sources.test_lsl_source import OutletProcess, pump_until, unique
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pylsl
 import pytest
 
-from neurostimd.config import LslSourceConfig
 from neurostimd.core.ringbuffer import RingBuffer
 from neurostimd.errors import SourceError
 from neurostimd.sources.lsl import LslSource
+from neurostimd.sources.settings import LslSourceConfig
 
 OUTLET = Path(__file__).with_name("lsl_counter_outlet.py")
 

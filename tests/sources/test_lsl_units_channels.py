@@ -11,10 +11,10 @@ import numpy as np
 import pylsl
 import pytest
 
-from neurostimd.config import LslSourceConfig
 from neurostimd.core.ringbuffer import RingBuffer
 from neurostimd.errors import SourceError
 from neurostimd.sources.lsl import LslSource
+from neurostimd.sources.settings import LslSourceConfig
 from tests.sources.test_lsl_source import unique
 
 

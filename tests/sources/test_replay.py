@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from neurostimd.clock import MonotonicClock, VirtualClock
-from neurostimd.config import ReplaySourceConfig
 from neurostimd.core.ringbuffer import RingBuffer
 from neurostimd.sources import make_source
 from neurostimd.sources.recordings import Recording, read_recording, to_npz
 from neurostimd.sources.replay import ReplaySource
+from neurostimd.sources.settings import ReplaySourceConfig
 
 
 def noisy_recording(n: int = 3000, ch: int = 4, fs: float = 250.0, seed: int = 7) -> Recording:
@@ -113,8 +113,8 @@ def test_eye_state_replays_sample_for_sample_at_max_and_x1(shared_data, tmp_path
 
 def test_make_source_needs_a_driver_for_the_board_and_a_rate_for_bare_csv(tmp_path):
     """make_source refuses a board source without a driver, and a CSV without a rate unless the config gives one."""
-    from neurostimd.config import BoardSourceConfig
     from neurostimd.errors import DataFormatError, SourceError
+    from neurostimd.sources.settings import BoardSourceConfig
 
     with pytest.raises(SourceError, match="no driver"):
         make_source(BoardSourceConfig())

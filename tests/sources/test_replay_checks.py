@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from neurostimd.clock import VirtualClock
-from neurostimd.config import ReplaySourceConfig
 from neurostimd.core.ringbuffer import FLAG_GAP, RingBuffer
 from neurostimd.errors import DataFormatError, SourceError
 from neurostimd.sources import make_source
 from neurostimd.sources.replay import ReplaySource
+from neurostimd.sources.settings import ReplaySourceConfig
 from tests.sources.test_readers import sine_data, write_xdf
 
 

@@ -164,9 +164,9 @@ def lsl_trial(ch: int, rate: float, seconds: float, *, bare: bool) -> Trial:
     RingBuffer, or with a bare pylsl inlet loop) until the outlet reports how many it pushed."""
     import pylsl
 
-    from neurostimd.config import LslSourceConfig
     from neurostimd.core.ringbuffer import RingBuffer
     from neurostimd.sources.lsl import LslSource, _mono_minus_lsl_s
+    from neurostimd.sources.settings import LslSourceConfig
 
     name = f"bench-ingest-{uuid.uuid4().hex[:10]}"
     trial = Trial(ch, rate, seconds)

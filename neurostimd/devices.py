@@ -1,0 +1,154 @@
+"""The settings model of each stimulator kind (`[device] kind = ...`), each with the `build()` that makes its driver.
+
+A device's driver lives in its own folder under drivers/; its settings model lives here, beside the others, with
+one line in `neurostimd.registry.DEVICES`. These models import no driver: `build` imports it when called.
+
+Besides `kind` and `build`, the loop and the config ask a device's settings (`DeviceSettings`) for:
+- `heartbeat_interval_ms()`: how long the host may stay silent towards the device (None: nothing to feed);
+- `watchdog_bound()`: the dead-man timeout the config must be able to feed, and how to name it, or None;
+- `status_poll_interval_ms()` and `reconnect_interval_s()`;
+- `with_port(port)`: the settings with `--port` applied (a ConfigError where the device has no port).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, model_validator
+
+from neurostimd.core.settings import Strict
+from neurostimd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from neurostimd.drivers.base import Driver
+
+
+@dataclass(frozen=True)
+class DeviceContext:
+    """What building a driver may need besides its settings: the loop's clock (the in-process board runs on it)
+    and whether the loop reads its samples from the device (`[source] kind = "board"`)."""
+
+    clock: Any = None
+    stream_samples: bool = True
+
+
+class DeviceSettings(Strict):
+    """What every device's settings model provides; the defaults are those of a device with nothing to feed."""
+
+    def build(self, ctx: DeviceContext) -> Driver | None:
+        raise NotImplementedError
+
+    def heartbeat_interval_ms(self) -> float | None:
+        return None
+
+    def watchdog_bound(self) -> tuple[float, str] | None:
+        return None
+
+    def status_poll_interval_ms(self) -> float:
+        return 1000.0
+
+    def reconnect_interval_s(self) -> float:
+        return 0.5
+
+    def with_port(self, port: str) -> DeviceSettings:
+        raise ConfigError(f"--port needs [device] kind = \"serial\" (the config has {getattr(self, 'kind', '?')!r})")
+
+
+class _BoardLinkConfig(DeviceSettings):
+    """What every board driven through the serial driver shares (a real port, or the in-process virtual board)."""
+
+    heartbeat_ms: float = Field(100.0, gt=0)
+    # A board whose dead-man timer is longer than this (or that has none) is refused: after the host dies it would go
+    # on stimulating for that long.
+    max_watchdog_ms: float = Field(500.0, gt=0)
+    # How often the loop asks the board for STATUS and checks that it runs what was last acknowledged.
+    status_poll_ms: float = Field(1000.0, gt=0, le=10_000)
+
+    def heartbeat_interval_ms(self) -> float | None:
+        return self.heartbeat_ms
+
+    def status_poll_interval_ms(self) -> float:
+        return self.status_poll_ms
+
+
+class SerialDeviceConfig(_BoardLinkConfig):
+    """A board on a serial port (real hardware, or neurostimd-sim behind a pty)."""
+
+    kind: Literal["serial"] = "serial"
+    port: str = "/dev/ttyACM0"
+    baudrate: int = Field(2_000_000, gt=0)
+    ack_timeout_ms: float = Field(100.0, gt=0)
+    retries: int = Field(2, ge=0, le=10)
+    reconnect_interval_ms: float = Field(500.0, gt=0)
+    # Failed reconnects back off, doubling from reconnect_interval_ms up to this.
+    reconnect_max_interval_ms: float = Field(5000.0, gt=0)
+
+    def build(self, ctx: DeviceContext) -> Driver:
+        from neurostimd.drivers.neurostim_board.driver import SerialBoardDriver
+
+        return SerialBoardDriver(port=self.port, baudrate=self.baudrate, ack_timeout_ms=self.ack_timeout_ms,
+                                 retries=self.retries, heartbeat_ms=self.heartbeat_ms,
+                                 reconnect_interval_ms=self.reconnect_interval_ms,
+                                 reconnect_max_interval_ms=self.reconnect_max_interval_ms,
+                                 max_watchdog_ms=self.max_watchdog_ms)
+
+    def watchdog_bound(self) -> tuple[float, str]:
+        # a serial board's timer is read at the handshake and must be at most max_watchdog_ms, so a loop that
+        # cannot feed even that one can never run
+        return self.max_watchdog_ms, "the longest dead-man timer a board may have ([device] max_watchdog_ms) is"
+
+    def reconnect_interval_s(self) -> float:
+        return self.reconnect_interval_ms / 1000.0
+
+    def with_port(self, port: str) -> SerialDeviceConfig:
+        return self.model_copy(update={"port": port})
+
+    @model_validator(mode="after")
+    def _backoff_ordered(self) -> SerialDeviceConfig:
+        if self.reconnect_max_interval_ms < self.reconnect_interval_ms:
+            raise ValueError(f"reconnect_max_interval_ms ({self.reconnect_max_interval_ms:g}) is below "
+                             f"reconnect_interval_ms ({self.reconnect_interval_ms:g})")
+        return self
+
+
+class VirtualDeviceConfig(_BoardLinkConfig):
+    """The in-process virtual board: the serial driver over an in-memory link to the simulator's board logic."""
+
+    kind: Literal["virtual"]
+    n_channels: int = Field(8, gt=0)
+    sample_rate_hz: float = Field(1000.0, gt=0)
+    watchdog_ms: float = Field(250.0, gt=0)
+    seed: int = 0
+
+    def build(self, ctx: DeviceContext) -> Driver:
+        from neurostimd.firmware_sim.inprocess import VirtualBoardDriver
+
+        return VirtualBoardDriver(n_channels=self.n_channels, sample_rate_hz=self.sample_rate_hz,
+                                  watchdog_ms=self.watchdog_ms, seed=self.seed, clock=ctx.clock,
+                                  stream_samples=ctx.stream_samples, heartbeat_ms=self.heartbeat_ms,
+                                  max_watchdog_ms=self.max_watchdog_ms)
+
+    def watchdog_bound(self) -> tuple[float, str]:
+        return self.watchdog_ms, "the board's dead-man timer is"
+
+    @model_validator(mode="after")
+    def _watchdog_within_max(self) -> VirtualDeviceConfig:
+        if self.watchdog_ms > self.max_watchdog_ms:
+            raise ValueError(f"watchdog_ms ({self.watchdog_ms:g}) is above max_watchdog_ms "
+                             f"({self.max_watchdog_ms:g}); the daemon would refuse this board")
+        return self
+
+
+class NoDeviceConfig(DeviceSettings):
+    """No stimulator at all: decide and audit only (shadow mode forced)."""
+
+    kind: Literal["none"]
+
+    def build(self, ctx: DeviceContext) -> None:
+        return None
+
+
+def make_device(cfg: Any, clock: Any = None) -> Driver | None:
+    """The driver the config's [device] asks for (not opened); None for `kind = "none"`."""
+    return cfg.device.build(DeviceContext(clock=clock, stream_samples=cfg.source.kind == "board"))
