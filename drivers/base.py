@@ -126,6 +126,3 @@ class Driver(Lifecycle):
         A session that expired because the host itself was silent past the dead-man timeout is not counted here
         (the board did what it should, and the samples it did not send show as a gap)."""
         return 0
-
-
-_REGISTRY: dict[str, type[Driver]] = {}
