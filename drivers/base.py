@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from typing import ClassVar, Self
+from typing import ClassVar, Literal, Self, get_args
 
 from neurostimd.drivers.errors import DriverError
 from neurostimd.drivers.types import BoardInfo, BoardStatus, DriverCounters, SampleBlock, StimParams
+
+Capability = Literal["samples"]
+CAPABILITIES: frozenset[str] = frozenset(get_args(Capability))
 
 
 class Lifecycle(ABC):
@@ -62,13 +65,33 @@ class Lifecycle(ABC):
 
 
 class Driver(Lifecycle):
-    """A stimulator board as the daemon sees it.
+    """A stimulator as the daemon sees it.
 
-    open() and close() are idempotent; the driver is a context manager. Subclasses implement the `_`-prefixed
-    methods. Every method that talks to the board raises DriverError (or DriverTimeout / BoardLost) on failure.
+    open() and close() are idempotent; the driver is a context manager. Subclasses implement `_open`, `_close`,
+    info(), set_stimulation(), stop(), status() and counters; every method that talks to the device raises
+    DriverError (or DriverTimeout / BoardLost) on failure. The rest has defaults for the simplest device.
+
+    `capabilities` (class-level, a frozenset of `Capability`) names what a driver has beyond that:
+    - "samples": the device streams samples and read_samples() returns them (a board source needs it). Without
+      it read_samples() raises DriverError, and info()'s stream fields mean nothing (n_channels = 0).
+
+    service(now_ns) is called by the loop once per tick, whatever the source: a driver does there what its device
+    needs to go on (heartbeats, re-arming a finite train, draining the link). info().limits.watchdog_ms is how long
+    the device stimulates on after the host falls silent: its dead-man timer, or the length of the train it re-arms.
     """
 
     kind: ClassVar[str] = "abstract"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    # The version of the device protocol this driver speaks, as info().protocol_version reports it (None: any).
+    protocol_version: ClassVar[int | None] = None
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        unknown = set(cls.capabilities) - CAPABILITIES
+        if unknown:
+            raise TypeError(f"{cls.__name__}.capabilities names {sorted(unknown)}; known: {sorted(CAPABILITIES)}")
+        if "samples" in cls.capabilities and cls.read_samples is Driver.read_samples:
+            raise TypeError(f"{cls.__name__} declares the \"samples\" capability but does not implement read_samples")
 
     def _require_open(self) -> None:
         if not self._is_open:
@@ -88,10 +111,6 @@ class Driver(Lifecycle):
         """Send STOP and return once the board ACKed it."""
 
     @abstractmethod
-    def read_samples(self, timeout_s: float = 0.0) -> list[SampleBlock]:
-        """Every sample block received since the last call, waiting up to timeout_s for the first one."""
-
-    @abstractmethod
     def status(self) -> BoardStatus:
         """Ask the board for STATUS and return it."""
 
@@ -99,11 +118,29 @@ class Driver(Lifecycle):
     @abstractmethod
     def counters(self) -> DriverCounters: ...
 
+    # --- optional, with the defaults of a device that streams nothing and needs nothing between commands ----------
+    def read_samples(self, timeout_s: float = 0.0) -> list[SampleBlock]:
+        """Every sample block received since the last call, waiting up to timeout_s for the first one (drivers with
+        the "samples" capability; the others raise DriverError). Blocks left unread across two service() calls
+        may be dropped: nobody reads them."""
+        raise DriverError(f"{type(self).__name__} streams no samples (it lacks the \"samples\" capability): read "
+                          f"them from another [source] (lsl, replay), not from the stimulator")
+
+    def service(self, now_ns: int) -> None:
+        """The device's per-tick upkeep (heartbeats, re-arming, draining), at the caller's time now_ns; called once
+        per tick. The default has nothing to do."""
+
     # --- what the caller must know about the link (defaults for a driver that cannot lose or refuse its board) -----
     @property
     def lost(self) -> bool:
         """True while the board is unreachable (or the one that answered was refused) and stimulation is impossible."""
         return False
+
+    def reconnect(self) -> bool:
+        """Try to reach a lost device again; True when it is connected. The default, for a driver that cannot
+        reconnect, only reports whether it is connected."""
+        self._require_open()
+        return not self.lost
 
     @property
     def refusal(self) -> str | None:
@@ -117,7 +154,8 @@ class Driver(Lifecycle):
 
     @property
     def session_epoch(self) -> int:
-        """Changes whenever the driver opens a new session with the board: what the board runs is then unknown."""
+        """Changes whenever the driver opens a new session with the board: what the board runs is then unknown. The
+        default never changes (a driver that reconnects by itself must count its connections here)."""
         return 0
 
     @property

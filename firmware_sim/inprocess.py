@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
+from neurostimd.drivers.base import Capability
 from neurostimd.drivers.errors import DriverError
 from neurostimd.drivers.neurostim_board.driver import SerialBoardDriver
 from neurostimd.drivers.transport import ByteLink
@@ -83,6 +84,9 @@ class VirtualBoardDriver(SerialBoardDriver):
     closed-loop evaluation access to its state. With `signal` (a continuous .npz) the board streams that recording
     instead of the synthetic generator; with stream_samples=False it streams nothing (replay reads its file itself).
     """
+
+    # the driver's, whatever the board streams: with stream_samples=False read_samples() returns no blocks
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"samples"})
 
     def __init__(self, n_channels: int = 8, sample_rate_hz: float = 1000.0, watchdog_ms: float = 250.0,
                  seed: int = 0, *, clock: Clock | None = None, stream_samples: bool = True,

@@ -309,7 +309,7 @@ class ClosedLoop:
         stages: dict[str, float] = {}
         perf = time.perf_counter_ns
 
-        # ingest: the source fills the ring; a non-board source still pumps the driver for its heartbeats
+        # ingest: the source fills the ring; then the driver's upkeep (heartbeats, draining), whatever the source
         p = perf()
         board_ok = True
         # what the checks at the boundary (board, stream, audit log) found wrong at this decision
@@ -318,9 +318,9 @@ class ClosedLoop:
             self.source.pump(self.ring, 0.0)
         except DriverError:
             board_ok = False
-        if self.driver is not None and self.source.kind != "board":
+        if self.driver is not None:
             try:
-                self.driver.read_samples(0.0)
+                self.driver.service(self.clock.now_ns())
             except DriverError:
                 board_ok = False
         if self.driver is not None and self._driver_lost():

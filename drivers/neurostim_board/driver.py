@@ -1,9 +1,9 @@
 """The serial board driver: the host side of the board protocol over any ByteLink.
 
-No background threads: every byte is moved in the caller's thread. read_samples() reads the link, decodes, queues
-SAMPLES and sends a HEARTBEAT when heartbeat_ms have passed since the last frame sent; commands write and then pump
-the link until their reply. If the caller's loop hangs, heartbeats stop and the board's dead-man timer stops
-stimulation, which is the point: a heartbeat thread would keep a hung daemon looking alive.
+No background threads: every byte is moved in the caller's thread. service() (once per tick) and read_samples() read
+the link, decode, queue SAMPLES and send a HEARTBEAT when heartbeat_ms have passed since the last frame sent;
+commands write and then pump the link until their reply. If the caller's loop hangs, heartbeats stop and the board's
+dead-man timer stops stimulation, which is the point: a heartbeat thread would keep a hung daemon looking alive.
 
 What comes back from the board is checked, not trusted: its INFO (impossible limits, a missing or too long dead-man
 timer, and after a reconnect any difference from the board the caller was built for are refused), every reply's type
@@ -18,13 +18,15 @@ import collections
 import secrets
 import time
 from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 import structlog
 
-from neurostimd.drivers.base import Driver
+from neurostimd.drivers.base import Capability, Driver
 from neurostimd.drivers.errors import BadReply, BoardLost, BoardRefused, DriverError, DriverTimeout, PortBusy
 from neurostimd.drivers.neurostim_board.codec import (
+    PROTOCOL_VERSION,
     SEQ_MODULO,
     SESSION_TOKEN_SIZE,
     Ack,
@@ -82,6 +84,9 @@ class SerialBoardDriver(Driver):
     thread-safe: one thread owns the driver.
     """
 
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({"samples"})
+    protocol_version: ClassVar[int | None] = PROTOCOL_VERSION
+
     def __init__(self, port: str | None = None, baudrate: int = 2_000_000, ack_timeout_ms: float = 100.0,
                  retries: int = 2, heartbeat_ms: float = 100.0, reconnect_interval_ms: float = 500.0, *,
                  link_factory: LinkFactory | None = None, now_ns: Callable[[], int] = time.monotonic_ns,
@@ -119,6 +124,8 @@ class SerialBoardDriver(Driver):
         self._replies: dict[int, Frame] = {}
         self._awaiting: int | None = None  # seq of the request whose reply _transact is waiting for
         self._queue: collections.deque[SampleBlock] = collections.deque()
+        self._held = 0  # blocks queued when the last service() ended: dropped by the next one if still unread
+        self._read_since_service = False
         self._max_queued = max_queued_blocks
         self._expected_index: int | None = None
         self._mismatched_run = 0
@@ -146,6 +153,7 @@ class SerialBoardDriver(Driver):
         self._drop_link()
         self._lost = False
         self._queue.clear()
+        self._held = 0
 
     def _say_bye(self) -> None:
         """End the session, so that the next host need not wait for the dead-man timer (best effort)."""
@@ -177,8 +185,33 @@ class SerialBoardDriver(Driver):
         assert isinstance(reply.msg, Status)  # _check_reply accepts nothing else for STATUS_REQ
         return reply.msg.board_status()
 
-    def read_samples(self, timeout_s: float = 0.0) -> list[SampleBlock]:
+    def service(self, now_ns: int) -> None:
+        """The per-tick upkeep, unless read_samples() did it since the last call: a heartbeat when due, one drain
+        of the link (its time budget), a lost session renewed. Timing follows the driver's own clock. Samples
+        stay queued for read_samples(); those still unread at the next service() are dropped (nobody reads them:
+        the loop's samples come from another source)."""
         self._require_open()
+        if self._read_since_service:
+            self._read_since_service = False
+            return
+        for _ in range(min(self._held, len(self._queue))):
+            self._queue.popleft()
+        self._serve(0.0)
+        self._held = len(self._queue)
+
+    def read_samples(self, timeout_s: float = 0.0) -> list[SampleBlock]:
+        """Every block received since the last call. Does the upkeep of service() itself (so a caller that only
+        reads keeps the board alive), waiting up to timeout_s, heartbeats included, for the first block."""
+        self._require_open()
+        self._read_since_service = True  # this tick's upkeep is done here, or failed here
+        self._serve(timeout_s)
+        self._held = 0
+        out = list(self._queue)
+        self._queue.clear()
+        return out
+
+    def _serve(self, timeout_s: float) -> None:
+        """Heartbeats, reading and session checks until a block is queued or timeout_s is over (one pass at 0)."""
         self._ensure_link()
         deadline = self._now_ns() + int(max(0.0, timeout_s) * 1e9)
         while True:
@@ -192,9 +225,6 @@ class SerialBoardDriver(Driver):
                 self._check_session()
             if self._queue or self._now_ns() >= deadline:
                 break
-        out = list(self._queue)
-        self._queue.clear()
-        return out
 
     @property
     def counters(self) -> DriverCounters:

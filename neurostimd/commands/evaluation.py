@@ -270,7 +270,7 @@ def _run_fixed(cfg: Config, driver: Any, clock: VirtualClock, params: StimParams
         ramp_done_s: float | None = None
         while deadline <= end + cadence_ns:
             clock.sleep_until(deadline)
-            driver.read_samples(0.0)  # heartbeats; the board, and the tissue, advance to now
+            driver.service(clock.now_ns())  # heartbeats; the board, and the tissue, advance to now
             t_s = (clock.now_ns() - t0) / _NS
             if params is not None:
                 result = gate.apply(t_s, params)

@@ -13,6 +13,7 @@ import structlog
 from neurostimd.core.ringbuffer import RingBuffer
 from neurostimd.drivers.base import Driver
 from neurostimd.drivers.errors import DriverError
+from neurostimd.errors import SourceError
 from neurostimd.sources.base import Source
 
 log = structlog.get_logger(__name__)
@@ -107,6 +108,10 @@ class BoardSource(Source):
         return self._newest_counter / self._rate_hz
 
     def _open(self) -> None:
+        if "samples" not in self.driver.capabilities:
+            raise SourceError(f"[source] kind = \"board\" reads samples from the stimulator, but "
+                              f"{type(self.driver).__name__} streams none (it lacks the \"samples\" capability); "
+                              f"choose another [source] kind (lsl, replay) for the signal")
         if not self.driver.is_open:
             self.driver.open()
             self._owns_driver = True

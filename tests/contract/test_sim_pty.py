@@ -29,6 +29,7 @@ def sim_for_class(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
 @pytest.mark.usefixtures("sim_for_class")
 class TestSimulatorOverPty(DriverContract):
     SIM_ARGS: tuple[str, ...] = ("--channels", "16", "--seed", "3")
+    CAPABILITIES = frozenset({"samples"})
     port = ""
 
     def make_driver(self) -> Driver:
@@ -43,5 +44,7 @@ class TestSimulatorOverPtyFloat32(TestSimulatorOverPty):
 @pytest.mark.skipif(not os.environ.get("NEUROSTIMD_TEST_PORT"),
                     reason="set NEUROSTIMD_TEST_PORT=/dev/ttyACM0 (a board on that port) to run on hardware")
 class TestHardwarePort(DriverContract):
+    CAPABILITIES = frozenset({"samples"})
+
     def make_driver(self) -> Driver:
         return SerialBoardDriver(port=str(Path(os.environ["NEUROSTIMD_TEST_PORT"])))

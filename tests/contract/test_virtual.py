@@ -10,11 +10,15 @@ from tests.contract.suite import DriverContract
 
 
 class TestVirtualBoard(DriverContract):
+    CAPABILITIES = frozenset({"samples"})
+
     def make_driver(self) -> Driver:
         return VirtualBoardDriver(n_channels=8, sample_rate_hz=1000.0, seed=1)
 
 
 class TestVirtualBoardFromRegistry(DriverContract):
+    CAPABILITIES = frozenset({"samples"})
+
     def make_driver(self) -> Driver:
         # through the device table, as the daemon builds it from `[device] kind = "virtual"`
         settings = DEVICES.model("virtual").model_validate({"kind": "virtual", "n_channels": 4,
