@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -232,3 +233,29 @@ def test_the_script_prints_each_violation_and_exits_1(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, str(SCRIPT), "--root", str(root)], capture_output=True, text=True,
                          timeout=60, check=False)
     assert (res.returncode, res.stdout.strip()) == (0, "layers: ok"), res.stdout + res.stderr
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_citation_of_the_design_page_names_one_of_its_sections() -> None:
+    """Code and docs cite docs/design.md by its name and by sections it has (links and 'Section' citations)."""
+    design = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    headings = {line.lstrip("#").strip() for line in design.splitlines() if line.startswith("#")}
+    anchors = {_slug(h) for h in headings}
+    old_name = "DESIGN" + ".md"  # the page's old name, which never existed in the repository
+    bad: list[str] = []
+    for path in sorted([*ROOT.glob("*.md"), *ROOT.glob("docs/*.md"),
+                        *(p for top in ("neurostimd", "drivers", "firmware_sim", "tests", "tools")
+                          for p in (ROOT / top).rglob("*.py") if not p.is_symlink())]):
+        text = path.read_text(encoding="utf-8")
+        rel = path.relative_to(ROOT)
+        if old_name in text:
+            bad.append(f"{rel}: cites {old_name}; the page is docs/design.md")
+        bad += [f"{rel}: design.md#{a} is no section of docs/design.md"
+                for a in re.findall(r"design\.md#([\w-]+)", text) if a not in anchors]
+        bad += [f"{rel}: docs/design.md has no section {h!r}"
+                for h in re.findall(r"docs/design\.md, '([^']+)'", text) if h not in headings]
+    assert not bad, "\n".join(bad)
