@@ -394,8 +394,11 @@ print(json.dumps({"loaded": sorted(m for m in sys.modules if m.split(".")[0] in 
 
 def _probe(root: Path, name: str) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
-    res = subprocess.run([sys.executable, "-c", _PROBE, str(root), name, ",".join(HEAVY)], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=120, check=False)
+    try:
+        res = subprocess.run([sys.executable, "-c", _PROBE, str(root), name, ",".join(HEAVY)], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=120, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": "the import did not finish within 120 s"}
     try:
         return dict(json.loads(res.stdout.strip().splitlines()[-1]))
     except (IndexError, ValueError):
