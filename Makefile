@@ -23,8 +23,9 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check neurostimd drivers firmware_sim tests
-	$(BIN)/mypy neurostimd  # neurostimd/drivers and neurostimd/firmware_sim are links to the folders
+	$(BIN)/ruff check neurostimd drivers firmware_sim tests tools
+	$(BIN)/mypy neurostimd tools/check_layers.py  # neurostimd/drivers and neurostimd/firmware_sim are links to the folders
+	$(BIN)/python tools/check_layers.py  # which layer may import which, no import cycles (docs/design.md, "Layers")
 
 run: $(VENV)/.installed
 	$(BIN)/python -m neurostimd.commands.demo --config $(CONFIG) --duration $(DURATION)

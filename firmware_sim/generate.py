@@ -1,4 +1,4 @@
-"""Write a labelled synthetic continuous recording (.npz of DESIGN.md) for training and tests.
+"""Write a labelled synthetic continuous recording (.npz of docs/design.md) for training and tests.
 
     python -m neurostimd.firmware_sim.generate --out data.npz --duration 600 --channels 32 --rate 1000 --seed 0
 

@@ -250,7 +250,7 @@ class SyntheticSource:
 def load_signal(path: str | Path) -> tuple[F32, float, list[str]]:
     """Read a continuous recording for playback: (data float32 (n, ch) µV, fs in Hz, channel names).
 
-    Reads the continuous .npz of DESIGN.md. Raises ValueError naming the problem for anything else."""
+    Reads the continuous .npz of docs/design.md. Raises ValueError naming the problem for anything else."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"signal file {p} does not exist; give a continuous .npz recording or 'synthetic'")

@@ -20,7 +20,7 @@ from neurostimd.drivers.types import BoardLimits, StimParams
 
 
 def params_dict(p: StimParams | None) -> dict[str, float] | None:
-    """`{frequency_hz, amplitude_ma, pulse_width_us}` of DESIGN.md, or None for no stimulation."""
+    """`{frequency_hz, amplitude_ma, pulse_width_us}` of docs/design.md, or None for no stimulation."""
     return None if p is None else p.as_dict()
 
 
@@ -90,9 +90,7 @@ class Command:
         return out
 
     def audit_fields(self) -> dict[str, Any]:
-        """The audit record's fields for this command (DESIGN.md: state, confidence, requested, applied, …)."""
-        from neurostimd.core.controller import command_fields
-
+        """The audit record's fields for this command (docs/design.md: state, confidence, requested, applied, …)."""
         return command_fields(state=self.decision.state, confidence=self.decision.confidence,
                               requested=self.requested, result=self.gate, t_data_s=self.t_data_s,
                               reason=self.decision.reason, faults=list(self.fault.faults))

@@ -75,10 +75,11 @@ def file_sha256(path: str | Path) -> str:
 
 
 def load_recording(path: str | Path) -> Recording:
-    """Read a continuous or epoch-set `.npz` (DESIGN.md); raise DataFormatError saying what is missing."""
+    """Read a continuous or epoch-set `.npz` (docs/design.md); raise DataFormatError saying what is missing."""
     p = Path(path)
     if not p.is_file():
-        raise DataFormatError(f"{p}: no such file; pass a continuous or epoch-set .npz (see DESIGN.md file formats)")
+        raise DataFormatError(f"{p}: no such file; pass a continuous or epoch-set .npz "
+                              "(see docs/design.md, 'File formats')")
     try:
         z = np.load(p, allow_pickle=False)
     except (OSError, ValueError) as err:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +21,9 @@ from neurostimd.core.stream_checks import MontageError, gap_threshold_s, missing
 from neurostimd.core.units import UnitError, scales_to_uv
 from neurostimd.errors import SourceError
 from neurostimd.sources.base import Source
-from neurostimd.sources.settings import LslSourceConfig
+
+if TYPE_CHECKING:
+    from neurostimd.sources.settings import LslSourceConfig
 
 log = structlog.get_logger(__name__)
 

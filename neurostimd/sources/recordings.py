@@ -1,4 +1,4 @@
-"""Readers for recordings: the continuous .npz of DESIGN.md, CSV, EDF/BDF, XDF, ARFF, and a recorder session folder,
+"""Readers for recordings: the continuous .npz of docs/design.md, CSV, EDF/BDF, XDF, ARFF, a recorder session folder,
 all returned as one `Recording` in µV; `to_npz()` writes the interchange .npz. Bad files raise DataFormatError naming
 what is wrong and what to do.
 
@@ -6,7 +6,7 @@ Units. Files that declare units are scaled from them (neurostimd.core.units): an
 (`desc/channels/channel/unit`, "microvolts" by the XDF EEG convention), an EDF/BDF signal's physical dimension. A
 missing or unknown unit there (an empty EDF physical dimension is not µV) is refused unless the caller states the
 unit (`units=`, from `[source] units`); a declared unit that contradicts the stated one is refused with both named.
-The interchange .npz, CSV and ARFF carry samples in µV by this project's convention (DESIGN.md), unless the .npz
+The interchange .npz, CSV and ARFF carry samples in µV by this project's convention (docs/design.md), unless the .npz
 holds an optional `units` string (one for all channels, e.g. "mV"), which is honoured, or the caller states `units`.
 A recorder session is µV by its format.
 
@@ -177,7 +177,7 @@ def _read_npz(p: Path, fs: float | None, units: str | None = None) -> Recording:
 
 
 def to_npz(rec: Recording, path: str | Path) -> Path:
-    """Write `rec` as the continuous .npz of DESIGN.md (readable by np.load without this project)."""
+    """Write `rec` as the continuous .npz of docs/design.md (readable by np.load without this project)."""
     p = Path(path)
     arrays: dict[str, Any] = {
         "data": np.ascontiguousarray(rec.data, dtype=np.float32),

@@ -19,7 +19,8 @@ from neurostimd.outputs.audit import AuditLog, read_audit
 
 
 def test_command_record_has_design_fields(tmp_path: Path) -> None:
-    """A stim_command line carries every DESIGN.md field, and the ack follows as stim_ack with the command's seq."""
+    """A stim_command line carries every docs/design.md field, and the ack follows as stim_ack with the command's
+    seq."""
     path = tmp_path / "audit.jsonl"
     req = StimParams(100.0, 5.0, 500.0)
     res = GateResult(applied=StimParams(100.0, 3.0, 500.0), limited_by=["charge_per_phase", "charge_density"],

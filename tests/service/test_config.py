@@ -22,7 +22,7 @@ def neurostimd(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_configs_load(path: Path) -> None:
-    """Every config the project ships validates and uses the DESIGN.md key names."""
+    """Every config the project ships validates and uses the docs/design.md key names."""
     cfg = load_config(path)
     assert cfg.loop.cadence_ms > 0
     assert cfg.safety.k_max <= 1.85
