@@ -24,7 +24,7 @@ FAULT_LOW_CONFIDENCE = "low_confidence"
 FAULT_BOARD_LOST = "board_lost"
 FAULT_NAK = "nak"
 FAULT_MISSING_ACK = "missing_ack"
-FAULT_QUALITY_PREFIX = "quality_"  # + the window's flag: quality_nan, quality_flatline, quality_saturation, ...
+FAULT_QUALITY_PREFIX = "quality_"  # + the window's flag: quality_nan_inf, quality_flatline, quality_saturation, ...
 # Checks at the daemon's boundary (docs/safety.md, "What the daemon checks at its boundary"); the loop passes them as
 # `boundary_causes`.
 FAULT_BOARD_PARAMS_MISMATCH = "board_params_mismatch"  # STATUS shows parameters the host did not command
