@@ -206,8 +206,9 @@ class ClosedLoop:
         # a decision window plus as much again for the filters to settle
         self._warm_samples = 2 * bundle.window_samples
         self._log_table(limits)
-        # Which model and table decide from here on (before anything is sent): an unwritable log refuses the start.
-        self.audit.write("model_loaded", bundle=str(bundle.path), classes=list(bundle.class_names),
+        # Which model and table decide from here on, before anything is sent; an unwritable log refuses the start.
+        # Not fsync'd on its own (nothing waits on it): the next durable record, before any command, carries it.
+        self.audit.write("model_loaded", durable=False, bundle=str(bundle.path), classes=list(bundle.class_names),
                          policy=cfg.policy.kind, **self.table.audit_fields())
         if driver is not None:
             # Know the electrode impedance (compliance rule) before the first command, not 2 s into stimulation. (The
