@@ -5,7 +5,7 @@ command path, through `Listeners`, which keeps a listener that raises from stopp
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
@@ -173,7 +173,7 @@ class Listeners:
         for listener in listeners:
             self.add(listener)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[LoopListener]:
         return iter(list(self._all))
 
     def __len__(self) -> int:
