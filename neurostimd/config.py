@@ -1,7 +1,7 @@
 """The daemon's configuration: TOML validated by strict pydantic models. Each part brings its own settings model
-(sources/settings.py, devices.py, core/policy.py, core/safety.py, the outputs' models below); the kinds of
-sources, devices and policies come from neurostimd.registry and are joined in discriminated unions. Key names other
-tools rely on are fixed in docs/design.md."""
+(sources/settings.py, devices.py, core/policy.py, core/safety.py, core/stimtable.py, the outputs' models below); the
+kinds of sources, devices and policies come from neurostimd.registry and are joined in discriminated unions, and
+`make_policy` builds the policy `[policy] kind` names. Key names other tools rely on are fixed in docs/design.md."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from neurostimd.core.policy import PolicyConfig
+from neurostimd.core.policy import Policy, PolicyConfig
 from neurostimd.core.safety import SafetyConfig
 from neurostimd.core.settings import FilePath, Strict
+from neurostimd.core.stimtable import StimTable, StimulationConfig
 from neurostimd.devices import SerialDeviceConfig
 from neurostimd.errors import ConfigError
 from neurostimd.registry import DEVICES, POLICIES, SOURCES, union_of
@@ -100,6 +101,8 @@ class Config(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
     policy: PolicySettings = Field(default_factory=PolicyConfig)
+    # a stimulation table in force instead of the bundle's (None: the bundle's own)
+    stimulation: StimulationConfig | None = None
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     recorder: RecorderConfig = Field(default_factory=RecorderConfig)
@@ -122,6 +125,17 @@ class Config(Strict):
             if problem:
                 raise ValueError(problem)
         return self
+
+
+def make_policy(settings: PolicySettings, table: StimTable) -> Policy:
+    """The policy `[policy]` names, built by its settings model (neurostimd.registry.POLICIES) on `table`. ConfigError
+    when what that model builds is not a Policy (a plugin's bug)."""
+    policy = settings.build(table)
+    if not isinstance(policy, Policy):
+        raise ConfigError(f"[policy] kind = {settings.kind!r} ({type(settings).__module__}) built a "
+                          f"{type(policy).__name__}, which is not a policy: it needs step(t_s, observation) and "
+                          f"confidence_threshold; fix or remove the plugin that provides this kind")
+    return policy
 
 
 def watchdog_feed_interval_ms(cfg: Config) -> float:

@@ -1,13 +1,14 @@
 """The closed loop itself: one tick is source → ring buffer → features → LiteRT model → policy → fault monitor →
-safety gate → audit → driver, on absolute deadlines of a Clock. The same code runs the daemon (real clock, serial
-board) and replay (virtual clock, in-process virtual board); process concerns (signals, systemd, exit codes) live in
-`neurostimd.service.daemon`."""
+safety gate → audit → driver → listeners, on absolute deadlines of a Clock. The same code runs the daemon (real
+clock, serial board) and replay (virtual clock, in-process virtual board); process concerns (signals, systemd, exit
+codes) live in `neurostimd.service.daemon`, and every output (recorder, LSL, metrics, state file) is a
+`neurostimd.listeners.LoopListener`."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 import structlog
 
 from neurostimd.clock import Clock
-from neurostimd.config import Config, watchdog_feed_problem
+from neurostimd.config import Config, make_policy, watchdog_feed_problem
 from neurostimd.core.controller import Command, ControlInputs, Controller, params_dict
 from neurostimd.core.faults import (
     FAULT_AUDIT_UNAVAILABLE,
@@ -28,16 +29,20 @@ from neurostimd.core.faults import (
     BoardReply,
     fallback_violations,
 )
-from neurostimd.core.ringbuffer import RingBuffer
+from neurostimd.core.ringbuffer import RingBuffer, Window
 from neurostimd.core.safety import table_warnings
+from neurostimd.core.stimtable import TableInForce, table_mismatch
 from neurostimd.core.stream_checks import MontageError, PlausibilityCheck, RateMonitor, match_montage, saturation_rule
 from neurostimd.drivers.base import Driver
 from neurostimd.drivers.errors import BadReply, BoardLost, DriverError, DriverTimeout
 from neurostimd.drivers.types import StimParams
 from neurostimd.errors import BundleError, ConfigError, NeurostimError
+from neurostimd.listeners import CommandEvent, DecisionEvent, Listeners, LoopListener, LoopState, TickStats
 from neurostimd.model.runtime import Bundle
 from neurostimd.outputs.audit import AuditError, AuditLog, board_timing
 from neurostimd.sources.base import Source
+
+__all__ = ["ClosedLoop", "LoopState", "TickStats", "stim_table_in_force"]
 
 log = structlog.get_logger(__name__)
 
@@ -65,22 +70,6 @@ def _failed_reply(err: DriverError) -> tuple[BoardReply, str]:
 
 
 @dataclass
-class TickStats:
-    """What one tick did and how long each stage took (ms). Kept for metrics, the bench and the status file."""
-
-    index: int
-    deadline_ns: int
-    start_ns: int
-    jitter_ms: float
-    stages_ms: dict[str, float]
-    sample_age_ms: float | None
-    new_samples: int
-    command_sent: bool
-    ack_ms: float | None  # tick start → the board's ACK, when a command was sent and acknowledged
-    overrun_ticks: int = 0
-
-
-@dataclass
 class _AuditOutage:
     """The audit log cannot be written: since when, why, and what went unrecorded meanwhile (for `audit_resumed`)."""
 
@@ -93,48 +82,86 @@ class _AuditOutage:
     stopped_at: dict[str, Any] | None = None  # the first unaudited STOP the board ACKed
 
 
-@dataclass
-class LoopState:
-    """The loop's observable state (status file, systemd STATUS=, metrics)."""
+def stim_table_in_force(cfg: Config, bundle: Bundle) -> TableInForce:
+    """The config's `[stimulation]` table when it has one, else the bundle's own. Either must have one row per class
+    of the bundle (state i for class i), and a config table must name the bundle's classes, in order: ConfigError
+    (config) or BundleError (bundle) naming both lists otherwise."""
+    classes = list(bundle.class_names)
+    stim = cfg.stimulation
+    if stim is not None:
+        if list(stim.classes) != classes:
+            raise ConfigError(
+                f"[stimulation] is written for the classes {list(stim.classes)}, but model bundle {bundle.path} "
+                f"classifies {classes}: row i is the stimulation for class i, so this table belongs to another "
+                f"model. Write [stimulation] classes and one row per class for {classes}, or remove [stimulation] "
+                f"to use the bundle's own table")
+        return TableInForce(stim.table(), "config")
+    problem = table_mismatch([s.state for s in bundle.table.states], classes)
+    if problem:
+        raise BundleError(f"model bundle {bundle.path}: its stimulation table does not fit its classes: {problem}. "
+                          f"Retrain it with a table of one row per class (`neurostimd train --table`), or give a "
+                          f"[stimulation] table for {classes} in the config")
+    return TableInForce(bundle.table, "bundle")
 
-    phase: str = "starting"
-    ticks: int = 0
-    overruns: int = 0
-    state: int | None = None
-    state_name: str | None = None
-    confidence: float = 0.0
-    probs: list[float] = field(default_factory=list)
-    applied: dict[str, float] | None = None
-    fault: str | None = None
-    limited_by: list[str] = field(default_factory=list)
-    first_clean_window: bool = False
-    board_state_known: bool = False
-    fault_counts: dict[str, int] = field(default_factory=dict)  # faults raised so far, by cause
-    commands: int = 0
-    send_failures: int = 0
+
+class _Stage:
+    """Times one stage of a tick into `stages_ms[name]`."""
+
+    __slots__ = ("_name", "_stages", "_t0")
+
+    def __init__(self, stages: dict[str, float], name: str) -> None:
+        self._stages, self._name, self._t0 = stages, name, 0
+
+    def __enter__(self) -> None:
+        self._t0 = time.perf_counter_ns()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stages[self._name] = (time.perf_counter_ns() - self._t0) / 1e6
+
+
+@dataclass
+class _Tick:
+    """One tick's working state, handed from stage to stage."""
+
+    start_ns: int
+    deadline_ns: int
+    t_s: float
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    board_ok: bool = True
+    boundary: list[str] = field(default_factory=list)  # what the checks at the boundary found wrong
+    sent: bool = False
+    ack_ms: float | None = None
+    command_event: CommandEvent | None = None
+
+    def stage(self, name: str) -> _Stage:
+        return _Stage(self.stages_ms, name)
+
+
+@dataclass(frozen=True)
+class _DataHealth:
+    age_ms: float | None  # of the newest sample (inf when the source is stale without one)
+    flags: list[str]  # the ring's quality reasons for the decision window
+    quality_ok: bool
 
 
 class ClosedLoop:
-    """One decision per `tick()`; `run()` ticks on absolute deadlines until told to stop or the source runs dry."""
+    """One decision per `tick()`; `run()` ticks on absolute deadlines until told to stop or the source runs dry.
+    `listeners` get the samples, decisions, commands and tick statistics (neurostimd.listeners); the one who made
+    them closes them."""
 
     def __init__(self, cfg: Config, *, clock: Clock, source: Source, bundle: Bundle, audit: AuditLog,
-                 driver: Driver | None, shadow: bool = False,
-                 on_decision: Callable[[dict[str, Any]], None] | None = None,
-                 on_tick: Callable[[TickStats], None] | None = None, prior_daily_stim_s: float = 0.0,
-                 recorder: Any = None, outlet: Any = None) -> None:
+                 driver: Driver | None, shadow: bool = False, prior_daily_stim_s: float = 0.0,
+                 listeners: Sequence[LoopListener] = ()) -> None:
         self.cfg = cfg
-        self.recorder = recorder  # outputs.recorder.Recorder: raw samples, decisions, commands of the session
-        self.outlet = outlet  # neurostimd.outputs.decisions_lsl.DecisionsOutlet: decisions as an LSL stream
         self.clock = clock
         self.source = source
         self.bundle = bundle
         self.audit = audit
         self.driver = driver
         self.shadow = shadow or driver is None
-        self.on_decision = on_decision
-        self.on_tick = on_tick
         self.cadence_ns = int(cfg.loop.cadence_ms * 1e6)
         self.state = LoopState()
+        self.listeners = Listeners(listeners, failures=self.state.listener_failures)
         self._check_bundle_matches_source()
         fs = source.sample_rate_hz
         sat = saturation_rule(source.n_channels, configured_uv=cfg.loop.saturation_uv, source_range_uv=source.range_uv,
@@ -157,7 +184,8 @@ class ClosedLoop:
         if bad_fallback:
             raise ConfigError(f"[safety.fallback] would be cut by {', '.join(bad_fallback)} on this board "
                               f"(its limits: {limits}); lower the fallback parameters or use safe_state = \"off\"")
-        self.controller = self._make_controller(cfg, limits, prior_daily_stim_s)
+        self.table = stim_table_in_force(cfg, bundle)
+        self.controller = self._make_controller(cfg, self.table, limits, prior_daily_stim_s)
         # the audit log at the boundary: down (nothing but STOP is sent) until a write succeeds again
         self._audit_down: _AuditOutage | None = None
         self._board_timing = board_timing(None if self.shadow else driver)
@@ -177,8 +205,11 @@ class ClosedLoop:
         self._board_mismatch: str | None = None
         # a decision window plus as much again for the filters to settle
         self._warm_samples = 2 * bundle.window_samples
-        for w in table_warnings(cfg.safety, bundle.table, limits):
-            log.warning("stim_table_limited", detail=w)
+        self._log_table(limits)
+        # Which model and table decide from here on, before anything is sent; an unwritable log refuses the start.
+        # Not fsync'd on its own (nothing waits on it): the next durable record, before any command, carries it.
+        self.audit.write("model_loaded", durable=False, bundle=str(bundle.path), classes=list(bundle.class_names),
+                         policy=cfg.policy.kind, **self.table.audit_fields())
         if driver is not None:
             # Know the electrode impedance (compliance rule) before the first command, not 2 s into stimulation. (The
             # session may have expired while the model and the source loaded: this poll renews it, before the loop
@@ -250,24 +281,35 @@ class ClosedLoop:
     def _status_period(cfg: Config) -> int:
         return max(1, round(cfg.device.status_poll_interval_ms() / cfg.loop.cadence_ms))
 
-    def _make_controller(self, cfg: Config, limits: Any, prior_daily_stim_s: float = 0.0) -> Controller:
-        return Controller(cfg.policy, cfg.safety, self.bundle.table, stale_after_ms=cfg.loop.stale_after_ms,
+    @staticmethod
+    def _make_controller(cfg: Config, table: TableInForce, limits: Any, prior_daily_stim_s: float = 0.0
+                         ) -> Controller:
+        return Controller(make_policy(cfg.policy, table.table), cfg.safety, stale_after_ms=cfg.loop.stale_after_ms,
                           board_limits=limits, prior_daily_stim_s=prior_daily_stim_s)
 
+    def _log_table(self, limits: Any) -> None:
+        t = self.table
+        log.info("stim_table", source=t.source, sha256=t.sha256, policy=self.cfg.policy.kind,
+                 states={self._state_name(s.state): s.name for s in t.table.states})
+        for w in table_warnings(self.cfg.safety, t.table, limits):
+            log.warning("stim_table_limited", detail=w)
+
     # Sections a SIGHUP applies at once; any other change is reported and waits for a restart.
+    LIVE_SECTIONS = ("policy", "stimulation", "safety", "loop")
     LIVE_LOOP_KEYS = ("cadence_ms", "stale_after_ms")
 
     def reload(self, cfg: Config) -> list[str]:
-        """Take a new config's policy, safety and loop timing; return the changed keys that need a restart (their
-        old values are kept). The decision pipeline restarts in its safe state, as at start-up: stimulation resumes,
-        ramping, after `recovery_clean_ms` of clean data under the new limits. Raises ConfigError (nothing changed)
-        if the new fallback would be cut on this board."""
+        """Take a new config's policy, stimulation table, safety and loop timing; return the changed keys that need
+        a restart (their old values are kept). The decision pipeline restarts in its safe state, as at start-up:
+        stimulation resumes, ramping, after `recovery_clean_ms` of clean data under the new limits. Raises
+        ConfigError (nothing changed) if the new fallback would be cut on this board or the new table does not fit
+        the bundle; BundleError likewise if, without [stimulation], the bundle's own table does not."""
         limits = self.controller.gate.board_limits
         bad_fallback = fallback_violations(cfg.safety, limits)
         if bad_fallback:
             raise ConfigError(f"[safety.fallback] would be cut by {', '.join(bad_fallback)} on this board")
         needs_restart = [k for k in type(cfg).model_fields
-                         if k not in ("policy", "safety", "loop") and getattr(cfg, k) != getattr(self.cfg, k)]
+                         if k not in self.LIVE_SECTIONS and getattr(cfg, k) != getattr(self.cfg, k)]
         loop_upd = {k: getattr(cfg.loop, k) for k in self.LIVE_LOOP_KEYS}
         needs_restart += [f"loop.{k}" for k in type(cfg.loop).model_fields
                           if k not in self.LIVE_LOOP_KEYS and getattr(cfg.loop, k) != getattr(self.cfg.loop, k)]
@@ -278,16 +320,22 @@ class ClosedLoop:
             problem = watchdog_feed_problem(live, float(limits.watchdog_ms))
             if problem:
                 raise ConfigError(f"{problem}; the reload is refused and the running config kept")
+        table = stim_table_in_force(cfg, self.bundle)
         t_s = self._t_s()
-        ctl = self._make_controller(cfg, limits)
+        ctl = self._make_controller(cfg, table, limits)
         # The dose history carries over, and the new gate ramps from what the board runs now, not from zero.
         current = self._board_applied if isinstance(self._board_applied, StimParams) else None
         ctl.gate.carry_over(self.controller.gate, t_s, current)
         self.controller = ctl
-        self.cfg = self.cfg.model_copy(update={"policy": cfg.policy, "safety": cfg.safety,
+        changed_table = table.sha256 != self.table.sha256
+        self.table = table
+        self.cfg = self.cfg.model_copy(update={"policy": cfg.policy, "stimulation": cfg.stimulation,
+                                               "safety": cfg.safety,
                                                "loop": self.cfg.loop.model_copy(update=loop_upd)})
         self.cadence_ns = int(self.cfg.loop.cadence_ms * 1e6)
         self._status_every = self._status_period(self.cfg)
+        if changed_table:
+            self._log_table(limits)
         return needs_restart
 
     # --- one tick --------------------------------------------------------------------------------------------------
@@ -300,46 +348,62 @@ class ClosedLoop:
 
     def tick(self, deadline_ns: int | None = None) -> TickStats:
         """Make one decision now. Never raises on bad data or board trouble: those become faults."""
+        tk = self._begin_tick(deadline_ns)
+        self._audit_boundary(tk.t_s)  # retry a log that is down, or write a dose checkpoint that is due
+        with tk.stage("ingest"):
+            new = self._ingest(tk)  # source → ring; what the driver learnt about the board
+        with tk.stage("features"):
+            window = self._features(new)
+        with tk.stage("inference"):
+            probs = self._classify(window)
+        health = self._check_data(tk)  # sample age, window quality, stream rate and amplitudes, the audit log
+        with tk.stage("policy_safety"):
+            cmd = self._decide(tk, probs, health)  # policy → fault monitor → gate
+        self._last_reply = None
+        self._audit_events(cmd)  # fault, fault_cleared, state_change
+        with tk.stage("driver"):
+            self._send_if_changed(tk, cmd)  # audit (fsync'd), then the board
+            self._poll_status_if_due(tk)
+        stats = self._end_tick(tk, cmd, probs, window is not None, health, len(new))
+        self._notify(new, cmd, probs, tk.command_event)
+        return stats
+
+    # --- the stages of a tick --------------------------------------------------------------------------------------
+    def _begin_tick(self, deadline_ns: int | None) -> _Tick:
         start_ns = self.clock.now_ns()
         if self._t0_ns is None:
             self._t0_ns = start_ns
-        deadline_ns = start_ns if deadline_ns is None else deadline_ns
-        t_s = (start_ns - self._t0_ns) / _NS
-        self._audit_boundary(t_s)
-        stages: dict[str, float] = {}
-        perf = time.perf_counter_ns
+        return _Tick(start_ns=start_ns, deadline_ns=start_ns if deadline_ns is None else deadline_ns,
+                     t_s=(start_ns - self._t0_ns) / _NS)
 
-        # ingest: the source fills the ring; then the driver's upkeep (heartbeats, draining), whatever the source
-        p = perf()
-        board_ok = True
-        # what the checks at the boundary (board, stream, audit log) found wrong at this decision
-        boundary: list[str] = []
+    def _ingest(self, tk: _Tick) -> Window:
+        """The source fills the ring; then the driver's per-tick upkeep (heartbeats, re-arming, draining), whatever
+        the source; the board's health becomes `tk.board_ok` and boundary causes. Returns the samples new since the
+        last tick."""
         try:
             self.source.pump(self.ring, 0.0)
         except DriverError:
-            board_ok = False
+            tk.board_ok = False
         if self.driver is not None:
             try:
                 self.driver.service(self.clock.now_ns())
             except DriverError:
-                board_ok = False
+                tk.board_ok = False
         if self.driver is not None and self._driver_lost():
-            board_ok = False
-        if not board_ok and self._board_applied is not _UNKNOWN:
+            tk.board_ok = False
+        if not tk.board_ok and self._board_applied is not _UNKNOWN:
             # A lost board stops by its dead-man timer only if it stays silent long enough; a quick reconnect may
             # find it still stimulating. So: unknown, and the first decision after the reconnect is sent (a STOP).
             self._board_applied = _UNKNOWN
-            self.controller.commit(t_s, None, False)
-        self._board_checks(t_s, boundary)
+            self.controller.commit(tk.t_s, None, False)
+        self._board_checks(tk.t_s, tk.boundary)
         new = self.ring.since(self._next_index, copy=False)
         self._next_index = new.end_index
-        n_new = len(new)
-        if self.recorder is not None and n_new:
-            self.recorder.record_samples(new)
-        stages["ingest"] = (perf() - p) / 1e6
+        return new
 
-        # features + inference
-        p = perf()
+    def _features(self, new: Window) -> np.ndarray | None:
+        """Judge the new samples' amplitudes, feed them to the streaming features; the decision window, if any."""
+        n_new = len(new)
         # the amplitudes of the new samples, judged before anything with memory sees them
         over_bound = self.plausibility.push(new.data) if n_new else False
         if n_new:
@@ -355,15 +419,15 @@ class ClosedLoop:
                     self.features.reset()
                     data = data[-self._warm_samples:]
                 self.features.push(data)
-        window = self.features.window()
-        stages["features"] = (perf() - p) / 1e6
-        p = perf()
+        return self.features.window()
+
+    def _classify(self, window: np.ndarray | None) -> np.ndarray | None:
         probs = self.bundle.predict(window) if window is not None else None
         if probs is not None and not np.isfinite(probs).all():
             probs = None  # a model that returns NaN has no opinion
-        stages["inference"] = (perf() - p) / 1e6
+        return probs
 
-        # data health
+    def _check_data(self, tk: _Tick) -> _DataHealth:
         newest = self.ring.newest_timestamp
         now_s = self.clock.now_ns() / _NS
         age_ms = None if newest is None else max(0.0, (now_s - newest) * 1000.0)
@@ -371,50 +435,49 @@ class ClosedLoop:
         flags = list(quality.reasons)
         if self.source.stale and "stale" not in flags:
             age_ms = math.inf if age_ms is None else max(age_ms, self.cfg.loop.stale_after_ms + 1.0)
-        self._check_stream(t_s, boundary)
+        self._check_stream(tk.t_s, tk.boundary)
         if self._audit_down is not None:
-            boundary.append(FAULT_AUDIT_UNAVAILABLE)
+            tk.boundary.append(FAULT_AUDIT_UNAVAILABLE)
+        return _DataHealth(age_ms=age_ms, flags=flags, quality_ok=quality.ok)
 
-        # policy → fault monitor → gate
-        p = perf()
-        cmd = self.controller.step(t_s, ControlInputs(
-            probs=probs, data_age_ms=age_ms, t_data_s=self.source.t_data_s, quality_flags=flags, board_ok=board_ok,
-            last_reply=self._last_reply, impedance_ohm=self._impedance_ohm, boundary_causes=boundary))
-        stages["policy_safety"] = (perf() - p) / 1e6
-        self._last_reply = None
-        self._audit_events(cmd)
+    def _decide(self, tk: _Tick, probs: np.ndarray | None, health: _DataHealth) -> Command:
+        return self.controller.step(tk.t_s, ControlInputs(
+            probs=probs, data_age_ms=health.age_ms, t_data_s=self.source.t_data_s, quality_flags=health.flags,
+            board_ok=tk.board_ok, last_reply=self._last_reply, impedance_ohm=self._impedance_ohm,
+            boundary_causes=tk.boundary))
 
-        # send what changed
-        p = perf()
-        sent, ack_ms = False, None
+    def _send_if_changed(self, tk: _Tick, cmd: Command) -> None:
         # an audit write failed in this tick: whatever the board runs is stopped now, not at the next decision
         must_stop = self._audit_down is not None and self._board_applied is not None
-        if (cmd.applied != self._board_applied or must_stop) and (board_ok or self.shadow):
-            sent = True
-            ack_ms = self._send(cmd, start_ns)
+        if (cmd.applied != self._board_applied or must_stop) and (tk.board_ok or self.shadow):
+            tk.sent = True
+            tk.ack_ms, tk.command_event = self._send(cmd, tk.start_ns)
+
+    def _poll_status_if_due(self, tk: _Tick) -> None:
         # STATUS on schedule even on a tick that sent a command: a board that obeys someone else between two ramp
         # steps must still be caught (right after a mismatch, at the next tick: the fault waits for agreement)
-        if (not self.shadow and self.driver is not None and board_ok and self._board_applied is not _UNKNOWN
+        if (not self.shadow and self.driver is not None and tk.board_ok and self._board_applied is not _UNKNOWN
                 and (self._poll_soon or self._tick_index % self._status_every == 0)):
-            self._poll_status(t_s)
-        stages["driver"] = (perf() - p) / 1e6
+            self._poll_status(tk.t_s)
 
-        self._publish(cmd, probs, window is not None and quality.ok and age_ms is not None
-                      and age_ms <= self.cfg.loop.stale_after_ms)
-        stats = TickStats(index=self._tick_index, deadline_ns=deadline_ns, start_ns=start_ns,
-                          jitter_ms=(start_ns - deadline_ns) / 1e6, stages_ms=stages, sample_age_ms=age_ms,
-                          new_samples=n_new, command_sent=sent, ack_ms=ack_ms)
+    def _end_tick(self, tk: _Tick, cmd: Command, probs: np.ndarray | None, has_window: bool, health: _DataHealth,
+                  n_new: int) -> TickStats:
+        self._publish(cmd, probs, has_window and health.quality_ok and health.age_ms is not None
+                      and health.age_ms <= self.cfg.loop.stale_after_ms)
+        stats = TickStats(index=self._tick_index, deadline_ns=tk.deadline_ns, start_ns=tk.start_ns,
+                          jitter_ms=(tk.start_ns - tk.deadline_ns) / 1e6, stages_ms=tk.stages_ms,
+                          sample_age_ms=health.age_ms, new_samples=n_new, command_sent=tk.sent, ack_ms=tk.ack_ms)
         self._tick_index += 1
         self.state.ticks += 1
-        if self.on_decision is not None or self.recorder is not None or self.outlet is not None:
-            rec = self._decision_record(cmd, probs)
-            if self.on_decision is not None:
-                self.on_decision(rec)
-            if self.recorder is not None:
-                self.recorder.record_decision(rec)
-            if self.outlet is not None:
-                self.outlet.push(rec)
         return stats
+
+    def _notify(self, new: Window, cmd: Command, probs: np.ndarray | None, sent: CommandEvent | None) -> None:
+        """The listeners, after the command path: each guarded, so none can stop the loop."""
+        if len(new):
+            self.listeners.samples(new)
+        if sent is not None:
+            self.listeners.command(sent)
+        self.listeners.decision(DecisionEvent(tick=self._tick_index - 1, command=cmd, probs=probs))
 
     def _board_checks(self, t_s: float, boundary: list[str]) -> None:
         """What the driver learnt about the board since the last decision, as fault causes: a new session (a
@@ -483,18 +546,19 @@ class ClosedLoop:
             else:
                 log.info(event)
 
-    def _send(self, cmd: Command, start_ns: int) -> float | None:
-        """Audit (fsync'd) first, then command the board; record the outcome. Returns tick start → ACK in ms."""
+    def _send(self, cmd: Command, start_ns: int) -> tuple[float | None, CommandEvent | None]:
+        """Audit (fsync'd) first, then command the board; record the outcome. Returns tick start → ACK in ms, and
+        what the listeners are told when the command went to a board."""
         rec = self._audit_write(cmd.event, **cmd.audit_fields(), shadow=self.shadow)
         if rec is None:
             self._stop_unaudited(cmd.t_s)
-            return None
+            return None, None
         applied = cmd.applied
         t_s = cmd.t_s
         if self.shadow or self.driver is None:
             self._board_applied = applied
             self.controller.commit(t_s, applied, True)
-            return None
+            return None, None
         reply: BoardReply = "ack"
         error: str | None = None
         try:
@@ -511,9 +575,8 @@ class ClosedLoop:
         # which keeps a second fsync out of every commanding tick.
         ack_rec = self._audit_write("stim_ack", durable=False, command_seq=rec["seq"], ack=acked,
                                     **({"error": error, "reply": reply} if error else {}))
-        if self.recorder is not None:
-            t_ack = ack_rec["t_mono_ns"] if ack_rec is not None else self.audit.clock_now()[1]
-            self.recorder.record_command({**rec, "ack": acked, "t_ack_mono_ns": t_ack})
+        t_ack = ack_rec["t_mono_ns"] if ack_rec is not None else self.audit.clock_now()[1]
+        event = CommandEvent(command=cmd, record=rec, reply=reply, error=error, t_ack_mono_ns=t_ack)
         self.state.commands += 1
         if acked:
             self._board_applied = applied
@@ -528,7 +591,7 @@ class ClosedLoop:
             log.warning("stim_send_failed", reply=reply, error=error, requested=params_dict(applied))
         self.controller.commit(t_s, applied, acked)
         self._last_reply = reply
-        return ack_ms
+        return ack_ms, event
 
     def _poll_status(self, t_s: float) -> None:
         assert self.driver is not None
@@ -621,22 +684,6 @@ class ClosedLoop:
         s.limited_by = list(cmd.gate.limited_by)
         if clean:
             s.first_clean_window = True
-
-    def _decision_record(self, cmd: Command, probs: np.ndarray | None) -> dict[str, Any]:
-        """One line of decisions.jsonl: only data-derived values, so a replay is byte-for-byte reproducible."""
-        return {
-            "tick": self._tick_index - 1,
-            "t_s": round(cmd.t_s, 6),
-            "t_data_s": None if cmd.t_data_s is None else round(float(cmd.t_data_s), 6),
-            "state": cmd.decision.state,
-            "confidence": round(float(cmd.decision.confidence), 6),
-            "probs": None if probs is None else [round(float(v), 6) for v in probs],
-            "requested": params_dict(cmd.requested),
-            "applied": params_dict(cmd.applied),
-            "limited_by": list(cmd.gate.limited_by),
-            "faults": list(cmd.fault.faults),
-            "safe_state": cmd.fault.active,
-        }
 
     # --- the audit log at the boundary ------------------------------------------------------------------------------
     def audit_record(self, event: str, **fields: Any) -> dict[str, Any] | None:
@@ -776,10 +823,10 @@ class ClosedLoop:
         return False
 
     # --- running ---------------------------------------------------------------------------------------------------
-    def run(self, *, should_stop: Callable[[], bool], duration_s: float | None = None,
-            between_ticks: Callable[[TickStats], None] | None = None) -> None:
+    def run(self, *, should_stop: Callable[[], bool], duration_s: float | None = None) -> None:
         """Tick on absolute deadlines (next = previous + cadence) until should_stop(), the duration is over, or a
-        replay source is exhausted. Overruns are counted and logged, never silently absorbed."""
+        replay source is exhausted. Overruns are counted and logged, never silently absorbed. After each tick the
+        listeners' `on_tick` gets its statistics, overrun included."""
         deadline = self.clock.now_ns()
         end = None if duration_s is None else deadline + int(duration_s * _NS)
         while not should_stop():
@@ -796,10 +843,7 @@ class ClosedLoop:
                 log.warning("overrun", tick=stats.index, late_ms=round((now - deadline) / 1e6, 3),
                             missed_ticks=int(missed), stages_ms={k: round(v, 3) for k, v in stats.stages_ms.items()})
                 deadline += missed * self.cadence_ns
-            if self.on_tick is not None:
-                self.on_tick(stats)
-            if between_ticks is not None:
-                between_ticks(stats)
+            self.listeners.tick(stats, self)
             if self.source.exhausted:
                 break
             if end is not None and deadline > end:

@@ -34,6 +34,7 @@ from neurostimd.drivers.types import StimParams
 from neurostimd.errors import ConfigError, NeurostimError
 from neurostimd.firmware_sim.generator import F32, SyntheticSource
 from neurostimd.firmware_sim.plant import N_STATES, STATE_NAMES, PlantParams, charge_rate_uc_per_s
+from neurostimd.listeners import BaseListener, DecisionEvent, LoopView, TickStats
 
 log = structlog.get_logger(__name__)
 
@@ -309,35 +310,29 @@ def _run_adaptive(cfg: Config, bundle: Any, driver: Any, tracer: TracingSource, 
     remove_log(audit_path)  # a fresh log per run, earlier segments included
     run_cfg = cfg.model_copy(update={"audit": cfg.audit.model_copy(update={"path": audit_path})})
     source = BoardSource(driver, stale_after_ms=cfg.loop.stale_after_ms)
-    ticks: list[tuple[int, int, int]] = []  # (true state, classifier argmax or -1, policy state or -1)
-
-    def on_decision(rec: dict[str, Any]) -> None:
-        truth = tracer.state
-        probs = rec["probs"]
-        ticks.append((-1 if truth is None else int(truth), -1 if probs is None else int(np.argmax(probs)),
-                      -1 if rec["state"] is None else int(rec["state"])))
-
+    agreement = _Agreement(tracer)
     t0 = clock.now_ns()
-
-    def between(_stats: Any) -> None:
-        if progress is not None:
-            progress("tick", (clock.now_ns() - t0) / _NS)
-
     with AuditLog(audit_path, rotate_mb=cfg.audit.rotate_mb) as audit:
         source.open()
         try:
             # One cadence before the first tick, so that every tick sees fresh samples.
             clock.sleep_until(clock.now_ns() + int(cfg.loop.cadence_ms * 1e6))
+            listeners: list[BaseListener] = [agreement]
+            if progress is not None:
+                listeners.append(_TickProgress(progress, clock, t0))
             loop = ClosedLoop(run_cfg, clock=clock, source=source, bundle=bundle, audit=audit, driver=driver,
-                              on_decision=on_decision)
+                              listeners=listeners)
             end_s = duration_s + cfg.loop.cadence_ms / 1000.0
-            loop.run(should_stop=lambda: False, duration_s=end_s - (clock.now_ns() - t0) / _NS,
-                     between_ticks=between)
+            loop.run(should_stop=lambda: False, duration_s=end_s - (clock.now_ns() - t0) / _NS)
             loop.stop_stimulation("end_of_evaluation")
         finally:
             source.close()
             driver.close()
-    arr = np.asarray(ticks, dtype=np.int64).reshape(-1, 3)
+    if loop.state.listener_failures:
+        raise EvaluationError(f"the adaptive arm's per-tick comparison failed (calls that raised: "
+                              f"{loop.state.listener_failures}; the log says why), so its agreement figures would "
+                              f"be wrong")
+    arr = np.asarray(agreement.ticks, dtype=np.int64).reshape(-1, 3)
     has_probs = arr[:, 1] >= 0
     has_state = arr[:, 2] >= 0
     return {
@@ -349,6 +344,29 @@ def _run_adaptive(cfg: Config, bundle: Any, driver: Any, tracer: TracingSource, 
         "policy_agreement": float(np.mean(arr[has_state, 2] == arr[has_state, 0])) if has_state.any() else None,
         "classifier_confusion": _confusion(arr[has_probs, 0], arr[has_probs, 1]),
     }
+
+
+class _Agreement(BaseListener):
+    """Per decision: (the plant's true state, the classifier's argmax or -1, the policy's state or -1)."""
+
+    def __init__(self, tracer: TracingSource) -> None:
+        self.tracer = tracer
+        self.ticks: list[tuple[int, int, int]] = []
+
+    def on_decision(self, decision: DecisionEvent) -> None:
+        truth = self.tracer.state
+        rec = decision.record
+        probs, state = rec["probs"], rec["state"]
+        self.ticks.append((-1 if truth is None else int(truth), -1 if probs is None else int(np.argmax(probs)),
+                           -1 if state is None else int(state)))
+
+
+class _TickProgress(BaseListener):
+    def __init__(self, progress: Progress, clock: VirtualClock, t0_ns: int) -> None:
+        self.progress, self.clock, self.t0_ns = progress, clock, t0_ns
+
+    def on_tick(self, stats: TickStats, loop: LoopView) -> None:
+        self.progress("tick", (self.clock.now_ns() - self.t0_ns) / _NS)
 
 
 def _audit_summary(path: Path, duration_s: float) -> dict[str, Any]:
@@ -415,8 +433,11 @@ def evaluate(cfg: Config, out: Path, *, duration_s: float = 600.0, seeds: list[i
     from neurostimd.firmware_sim.board import DEFAULT_LIMITS
 
     limits = dataclasses.replace(DEFAULT_LIMITS, watchdog_ms=round(getattr(cfg.device, "watchdog_ms", 250.0)))
-    fixed, fixed_rules = continuous_params(cfg, bundle.table, continuous_state, limits)
-    entry = bundle.table.for_state(continuous_state)
+    from neurostimd.loop import stim_table_in_force
+
+    table = stim_table_in_force(cfg, bundle).table  # the adaptive arm's table: [stimulation], else the bundle's
+    fixed, fixed_rules = continuous_params(cfg, table, continuous_state, limits)
+    entry = table.for_state(continuous_state)
 
     runs: list[ArmRun] = []
     n_total = len(seeds) * len(ARMS)
@@ -452,8 +473,8 @@ def evaluate(cfg: Config, out: Path, *, duration_s: float = 600.0, seeds: list[i
         "cadence_ms": cfg.loop.cadence_ms,
         "bundle": _display_path(Path(cfg.model.bundle)),
         "bundle_tflite_sha256": (bundle.manifest.get("files") or {}).get("model.tflite"),
-        "table": bundle.table.model_dump(),
-        "table_warnings": table_warnings(cfg.safety, bundle.table, limits),
+        "table": table.model_dump(),
+        "table_warnings": table_warnings(cfg.safety, table, limits),
         "continuous": {
             "table_state": continuous_state, "requested": {"frequency_hz": entry.frequency_hz,
                                                            "amplitude_ma": entry.amplitude_ma,

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import numpy as np
 import structlog
@@ -18,6 +18,7 @@ import structlog
 from neurostimd.clock import Clock, ScaledClock, VirtualClock
 from neurostimd.config import Config, load_config
 from neurostimd.errors import ConfigError, NeurostimError
+from neurostimd.listeners import BaseListener, DecisionEvent, ListenerFailed, LoopView, TickStats
 from neurostimd.outputs.audit import AuditLog, iter_records, remove_log
 from neurostimd.sources.settings import ReplaySourceConfig
 
@@ -82,29 +83,20 @@ def run_replay(cfg: Config, recording: Path, out: Path, speed: float | Literal["
         driver.open()
         source.open()
         try:
-            def on_decision(rec: dict[str, Any]) -> None:
-                dec_f.write(json.dumps(rec, separators=(",", ":")) + "\n")
-                decisions.append(rec)
-
             loop = ClosedLoop(cfg, clock=clock, source=source, bundle=bundle, audit=audit, driver=driver,
-                              on_decision=on_decision)
+                              listeners=[_DecisionsFile(dec_f, decisions), _Progress(source, duration_s,
+                                                                                      enabled=progress)])
             wall0 = time.perf_counter()
-            last_report = [wall0]
-
-            def report(_stats: Any) -> None:
-                now = time.perf_counter()
-                if progress and now - last_report[0] >= 1.0:
-                    last_report[0] = now
-                    t = source.t_data_s or 0.0
-                    print(f"replay: {t:8.1f} / {duration_s:.1f} s of recording ({100 * t / duration_s:5.1f} %)",
-                          file=sys.stderr, flush=True)
-
-            loop.run(should_stop=lambda: False, between_ticks=report)
+            loop.run(should_stop=lambda: False)
             loop.stop_stimulation("end_of_recording")
             wall = time.perf_counter() - wall0
         finally:
             source.close()
             driver.close()
+    if loop.state.listener_failures:
+        raise ListenerFailed(f"an output of the replay failed (calls that raised, by output: "
+                             f"{loop.state.listener_failures}; the log says why), so {decisions_path} may be "
+                             f"incomplete: fix the cause and replay again")
     summary = {
         "recording": str(recording), "ticks": len(decisions), "recording_s": round(duration_s, 3),
         "wall_s": round(wall, 3), "x_realtime": round(duration_s / wall, 1) if wall > 0 else None,
@@ -115,6 +107,37 @@ def run_replay(cfg: Config, recording: Path, out: Path, speed: float | Literal["
                                                 out / "timeline.png"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+class _DecisionsFile(BaseListener):
+    """decisions.jsonl: one line per decision, also kept in `decisions` for the timeline."""
+
+    def __init__(self, fh: TextIO, decisions: list[dict[str, Any]]) -> None:
+        self.fh = fh
+        self.decisions = decisions
+
+    def on_decision(self, decision: DecisionEvent) -> None:
+        rec = decision.record
+        self.fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        self.decisions.append(rec)
+
+
+class _Progress(BaseListener):
+    """A progress line on stderr at most once a second of wall time."""
+
+    def __init__(self, source: Any, duration_s: float, *, enabled: bool) -> None:
+        self.source = source
+        self.duration_s = duration_s
+        self.enabled = enabled
+        self._last = time.perf_counter()
+
+    def on_tick(self, stats: TickStats, loop: LoopView) -> None:
+        now = time.perf_counter()
+        if self.enabled and now - self._last >= 1.0:
+            self._last = now
+            t = self.source.t_data_s or 0.0
+            print(f"replay: {t:8.1f} / {self.duration_s:.1f} s of recording ({100 * t / self.duration_s:5.1f} %)",
+                  file=sys.stderr, flush=True)
 
 
 def plot_timeline(recording: Any, decisions: list[dict[str, Any]], class_names: list[str], path: Path) -> Path:

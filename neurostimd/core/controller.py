@@ -13,9 +13,8 @@ import numpy as np
 import numpy.typing as npt
 
 from neurostimd.core.faults import BoardReply, FaultInputs, FaultMonitor, FaultStatus
-from neurostimd.core.policy import Policy, PolicyConfig, PolicyDecision
+from neurostimd.core.policy import Observation, Policy, PolicyDecision
 from neurostimd.core.safety import GateResult, SafetyConfig, SafetyGate
-from neurostimd.core.stimtable import StimTable
 from neurostimd.drivers.types import BoardLimits, StimParams
 
 
@@ -53,6 +52,10 @@ class ControlInputs:
     last_reply: BoardReply | None = None
     impedance_ohm: float | None = None
     boundary_causes: Collection[str] = ()
+
+    def observation(self) -> Observation:
+        """What the policy sees of these inputs."""
+        return Observation(probs=self.probs)
 
 
 @dataclass(frozen=True)
@@ -99,20 +102,20 @@ class Command:
 class Controller:
     """Policy → fault monitor → safety gate as one pure step. The gate stays a separate object with its own limits.
 
-    Loop: `cmd = ctl.step(t, inputs)`; write the audit record; send `cmd.applied`; `ctl.commit(t, cmd.applied,
-    acked)`; pass the reply as `last_reply` of the next step.
+    `policy` is any `Policy` (the loop builds the one `[policy] kind` names); the fault monitor takes its confidence
+    threshold. Loop: `cmd = ctl.step(t, inputs)`; write the audit record; send `cmd.applied`; `ctl.commit(t,
+    cmd.applied, acked)`; pass the reply as `last_reply` of the next step.
     """
 
-    def __init__(self, policy_cfg: PolicyConfig, safety_cfg: SafetyConfig, table: StimTable, *,
-                 stale_after_ms: float, board_limits: BoardLimits | None = None,
-                 prior_daily_stim_s: float = 0.0) -> None:
-        self.policy = Policy(policy_cfg, table)
+    def __init__(self, policy: Policy, safety_cfg: SafetyConfig, *, stale_after_ms: float,
+                 board_limits: BoardLimits | None = None, prior_daily_stim_s: float = 0.0) -> None:
+        self.policy = policy
         self.monitor = FaultMonitor(safety_cfg, stale_after_ms=stale_after_ms,
-                                    confidence_threshold=policy_cfg.confidence_threshold)
+                                    confidence_threshold=policy.confidence_threshold)
         self.gate = SafetyGate(safety_cfg, board_limits, prior_daily_stim_s=prior_daily_stim_s)
 
     def step(self, t_s: float, inputs: ControlInputs) -> Command:
-        decision = self.policy.step(t_s, inputs.probs)
+        decision = self.policy.step(t_s, inputs.observation())
         fault = self.monitor.update(t_s, FaultInputs(
             data_age_ms=inputs.data_age_ms, quality_flags=inputs.quality_flags,
             confidence=None if inputs.probs is None else decision.confidence,

@@ -1,16 +1,20 @@
-"""The policy: classified state + confidence → the stimulation the state's table entry asks for.
+"""The policy: what the observation of a tick (the classifier's class probabilities) asks the board to run.
 
 Pure code (no clock, no I/O): time is an input in seconds. The first of three independent safety layers — it only
-decides *what to ask for*; the safety gate decides what may be sent. Like the detectors of embedded adaptive-DBS
-systems it debounces: a new state must persist for its onset time, the old one must be absent for its termination
-time, and a blanking period follows every change.
+decides *what to ask for*; the safety gate decides what may be sent. `Policy` is the seam: anything with
+`step(t_s, observation) -> PolicyDecision` and a `confidence_threshold`; `[policy] kind` picks one through
+neurostimd.registry.POLICIES, whose settings model builds it on the stimulation table in force.
+
+`TablePolicy` (kind "table", the default) is the research notebook's law: the accepted state's row of the table.
+Like the detectors of embedded adaptive-DBS systems it debounces: a new state must persist for its onset time, the
+old one must be absent for its termination time, and a blanking period follows every change.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -33,8 +37,8 @@ class PolicyConfig(Strict):
     use_state_durations: bool = False  # end a state's stimulation after its table `duration_min`
     target_state: int | None = None  # the state closed-loop control aims for (used by the evaluation)
 
-    def build(self, table: StimTable) -> Policy:
-        return Policy(self, table)
+    def build(self, table: StimTable) -> TablePolicy:
+        return TablePolicy(self, table)
 
 
 REASON_NO_DATA = "no_data"
@@ -62,7 +66,28 @@ class PolicyDecision:
     reason: str
 
 
-class Policy:
+@dataclass(frozen=True)
+class Observation:
+    """What a policy sees at one decision. `probs`: the classifier's class probabilities (None: no window this
+    tick). A later input (a biomarker) is a new field with a default, so existing policies keep working."""
+
+    probs: npt.NDArray[np.floating] | None
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A control law: one decision per tick from the tick's observation. Pure: time is the argument."""
+
+    @property
+    def confidence_threshold(self) -> float:
+        """The classifier confidence below which an observation does not count (the fault monitor's
+        `low_confidence` uses the same threshold)."""
+        ...
+
+    def step(self, t_s: float, observation: Observation) -> PolicyDecision: ...
+
+
+class TablePolicy:
     """Debounced state tracking over classifier outputs, with the state's table entry as the desired command.
 
     Class index i of the classifier is state i of the table. An observation counts only when its top probability is
@@ -95,14 +120,18 @@ class Policy:
     def state(self) -> int | None:
         return self._active
 
+    @property
+    def confidence_threshold(self) -> float:
+        return self.cfg.confidence_threshold
+
     def stimulated_s(self, state: int) -> float:
         """Seconds this session the policy asked for `state`'s stimulation."""
         return self._used_s.get(state, 0.0)
 
-    def step(self, t_s: float, probs: npt.NDArray[np.floating] | None) -> PolicyDecision:
-        """One decision at time `t_s` from the classifier's class probabilities (None: no window this tick)."""
+    def step(self, t_s: float, observation: Observation) -> PolicyDecision:
+        """One decision at time `t_s` from the observation's class probabilities."""
         t_s = self._advance(t_s)
-        obs, confidence, reason = self._observe(probs)
+        obs, confidence, reason = self._observe(observation.probs)
         if obs is not None and obs == self._active:
             self._active_last_seen_s = t_s
         if obs != self._candidate:

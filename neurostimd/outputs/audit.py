@@ -41,7 +41,7 @@ from neurostimd.safe_io import UnsafePath, open_regular, read_regular
 log = structlog.get_logger("neurostimd.outputs.audit")
 
 EVENTS = ("stim_command", "stim_stop", "stim_ack", "fault", "fault_cleared", "state_change", "config_reload",
-          "startup", "shutdown", "board_ready", "dose_checkpoint", "audit_segment", "audit_resumed",
+          "startup", "shutdown", "board_ready", "model_loaded", "dose_checkpoint", "audit_segment", "audit_resumed",
           "board_mismatch", "board_stopped")
 
 GENESIS = "0" * 64  # `prev` of the very first record of a log

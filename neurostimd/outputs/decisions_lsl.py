@@ -1,6 +1,6 @@
 """Publishes every decision as an LSL stream (irregular rate, float32) so that LabRecorder records the controller's
 state, class probabilities and applied stimulation beside the raw stream. Channel labels, units and types are in the
-stream's XML description."""
+stream's XML description. `DecisionsListener` pushes a loop's decisions."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pylsl
 import structlog
 
 from neurostimd.config import DecisionsLslConfig
+from neurostimd.listeners import BaseListener, DecisionEvent
 
 log = structlog.get_logger(__name__)
 
@@ -101,3 +102,16 @@ class DecisionsOutlet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class DecisionsListener(BaseListener):
+    """A DecisionsOutlet as a loop listener: one sample per decision. `close()` closes the outlet."""
+
+    def __init__(self, outlet: DecisionsOutlet) -> None:
+        self.outlet = outlet
+
+    def on_decision(self, decision: DecisionEvent) -> None:
+        self.outlet.push(decision.record)
+
+    def close(self) -> None:
+        self.outlet.close()

@@ -1,11 +1,14 @@
 """Optional Prometheus endpoint, bound to loopback: per-stage latency histograms, drops, overruns, state and the
-applied parameters. Uses its own registry so tests and several daemons in one process do not collide."""
+applied parameters. Uses its own registry so tests and several daemons in one process do not collide.
+`MetricsListener` updates it after every tick of the loop."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from neurostimd.listeners import BaseListener, LoopView, TickStats
 
 STAGES = ("ingest", "features", "inference", "policy_safety", "driver")
 # Buckets in seconds, dense below 2 ms where the loop lives.
@@ -44,3 +47,45 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class MetricsListener(BaseListener):
+    """Metrics as a loop listener: each tick's stage times, sample age and counts, the ring's and the driver's
+    counters, the faults raised since the last tick, the state and the applied parameters. `close()` stops the
+    endpoint."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._faults_exported: dict[str, int] = {}
+
+    def on_tick(self, stats: TickStats, loop: LoopView) -> None:
+        m = self.metrics
+        for k, v in stats.stages_ms.items():
+            m.stage_seconds.labels(stage=k).observe(v / 1000.0)
+        if stats.sample_age_ms is not None and stats.sample_age_ms != float("inf"):
+            m.sample_age_seconds.observe(stats.sample_age_ms / 1000.0)
+        m.ticks.inc()
+        if stats.overrun_ticks:
+            m.overruns.inc(stats.overrun_ticks)
+        m.samples.inc(stats.new_samples)
+        m.gaps.set(loop.ring.gaps)
+        m.ring_overruns.set(loop.ring.counters.overrun_samples)
+        state = loop.state
+        for cause, n in state.fault_counts.items():
+            seen = self._faults_exported.get(cause, 0)
+            if n > seen:
+                m.faults.labels(kind=cause).inc(n - seen)
+                self._faults_exported[cause] = n
+        if loop.driver is not None:
+            c = loop.driver.counters
+            m.bad_frames.set(c.bad_frames)
+            m.blocks_dropped.set(c.extra.get("blocks_dropped", 0))
+        m.state.set(-1 if state.state is None else state.state)
+        m.confidence.set(state.confidence)
+        applied = state.applied
+        m.stimulating.set(1 if applied else 0)
+        for k in ("frequency_hz", "amplitude_ma", "pulse_width_us"):
+            m.applied.labels(param=k).set(applied[k] if applied else 0.0)
+
+    def close(self) -> None:
+        self.metrics.close()

@@ -1,7 +1,7 @@
 """The session recorder: raw samples, decisions and commands in an open, append-only format (raw little-endian
 binary + JSON lines + a JSON sidecar; docs/recording-format.md) that survives SIGKILL losing at most one flush
 interval. Recording never stalls the loop: calls only append to memory, a flush is a few os.write calls, and the
-fdatasync on each flush interval runs in a thread beside the loop."""
+fdatasync on each flush interval runs in a thread beside the loop. `RecorderListener` records a loop's session."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import numpy as np
 import structlog
 
 from neurostimd.core.ringbuffer import Window
+from neurostimd.listeners import BaseListener, CommandEvent, DecisionEvent
 from neurostimd.safe_io import check_regular_or_absent, open_regular, real_directory
 from neurostimd.sources.recordings import SESSION_FORMAT
 
@@ -229,3 +230,23 @@ class Recorder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RecorderListener(BaseListener):
+    """A Recorder as a loop listener: every new sample once, every decision (its decisions.jsonl line), and every
+    command sent to the board with its outcome (`ack`, `t_ack_mono_ns`). `close()` closes the recorder."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    def on_samples(self, window: Window) -> None:
+        self.recorder.record_samples(window)
+
+    def on_decision(self, decision: DecisionEvent) -> None:
+        self.recorder.record_decision(decision.record)
+
+    def on_command(self, command: CommandEvent) -> None:
+        self.recorder.record_command({**command.record, "ack": command.acked, "t_ack_mono_ns": command.t_ack_mono_ns})
+
+    def close(self) -> None:
+        self.recorder.close()

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
@@ -22,11 +22,15 @@ from neurostimd.devices import make_device
 from neurostimd.drivers.base import Driver
 from neurostimd.drivers.errors import BoardRefused, DriverError, PortBusy, PortInvalid
 from neurostimd.errors import BundleError, ConfigError, DataFormatError, NeurostimError, SourceError
+from neurostimd.listeners import BaseListener, LoopListener, LoopView, TickStats, close_all
 from neurostimd.outputs.audit import AuditError, AuditLog, DoseRecovery, board_timing
-from neurostimd.outputs.status import write_state
-from neurostimd.safe_io import UnsafePath, check_regular_or_absent, real_directory
+from neurostimd.outputs.status import StateFile
+from neurostimd.safe_io import check_regular_or_absent, real_directory
 from neurostimd.service.logs import configure_logging
 from neurostimd.service.notify import SystemdNotifier
+
+if TYPE_CHECKING:
+    from neurostimd.outputs.metrics import Metrics
 
 log = structlog.get_logger("neurostimd.service.daemon")
 
@@ -55,11 +59,7 @@ class Daemon:
         self._timings = open(timings_path, "w", buffering=1) if timings_path else None  # noqa: SIM115
         self._ready = False
         self._t_start = time.monotonic()
-        self._last_watchdog = 0.0
-        self._last_state_write = 0.0
-        self.metrics: Any = None
-        self._faults_exported: dict[str, int] = {}
-        self._state_file_refused = False
+        self.state_file = StateFile(cfg.runtime.state_file, shadow=self.shadow, started_mono=self._t_start)
 
     # --- signals and threads ---------------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -116,8 +116,7 @@ class Daemon:
         driver: Driver | None = None
         source = None
         loop = None
-        recorder: Any = None
-        outlet: Any = None
+        listeners: list[LoopListener] = []
         code = EX_OK
         try:
             # Handshake first: the board streams from the first valid frame on, so the 0.55 s of signal that the
@@ -139,36 +138,23 @@ class Daemon:
             source.open()
             from neurostimd.loop import ClosedLoop
 
-            if cfg.recorder.enabled:
-                from neurostimd.outputs.recorder import Recorder
-
-                session = cfg.recorder.dir / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-                recorder = Recorder(session, source.n_channels, source.sample_rate_hz, source.channel_names,
-                                    cfg.recorder.flush_interval_ms,
-                                    extra_meta={"config": self.config_path, "bundle": str(cfg.model.bundle)})
-            if cfg.decisions_lsl.enabled:
-                from neurostimd.outputs.decisions_lsl import DecisionsOutlet
-
-                outlet = DecisionsOutlet(cfg.decisions_lsl, class_names=bundle.class_names)
+            metrics = self._make_outputs(listeners, source, bundle)
             loop = ClosedLoop(cfg, clock=self.clock, source=source, bundle=bundle, audit=audit, driver=driver,
-                              shadow=self.shadow, on_tick=self._after_tick, prior_daily_stim_s=prior_daily_s,
-                              recorder=recorder, outlet=outlet)
+                              shadow=self.shadow, prior_daily_stim_s=prior_daily_s, listeners=listeners)
             self.loop = loop
-            if cfg.metrics.enabled:
-                from neurostimd.outputs.metrics import Metrics
-
-                self.metrics = Metrics()
-                self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
+            if metrics is not None:
+                metrics.serve(cfg.metrics.host, cfg.metrics.port)
                 log.info("metrics_serving", host=cfg.metrics.host, port=cfg.metrics.port)
             loop.state.phase = "waiting_for_clean_data"
             log.info("loop_start", cadence_ms=cfg.loop.cadence_ms, shadow=self.shadow, source=cfg.source.kind,
-                     device=cfg.device.kind, bundle=str(cfg.model.bundle), classes=bundle.class_names)
-            loop.run(should_stop=self._should_stop, duration_s=duration_s, between_ticks=self._between_ticks)
+                     device=cfg.device.kind, bundle=str(cfg.model.bundle), classes=bundle.class_names,
+                     policy=cfg.policy.kind, stim_table=loop.table.source)
+            loop.run(should_stop=self._should_stop, duration_s=duration_s)
             if self._crash is not None:
                 code = EX_SOFTWARE
         except AuditError as err:
-            # Before the loop (the board_ready record) an unwritable log refuses the start like any other; the
-            # loop itself never lets one out, so later only a config reload's record can get here.
+            # Before the loop (the board_ready and model_loaded records) an unwritable log refuses the start like
+            # any other; the loop itself never lets one out, so later only a config reload's record can get here.
             log.error("startup_refused" if loop is None else "crashed", error=str(err))
             code = EX_CONFIG if loop is None else EX_SOFTWARE
         except (BundleError, SourceError, ConfigError, BoardRefused, PortInvalid, DataFormatError) as err:
@@ -190,10 +176,39 @@ class Daemon:
             log.exception("crashed", error=repr(err))
             code = EX_SOFTWARE
         finally:
-            code = self._shutdown(code, loop, audit, recorder, outlet, source, driver)
+            code = self._shutdown(code, loop, audit, listeners, source, driver)
         return code
 
-    def _shutdown(self, code: int, loop: Any, audit: AuditLog, *closables: Any) -> int:
+    def _make_outputs(self, listeners: list[LoopListener], source: Any, bundle: Any) -> Metrics | None:
+        """The loop's listeners, into `listeners` (so that shutdown closes those made before a failure): the
+        recorder, the decisions outlet, metrics, the daemon's systemd messages and timings file, and the state
+        file. Returns the Metrics to serve once the loop exists (None when [metrics] is off)."""
+        cfg = self.cfg
+        if cfg.recorder.enabled:
+            from neurostimd.outputs.recorder import Recorder, RecorderListener
+
+            session = cfg.recorder.dir / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            recorder = Recorder(session, source.n_channels, source.sample_rate_hz, source.channel_names,
+                                cfg.recorder.flush_interval_ms,
+                                extra_meta={"config": self.config_path, "bundle": str(cfg.model.bundle)})
+            listeners.append(RecorderListener(recorder))
+        if cfg.decisions_lsl.enabled:
+            from neurostimd.outputs.decisions_lsl import DecisionsListener, DecisionsOutlet
+
+            listeners.append(DecisionsListener(DecisionsOutlet(cfg.decisions_lsl, class_names=bundle.class_names)))
+        metrics = None
+        if cfg.metrics.enabled:
+            from neurostimd.outputs.metrics import Metrics, MetricsListener
+
+            metrics = Metrics()
+            listeners.append(MetricsListener(metrics))
+        if self._timings is not None:
+            listeners.append(_TimingsFile(self._timings))
+        listeners.append(_SystemdListener(self))
+        listeners.append(self.state_file)
+        return metrics
+
+    def _shutdown(self, code: int, loop: Any, audit: AuditLog, listeners: list[LoopListener], *closables: Any) -> int:
         """Stop stimulation (confirmed by the board's ACK), then close everything; each step runs even if an
         earlier one failed. A STOP the board did not confirm makes the exit code non-zero."""
         self.notifier.stopping("stopping: stimulation off")
@@ -209,8 +224,9 @@ class Daemon:
                           detail="the board's dead-man timer stops stimulation once this process is gone")
                 if code == EX_OK:
                     code = EX_UNAVAILABLE
-            self._write_state(force=True, exited=True)
-        for obj in (*closables, self.metrics):
+            self.state_file.write(loop, exited=True, report_errors=True)
+        close_all(listeners)
+        for obj in closables:
             if obj is None:
                 continue
             try:
@@ -283,13 +299,13 @@ class Daemon:
         try:
             new = apply_port(load_config(self.config_path), self.port_override)
             needs_restart = loop.reload(new)
-        except ConfigError as err:
-            errors = err.errors or [str(err)]
+        except (ConfigError, BundleError) as err:
+            errors = getattr(err, "errors", None) or [str(err)]
             log.error("config_reload_rejected", errors=errors, detail="keeping the running config")
             loop.audit_record("config_reload", ok=False, errors=errors)
         else:
             self.cfg = loop.cfg
-            loop.audit_record("config_reload", ok=True, needs_restart=needs_restart)
+            loop.audit_record("config_reload", ok=True, needs_restart=needs_restart, **loop.table.audit_fields())
             log.info("config_reloaded", needs_restart=needs_restart,
                      detail="safe state until clean data for recovery_clean_ms, then stimulation resumes, ramping")
             if needs_restart:
@@ -299,60 +315,6 @@ class Daemon:
             self.notifier.notify("READY=1")
 
     # --- per tick --------------------------------------------------------------------------------------------------
-    def _after_tick(self, stats: Any) -> None:
-        loop = self.loop
-        if self._timings is not None:
-            self._timings.write(json.dumps({
-                "tick": stats.index, "jitter_ms": round(stats.jitter_ms, 4), "sample_age_ms": stats.sample_age_ms,
-                "stages_ms": {k: round(v, 4) for k, v in stats.stages_ms.items()}, "ack_ms": stats.ack_ms,
-                "sent": stats.command_sent, "overrun": stats.overrun_ticks, "new_samples": stats.new_samples,
-            }) + "\n")
-        if self.metrics is not None:
-            m = self.metrics
-            for k, v in stats.stages_ms.items():
-                m.stage_seconds.labels(stage=k).observe(v / 1000.0)
-            if stats.sample_age_ms is not None and stats.sample_age_ms != float("inf"):
-                m.sample_age_seconds.observe(stats.sample_age_ms / 1000.0)
-            m.ticks.inc()
-            if stats.overrun_ticks:
-                m.overruns.inc(stats.overrun_ticks)
-            m.samples.inc(stats.new_samples)
-            m.gaps.set(loop.ring.gaps)
-            m.ring_overruns.set(loop.ring.counters.overrun_samples)
-            for cause, n in loop.state.fault_counts.items():
-                seen = self._faults_exported.get(cause, 0)
-                if n > seen:
-                    m.faults.labels(kind=cause).inc(n - seen)
-                    self._faults_exported[cause] = n
-            if loop.driver is not None:
-                c = loop.driver.counters
-                m.bad_frames.set(c.bad_frames)
-                m.blocks_dropped.set(c.extra.get("blocks_dropped", 0))
-            m.state.set(-1 if loop.state.state is None else loop.state.state)
-            m.confidence.set(loop.state.confidence)
-            applied = loop.state.applied
-            m.stimulating.set(1 if applied else 0)
-            for k in ("frequency_hz", "amplitude_ma", "pulse_width_us"):
-                m.applied.labels(param=k).set(applied[k] if applied else 0.0)
-        if not self._ready and loop.state.first_clean_window:
-            self._ready = True
-            loop.state.phase = "running"
-            ready_s = time.monotonic() - self._t_start
-            log.info("ready", ready_s=round(ready_s, 3))
-            self.notifier.ready(self._status_text())
-
-    def _between_ticks(self, stats: Any) -> None:
-        now = time.monotonic()
-        wd = self.notifier.watchdog_interval_s
-        # WATCHDOG=1 comes from the loop itself: a hung loop stops sending it and systemd restarts the service.
-        if wd is not None and now - self._last_watchdog >= min(wd, 1.0):
-            self.notifier.watchdog()
-            self._last_watchdog = now
-        if now - self._last_state_write >= 0.5:
-            self._write_state()
-            if self._ready:
-                self.notifier.status(self._status_text())
-
     def _status_text(self) -> str:
         s = self.loop.state
         a = s.applied
@@ -363,33 +325,49 @@ class Daemon:
     def _status(self, text: str) -> None:
         self.notifier.status(text)
 
-    def _write_state(self, *, force: bool = False, exited: bool = False) -> None:
-        self._last_state_write = time.monotonic()
-        loop = getattr(self, "loop", None)
-        if loop is None:
-            return
-        s = loop.state
-        state: dict[str, Any] = {
-            "pid": os.getpid(), "t_unix": time.time(), "phase": s.phase, "shadow": self.shadow,
-            "state": s.state, "state_name": s.state_name, "confidence": s.confidence, "probs": s.probs,
-            "applied": s.applied, "fault": s.fault, "limited_by": s.limited_by, "ticks": s.ticks,
-            "overruns": s.overruns, "samples": loop.ring.samples_written, "gaps": loop.ring.gaps,
-            "commands": s.commands, "send_failures": s.send_failures, "exited": exited,
-            "uptime_s": round(time.monotonic() - self._t_start, 3),
-            # The daemon must run the model through LiteRT alone; this lets anyone check it never loaded TensorFlow.
-            "tensorflow_loaded": "tensorflow" in sys.modules,
-        }
-        if loop.driver is not None:
-            state["driver"] = {k: v for k, v in loop.driver.counters.__dict__.items() if k != "extra"}
-        try:
-            write_state(self.cfg.runtime.state_file, state)
-        except UnsafePath as err:
-            if not self._state_file_refused:  # say it once, not twice a second
-                self._state_file_refused = True
-                log.error("state_file_refused", path=str(self.cfg.runtime.state_file), error=str(err))
-        except OSError as err:
-            if force:
-                log.warning("state_file_unwritable", path=str(self.cfg.runtime.state_file), error=str(err))
+
+class _SystemdListener(BaseListener):
+    """The daemon's messages to systemd after each tick: READY=1 (and phase "running") once a decision was made on a
+    clean window, WATCHDOG=1 from the loop itself (a hung loop stops sending it and systemd restarts the service),
+    and STATUS= twice a second."""
+
+    STATUS_EVERY_S = 0.5
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._last_watchdog = 0.0
+        self._last_status = 0.0
+
+    def on_tick(self, stats: TickStats, loop: LoopView) -> None:
+        d = self.daemon
+        if not d._ready and loop.state.first_clean_window:
+            d._ready = True
+            loop.state.phase = "running"
+            ready_s = time.monotonic() - d._t_start
+            log.info("ready", ready_s=round(ready_s, 3))
+            d.notifier.ready(d._status_text())
+        now = time.monotonic()
+        wd = d.notifier.watchdog_interval_s
+        if wd is not None and now - self._last_watchdog >= min(wd, 1.0):
+            d.notifier.watchdog()
+            self._last_watchdog = now
+        if d._ready and now - self._last_status >= self.STATUS_EVERY_S:
+            d.notifier.status(d._status_text())
+            self._last_status = now
+
+
+class _TimingsFile(BaseListener):
+    """`neurostimd run --timings FILE`: one JSON line per tick (stage times, jitter, sample age, ACK time)."""
+
+    def __init__(self, fh: TextIO) -> None:
+        self.fh = fh
+
+    def on_tick(self, stats: TickStats, loop: LoopView) -> None:
+        self.fh.write(json.dumps({
+            "tick": stats.index, "jitter_ms": round(stats.jitter_ms, 4), "sample_age_ms": stats.sample_age_ms,
+            "stages_ms": {k: round(v, 4) for k, v in stats.stages_ms.items()}, "ack_ms": stats.ack_ms,
+            "sent": stats.command_sent, "overrun": stats.overrun_ticks, "new_samples": stats.new_samples,
+        }) + "\n")
 
 
 def apply_port(cfg: Config, port: str | None) -> Config:

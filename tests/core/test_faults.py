@@ -100,7 +100,7 @@ def controller(**safety: object) -> Controller:
     pol = PolicyConfig.model_validate({"onset_ms": 0, "termination_ms": 0, "blanking_ms": 0})
     s: dict[str, object] = {"recovery_clean_ms": 0.0, "ramp_ma_per_s": 100.0}
     s.update(safety)
-    return Controller(pol, SafetyConfig.model_validate(s), notebook_table(), stale_after_ms=250.0)
+    return Controller(pol.build(notebook_table()), SafetyConfig.model_validate(s), stale_after_ms=250.0)
 
 
 def clean_inputs(state: int = 0) -> ControlInputs:

@@ -194,7 +194,7 @@ def test_no_emitted_command_leaves_the_envelope(data: bytes) -> None:
 
 def _run_case(case: Case) -> None:
     cfg, table, pol, bl = case.cfg, case.table, case.pol, case.bl
-    ctl = Controller(pol, cfg, table, stale_after_ms=STALE_AFTER_MS, board_limits=bl)
+    ctl = Controller(pol.build(table), cfg, stale_after_ms=STALE_AFTER_MS, board_limits=bl)
     board = _Board()
     t = 0.0
     t_prev: float | None = None

@@ -16,6 +16,7 @@ from neurostimd.firmware_sim.inprocess import VirtualBoardDriver
 from neurostimd.loop import ClosedLoop
 from neurostimd.outputs.audit import AuditLog, read_audit
 from neurostimd.sources.replay import ReplaySource
+from tests.loop.collect import DecisionLog, OnTick
 from tests.loops import board_loop
 
 
@@ -96,7 +97,7 @@ def test_nan_burst_faults_then_recovers(cfg: Config, bundle: Any, tmp_path: Path
     decisions: list[dict[str, Any]] = []
     with AuditLog(tmp_path / "audit.jsonl", durable=False) as audit:
         loop = ClosedLoop(cfg, clock=clock, source=src, bundle=bundle, audit=audit, driver=drv,
-                          on_decision=decisions.append)
+                          listeners=[DecisionLog(decisions)])
         loop.run(should_stop=lambda: False)
     drv.close()
     nan_ticks = [d for d in decisions if "quality_nan_inf" in d["faults"]]
@@ -113,7 +114,7 @@ def test_overruns_are_counted_and_logged(cfg: Config, bundle: Any, tmp_path: Pat
     overruns and logged at warning level, and the cadence resumes on the original grid (absolute deadlines)."""
     loop, drv, audit, clock = board_loop(cfg, bundle, tmp_path)
     ticks: list[Any] = []
-    loop.on_tick = ticks.append
+    loop.listeners.add(OnTick(ticks.append))
     slow = {"n": 0}
 
     def stall(_stats: Any) -> None:
@@ -123,7 +124,8 @@ def test_overruns_are_counted_and_logged(cfg: Config, bundle: Any, tmp_path: Pat
 
     try:
         with capture_logs() as logs:
-            loop.run(should_stop=lambda: False, duration_s=2.0, between_ticks=stall)
+            loop.listeners.add(OnTick(stall))
+            loop.run(should_stop=lambda: False, duration_s=2.0)
     finally:
         audit.close()
         drv.close()

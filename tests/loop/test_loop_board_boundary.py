@@ -28,6 +28,7 @@ from neurostimd.firmware_sim.board import DEFAULT_LIMITS
 from neurostimd.firmware_sim.inprocess import BoardLink, VirtualBoardDriver
 from neurostimd.loop import ClosedLoop
 from neurostimd.outputs.audit import read_audit
+from tests.loop.collect import OnTick
 from tests.loops import board_loop
 
 # What a second process sent: close to what runs (the simulated tissue shows no stronger artefact, so only the
@@ -43,10 +44,11 @@ def _stimulate(loop: ClosedLoop, drv: VirtualBoardDriver, min_ma: float = 0.0, s
     def count(stats: Any) -> None:
         quiet["n"] = 0 if stats.command_sent else quiet["n"] + 1
 
-    loop.on_tick = count
+    counter = OnTick(count)
+    loop.listeners.add(counter)
     loop.run(should_stop=lambda: drv.board.stimulating and drv.board.params is not None
              and drv.board.params.amplitude_ma >= min_ma and quiet["n"] >= steady_ticks, duration_s=30.0)
-    loop.on_tick = None
+    loop.listeners.remove(counter)
     assert drv.board.stimulating, "the loop started stimulating on clean data"
 
 

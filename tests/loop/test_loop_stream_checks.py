@@ -20,6 +20,7 @@ from neurostimd.outputs.audit import AuditLog
 from neurostimd.sources.lsl import LslSource
 from neurostimd.sources.replay import ReplaySource
 from neurostimd.sources.settings import LslSourceConfig, ReplaySourceConfig
+from tests.loop.collect import DecisionLog
 from tests.sources.test_lsl_source import OutletProcess, unique
 
 NAMES = [f"ch{i:02d}" for i in range(32)]
@@ -44,7 +45,7 @@ def replay(cfg: Config, bundle: Any, tmp_path: Path, arrays: dict[str, Any], **s
                                                             channels=source_kw.get("channels"))})
     with AuditLog(tmp_path / "audit.jsonl", durable=False) as audit:
         loop = ClosedLoop(c, clock=clock, source=src, bundle=bundle, audit=audit, driver=None,
-                          on_decision=decisions.append)
+                          listeners=[DecisionLog(decisions)])
         loop.run(should_stop=lambda: False)
     src.close()
     return decisions, loop
@@ -194,7 +195,7 @@ def lsl_run(cfg: Config, bundle: Any, tmp_path: Path, src_cfg: LslSourceConfig, 
     decisions: list[dict[str, Any]] = []
     audit = AuditLog(tmp_path / f"audit-{unique('a')}.jsonl", durable=False)
     loop = ClosedLoop(cfg.model_copy(update={"source": src_cfg}), clock=MonotonicClock(), source=src,
-                      bundle=bundle, audit=audit, driver=None, on_decision=decisions.append)
+                      bundle=bundle, audit=audit, driver=None, listeners=[DecisionLog(decisions)])
     try:
         loop.run(should_stop=(lambda: until(decisions)) if until else (lambda: False), duration_s=seconds)
     finally:
@@ -270,7 +271,7 @@ def test_a_foreign_outlet_after_the_real_one_vanished_is_never_stimulated_on(cfg
     decisions: list[dict[str, Any]] = []
     with capture_logs() as logs, AuditLog(tmp_path / "audit.jsonl", durable=False) as audit:
         loop = ClosedLoop(cfg.model_copy(update={"source": c}), clock=MonotonicClock(), source=src, bundle=bundle,
-                          audit=audit, driver=None, on_decision=decisions.append)
+                          audit=audit, driver=None, listeners=[DecisionLog(decisions)])
         loop.run(should_stop=lambda: len(stimulated(decisions)) >= 3, duration_s=12.0)
         assert len(stimulated(decisions)) >= 3, "the real outlet is stimulated on"
         outlets[0].kill()
@@ -305,7 +306,7 @@ def test_an_edf_at_its_physical_rails_is_saturation(cfg: Config, bundle: Any, tm
     decisions: list[dict[str, Any]] = []
     with capture_logs() as logs, AuditLog(tmp_path / "audit.jsonl", durable=False) as audit:
         loop = ClosedLoop(cfg, clock=clock, source=src, bundle=bundle, audit=audit, driver=None,
-                          on_decision=decisions.append)
+                          listeners=[DecisionLog(decisions)])
         loop.run(should_stop=lambda: False)
     src.close()
     assert any(e["event"] == "saturation_threshold" and e["origin"] == "source_range" for e in logs)

@@ -42,7 +42,7 @@ def test_command_record_has_design_fields(tmp_path: Path) -> None:
 
 def test_stop_record_when_gate_sends_nothing(tmp_path: Path) -> None:
     """A command whose gate result sends nothing is recorded as stim_stop with applied null and its reason."""
-    ctl = Controller(PolicyConfig(), SafetyConfig(), notebook_table(), stale_after_ms=250.0)
+    ctl = Controller(PolicyConfig().build(notebook_table()), SafetyConfig(), stale_after_ms=250.0)
     cmd = ctl.step(0.0, ControlInputs(probs=None, data_age_ms=None))
     with AuditLog(tmp_path / "a.jsonl") as log:
         rec = log.write(cmd.event, **cmd.audit_fields())

@@ -41,6 +41,7 @@ def main() -> None:
     from neurostimd.commands.bench._procs import ROOT, bench_config, pct
     from neurostimd.config import load_config
     from neurostimd.drivers.neurostim_board.driver import SerialBoardDriver
+    from neurostimd.listeners import BaseListener
     from neurostimd.loop import ClosedLoop
     from neurostimd.model.runtime import load_bundle
     from neurostimd.outputs.audit import AuditLog
@@ -58,9 +59,14 @@ def main() -> None:
     source = BoardSource(driver)
     source.open()
     ticks: list[Any] = []
+
+    class Ticks(BaseListener):
+        def on_tick(self, stats: Any, loop: Any) -> None:
+            ticks.append(stats)
+
     with AuditLog(work / "audit.jsonl") as audit:
         loop = ClosedLoop(cfg, clock=clock, source=source, bundle=nb, audit=audit, driver=driver,  # type: ignore[arg-type]
-                          on_tick=ticks.append)
+                          listeners=[Ticks()])
         t0 = time.monotonic()
         loop.run(should_stop=lambda: False, duration_s=a.seconds)
         wall = time.monotonic() - t0
