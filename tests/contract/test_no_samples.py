@@ -22,6 +22,7 @@ from neurostimd.sources.board import BoardSource
 from neurostimd.sources.replay import ReplaySource
 from tests.contract.suite import SAFE, DriverContract
 from tests.contract.train_driver import TrainDevice, TrainDriver
+from tests.loop.collect import DecisionLog
 
 
 class TestTrainDriver(DriverContract):
@@ -120,7 +121,7 @@ def test_the_loop_services_the_driver_every_tick_and_keeps_its_train_running(cfg
     try:
         with AuditLog(tmp_path / "audit.jsonl", durable=False) as audit:
             loop = ClosedLoop(cfg, clock=clock, source=src, bundle=bundle, audit=audit, driver=drv,
-                              on_decision=decisions.append)
+                              listeners=[DecisionLog(decisions)])
             loop.run(should_stop=lambda: False)
     finally:
         src.close()
