@@ -4,7 +4,7 @@ Each table line is `"kind": "module:SettingsClass"`; the settings model is a str
 `kind: Literal["..."]` field and a `build(...)` method that imports the implementation only when called, so that
 reading a config loads no serial, LSL or model library. `neurostimd.config` joins each table's models into one
 discriminated union (`[device] kind = ...`), and one factory per table builds what the config names:
-`make_device`, `make_source`, `make_policy`.
+`neurostimd.devices.make_device`, `neurostimd.sources.make_source`, `neurostimd.config.make_policy`.
 
 Other packages add kinds without editing this file through entry points in the groups `neurostimd.drivers`,
 `neurostimd.sources` and `neurostimd.policies` (name = kind, value = "module:SettingsClass"). A plugin may not take
