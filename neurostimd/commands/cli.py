@@ -8,7 +8,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-EX_CONFIG = 78  # sysexits.h: configuration error
+from neurostimd.service.exitcodes import EX_CONFIG
 
 # subcommand -> "module:function"; each function takes the parsed argparse.Namespace and returns an exit code.
 _COMMANDS = {
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--speed", default="max", help="N (x real time) or max (default)")
     rp.add_argument("--out", required=True, help="output folder for decisions.jsonl, audit.jsonl, timeline.png")
 
-    c = sub.add_parser("check-config", help="validate a config file (exit 0, or 78 with one line per error)")
+    c = sub.add_parser("check-config", help=f"validate a config file (exit 0, or {EX_CONFIG} with one line per error)")
     c.add_argument("config")
 
     sub.add_parser("config-schema", help="print the config's JSON Schema")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from neurostimd.safe_io import check_regular_or_absent
+from neurostimd.service.exitcodes import EX_CONFIG
 
 
 def write_state(path: Path, state: dict[str, Any]) -> None:
@@ -76,7 +77,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             cfg = load_config(args.config or "config/sim.toml")
         except ConfigError as err:
             print(f"neurostimd status: {err}; pass --state-file to read a state file directly", file=sys.stderr)
-            return 78
+            return EX_CONFIG
         path = cfg.runtime.state_file
     try:
         state = read_state(path)
