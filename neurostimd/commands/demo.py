@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from neurostimd.commands.simulator import SimulatorError, SimulatorProcess
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the project root (config/, runs/)
 
 
 def _fmt_params(p: dict[str, Any] | None) -> str:

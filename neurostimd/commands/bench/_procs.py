@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]  # the project root (config/, models/)
 
 
 def pct(values: Sequence[float], q: float) -> float | None:
