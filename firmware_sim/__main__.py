@@ -1,6 +1,11 @@
-"""`neurostimd-sim`: the simulated stimulator board as a process behind a pseudo-terminal (or a real serial port).
+"""The simulated stimulator board as a process behind a pseudo-terminal (or a real serial port).
 
-    neurostimd-sim --pty [--pty-link PATH] [--signal synthetic|RECORDING.npz] [--log EVENTS.jsonl]
+    python -m neurostimd.firmware_sim --pty [--pty-link PATH] [--log EVENTS.jsonl]
+
+The simulator imports no host code, so it reads no recording files itself: `main(read_signal=...)` takes the reader
+from its caller. `neurostimd-sim` (neurostimd.commands.simulator) is this program with `--signal RECORDING` read by
+neurostimd's recording reader, and SimulatorProcess there is the one way host code and tests start it; run bare,
+this module plays the synthetic signal only.
 
 With --pty it prints `PTY <path>` as its first stdout line; a host opens that path as a serial port. The loop
 sleeps on select() until the next absolute deadline (next sample block, dead-man deadline) or until the host writes.
@@ -24,7 +29,7 @@ import signal
 import sys
 import time
 import tty
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -34,7 +39,7 @@ import structlog
 from neurostimd.drivers.neurostim_board.codec import SampleFormat
 from neurostimd.drivers.types import BoardLimits
 from neurostimd.firmware_sim.board import DEFAULT_LIMITS, Board, EventLog
-from neurostimd.firmware_sim.generator import FileSource, SampleSource, SyntheticSource
+from neurostimd.firmware_sim.generator import FileSource, Playable, SampleSource, SyntheticSource
 
 log = structlog.get_logger("firmware_sim")
 
@@ -42,9 +47,12 @@ log = structlog.get_logger("firmware_sim")
 # dropped, as a board's small transmit FIFO would: a host that comes back wants fresh samples, not a stale backlog.
 PENDING_TX_S = 0.5
 
+# Reads the recording named by --signal (the parsed arguments give the path and any reading options).
+SignalReader = Callable[[argparse.Namespace], Playable]
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="neurostimd-sim", description="Simulated neurostimd stimulator board.")
+
+def build_parser(prog: str = "python -m neurostimd.firmware_sim") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Simulated neurostimd stimulator board.")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--pty", action="store_true", help="open a pseudo-terminal and print 'PTY <path>' first")
     where.add_argument("--port", help="serve on this real serial port instead")
@@ -59,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watchdog-ms", type=int, default=250, help="dead-man timeout in ms (default 250)")
     p.add_argument("--log", help="event log (JSON lines): stim_applied, stim_off, watchdog_trip, …")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--signal", default="synthetic", help="'synthetic' (default) or a continuous .npz recording")
+    p.add_argument("--signal", default="synthetic",
+                   help="'synthetic' (default) or a recording (neurostimd-sim reads every format replay reads)")
     p.add_argument("--loop", action="store_true", help="loop the recording instead of going quiet at its end")
     p.add_argument("--impedance-ohm", type=float, default=None, help="electrode impedance the board reports")
     p.add_argument("--initial-state", type=int, default=0, choices=[0, 1, 2], help="plant state at start")
@@ -88,11 +97,16 @@ def parse_limits(items: Sequence[str], watchdog_ms: int) -> BoardLimits:
     return BoardLimits(**values)  # type: ignore[arg-type]  # the names are BoardLimits' own fields
 
 
-def make_source(args: argparse.Namespace) -> SampleSource:
+def make_source(args: argparse.Namespace, read_signal: SignalReader | None = None) -> SampleSource:
+    """The synthetic signal, or the --signal recording read by `read_signal`; ValueError naming the problem."""
     if args.signal == "synthetic":
         return SyntheticSource(args.channels or 32, args.rate or 1000.0, args.seed,
                                initial_state=args.initial_state)
-    src = FileSource(args.signal, loop=args.loop)
+    if read_signal is None:
+        raise ValueError(f"--signal {args.signal}: this entry point plays only the synthetic signal (the simulator "
+                         f"imports no host code, so it reads no files); play a recording with neurostimd-sim "
+                         f"(python -m neurostimd.commands.simulator)")
+    src = FileSource(read_signal(args), loop=args.loop)
     for flag, given, actual in (("--channels", args.channels, src.n_channels), ("--rate", args.rate,
                                                                                 src.sample_rate_hz)):
         if given is not None and given != actual:
@@ -124,8 +138,8 @@ def _open_pty() -> tuple[int, int, str]:
     return master, slave, os.ttyname(slave)
 
 
-def serve(args: argparse.Namespace) -> int:
-    source = make_source(args)
+def serve(args: argparse.Namespace, read_signal: SignalReader | None = None) -> int:
+    source = make_source(args, read_signal)
     events = EventLog(args.log)
     board = Board(source=source, block_size=args.block, sample_format=SampleFormat.from_label(args.format),
                   uv_per_lsb=args.uv_per_lsb, watchdog_ms=args.watchdog_ms, impedance_ohm=args.impedance_ohm,
@@ -214,22 +228,27 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, parser: argparse.ArgumentParser | None = None,
+         read_signal: SignalReader | None = None) -> int:
+    """Run the simulator; `parser` (build_parser's, perhaps extended) and `read_signal` come from a host entry point
+    that reads recordings (neurostimd.commands.simulator)."""
+    parser = parser or build_parser()
+    prog = parser.prog
+    args = parser.parse_args(argv)
     # stdout carries the PTY line; everything the sim logs goes to stderr
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     if args.block <= 0 or args.watchdog_ms < 0 or (args.channels is not None and args.channels <= 0) \
             or (args.rate is not None and args.rate <= 0) or (args.pace_rate is not None and args.pace_rate <= 0):
-        print("neurostimd-sim: --block, --channels, --rate and --pace-rate must be positive, --watchdog-ms at least "
+        print(f"{prog}: --block, --channels, --rate and --pace-rate must be positive, --watchdog-ms at least "
               "0 (0: no dead-man timer)", file=sys.stderr)
         return 2
     try:
-        return serve(args)
+        return serve(args, read_signal)
     except ValueError as err:
-        print(f"neurostimd-sim: {err}", file=sys.stderr)
+        print(f"{prog}: {err}", file=sys.stderr)
         return 2
     except serial.SerialException as err:
-        print(f"neurostimd-sim: cannot open {args.port}: {err}", file=sys.stderr)
+        print(f"{prog}: cannot open {args.port}: {err}", file=sys.stderr)
         return 2
 
 

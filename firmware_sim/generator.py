@@ -11,15 +11,15 @@ The signal in µV is a sum of
 * stimulation artefacts: one biphasic spike per stimulation pulse at the stimulation frequency, scaled by
   amplitude and pulse width, on every channel (strongest near the stimulating contact).
 
-SyntheticSource couples the generator to the Plant (neurostimd.firmware_sim.plant), whose state responds to stimulation.
-Everything is deterministic given the seed and the sequence of calls. No I/O.
+SyntheticSource couples the generator to the Plant (neurostimd.firmware_sim.plant), whose state responds to stimulation;
+FileSource plays a recording the host has read. Everything is deterministic given the seed and the sequence of calls.
+No I/O.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -247,43 +247,34 @@ class SyntheticSource:
         return self.generator.generate(self.plant.state, n_samples, stim)
 
 
-def load_signal(path: str | Path) -> tuple[F32, float, list[str]]:
-    """Read a continuous recording for playback: (data float32 (n, ch) µV, fs in Hz, channel names).
+class Playable(Protocol):
+    """A recording already read by the host (neurostimd.sources.recordings.Recording is one): float µV samples
+    (n_samples, n_channels) at `fs` Hz. The simulator reads no files itself: it imports no host code."""
 
-    Reads the continuous .npz of docs/design.md. Raises ValueError naming the problem for anything else."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"signal file {p} does not exist; give a continuous .npz recording or 'synthetic'")
-    if p.suffix.lower() != ".npz":
-        raise ValueError(f"signal file {p}: only continuous .npz recordings are read here (data, fs)")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            keys = sorted(z.files)
-            data = np.asarray(z["data"], dtype=np.float32) if "data" in z else None
-            fs_arr = np.asarray(z["fs"]).reshape(-1) if "fs" in z else None
-            names = [str(c) for c in z["channel_names"]] if "channel_names" in z else []
-    except (OSError, EOFError, ValueError) as err:  # not a zip / truncated / pickled content
-        raise ValueError(f"cannot read {p} as .npz: {err}") from err
-    if data is None or fs_arr is None or fs_arr.size != 1:
-        raise ValueError(f"{p} has no 'data' and 'fs' arrays; it is not a continuous recording (keys: {keys})")
-    try:
-        fs = float(fs_arr[0])
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{p}: 'fs' must be a number, got {fs_arr[0]!r}") from err
-    if data.ndim != 2 or data.shape[0] == 0 or data.shape[1] == 0:
-        raise ValueError(f"{p}: 'data' must be (n_samples, n_channels), got shape {data.shape}")
-    if not (math.isfinite(fs) and fs > 0):
-        raise ValueError(f"{p}: 'fs' must be a positive number, got {fs}")
-    if not names:
-        names = [f"ch{i}" for i in range(data.shape[1])]
-    return data, fs, names
+    @property
+    def data(self) -> npt.NDArray[np.floating]: ...
+
+    @property
+    def fs(self) -> float: ...
+
+    @property
+    def channel_names(self) -> list[str]: ...
 
 
 class FileSource:
-    """Plays a recording sample by sample (non-finite values become 0, as a board's ADC cannot produce NaN)."""
+    """Plays a recording sample by sample (non-finite values become 0, as a board's ADC cannot produce NaN).
+    ValueError naming the problem for samples that cannot be played."""
 
-    def __init__(self, path: str | Path, *, loop: bool = False) -> None:
-        data, fs, names = load_signal(path)
+    def __init__(self, recording: Playable, *, loop: bool = False) -> None:
+        data = np.asarray(recording.data, dtype=np.float32)
+        fs = float(recording.fs)
+        if data.ndim != 2 or data.shape[0] == 0 or data.shape[1] == 0:
+            raise ValueError(f"the recording's samples must be (n_samples, n_channels), got shape {data.shape}")
+        if not (math.isfinite(fs) and fs > 0):
+            raise ValueError(f"the recording's sample rate must be a positive number, got {fs}")
+        names = [str(c) for c in recording.channel_names]
+        if len(names) != data.shape[1]:
+            raise ValueError(f"{len(names)} channel names for {data.shape[1]} channels")
         self.data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
         self.sample_rate_hz = fs
         self.n_channels = int(data.shape[1])
@@ -310,4 +301,4 @@ class FileSource:
         return self.data[idx]
 
 
-__all__ = ["STATE_NAMES", "FileSource", "SampleSource", "SignalGenerator", "SyntheticSource", "load_signal"]
+__all__ = ["STATE_NAMES", "FileSource", "Playable", "SampleSource", "SignalGenerator", "SyntheticSource"]

@@ -18,7 +18,7 @@ from neurostimd.drivers.neurostim_board.driver import SerialBoardDriver
 from neurostimd.drivers.transport import ByteLink
 from neurostimd.drivers.types import BoardLimits
 from neurostimd.firmware_sim.board import Board, EventLog
-from neurostimd.firmware_sim.generator import FileSource, SampleSource, SyntheticSource
+from neurostimd.firmware_sim.generator import FileSource, Playable, SampleSource, SyntheticSource
 from neurostimd.firmware_sim.plant import Plant, PlantParams
 
 
@@ -81,7 +81,8 @@ class VirtualBoardDriver(SerialBoardDriver):
     """The serial board driver talking to an in-memory simulated board.
 
     The board persists across close()/open() like a physical board would; `board` and `plant` give tests and the
-    closed-loop evaluation access to its state. With `signal` (a continuous .npz) the board streams that recording
+    closed-loop evaluation access to its state. With `signal` (a recording the caller has read, e.g. with
+    neurostimd.sources.recordings.read_recording) the board streams that recording
     instead of the synthetic generator; with stream_samples=False it streams nothing (replay reads its file itself).
     """
 
@@ -92,7 +93,7 @@ class VirtualBoardDriver(SerialBoardDriver):
                  seed: int = 0, *, clock: Clock | None = None, stream_samples: bool = True,
                  log_path: str | Path | None = None, block_size: int = 10, sample_format: str = "int16",
                  impedance_ohm: float | None = None, limits: BoardLimits | None = None,
-                 signal: str | Path | None = None, loop_signal: bool = False, initial_state: int = 0,
+                 signal: Playable | None = None, loop_signal: bool = False, initial_state: int = 0,
                  plant_params: PlantParams | None = None, ack_timeout_ms: float = 100.0, retries: int = 2,
                  heartbeat_ms: float = 100.0, reconnect_interval_ms: float = 500.0, max_watchdog_ms: float = 500.0,
                  check_session: bool = True) -> None:
@@ -102,7 +103,7 @@ class VirtualBoardDriver(SerialBoardDriver):
             try:
                 source = FileSource(signal, loop=loop_signal)
             except ValueError as err:
-                raise DriverError(f"virtual board cannot play {signal}: {err}") from err
+                raise DriverError(f"virtual board cannot play the recording: {err}") from err
         else:
             source = SyntheticSource(n_channels, sample_rate_hz, seed, initial_state=initial_state,
                                      plant_params=plant_params)

@@ -8,7 +8,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-EX_CONFIG = 78  # sysexits.h: configuration error
+from neurostimd.service.exitcodes import EX_CONFIG
 
 # subcommand -> "module:function"; each function takes the parsed argparse.Namespace and returns an exit code.
 _COMMANDS = {
@@ -52,18 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timings", help="write per-tick stage latencies as JSON lines to this file (used by the bench)")
 
     rp = sub.add_parser("replay", help="run the whole pipeline over a recording on a virtual clock")
-    rp.add_argument("recording", help="continuous .npz, .csv, .edf/.bdf, .xdf, or a recorder session folder")
+    rp.add_argument("recording", help="continuous .npz, .csv, .edf/.bdf, .xdf, .arff, or a recorder session folder")
     rp.add_argument("--config", required=True)
     rp.add_argument("--speed", default="max", help="N (x real time) or max (default)")
     rp.add_argument("--out", required=True, help="output folder for decisions.jsonl, audit.jsonl, timeline.png")
 
-    c = sub.add_parser("check-config", help="validate a config file (exit 0, or 78 with one line per error)")
+    c = sub.add_parser("check-config", help=f"validate a config file (exit 0, or {EX_CONFIG} with one line per error)")
     c.add_argument("config")
 
     sub.add_parser("config-schema", help="print the config's JSON Schema")
 
     t = sub.add_parser("train", help="train a model bundle")
-    t.add_argument("--data", action="append", required=True, help="continuous or epoch-set .npz (repeatable)")
+    t.add_argument("--data", action="append", required=True,
+                   help="labelled recording (repeatable): continuous or epoch-set .npz, CSV with a label column, ARFF")
     t.add_argument("--out", required=True, help="bundle folder to write")
     t.add_argument("--epochs", type=int, default=100)
     t.add_argument("--seed", type=int, default=0)
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a bundle on held-out data and write a report")
     e.add_argument("--bundle", required=True)
-    e.add_argument("--data", required=True)
+    e.add_argument("--data", required=True, help="a labelled recording, as for train")
     e.add_argument("--report", required=True, help="folder for metrics.json and PNGs")
     e.add_argument("--split", choices=["all", "test"], default="test",
                    help="evaluate on the bundle's held-out split of this data (test) or on all of it")

@@ -14,24 +14,9 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from neurostimd.commands.simulator import SimulatorError, SimulatorProcess
 
-
-def start_simulator(log_path: Path, extra: list[str] | None = None) -> tuple[subprocess.Popen[str], str]:
-    """Start `neurostimd-sim --pty` in its own session and return it with the pty path it printed."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    # The simulator's own log goes to a file: an unread pipe would block it once full.
-    err_path = log_path.with_suffix(".stderr")
-    with open(err_path, "w") as err_f:
-        sim = subprocess.Popen([sys.executable, "-m", "neurostimd.firmware_sim", "--pty", "--log", str(log_path),
-                                *(extra or [])], stdout=subprocess.PIPE, stderr=err_f, text=True,
-                               start_new_session=True)
-    assert sim.stdout is not None
-    line = sim.stdout.readline().strip()
-    if not line.startswith("PTY "):
-        sim.kill()
-        raise SystemExit(f"neurostimd-sim did not print its pty (got {line!r}); see {err_path}")
-    return sim, line.split(" ", 1)[1]
+ROOT = Path(__file__).resolve().parents[2]  # the project root (config/, runs/)
 
 
 def _fmt_params(p: dict[str, Any] | None) -> str:
@@ -100,7 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C before the children exist just ends the demo; after, it is forwarded (see below).
     stop_early = {"flag": False}
     signal.signal(signal.SIGINT, lambda *_: stop_early.update(flag=True))
-    sim, pty = start_simulator(runs / "board.jsonl")
+    board_log = runs / "board.jsonl"
+    board_log.parent.mkdir(parents=True, exist_ok=True)
+    board_log.with_suffix(".stderr").unlink(missing_ok=True)
+    try:
+        sim = SimulatorProcess(log=board_log, stderr=board_log.with_suffix(".stderr"))
+    except SimulatorError as err:
+        raise SystemExit(str(err)) from err
+    pty = sim.port
     print(f"simulated board on {pty} (event log {runs / 'board.jsonl'}); starting the daemon — Ctrl-C stops",
           flush=True)
     cmd = [sys.executable, "-m", "neurostimd", "run", "--config", args.config, "--port", pty]
@@ -133,12 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         done.set()
         reader.join(timeout=5)
-        sim.send_signal(signal.SIGTERM)
-        try:
-            sim.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            sim.kill()
-            sim.wait()
+        sim.stop(timeout_s=5)
     print(f"done: daemon exit code {code}; audit log {runs / 'audit.jsonl'}", flush=True)
     return code
 

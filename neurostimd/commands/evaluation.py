@@ -35,11 +35,10 @@ from neurostimd.errors import ConfigError, NeurostimError
 from neurostimd.firmware_sim.generator import F32, SyntheticSource
 from neurostimd.firmware_sim.plant import N_STATES, STATE_NAMES, PlantParams, charge_rate_uc_per_s
 from neurostimd.listeners import BaseListener, DecisionEvent, LoopView, TickStats
+from neurostimd.service.exitcodes import EX_CONFIG, EX_USAGE
 
 log = structlog.get_logger(__name__)
 
-EX_CONFIG = 78
-EX_USAGE = 2
 ARMS = ("adaptive", "continuous", "none")
 DEFAULT_TARGET_STATE = 0
 # Samples per board block, and so per plant step: 50 ms, one loop tick. The simulator process defaults to 10; the

@@ -20,11 +20,10 @@ from neurostimd.config import Config, load_config
 from neurostimd.errors import ConfigError, NeurostimError
 from neurostimd.listeners import BaseListener, DecisionEvent, ListenerFailed, LoopView, TickStats
 from neurostimd.outputs.audit import AuditLog, iter_records, remove_log
+from neurostimd.service.exitcodes import EX_CONFIG
 from neurostimd.sources.settings import ReplaySourceConfig
 
 log = structlog.get_logger(__name__)
-
-EX_CONFIG = 78
 
 
 def replay_config(cfg: Config, recording: Path, speed: float | Literal["max"], out: Path) -> Config:

@@ -1,4 +1,5 @@
-"""Training data for the classifier: interchange files → segments → leak-free splits → windows of frames.
+"""Training data for the classifier: labelled recordings → segments → leak-free splits → windows of frames.
+Recordings are read by the one reader, neurostimd.sources.recordings; this module adds what training needs.
 
 A *segment* is the unit that is never split: one epoch of an epoch set, or one contiguous time block of a continuous
 recording. Splits assign whole segments to train / validation / test, and windows are cut inside one segment only,
@@ -7,6 +8,7 @@ so no sample of a held-out segment ever reaches training (the research notebook 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,27 +16,49 @@ import numpy as np
 
 from neurostimd.core.features import FeatureSettings, extract_frames, frame_end_sample, sliding_windows
 from neurostimd.errors import DataFormatError
+from neurostimd.sources.recordings import Recording, read_recording
 
 
 @dataclass
-class Recording:
-    """One interchange file, loaded. `kind` is 'continuous' or 'epochs'."""
+class LabelledRecording:
+    """A recording read by the one reader (neurostimd.sources.recordings.read_recording) with what training and
+    evaluation add: its per-sample labels (required), the class names and the file's sha256."""
 
-    path: str
-    sha256: str
-    kind: str
-    fs: float
-    channel_names: list[str]
+    recording: Recording
+    labels: np.ndarray  # (n_samples,) int64 class indices
     class_names: list[str]
-    data: np.ndarray | None = None  # continuous: (n_samples, n_channels)
-    labels: np.ndarray | None = None  # continuous: (n_samples,)
-    X: np.ndarray | None = None  # epochs: (n_epochs, n_channels, n_samples)
-    y: np.ndarray | None = None  # epochs: (n_epochs,)
-    names_declared: bool = True  # False when the file has no channel_names (they are generated ch0, ch1, ...)
+    sha256: str
+
+    @property
+    def path(self) -> str:
+        return self.recording.source
+
+    @property
+    def kind(self) -> str:
+        """'continuous' or 'epochs'."""
+        return self.recording.kind
+
+    @property
+    def fs(self) -> float:
+        return self.recording.fs
+
+    @property
+    def data(self) -> np.ndarray:
+        """(n_samples, n_channels) float32 µV; an epoch set's epochs end to end."""
+        return self.recording.data
+
+    @property
+    def channel_names(self) -> list[str]:
+        return self.recording.channel_names
+
+    @property
+    def names_declared(self) -> bool:
+        """False when the file names no channels (they are generated ch0, ch1, ...)."""
+        return self.recording.channel_names_declared
 
     @property
     def n_channels(self) -> int:
-        return len(self.channel_names)
+        return self.recording.n_channels
 
 
 @dataclass
@@ -74,66 +98,38 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_recording(path: str | Path) -> Recording:
-    """Read a continuous or epoch-set `.npz` (docs/design.md); raise DataFormatError saying what is missing."""
+def load_recording(path: str | Path) -> LabelledRecording:
+    """Read a labelled recording for training or evaluation: any format read_recording reads, plus epoch-set .npz,
+    with per-sample labels; raise DataFormatError saying what is missing."""
     p = Path(path)
-    if not p.is_file():
-        raise DataFormatError(f"{p}: no such file; pass a continuous or epoch-set .npz "
-                              "(see docs/design.md, 'File formats')")
-    try:
-        z = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DataFormatError(f"{p}: not a readable .npz ({err}); convert the recording to the interchange "
-                              f"format first (e.g. shared/data/to_npz.py)") from err
-    with z:
-        keys = set(z.files)
-        if "fs" not in keys:
-            raise DataFormatError(f"{p}: missing 'fs' (sampling rate in Hz); add it to the .npz")
-        fs = float(z["fs"])
-        if not fs > 0:
-            raise DataFormatError(f"{p}: fs={fs} is not a positive sampling rate")
-        if "X" in keys and "y" in keys:
-            X = np.asarray(z["X"], dtype=np.float32)
-            y = np.asarray(z["y"]).astype(np.int64)
-            if X.ndim != 3 or len(X) != len(y):
-                raise DataFormatError(f"{p}: epoch set needs X (n_epochs, n_channels, n_samples) and y (n_epochs,), "
-                                      f"got X {X.shape}, y {y.shape}")
-            n_ch = X.shape[1]
-            names = _names(z, "channel_names", [f"ch{i}" for i in range(n_ch)])
-            classes = _names(z, "class_names", [str(c) for c in range(int(y.max()) + 1)])
-            rec = Recording(str(p), file_sha256(p), "epochs", fs, names, classes, X=X, y=y,
-                            names_declared="channel_names" in keys)
-        elif "data" in keys:
-            data = np.asarray(z["data"], dtype=np.float32)
-            if data.ndim != 2:
-                raise DataFormatError(f"{p}: 'data' must be (n_samples, n_channels), got {data.shape}")
-            if "labels" not in keys:
-                raise DataFormatError(f"{p}: a continuous recording needs per-sample 'labels' to train or evaluate")
-            labels = np.asarray(z["labels"]).astype(np.int64)
-            if labels.shape != (len(data),):
-                raise DataFormatError(f"{p}: labels shape {labels.shape} does not match data {data.shape}")
-            n_ch = data.shape[1]
-            names = _names(z, "channel_names", [f"ch{i}" for i in range(n_ch)])
-            classes = _names(z, "class_names", [str(c) for c in range(int(labels.max()) + 1)])
-            rec = Recording(str(p), file_sha256(p), "continuous", fs, names, classes, data=data, labels=labels,
-                            names_declared="channel_names" in keys)
-        else:
-            raise DataFormatError(f"{p}: neither an epoch set (X, y) nor a continuous recording (data, labels); "
-                                  f"keys found: {sorted(keys)}")
-    if len(rec.channel_names) != (rec.X.shape[1] if rec.X is not None else rec.data.shape[1]):  # type: ignore[union-attr]
-        raise DataFormatError(f"{p}: {len(rec.channel_names)} channel_names for a different number of channels")
-    arr = rec.X if rec.X is not None else rec.data
-    if arr is not None and not np.isfinite(arr).all():
+    rec = read_recording(p, epochs=True)
+    if rec.labels is None:
+        raise DataFormatError(_no_labels(p))
+    labels = rec.labels
+    if not np.isfinite(rec.data).all():
         raise DataFormatError(f"{p}: contains NaN or infinite samples; clean or interpolate them first")
-    lab = rec.y if rec.y is not None else rec.labels
-    if lab is not None and (lab.min() < 0 or lab.max() >= len(rec.class_names)):
-        raise DataFormatError(f"{p}: labels span {lab.min()}..{lab.max()} but there are {len(rec.class_names)} "
+    classes = rec.class_names or [str(c) for c in range(int(labels.max()) + 1)]
+    if labels.min() < 0 or labels.max() >= len(classes):
+        raise DataFormatError(f"{p}: labels span {labels.min()}..{labels.max()} but there are {len(classes)} "
                               f"class_names")
-    return rec
+    return LabelledRecording(rec, labels, classes, file_sha256(p))
 
 
-def _names(z: np.lib.npyio.NpzFile, key: str, default: list[str]) -> list[str]:
-    return [str(s) for s in z[key]] if key in z.files else default
+def _no_labels(p: Path) -> str:
+    """Why a recording without labels cannot train or evaluate, and what to do."""
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        return f"{p}: a continuous recording needs per-sample 'labels' to train or evaluate; add a `labels` array " \
+               f"(n_samples,) of class indices (and `class_names`)"
+    if suffix == ".csv":
+        return f"{p}: no `label` column; training and evaluation need a class index per sample — add a `label` " \
+               f"column"
+    if suffix == ".arff":
+        return f"{p}: no nominal attribute to take the class labels from; training and evaluation need one"
+    what = "a recorder session" if p.is_dir() else f"an {suffix.lstrip('.').upper()} file"
+    return f"{p}: {what} carries no per-sample labels that neurostimd reads (annotations and markers are not read " \
+           f"yet), and training and evaluation need them; convert it to a labelled .npz (`data`, `fs`, `labels`, " \
+           f"`class_names`; see docs/recording-format.md) or a CSV with a `label` column"
 
 
 def block_samples(settings: FeatureSettings, fs: float, block_s: float) -> int:
@@ -141,16 +137,16 @@ def block_samples(settings: FeatureSettings, fs: float, block_s: float) -> int:
     return max(round(block_s * fs), 4 * settings.window_samples(fs))
 
 
-def segments(recordings: list[Recording], settings: FeatureSettings, block_s: float) -> list[Segment]:
+def segments(recordings: list[LabelledRecording], settings: FeatureSettings, block_s: float) -> list[Segment]:
     """Split every recording into its never-to-be-divided segments."""
     out: list[Segment] = []
     for si, rec in enumerate(recordings):
-        if rec.kind == "epochs":
-            assert rec.X is not None and rec.y is not None
-            for i in range(len(rec.X)):
-                out.append(Segment(si, i, np.ascontiguousarray(rec.X[i].T), np.full(rec.X.shape[2], rec.y[i])))
+        epoch_starts = rec.recording.segment_starts
+        if epoch_starts is not None:
+            bounds = [*epoch_starts.tolist(), len(rec.data)]
+            for i, (s0, s1) in enumerate(itertools.pairwise(bounds)):
+                out.append(Segment(si, i, rec.data[s0:s1], rec.labels[s0:s1]))
         else:
-            assert rec.data is not None and rec.labels is not None
             n = len(rec.data)
             size = block_samples(settings, rec.fs, block_s)
             starts = list(range(0, n, size))

@@ -1,4 +1,4 @@
-"""`neurostimd train`: interchange files → leak-free windows → the notebook's BiLSTM → a verified model bundle.
+"""`neurostimd train`: labelled recordings → leak-free windows → the notebook's BiLSTM → a verified model bundle.
 
 TensorFlow is imported inside the functions, so importing this module stays cheap."""
 
@@ -23,7 +23,7 @@ from neurostimd.core.stats import compute_signal_stats
 from neurostimd.core.stimtable import StimTable, notebook_table
 from neurostimd.errors import BundleError, DataFormatError, NeurostimError
 from neurostimd.model import bundle as files
-from neurostimd.model.dataset import Recording, load_recording, segments, split_segments, windows_for
+from neurostimd.model.dataset import LabelledRecording, load_recording, segments, split_segments, windows_for
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +35,7 @@ def _progress(msg: str) -> None:
     print(f"[train {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _check_compatible(recs: list[Recording]) -> None:
+def _check_compatible(recs: list[LabelledRecording]) -> None:
     first = recs[0]
     for r in recs[1:]:
         if r.n_channels != first.n_channels or abs(r.fs - first.fs) > 1e-6 * first.fs:

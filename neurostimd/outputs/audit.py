@@ -37,6 +37,7 @@ from neurostimd.drivers.errors import DriverError
 from neurostimd.drivers.types import StimParams
 from neurostimd.errors import NeurostimError
 from neurostimd.safe_io import UnsafePath, open_regular, read_regular
+from neurostimd.service.exitcodes import EX_NOINPUT
 
 log = structlog.get_logger("neurostimd.outputs.audit")
 
@@ -1152,7 +1153,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     except (FileNotFoundError, UnsafePath) as err:
         msg = f"{err.strerror}: {err.filename}" if isinstance(err, FileNotFoundError) and err.strerror else str(err)
         print(f"neurostimd audit verify: {msg}", file=sys.stderr)
-        return 66  # EX_NOINPUT
+        return EX_NOINPUT
     if args.json:
         print(json.dumps(asdict(report), indent=2))
         return 0 if report.ok else 1

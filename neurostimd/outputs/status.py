@@ -16,6 +16,7 @@ import structlog
 
 from neurostimd.listeners import BaseListener, LoopView, TickStats
 from neurostimd.safe_io import UnsafePath, check_regular_or_absent
+from neurostimd.service.exitcodes import EX_CONFIG
 
 log = structlog.get_logger(__name__)
 
@@ -132,7 +133,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             cfg = load_config(args.config or "config/sim.toml")
         except ConfigError as err:
             print(f"neurostimd status: {err}; pass --state-file to read a state file directly", file=sys.stderr)
-            return 78
+            return EX_CONFIG
         path = cfg.runtime.state_file
     try:
         state = read_state(path)

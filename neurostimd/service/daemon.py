@@ -26,6 +26,7 @@ from neurostimd.listeners import BaseListener, LoopListener, LoopView, TickStats
 from neurostimd.outputs.audit import AuditError, AuditLog, DoseRecovery, board_timing
 from neurostimd.outputs.status import StateFile
 from neurostimd.safe_io import check_regular_or_absent, real_directory
+from neurostimd.service.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE
 from neurostimd.service.logs import configure_logging
 from neurostimd.service.notify import SystemdNotifier
 
@@ -33,12 +34,6 @@ if TYPE_CHECKING:
     from neurostimd.outputs.metrics import Metrics
 
 log = structlog.get_logger("neurostimd.service.daemon")
-
-EX_OK = 0
-EX_UNAVAILABLE = 69  # sysexits.h: the board did not confirm the shutdown STOP
-EX_SOFTWARE = 70  # sysexits.h: internal error (a crashed thread): systemd restarts the service
-EX_TEMPFAIL = 75  # sysexits.h: another process holds the board's port; systemd retries
-EX_CONFIG = 78
 
 
 class Daemon:

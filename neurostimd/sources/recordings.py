@@ -1,6 +1,8 @@
-"""Readers for recordings: the continuous .npz of docs/design.md, CSV, EDF/BDF, XDF, ARFF, a recorder session folder,
+"""The one reader of recording files, for replay, training, evaluation and the simulator's --signal: the continuous
+.npz of docs/design.md (and, for training, its epoch set), CSV, EDF/BDF, XDF, ARFF, and a recorder session folder,
 all returned as one `Recording` in µV; `to_npz()` writes the interchange .npz. Bad files raise DataFormatError naming
-what is wrong and what to do.
+what is wrong and what to do. This module imports no pylsl, TensorFlow, LiteRT or matplotlib; the optional format
+libraries (edfio, pyxdf, scipy.io.arff) are imported when a file of their format is read.
 
 Units. Files that declare units are scaled from them (neurostimd.core.units): an XDF stream's channel units
 (`desc/channels/channel/unit`, "microvolts" by the XDF EEG convention), an EDF/BDF signal's physical dimension. A
@@ -13,6 +15,11 @@ A recorder session is µV by its format.
 Channel names. `channel_names_declared` is False when the file names no channels (an .npz without `channel_names`,
 an XDF without labels, an EDF with blank labels, a session whose names are the recorder's placeholders ch0, ch1, ...):
 the generated names are then only column labels, and the montage cannot be checked by name.
+
+Labels. Per-sample class labels come from an .npz `labels` array, a CSV `label` column or an ARFF nominal attribute;
+other formats carry none that this reader reads. An epoch set (.npz `X` (n_epochs, n_channels, n_samples), `y`), read
+only with `epochs=True` (training and evaluation; replay has no time between epochs), is its epochs laid end to end,
+`segment_starts` marking where each begins, each sample labelled with its epoch's `y`.
 
 Timestamps. XDF timestamps are read as recorded (clock-synchronised, not dejittered: dejittering would smooth over
 short gaps); every reader's timestamps must be finite and advance at the file's rate within 2 % (median step), or the
@@ -47,7 +54,8 @@ SESSION_FORMAT = "neurostimd-session"
 
 @dataclass
 class Recording:
-    """A continuous multichannel recording: data (n_samples, n_channels) float32 at fs Hz."""
+    """A multichannel recording: data (n_samples, n_channels) float32 µV at fs Hz; continuous unless
+    `segment_starts` is set (an epoch set: the first sample of each epoch)."""
 
     data: npt.NDArray[np.float32]
     fs: float
@@ -61,6 +69,12 @@ class Recording:
     # when the file declares no range.
     range_uv: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
     units: str = "uV (interchange convention)"  # where the µV scale came from, for the log
+    segment_starts: npt.NDArray[np.int64] | None = None
+
+    @property
+    def kind(self) -> str:
+        """'epochs' for an epoch set, else 'continuous'."""
+        return "continuous" if self.segment_starts is None else "epochs"
 
     @property
     def n_samples(self) -> int:
@@ -85,6 +99,10 @@ def _validated(rec: Recording, where: str) -> Recording:
     for name, arr in (("labels", rec.labels), ("timestamps", rec.timestamps)):
         if arr is not None and arr.shape[0] != rec.data.shape[0]:
             raise DataFormatError(f"{where}: {name} has {arr.shape[0]} entries for {rec.data.shape[0]} samples")
+    starts = rec.segment_starts
+    if starts is not None and (starts.ndim != 1 or starts.size == 0 or starts[0] != 0
+                               or np.any(np.diff(starts) <= 0) or starts[-1] >= rec.data.shape[0]):
+        raise DataFormatError(f"{where}: epoch starts {starts!r} do not tile {rec.data.shape[0]} samples")
     if rec.timestamps is not None and rec.timestamps.shape[0] >= 3:
         ts = rec.timestamps
         if not np.isfinite(ts).all():
@@ -100,9 +118,11 @@ def _validated(rec: Recording, where: str) -> Recording:
     return rec
 
 
-def read_recording(path: str | Path, *, fs: float | None = None, units: str | None = None) -> Recording:
+def read_recording(path: str | Path, *, fs: float | None = None, units: str | None = None,
+                   epochs: bool = False) -> Recording:
     """Read any supported recording. `fs` overrides (or, for CSV without a time column and ARFF, supplies) the
-    sample rate in Hz; `units` states the samples' unit where the file declares none (see the module's docstring)."""
+    sample rate in Hz; `units` states the samples' unit where the file declares none (see the module's docstring);
+    `epochs` also reads an epoch-set .npz (X, y), which is refused otherwise."""
     p = Path(path)
     if not p.exists():
         raise DataFormatError(f"recording {p} does not exist; check the path")
@@ -119,7 +139,7 @@ def read_recording(path: str | Path, *, fs: float | None = None, units: str | No
             raise DataFormatError(f"{p}: unknown recording type {suffix!r}; use .npz, .csv, .edf, .bdf, .xdf, .arff "
                                   f"or a recorder session folder")
         try:
-            rec = readers[suffix](p, fs, units)
+            rec = _read_npz(p, fs, units, epochs=epochs) if suffix == ".npz" else readers[suffix](p, fs, units)
         except UnitError as err:
             raise DataFormatError(f"{p}: {err}") from err
     if fs is not None:
@@ -136,24 +156,32 @@ def _stated(data: npt.NDArray[Any], units: str | None, what: str) -> tuple[npt.N
     return (data.astype(np.float64) * f).astype(np.float32), f"{units} (stated in the config)"
 
 
-def _read_npz(p: Path, fs: float | None, units: str | None = None) -> Recording:
+def _read_npz(p: Path, fs: float | None, units: str | None = None, *, epochs: bool = False) -> Recording:
     try:
         z = np.load(p, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise DataFormatError(f"{p}: not a readable .npz ({err}); re-export it with numpy.savez") from err
     with z:
         keys = set(z.files)
-        if "X" in keys and "data" not in keys:
-            raise DataFormatError(f"{p} is an epoch set (X, y), not a continuous recording; replay needs a "
-                                  f"continuous .npz with `data` (n_samples, n_channels) and `fs`")
-        if "data" not in keys:
+        starts = labels = None
+        if epochs and "X" in keys and "y" in keys:
+            data, labels, starts = _epochs(p, np.asarray(z["X"]), np.asarray(z["y"]))
+        elif "data" in keys:
+            data = np.asarray(z["data"])
+            if data.ndim == 1:
+                data = data[:, None]
+            if data.ndim != 2 or not np.issubdtype(data.dtype, np.number):
+                raise DataFormatError(f"{p}: `data` has shape {data.shape} dtype {data.dtype}; need 2-D numbers")
+            labels = np.asarray(z["labels"]).astype(np.int64).reshape(-1) if "labels" in keys else None
+        elif epochs:
+            raise DataFormatError(f"{p}: neither an epoch set (X, y) nor a continuous recording (data, labels); "
+                                  f"keys found: {sorted(keys)}")
+        elif "X" in keys:
+            raise DataFormatError(f"{p} is an epoch set (X, y), not a continuous recording; replay and the "
+                                  f"simulator need a continuous .npz with `data` (n_samples, n_channels) and `fs`")
+        else:
             raise DataFormatError(f"{p}: no `data` array (found {sorted(keys)}); a continuous .npz needs `data` "
                                   f"(n_samples, n_channels) and `fs`")
-        data = np.asarray(z["data"])
-        if data.ndim == 1:
-            data = data[:, None]
-        if data.ndim != 2 or not np.issubdtype(data.dtype, np.number):
-            raise DataFormatError(f"{p}: `data` has shape {data.shape} dtype {data.dtype}; need 2-D numbers")
         if "fs" in keys:
             rate = float(np.asarray(z["fs"]).reshape(-1)[0])
         elif fs is not None:
@@ -162,7 +190,6 @@ def _read_npz(p: Path, fs: float | None, units: str | None = None) -> Recording:
             raise DataFormatError(f"{p}: no `fs` (sample rate, Hz) in the file; add it or pass fs")
         names = ([str(s) for s in np.asarray(z["channel_names"]).reshape(-1)] if "channel_names" in keys
                  else [f"ch{i}" for i in range(data.shape[1])])
-        labels = np.asarray(z["labels"]).astype(np.int64).reshape(-1) if "labels" in keys else None
         classes = [str(s) for s in np.asarray(z["class_names"]).reshape(-1)] if "class_names" in keys else None
         ts = np.asarray(z["timestamps"], dtype=np.float64).reshape(-1) if "timestamps" in keys else None
         declared_unit = str(np.asarray(z["units"]).reshape(-1)[0]) if "units" in keys else None
@@ -173,12 +200,27 @@ def _read_npz(p: Path, fs: float | None, units: str | None = None) -> Recording:
     else:
         samples, how = _stated(data, units, "the .npz")
     return Recording(samples, rate, names, labels, classes, ts, channel_names_declared="channel_names" in keys,
-                     units=how)
+                     units=how, segment_starts=starts)
+
+
+def _epochs(p: Path, x: npt.NDArray[Any], y: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64],
+                                                                        npt.NDArray[np.int64]]:
+    """An epoch set's X (n_epochs, n_channels, n_samples) and y as samples laid end to end, labels, epoch starts."""
+    if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or not np.issubdtype(x.dtype, np.number):
+        raise DataFormatError(f"{p}: epoch set needs X (n_epochs, n_channels, n_samples) and y (n_epochs,), "
+                              f"got X {x.shape}, y {y.shape}")
+    n_epochs, n_ch, n_per = x.shape
+    data = np.ascontiguousarray(x.transpose(0, 2, 1)).reshape(n_epochs * n_per, n_ch)
+    labels = np.repeat(y.astype(np.int64), n_per)
+    return data, labels, np.arange(n_epochs, dtype=np.int64) * n_per
 
 
 def to_npz(rec: Recording, path: str | Path) -> Path:
     """Write `rec` as the continuous .npz of docs/design.md (readable by np.load without this project)."""
     p = Path(path)
+    if rec.segment_starts is not None:
+        raise DataFormatError(f"{rec.source or 'this recording'} is an epoch set, which has no continuous time; keep "
+                              f"its X, y .npz")
     arrays: dict[str, Any] = {
         "data": np.ascontiguousarray(rec.data, dtype=np.float32),
         "fs": np.float64(rec.fs),

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from neurostimd.commands.simulator import SimulatorProcess
+
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = Path(os.environ.get("NEUROSTIMD_TEST_BUNDLE", ROOT / "models" / "default"))
 
@@ -38,14 +40,6 @@ def wait_for(pred: Callable[[], Any], timeout_s: float, what: str, interval_s: f
             return value
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-class Sim:
-    def __init__(self, proc: subprocess.Popen[str], pty: str, log: Path) -> None:
-        self.proc, self.pty, self.log = proc, pty, log
-
-    def events(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.log)
 
 
 class Daemon:
@@ -93,30 +87,18 @@ def need_bundle() -> Path:
 
 
 @pytest.fixture
-def start_sim(tmp_path: Path) -> Iterator[Callable[..., Sim]]:
-    procs: list[subprocess.Popen[str]] = []
+def start_sim(tmp_path: Path) -> Iterator[Callable[..., SimulatorProcess]]:
+    """Start simulators (event log `tmp_path/log_name`, stderr beside it); all are stopped after the test."""
+    sims: list[SimulatorProcess] = []
 
-    def start(*args: str, log_name: str = "board.jsonl") -> Sim:
-        log = tmp_path / log_name
-        proc = subprocess.Popen([sys.executable, "-m", "neurostimd.firmware_sim", "--pty", "--log", str(log), *args],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-        procs.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        assert line.startswith("PTY "), f"neurostimd-sim printed {line!r} first"
-        return Sim(proc, line.split(" ", 1)[1], log)
+    def start(*args: str, log_name: str = "board.jsonl") -> SimulatorProcess:
+        sim = SimulatorProcess(args, log=tmp_path / log_name, stderr=tmp_path / (log_name + ".stderr"))
+        sims.append(sim)
+        return sim
 
     yield start
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        if p.stdout:
-            p.stdout.close()
+    for sim in sims:
+        sim.stop(timeout_s=5)
 
 
 @pytest.fixture

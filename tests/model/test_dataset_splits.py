@@ -84,3 +84,85 @@ def test_bad_files_are_refused_with_the_problem_named(tmp_path: Path, content: d
     np.savez(p, **content)
     with pytest.raises(DataFormatError, match=message):
         load_recording(p)
+
+
+def test_training_reads_through_the_one_reader_so_units_scale_as_in_replay(tmp_path: Path) -> None:
+    """A labelled .npz in mV (its `units`) reaches training in µV, the same samples replay plays."""
+    from neurostimd.sources.recordings import read_recording
+    from neurostimd.sources.replay import ReplaySource
+
+    p = _continuous(tmp_path / "mv.npz", seconds=20.0)
+    with np.load(p) as z:
+        arrays = dict(z)
+    np.savez(p, **arrays, units="mV")
+    rec = load_recording(p)
+    np.testing.assert_allclose(rec.data, arrays["data"] * 1000.0, rtol=1e-6)
+    assert np.array_equal(rec.data, read_recording(p).data)
+    assert np.array_equal(rec.data, ReplaySource(p).recording.data)
+    assert np.array_equal(rec.labels, arrays["labels"]) and rec.class_names == ["a", "b", "c"]
+    assert rec.kind == "continuous" and rec.path == str(p) and len(rec.sha256) == 64 and rec.names_declared
+
+
+def test_an_epoch_set_reads_as_whole_epochs(tmp_path: Path) -> None:
+    """An epoch set's segments are its epochs exactly (X[i].T, labelled y[i]); replay refuses the file."""
+    from neurostimd.sources.recordings import read_recording
+
+    p = _epochs(tmp_path / "e.npz", n=6)
+    rec = load_recording(p)
+    assert rec.kind == "epochs" and rec.n_channels == 1 and rec.fs == 200.0
+    segs = segments([rec], FeatureSettings(hop_ms=250, frame_hops=2, n_frames=4), 20.0)
+    with np.load(p) as z:
+        for i, seg in enumerate(segs):
+            assert np.array_equal(seg.data, z["X"][i].T) and set(seg.labels.tolist()) == {int(z["y"][i])}
+            assert seg.start_sample == 0 and seg.index == i
+    with pytest.raises(DataFormatError, match="epoch set"):
+        read_recording(p)
+
+
+def test_a_csv_with_a_label_column_is_training_data(tmp_path: Path) -> None:
+    """Any format the reader reads trains when it carries labels: a CSV's `label` column, class names 0..max."""
+    p = tmp_path / "l.csv"
+    lines = ["time,Fz,Cz,label"] + [f"{i / 100:.2f},{np.sin(i / 5):.4f},{np.cos(i / 7):.4f},{(i // 300) % 2}"
+                                    for i in range(1200)]
+    p.write_text("\n".join(lines) + "\n")
+    rec = load_recording(p)
+    assert rec.fs == pytest.approx(100.0) and rec.channel_names == ["Fz", "Cz"] and rec.class_names == ["0", "1"]
+    assert rec.labels.tolist() == [(i // 300) % 2 for i in range(1200)]
+    assert len(segments([rec], FeatureSettings(hop_ms=100, frame_hops=2, n_frames=5), 3.0)) == 4
+
+
+def _edf(p: Path) -> Path:
+    import edfio
+
+    edfio.Edf([edfio.EdfSignal(np.zeros(512), 256.0, label="Fz", physical_dimension="uV",
+                               physical_range=(-100.0, 100.0))]).write(p)
+    return p
+
+
+def _session(folder: Path) -> Path:
+    import json
+
+    folder.mkdir()
+    np.zeros((100, 2), "<f4").tofile(folder / "samples.f32")
+    (np.arange(100) / 100.0).astype("<f8").tofile(folder / "timestamps.f64")
+    (folder / "session.json").write_text(json.dumps({
+        "format": "neurostimd-session", "n_channels": 2, "sample_rate_hz": 100.0, "channel_names": ["Fz", "Cz"],
+        "files": {"samples": "samples.f32", "timestamps": "timestamps.f64"}}))
+    return folder
+
+
+def _unlabelled_csv(p: Path) -> Path:
+    p.write_text("time,Fz\n0,1\n0.01,2\n0.02,3\n")
+    return p
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda d: _edf(d / "r.edf"), r"r\.edf: an EDF file carries no per-sample labels.*convert it to a labelled \.npz"),
+    (lambda d: _session(d / "sess"), r"sess: a recorder session carries no per-sample labels.*labelled \.npz"),
+    (lambda d: _unlabelled_csv(d / "r.csv"), r"r\.csv: no `label` column.*add a `label` column"),
+], ids=["edf", "session", "csv"])
+def test_a_recording_without_labels_is_refused_for_training_naming_the_file(tmp_path: Path, make, message) -> None:
+    """A readable recording without labels gives a DataFormatError that names the file, what training needs and
+    what to do."""
+    with pytest.raises(DataFormatError, match=message):
+        load_recording(make(tmp_path))

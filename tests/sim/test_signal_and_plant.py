@@ -1,5 +1,5 @@
-"""The synthetic signal generator, the plant's response to stimulation, the training-data generator and
-load_signal."""
+"""The synthetic signal generator, the plant's response to stimulation, the training-data generator, and playing a
+recording (read by the host's one reader) on the simulated board."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from scipy.signal import welch
 
+from neurostimd.commands.simulator import parser, read_signal
 from neurostimd.drivers.types import StimParams
 from neurostimd.firmware_sim.generate import generate_recording, main, state_schedule
-from neurostimd.firmware_sim.generator import FileSource, SignalGenerator, SyntheticSource, load_signal
+from neurostimd.firmware_sim.generator import FileSource, SignalGenerator, SyntheticSource
 from neurostimd.firmware_sim.plant import Plant, charge_rate_uc_per_s
 
 FS = 1000.0
@@ -133,24 +134,46 @@ def test_generate_writes_the_continuous_npz_format(tmp_path: Path) -> None:
         assert np.array_equal(again["data"], z["data"])  # deterministic given the seed
 
 
-def test_load_signal_reads_npz_and_names_what_is_wrong(tmp_path: Path) -> None:
-    """load_signal returns (data, fs, names) for a continuous .npz and a ValueError naming the problem
-    otherwise."""
+def _signal(path: Path, *extra: str, loop: bool = False) -> FileSource:
+    """What neurostimd-sim --signal PATH plays: the recording read by the host's reader."""
+    return FileSource(read_signal(parser().parse_args(["--pty", "--signal", str(path), *extra])), loop=loop)
+
+
+def test_the_simulators_signal_reader_reads_npz_and_names_what_is_wrong(tmp_path: Path) -> None:
+    """neurostimd-sim's --signal reader gives the board (data, fs, names) of a continuous .npz, and a ValueError
+    (the simulator's exit 2) naming the problem otherwise."""
     good = tmp_path / "r.npz"
     np.savez(good, data=np.ones((100, 3), dtype=np.float64), fs=250.0)
-    data, fs, names = load_signal(good)
-    assert data.dtype == np.float32 and data.shape == (100, 3) and fs == 250.0 and names == ["ch0", "ch1", "ch2"]
+    src = _signal(good)
+    assert src.data.dtype == np.float32 and src.data.shape == (100, 3) and src.sample_rate_hz == 250.0
+    assert src.channel_names == ["ch0", "ch1", "ch2"]
     with pytest.raises(ValueError, match="does not exist"):
-        load_signal(tmp_path / "missing.npz")
+        _signal(tmp_path / "missing.npz")
     np.savez(tmp_path / "epochs.npz", X=np.zeros((2, 3, 4)), y=np.zeros(2))
     with pytest.raises(ValueError, match="not a continuous recording"):
-        load_signal(tmp_path / "epochs.npz")
-    np.savez(tmp_path / "flat.npz", data=np.zeros(5), fs=100.0)
-    with pytest.raises(ValueError, match="n_samples, n_channels"):
-        load_signal(tmp_path / "flat.npz")
+        _signal(tmp_path / "epochs.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="cannot read"):
-        load_signal(tmp_path / "junk.npz")
+        _signal(tmp_path / "junk.npz")
+    # The one reader's rules hold here as in replay: 1-D `data` is one channel; a rate-less file needs a rate.
+    np.savez(tmp_path / "flat.npz", data=np.zeros(5), fs=100.0)
+    assert _signal(tmp_path / "flat.npz").data.shape == (5, 1)
+    (tmp_path / "norate.csv").write_text("a,b\n1,2\n3,4\n")
+    with pytest.raises(ValueError, match="pass fs"):
+        _signal(tmp_path / "norate.csv")
+    assert _signal(tmp_path / "norate.csv", "--signal-rate", "10").sample_rate_hz == 10.0
+
+
+def test_file_source_refuses_samples_it_cannot_play() -> None:
+    """FileSource takes an already-read recording and names what is wrong with one it cannot play."""
+    from neurostimd.sources.recordings import Recording
+
+    with pytest.raises(ValueError, match="n_samples, n_channels"):
+        FileSource(Recording(np.zeros((0, 2), np.float32), 100.0, ["a", "b"]))
+    with pytest.raises(ValueError, match="positive"):
+        FileSource(Recording(np.zeros((4, 2), np.float32), float("nan"), ["a", "b"]))
+    with pytest.raises(ValueError, match="3 channel names for 2 channels"):
+        FileSource(Recording(np.zeros((4, 2), np.float32), 100.0, ["a", "b", "c"]))
 
 
 def test_file_source_plays_to_the_end_or_loops(tmp_path: Path) -> None:
@@ -158,9 +181,9 @@ def test_file_source_plays_to_the_end_or_loops(tmp_path: Path) -> None:
     x = np.arange(50, dtype=np.float32).reshape(25, 2)
     x[3, 1] = np.nan
     np.savez(tmp_path / "r.npz", data=x, fs=100.0)
-    once = FileSource(tmp_path / "r.npz")
+    once = _signal(tmp_path / "r.npz")
     got = np.concatenate([once.read(10, None) for _ in range(4)])
     assert got.shape == (25, 2) and got[3, 1] == 0.0 and once.exhausted
-    looped = FileSource(tmp_path / "r.npz", loop=True)
+    looped = _signal(tmp_path / "r.npz", loop=True)
     got = np.concatenate([looped.read(10, None) for _ in range(4)])
     assert got.shape == (40, 2) and np.array_equal(got[25:], np.nan_to_num(x)[:15])

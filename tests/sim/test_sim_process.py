@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from neurostimd.commands.simulator import SimulatorError, SimulatorProcess
 from neurostimd.drivers.errors import BoardLost
 from neurostimd.drivers.neurostim_board.driver import SerialBoardDriver
 from neurostimd.drivers.transport import ByteLink, SerialLink
@@ -157,17 +158,88 @@ def test_recording_playback_streams_the_files_samples(tmp_path: Path) -> None:
             np.testing.assert_array_equal(b.data, x[idx])
 
 
+def _csv(path: Path, x: np.ndarray, fs: float) -> Path:
+    t = np.arange(len(x)) / fs
+    rows = [",".join(["time", "Fz", "Cz", "Pz"])] + [",".join([f"{ti:.6f}", *(f"{v:.3f}" for v in row)])
+                                                     for ti, row in zip(t, x, strict=True)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _edf(path: Path, x: np.ndarray, fs: float) -> Path:
+    import edfio
+
+    signals = [edfio.EdfSignal(x[:, i].astype(np.float64) / 1000.0, fs, label=name, physical_dimension="mV",
+                               physical_range=(-1.0, 1.0)) for i, name in enumerate(["Fz", "Cz", "Pz"])]
+    edfio.Edf(signals).write(path)
+    return path
+
+
+@pytest.mark.parametrize("writer", [_csv, _edf], ids=["csv", "edf"])
+def test_simulator_plays_a_csv_or_edf_recording(tmp_path: Path, writer) -> None:  # type: ignore[no-untyped-def]
+    """neurostimd-sim --signal takes what replay takes: a CSV (rate from its time column) or an EDF in mV streams
+    the samples the one reader reads from the file, in µV, at the file's rate and with its channel count."""
+    from neurostimd.sources.recordings import read_recording
+
+    fs = 250.0
+    x = np.random.default_rng(4).normal(0, 40, (1000, 3))
+    path = writer(tmp_path / f"rec.{writer.__name__.lstrip('_')}", x, fs)
+    want = read_recording(path).data
+    np.testing.assert_allclose(want, x, atol=0.05)  # in µV, whatever unit the file holds
+    with running_sim(tmp_path, "--signal", str(path), "--loop", "--format", "float32") as sim, \
+            driver(sim.path) as d:
+        info = d.info()
+        assert info.n_channels == 3 and info.sample_rate_hz == fs
+        blocks = []
+        deadline = time.monotonic() + 5
+        while len(blocks) < 5 and time.monotonic() < deadline:
+            blocks += d.read_samples(0.2)
+        assert blocks
+        for b in blocks:
+            idx = (b.first_index + np.arange(len(b.data))) % len(want)
+            np.testing.assert_array_equal(b.data, want[idx])
+
+
 def test_bad_signal_file_exits_2_with_a_message(tmp_path: Path) -> None:
-    """A --signal path that is not a recording makes the simulator exit 2 with a one-line reason."""
+    """A --signal path that is not a recording makes the simulator exit 2 with a one-line reason; the bare board
+    module, which reads no files, refuses any --signal path and names the program that reads them."""
     (tmp_path / "bad.npz").write_bytes(b"nope")
-    res = subprocess.run([sys.executable, "-m", "neurostimd.firmware_sim", "--pty", "--signal",
+    res = subprocess.run([sys.executable, "-m", "neurostimd.commands.simulator", "--pty", "--signal",
                           str(tmp_path / "bad.npz")],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert res.returncode == 2
     assert "cannot read" in res.stderr and "Traceback" not in res.stderr
+    np.savez(tmp_path / "good.npz", data=np.zeros((10, 2)), fs=100.0)
+    res = subprocess.run([sys.executable, "-m", "neurostimd.firmware_sim", "--pty", "--signal",
+                          str(tmp_path / "good.npz")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert res.returncode == 2
+    assert "neurostimd-sim" in res.stderr and "Traceback" not in res.stderr and len(res.stderr.splitlines()) == 1
     res = subprocess.run([sys.executable, "-m", "neurostimd.firmware_sim", "--pty", "--block", "0"],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert res.returncode == 2 and "must be positive" in res.stderr
+
+
+def test_simulator_process_names_a_failed_start_with_the_simulators_stderr() -> None:
+    """The launcher raises SimulatorError with the exit code and the simulator's own words when it exits before
+    printing its pty, and gives up (killing it) when the line does not come in time."""
+    with pytest.raises(SimulatorError, match=r"(?s)exited with code 2.*--block, --channels, --rate"):
+        SimulatorProcess(["--block", "0"])
+    with pytest.raises(SimulatorError, match=r"no 'PTY <path>' line within 0.001 s and is still running"):
+        SimulatorProcess(["--channels", "2"], timeout_s=0.001)
+
+
+def test_simulator_process_port_reboot_and_stop(tmp_path: Path) -> None:
+    """`port` is the --pty-link (resolving to `pty`), reboot() resets the board (board_reset in its event log), and
+    leaving the `with` block stops it cleanly (exit 0), its stderr still readable."""
+    link = tmp_path / "board"
+    with SimulatorProcess(["--channels", "2"], log=tmp_path / "b.jsonl", link=link) as sim:
+        assert sim.port == str(link) and os.path.realpath(sim.port) == os.path.realpath(sim.pty)
+        assert sim.alive() and sim.pid == sim.proc.pid
+        sim.reboot()
+        assert wait_for(lambda: [e for e in sim.events() if e["event"] == "board_reset"], timeout_s=5.0)
+    assert not sim.alive() and sim.stop() == 0
+    assert "sim_started" in sim.stderr_text() and "Traceback" not in sim.stderr_text()
 
 
 class _FdLink(ByteLink):

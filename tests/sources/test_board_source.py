@@ -2,49 +2,32 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import signal
 import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
+from neurostimd.commands.simulator import SimulatorProcess
 from neurostimd.core.ringbuffer import RingBuffer
 from neurostimd.drivers.neurostim_board.driver import SerialBoardDriver
 from neurostimd.sources.board import BoardSource
 from neurostimd.sources.recordings import Recording, read_recording, to_npz
 
 
-def start_sim(*args: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "neurostimd.firmware_sim", "--pty", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("PTY "):
-        proc.kill()
-        proc.wait(10)
-        pytest.fail(f"neurostimd-sim did not print its PTY line: {line!r}")
-    return proc, line.split(maxsplit=1)[1].strip()
-
-
 @pytest.fixture
 def sim_factory() -> Iterator:
-    procs: list[subprocess.Popen[str]] = []
+    """Start simulators with the given options, stopped after the test; each call returns its port."""
+    sims: list[SimulatorProcess] = []
 
     def make(*args: str) -> str:
-        proc, port = start_sim(*args)
-        procs.append(proc)
-        return port
+        sims.append(SimulatorProcess(args))
+        return sims[-1].port
 
     yield make
-    for p in procs:
-        p.terminate()
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
+    for sim in sims:
+        sim.stop()
 
 
 def stream(port: str, seconds: float) -> tuple[RingBuffer, BoardSource]:
@@ -93,25 +76,19 @@ def test_eye_state_streams_through_the_simulator_sample_for_sample(sim_factory, 
 
 def test_board_source_reports_stale_when_the_board_goes_away(sim_factory):
     """When the board process dies, pump() does not raise; the source turns stale with a reason."""
-    proc, port = start_sim("--channels", "4", "--rate", "500")
-    try:
-        src = BoardSource(SerialBoardDriver(port=port, reconnect_interval_ms=100.0), stale_after_ms=100.0)
+    with SimulatorProcess(["--channels", "4", "--rate", "500"]) as sim:
+        src = BoardSource(SerialBoardDriver(port=sim.port, reconnect_interval_ms=100.0), stale_after_ms=100.0)
         with src:
             ring = RingBuffer(4, 10_000, 500.0)
             t0 = time.monotonic()
             while time.monotonic() - t0 < 0.5:
                 src.pump(ring, 0.05)
             assert ring.total_written > 0 and not src.stale
-            proc.kill()
-            proc.wait(10)
+            sim.stop(signal.SIGKILL)
             t0 = time.monotonic()
             while time.monotonic() - t0 < 2.0 and not src.stale:
                 src.pump(ring, 0.05)
             assert src.stale and src.stale_reason
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 @pytest.mark.needs_data
@@ -122,7 +99,7 @@ def test_eye_state_streams_through_the_simulated_board_as_fast_as_possible(share
 
     rec = read_recording(shared_data / "eeg_eye_state" / "EEG_Eye_State.arff", fs=128.0)
     clock = VirtualClock()
-    driver = VirtualBoardDriver(clock=clock, signal=to_npz(rec, tmp_path / "eyestate.npz"),
+    driver = VirtualBoardDriver(clock=clock, signal=rec,
                                 sample_format="float32", block_size=16)
     ring = RingBuffer(14, 20_000, 128.0)
     src = BoardSource(driver)

@@ -156,3 +156,21 @@ def test_eye_state_arff_reads_like_the_shared_converter(shared_data):
     assert rec.labels is not None and int(rec.labels.sum()) == 6723
     with pytest.raises(DataFormatError, match="pass fs"):
         read_recording(shared_data / "eeg_eye_state" / "EEG_Eye_State.arff")
+
+
+def test_the_reader_loads_no_streaming_training_or_plotting_library() -> None:
+    """Importing the one reader (and reading an .npz) loads no pylsl, TensorFlow, LiteRT or matplotlib, and none of
+    the optional format libraries until a file of their format is read."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tempfile, numpy as np\n"
+            "from neurostimd.sources.recordings import read_recording\n"
+            "p = tempfile.mkdtemp() + '/r.npz'; np.savez(p, data=np.zeros((4, 2)), fs=10.0); read_recording(p)\n"
+            "bad = ('pylsl', 'tensorflow', 'keras', 'ai_edge_litert', 'matplotlib', 'edfio', 'pyxdf',\n"
+            "       'scipy.io.arff')\n"
+            "print(sorted(m for m in bad if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

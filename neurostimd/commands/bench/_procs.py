@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]  # the project root (config/, models/)
 
 
 def pct(values: Sequence[float], q: float) -> float | None:
@@ -30,14 +30,11 @@ def pct(values: Sequence[float], q: float) -> float | None:
 
 @contextlib.contextmanager
 def simulator(log: Path, *args: str) -> Iterator[str]:
-    """`neurostimd-sim --pty` as a subprocess (started as `make run` starts it); yields the pty path."""
-    from neurostimd.commands.demo import start_simulator
+    """`neurostimd-sim --pty` as a subprocess (its own log beside `log`, as `make run` keeps it); yields the pty."""
+    from neurostimd.commands.simulator import SimulatorProcess
 
-    proc, pty = start_simulator(log, list(args))
-    try:
-        yield pty
-    finally:
-        _stop(proc)
+    with SimulatorProcess(args, log=log, stderr=log.with_suffix(".stderr")) as sim:
+        yield sim.port
 
 
 @contextlib.contextmanager

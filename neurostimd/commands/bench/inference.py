@@ -13,7 +13,7 @@ import numpy as np
 
 from neurostimd.model.runtime import load_bundle
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default"
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[3] / "models" / "default"
 CADENCE_MS = 50.0
 
 

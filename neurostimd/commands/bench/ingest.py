@@ -323,22 +323,16 @@ def mnelsl_trial(ch: int, rate: float, seconds: float) -> Trial:
 
 def serial_trial(ch: int, rate: float, seconds: float) -> Trial:
     """One serial run: neurostimd-sim --pty streams int16 samples; SerialBoardDriver → BoardSource → RingBuffer."""
+    from neurostimd.commands.simulator import SimulatorProcess
     from neurostimd.core.ringbuffer import RingBuffer
     from neurostimd.drivers.neurostim_board.driver import SerialBoardDriver
     from neurostimd.sources.board import BoardSource
 
     trial = Trial(ch, rate, seconds)
     block = max(10, int(rate / 200))  # a frame every 5 ms or so
-    proc = subprocess.Popen([sys.executable, "-m", "neurostimd.firmware_sim", "--pty", "--channels", str(ch), "--rate",
-                             str(rate), "--block", str(block), "--format", "int16"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("PTY "):
-            raise RuntimeError(f"neurostimd-sim did not start: {line!r}")
-        port = line.split(maxsplit=1)[1].strip()
-        driver = SerialBoardDriver(port=port)
+    with SimulatorProcess(["--channels", str(ch), "--rate", str(rate), "--block", str(block), "--format", "int16"],
+                          new_session=False) as sim:
+        driver = SerialBoardDriver(port=sim.port)
         ring = RingBuffer(ch, int(rate * 5), rate)
         lat: list[float] = []
         with BoardSource(driver, stale_after_ms=1000.0) as src:
@@ -365,13 +359,6 @@ def serial_trial(ch: int, rate: float, seconds: float) -> Trial:
         trial.note += f"; {kept_rate:.0f} samples/s arrived"
         trial.latencies_ms = lat
         trial.cpu_percent = 100.0 * (cpu1 - cpu0) / max(1e-9, wall1 - wall0)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
     return trial
 
 
