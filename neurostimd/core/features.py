@@ -5,7 +5,7 @@ each band (plus the sample-to-sample line length) → sums over non-overlapping 
 (log of the mean) → the newest `n_frames` frames, scaled with statistics fitted on training data only.
 
 Offline extraction is literally the streaming engine fed the whole signal at once, so a model trained on offline
-features sees exactly what the daemon computes tick by tick (tests/model/test_features.py proves it)."""
+features sees exactly what the daemon computes tick by tick (tests/core/test_features_stream.py proves it)."""
 
 from __future__ import annotations
 
