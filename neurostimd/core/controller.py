@@ -5,6 +5,7 @@ before it sends the command."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from neurostimd.core.faults import BoardReply, FaultInputs, FaultMonitor, FaultS
 from neurostimd.core.policy import Observation, Policy, PolicyDecision
 from neurostimd.core.safety import GateResult, SafetyConfig, SafetyGate
 from neurostimd.drivers.types import BoardLimits, StimParams
+from neurostimd.errors import ConfigError
 
 
 def params_dict(p: StimParams | None) -> dict[str, float] | None:
@@ -37,7 +39,6 @@ def command_fields(*, state: int | None, confidence: float | None, requested: St
         "ack": None,  # pending: the outcome is the follow-up stim_ack record
         **extra,
     }
-
 
 
 @dataclass(frozen=True)
@@ -99,26 +100,41 @@ class Command:
                               reason=self.decision.reason, faults=list(self.fault.faults))
 
 
+def top_probability(probs: npt.NDArray[np.floating]) -> float:
+    """The classifier's confidence as the fault monitor judges it: the largest class probability; 0 when the output
+    is empty or not finite (the table policy's own reading of the same output)."""
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    if p.size == 0 or not np.all(np.isfinite(p)):
+        return 0.0
+    return float(p.max())
+
+
 class Controller:
     """Policy → fault monitor → safety gate as one pure step. The gate stays a separate object with its own limits.
 
-    `policy` is any `Policy` (the loop builds the one `[policy] kind` names); the fault monitor takes its confidence
-    threshold. Loop: `cmd = ctl.step(t, inputs)`; write the audit record; send `cmd.applied`; `ctl.commit(t,
-    cmd.applied, acked)`; pass the reply as `last_reply` of the next step.
+    `policy` is any `Policy` (the loop builds the one `[policy] kind` names). The fault monitor does not take the
+    policy's word for the confidence: it reads the classifier's top probability itself, and the policy's threshold
+    must be a number in [0, 1] (a plugin's threshold of -1 would switch `low_confidence` off).
+
+    Loop: `cmd = ctl.step(t, inputs)`; write the audit record; send `cmd.applied`; `ctl.commit(t, cmd.applied,
+    acked)`; pass the reply as `last_reply` of the next step.
     """
 
     def __init__(self, policy: Policy, safety_cfg: SafetyConfig, *, stale_after_ms: float,
                  board_limits: BoardLimits | None = None, prior_daily_stim_s: float = 0.0) -> None:
+        threshold = policy.confidence_threshold
+        if not (isinstance(threshold, int | float) and math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+            raise ConfigError(f"the policy's confidence_threshold is {threshold!r}; it must be a number from 0 to 1 "
+                              f"(fix [policy], or the plugin that provides this policy kind)")
         self.policy = policy
-        self.monitor = FaultMonitor(safety_cfg, stale_after_ms=stale_after_ms,
-                                    confidence_threshold=policy.confidence_threshold)
+        self.monitor = FaultMonitor(safety_cfg, stale_after_ms=stale_after_ms, confidence_threshold=float(threshold))
         self.gate = SafetyGate(safety_cfg, board_limits, prior_daily_stim_s=prior_daily_stim_s)
 
     def step(self, t_s: float, inputs: ControlInputs) -> Command:
         decision = self.policy.step(t_s, inputs.observation())
         fault = self.monitor.update(t_s, FaultInputs(
             data_age_ms=inputs.data_age_ms, quality_flags=inputs.quality_flags,
-            confidence=None if inputs.probs is None else decision.confidence,
+            confidence=None if inputs.probs is None else top_probability(inputs.probs),
             board_ok=inputs.board_ok, last_reply=inputs.last_reply, boundary_causes=inputs.boundary_causes))
         requested = self.monitor.override(decision.desired)
         result = self.gate.apply(t_s, requested, impedance_ohm=inputs.impedance_ohm)

@@ -24,7 +24,6 @@ from neurostimd.core.settings import Strict
 from neurostimd.core.stimtable import StimTable
 from neurostimd.drivers.types import StimParams
 
-# Reasons a decision carries (stable strings: the loop logs and records them).
 
 class PolicyConfig(Strict):
     """The stimulation-table law (`[policy] kind = "table"`, the default): the accepted state's row of the table."""
@@ -41,6 +40,7 @@ class PolicyConfig(Strict):
         return TablePolicy(self, table)
 
 
+# Reasons a decision carries (stable strings: the loop logs and records them).
 REASON_NO_DATA = "no_data"
 REASON_INVALID = "invalid_probabilities"
 REASON_LOW_CONFIDENCE = "low_confidence"

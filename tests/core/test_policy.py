@@ -200,3 +200,24 @@ def test_make_policy_refuses_a_kind_that_builds_no_policy() -> None:
 
     with pytest.raises(ConfigError, match="built a object, which is not a policy"):
         make_policy(Broken(), notebook_table())
+
+
+class Overconfident(Constant):
+    """A law that reports a confidence the classifier never gave."""
+
+    def step(self, t_s: float, observation: Observation) -> PolicyDecision:
+        d = super().step(t_s, observation)
+        return PolicyDecision(state=d.state, confidence=1.0, desired=d.desired, changed=False, reason="sure")
+
+
+def test_the_fault_monitor_judges_confidence_itself_not_by_the_policys_word() -> None:
+    """A policy cannot switch `low_confidence` off: its reported confidence is not what the monitor reads, and a
+    threshold outside [0, 1] is refused when the controller is built."""
+    want = StimParams(30.0, 1.0, 100.0)
+    safety = SafetyConfig.model_validate({"recovery_clean_ms": 0.0})
+    flat = np.array([0.34, 0.33, 0.33])
+    cmds = _drive(Controller(Overconfident(want, threshold=0.6), safety, stale_after_ms=250.0), flat, 5)
+    assert all(c.applied is None and "low_confidence" in c.fault.faults for c in cmds)
+    for bad in (-1.0, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match=r"confidence_threshold is .* a number from 0 to 1"):
+            Controller(Constant(want, threshold=bad), safety, stale_after_ms=250.0)
