@@ -126,6 +126,13 @@ class Driver(Lifecycle):
         raise DriverError(f"{type(self).__name__} streams no samples (it lacks the \"samples\" capability): read "
                           f"them from another [source] (lsl, replay), not from the stimulator")
 
+    @property
+    def max_exchange_ms(self) -> float:
+        """The longest one exchange with the device may take (a request and its retries), during which frames may
+        reach it with no new audit record written: dose recovery adds it to a crashed run's last record. The default
+        is deliberately long, so that a driver that does not say over-counts the dose rather than under-counts it."""
+        return 1000.0
+
     def service(self, now_ns: int) -> None:
         """The device's per-tick upkeep (heartbeats, re-arming, draining), at the caller's time now_ns; called once
         per tick. The default has nothing to do."""

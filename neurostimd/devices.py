@@ -6,7 +6,8 @@ one line in `neurostimd.registry.DEVICES`. These models import no driver: `build
 Besides `kind` and `build`, the loop and the config ask a device's settings (`DeviceSettings`) for:
 - `heartbeat_interval_ms()`: how long the host may stay silent towards the device (None: nothing to feed);
 - `watchdog_bound()`: the dead-man timeout the config must be able to feed, and how to name it, or None;
-- `status_poll_interval_ms()` and `reconnect_interval_s()`;
+- `status_poll_interval_ms()`, `reconnect_interval_s()`, and `longest_watchdog_ms()` (the daemon refuses a device
+  whose dead-man timeout is longer, whatever its driver checked);
 - `with_port(port)`: the settings with `--port` applied (a ConfigError where the device has no port).
 """
 
@@ -48,6 +49,10 @@ class DeviceSettings(Strict):
     def status_poll_interval_ms(self) -> float:
         return 1000.0
 
+    def longest_watchdog_ms(self) -> float:
+        """The longest dead-man timeout a device of this kind may report (the daemon refuses a longer one)."""
+        return 500.0
+
     def reconnect_interval_s(self) -> float:
         return 0.5
 
@@ -70,6 +75,9 @@ class _BoardLinkConfig(DeviceSettings):
 
     def status_poll_interval_ms(self) -> float:
         return self.status_poll_ms
+
+    def longest_watchdog_ms(self) -> float:
+        return self.max_watchdog_ms
 
 
 class SerialDeviceConfig(_BoardLinkConfig):

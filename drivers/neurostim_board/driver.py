@@ -185,6 +185,10 @@ class SerialBoardDriver(Driver):
         assert isinstance(reply.msg, Status)  # _check_reply accepts nothing else for STATUS_REQ
         return reply.msg.board_status()
 
+    @property
+    def max_exchange_ms(self) -> float:
+        return self.ack_timeout_ns * (self.retries + 1) / 1e6
+
     def service(self, now_ns: int) -> None:
         """The per-tick upkeep, unless read_samples() did it since the last call: a heartbeat when due, one drain
         of the link (its time budget), a lost session renewed. Timing follows the driver's own clock. Samples

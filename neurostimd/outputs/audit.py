@@ -70,17 +70,16 @@ class AuditError(NeurostimError):
 
 def board_timing(driver: Any) -> dict[str, Any]:
     """What dose recovery needs to know about the board link, for `board_ready` and `dose_checkpoint` records: the
-    board's dead-man timeout, and the longest exchange the driver may have with it after a check (ack timeout ×
-    tries), during which frames reach the board with no new record written."""
+    board's dead-man timeout, and the longest exchange the driver may have with it after a check
+    (`Driver.max_exchange_ms`: ack timeout × tries for the neurostim board), during which frames reach the board
+    with no new record written."""
     if driver is None:
         return {"board_watchdog_ms": None, "exchange_ms": 0.0}
     try:
         watchdog_ms: float | None = float(driver.info().limits.watchdog_ms)
     except DriverError:
         watchdog_ms = None
-    ack_ns = getattr(driver, "ack_timeout_ns", None)
-    tries = int(getattr(driver, "retries", 0)) + 1
-    return {"board_watchdog_ms": watchdog_ms, "exchange_ms": ack_ns * tries / 1e6 if ack_ns else 0.0}
+    return {"board_watchdog_ms": watchdog_ms, "exchange_ms": float(driver.max_exchange_ms)}
 
 
 def read_boot_id() -> str | None:

@@ -21,6 +21,7 @@ from neurostimd.config import Config, load_config, watchdog_feed_problem
 from neurostimd.devices import make_device
 from neurostimd.drivers.base import Driver
 from neurostimd.drivers.errors import BoardRefused, DriverError, PortBusy, PortInvalid
+from neurostimd.drivers.types import BoardInfo
 from neurostimd.errors import BundleError, ConfigError, DataFormatError, NeurostimError, SourceError
 from neurostimd.listeners import BaseListener, LoopListener, LoopView, TickStats, close_all
 from neurostimd.outputs.audit import AuditError, AuditLog, DoseRecovery, board_timing
@@ -263,6 +264,7 @@ class Daemon:
                 log.info("board_ready", device_id=info.device_id, firmware=info.firmware_version,
                          n_channels=info.n_channels, sample_rate_hz=info.sample_rate_hz,
                          limits=info.limits.__dict__)
+                self._refuse_unsafe_board(driver, info)
                 problem = watchdog_feed_problem(self.cfg, float(info.limits.watchdog_ms))
                 if problem:
                     raise ConfigError(f"{problem}; fix the config (`neurostimd check-config` checks it against the "
@@ -278,6 +280,20 @@ class Daemon:
                     log.warning("board_unavailable", error=str(err), attempt=attempt, retry_s=interval)
                 self._status(f"waiting for the board: {err}")
                 self._stop.wait(interval)
+
+    def _refuse_unsafe_board(self, driver: Driver, info: BoardInfo) -> None:
+        """Whatever the driver checked itself: a board whose limits are unusable (BoardLimits.problems: no dead-man
+        timer, impossible limits), whose sample stream is (BoardInfo.problems, for a driver that streams samples), or
+        whose dead-man timer is longer than the device's settings allow is refused (BoardRefused, exit 78). The
+        neurostim board's driver refuses all of these at its handshake; this holds for every device kind, a
+        plugin's included."""
+        problems = info.problems() if "samples" in driver.capabilities else info.limits.problems()
+        longest = self.cfg.device.longest_watchdog_ms()
+        if info.limits.watchdog_ms > longest:
+            problems.append(f"its dead-man timer is {info.limits.watchdog_ms} ms, longer than the {longest:g} ms "
+                            f"allowed ([device] max_watchdog_ms): after the host dies it would stimulate that long")
+        if problems:
+            raise BoardRefused(f"board {info.device_id!r} is refused: {'; '.join(problems)}")
 
     def _should_stop(self) -> bool:
         if self._reload.is_set():
