@@ -17,7 +17,7 @@ import structlog
 from neurostimd.core.controller import Command, params_dict
 from neurostimd.core.faults import BoardReply
 from neurostimd.core.ringbuffer import RingBuffer, Window
-from neurostimd.drivers.base import Driver
+from neurostimd.drivers.types import DriverCounters
 from neurostimd.errors import NeurostimError
 
 log = structlog.get_logger("neurostimd.listeners")
@@ -104,17 +104,29 @@ class CommandEvent:
         return self.reply == "ack"
 
 
-class LoopView(Protocol):
-    """What a listener may read of the running loop (`ClosedLoop` is one)."""
+class LoopView:
+    """What a listener may read of the running loop: its state, its ring (read it; never write to it) and the
+    driver's health counters. Not the driver itself: only the loop commands the board, through the gate and the
+    audit log."""
+
+    __slots__ = ("_counters", "_ring", "_state")
+
+    def __init__(self, state: Callable[[], LoopState], ring: Callable[[], RingBuffer],
+                 counters: Callable[[], DriverCounters | None]) -> None:
+        self._state, self._ring, self._counters = state, ring, counters
 
     @property
-    def state(self) -> LoopState: ...
+    def state(self) -> LoopState:
+        return self._state()
 
     @property
-    def ring(self) -> RingBuffer: ...
+    def ring(self) -> RingBuffer:
+        return self._ring()
 
     @property
-    def driver(self) -> Driver | None: ...
+    def driver_counters(self) -> DriverCounters | None:
+        """The driver's counters (frames, bad frames, retries, ...), or None without a driver."""
+        return self._counters()
 
 
 class LoopListener(Protocol):

@@ -37,7 +37,7 @@ from neurostimd.drivers.base import Driver
 from neurostimd.drivers.errors import BadReply, BoardLost, DriverError, DriverTimeout
 from neurostimd.drivers.types import StimParams
 from neurostimd.errors import BundleError, ConfigError, NeurostimError
-from neurostimd.listeners import CommandEvent, DecisionEvent, Listeners, LoopListener, LoopState, TickStats
+from neurostimd.listeners import CommandEvent, DecisionEvent, Listeners, LoopListener, LoopState, LoopView, TickStats
 from neurostimd.model.runtime import Bundle
 from neurostimd.outputs.audit import AuditError, AuditLog, board_timing
 from neurostimd.sources.base import Source
@@ -161,6 +161,8 @@ class ClosedLoop:
         self.shadow = shadow or driver is None
         self.cadence_ns = int(cfg.loop.cadence_ms * 1e6)
         self.state = LoopState()
+        self.view = LoopView(lambda: self.state, lambda: self.ring,
+                             lambda: None if self.driver is None else self.driver.counters)
         self.listeners = Listeners(listeners, failures=self.state.listener_failures)
         self._check_bundle_matches_source()
         fs = source.sample_rate_hz
@@ -843,7 +845,7 @@ class ClosedLoop:
                 log.warning("overrun", tick=stats.index, late_ms=round((now - deadline) / 1e6, 3),
                             missed_ticks=int(missed), stages_ms={k: round(v, 3) for k, v in stats.stages_ms.items()})
                 deadline += missed * self.cadence_ns
-            self.listeners.tick(stats, self)
+            self.listeners.tick(stats, self.view)
             if self.source.exhausted:
                 break
             if end is not None and deadline > end:

@@ -76,8 +76,8 @@ class MetricsListener(BaseListener):
             if n > seen:
                 m.faults.labels(kind=cause).inc(n - seen)
                 self._faults_exported[cause] = n
-        if loop.driver is not None:
-            c = loop.driver.counters
+        c = loop.driver_counters
+        if c is not None:
             m.bad_frames.set(c.bad_frames)
             m.blocks_dropped.set(c.extra.get("blocks_dropped", 0))
         m.state.set(-1 if state.state is None else state.state)

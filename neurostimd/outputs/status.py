@@ -70,8 +70,8 @@ class StateFile(BaseListener):
         }
         if s.listener_failures:
             state["listener_failures"] = dict(s.listener_failures)
-        if loop.driver is not None:
-            state["driver"] = {k: v for k, v in loop.driver.counters.__dict__.items() if k != "extra"}
+        if loop.driver_counters is not None:
+            state["driver"] = {k: v for k, v in loop.driver_counters.__dict__.items() if k != "extra"}
         return state
 
     def write(self, loop: LoopView, *, exited: bool = False, report_errors: bool = False) -> None:

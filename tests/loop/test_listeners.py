@@ -160,3 +160,19 @@ def test_stage_names_are_the_benchs_and_the_timings_files(cfg: Config, bundle: A
     _run(cfg, bundle, tmp_path, c, seconds=1.0)
     assert all(tuple(t.stages_ms) == STAGES == ("ingest", "features", "inference", "policy_safety", "driver")
                for t in c.ticks)
+
+
+def test_a_listener_sees_the_drivers_counters_but_not_the_driver(cfg: Config, bundle: Any, tmp_path: Path) -> None:
+    """Only the loop commands the board (through the gate and the audit log): what `on_tick` gets has the loop's
+    state, its ring and the driver's health counters, and no way to the driver."""
+    seen: list[Any] = []
+
+    class Peek(BaseListener):
+        def on_tick(self, stats: TickStats, loop: LoopView) -> None:
+            seen.append(loop)
+
+    loop, drv = _run(cfg, bundle, tmp_path, Peek(), seconds=1.0)
+    view = seen[-1]
+    assert view.state is loop.state and view.ring is loop.ring and view.driver_counters is drv.counters
+    assert not hasattr(view, "driver") and not hasattr(view, "__dict__")
+    assert not any(isinstance(getattr(view, name, None), type(drv)) for name in dir(view))

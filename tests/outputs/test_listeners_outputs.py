@@ -6,8 +6,6 @@ import json
 import os
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 from structlog.testing import capture_logs
@@ -18,13 +16,14 @@ from neurostimd.core.policy import PolicyConfig
 from neurostimd.core.ringbuffer import RingBuffer
 from neurostimd.core.safety import SafetyConfig
 from neurostimd.core.stimtable import notebook_table
-from neurostimd.listeners import DecisionEvent, LoopState, TickStats
+from neurostimd.listeners import DecisionEvent, LoopState, LoopView, TickStats
 from neurostimd.outputs.metrics import STAGES, Metrics, MetricsListener
 from neurostimd.outputs.status import StateFile
 
 
-def _view() -> Any:
-    return SimpleNamespace(state=LoopState(), ring=RingBuffer(2, 100, 100.0), driver=None)
+def _view() -> LoopView:
+    state, ring = LoopState(), RingBuffer(2, 100, 100.0)
+    return LoopView(lambda: state, lambda: ring, lambda: None)
 
 
 def _stats(i: int = 0) -> TickStats:
