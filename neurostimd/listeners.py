@@ -171,12 +171,16 @@ class ListenerFailed(NeurostimError):
 
 class Listeners:
     """The loop's listeners, each call guarded. A listener that raises is logged (its first failure with the
-    traceback, then at most once per `log_every_s` with a count) and counted in `failures`; the other listeners,
-    and the loop, carry on."""
+    traceback, then at most once per `log_every_s` with a count) and counted in `failures`; its first failure also
+    goes to `on_first_failure` (the loop writes an `output_failed` audit record, so the session's record says from
+    when an output such as the recorder is missing). The other listeners, and the loop, carry on: the outputs are
+    not safety layers (the audit log is not a listener; it cannot fail without the safe state)."""
 
     def __init__(self, listeners: Iterable[LoopListener] = (), *, failures: dict[str, int] | None = None,
-                 log_every_s: float = 60.0, now: Callable[[], float] = time.monotonic) -> None:
+                 log_every_s: float = 60.0, now: Callable[[], float] = time.monotonic,
+                 on_first_failure: Callable[[str, str, str], None] | None = None) -> None:
         self._all: list[LoopListener] = []
+        self.on_first_failure = on_first_failure  # (listener, method, error): the loop audits it
         self.failures: dict[str, int] = {} if failures is None else failures
         self.log_every_s = log_every_s
         self._now = now
@@ -243,6 +247,11 @@ class Listeners:
         last = self._logged.get(name)
         if last is None:
             self._logged[name] = (now, total)
+            if self.on_first_failure is not None:
+                try:
+                    self.on_first_failure(name, method, repr(err))
+                except Exception as audit_err:  # the loop's audit writer does not raise; never let this one stop it
+                    log.error("listener_failure_unrecorded", listener=name, error=repr(audit_err))
             log.error("listener_failed", listener=name, method=method, error=repr(err), exc_info=err,
                       detail="the loop and its commands carry on without this output; further failures are "
                              f"counted and logged at most every {self.log_every_s:g} s")

@@ -163,7 +163,9 @@ class ClosedLoop:
         self.state = LoopState()
         self.view = LoopView(lambda: self.state, lambda: self.ring,
                              lambda: None if self.driver is None else self.driver.counters)
-        self.listeners = Listeners(listeners, failures=self.state.listener_failures)
+        self.listeners = Listeners(listeners, failures=self.state.listener_failures,
+                                   on_first_failure=lambda name, method, error: self.audit_record(
+                                       "output_failed", listener=name, method=method, error=error))
         self._check_bundle_matches_source()
         fs = source.sample_rate_hz
         sat = saturation_rule(source.n_channels, configured_uv=cfg.loop.saturation_uv, source_range_uv=source.range_uv,

@@ -135,6 +135,10 @@ def test_a_listener_that_raises_stops_nothing_else(cfg: Config, bundle: Any, tmp
     # every call raised: samples (when there were new ones) and decisions every tick, ticks, commands when sent
     n = loop.state.ticks
     assert loop.state.listener_failures == {"Broken": len(c.indices) + 2 * n + len(c.commands)}
+    # and the session's record says from when that output is missing: one output_failed record, its first failure
+    out = [r for r in read_audit(tmp_path / "broken" / "audit.jsonl").records if r["event"] == "output_failed"]
+    assert len(out) == 1 and out[0]["listener"] == "Broken" and out[0]["method"] == "on_command"
+    assert "bug in on_command" in out[0]["error"]
 
 
 def test_failures_are_logged_at_most_once_per_interval() -> None:
