@@ -20,7 +20,7 @@ import structlog
 
 from neurostimd.core.features import FeatureSettings, Scaler, design_filters
 from neurostimd.core.stats import compute_signal_stats
-from neurostimd.core.stimtable import StimTable, notebook_table
+from neurostimd.core.stimtable import StimTable, notebook_table, table_mismatch
 from neurostimd.errors import BundleError, DataFormatError, NeurostimError
 from neurostimd.model import bundle as files
 from neurostimd.model.dataset import LabelledRecording, load_recording, segments, split_segments, windows_for
@@ -68,9 +68,11 @@ def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, 
     _check_compatible(recs)
     fs, n_ch, class_names = recs[0].fs, recs[0].n_channels, recs[0].class_names
     n_classes = len(class_names)
-    missing_states = [c for c in range(n_classes) if c not in {s.state for s in table.states}]
-    if missing_states:
-        raise ValueError(f"the stimulation table has no entry for state(s) {missing_states} of {class_names}")
+    mismatch = table_mismatch([s.state for s in table.states], class_names)
+    if mismatch:
+        # the daemon refuses a bundle whose table does not have one row per class: never write one
+        raise ValueError(f"the stimulation table does not fit the data's {n_classes} classes {list(class_names)}: "
+                         f"{mismatch}; pass a table with one row per class (--table FILE)")
     try:
         settings.resolve_bands(fs)
     except ValueError as err:
