@@ -259,3 +259,13 @@ def test_every_citation_of_the_design_page_names_one_of_its_sections() -> None:
         bad += [f"{rel}: docs/design.md has no section {h!r}"
                 for h in re.findall(r"docs/design\.md, '([^']+)'", text) if h not in headings]
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("name", ["drivers", "drivers.types", "firmware_sim", "firmware_sim.board"])
+def test_the_folders_cannot_be_imported_under_a_second_name(name: str) -> None:
+    """From the project root `drivers` and `firmware_sim` are importable folders; a second copy of them would have
+    its own exception classes (a `drivers.errors.DriverError` escaped `except neurostimd.drivers.errors.DriverError`).
+    Importing them by the top-level name fails, saying what to import instead."""
+    res = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode != 0 and f"import this package as neurostimd.{name.split('.')[0]}" in res.stderr
