@@ -178,7 +178,7 @@ class Listeners:
 
     def __init__(self, listeners: Iterable[LoopListener] = (), *, failures: dict[str, int] | None = None,
                  log_every_s: float = 60.0, now: Callable[[], float] = time.monotonic,
-                 on_first_failure: Callable[[str, str, str], None] | None = None) -> None:
+                 on_first_failure: Callable[[str, str, str], object] | None = None) -> None:
         self._all: list[LoopListener] = []
         self.on_first_failure = on_first_failure  # (listener, method, error): the loop audits it
         self.failures: dict[str, int] = {} if failures is None else failures
