@@ -269,3 +269,22 @@ def test_the_folders_cannot_be_imported_under_a_second_name(name: str) -> None:
     res = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
     assert res.returncode != 0 and f"import this package as neurostimd.{name.split('.')[0]}" in res.stderr
+
+
+def test_sources_outputs_and_the_model_import_nothing_above_them(tmp_path: Path) -> None:
+    """An output that reaches up to the service (the exit codes of a command that lived in outputs/) or to the loop
+    is reported; the same imports from a command are fine."""
+    root = _tree(tmp_path, {
+        "neurostimd/outputs/status.py": "from neurostimd.service.exitcodes import EX_CONFIG\n",
+        "neurostimd/sources/lsl.py": "def f():\n    from neurostimd.loop import ClosedLoop\n",
+        "neurostimd/model/train.py": "from neurostimd.commands import cli\n",
+        "neurostimd/commands/status.py": "from neurostimd.service.exitcodes import EX_CONFIG\n"
+                                         "from neurostimd import loop\n",
+        "neurostimd/service/exitcodes.py": "EX_CONFIG = 78\n",
+        "neurostimd/commands/cli.py": "",
+        "neurostimd/loop.py": "class ClosedLoop: ...\n",
+    })
+    found = sorted((v.module, v.imported.split(" ")[0]) for v in cl.check(root, runtime=False))
+    assert found == [("neurostimd.model.train", "neurostimd.commands.cli"),
+                     ("neurostimd.outputs.status", "neurostimd.service.exitcodes"),
+                     ("neurostimd.sources.lsl", "neurostimd.loop")]

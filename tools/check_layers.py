@@ -50,6 +50,9 @@ HEAVY = ("serial", "pylsl", "tensorflow", "keras", "ai_edge_litert", "matplotlib
 TOP_LEVEL_ALIASES = ("drivers", "firmware_sim")
 CORE = f"{PKG}.core"
 CORE_MAY_IMPORT = (CORE, f"{PKG}.drivers.types", f"{PKG}.errors")
+# The layers between the core and the loop, and what they may not import (the loop, the service, the commands).
+MIDDLE = ("sources", "outputs", "model")
+ABOVE_MIDDLE = ("loop", "service", "commands")
 RUNTIME_EXTRA = (f"{PKG}.config",)
 _MODULE_ATTR = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 _DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
@@ -274,6 +277,12 @@ def layer_violations(tree: Tree) -> list[Violation]:
             if imp.target.split(".")[0] in HEAVY:
                 out.append(Violation(imp.file, imp.line, imp.module, _label(imp),
                                      "core is pure: no I/O or model library, not even lazily"))
+        elif any(_within(imp.module, f"{PKG}.{mid}") for mid in MIDDLE) and \
+                any(_within(imp.target, f"{PKG}.{top}") for top in ABOVE_MIDDLE):
+            out.append(Violation(imp.file, imp.line, imp.module, _label(imp),
+                                 f"sources, outputs and the model import nothing of {PKG}."
+                                 f"{{{','.join(ABOVE_MIDDLE)}}}: the loop, the service and the commands use "
+                                 "them, not the other way round"))
     return out
 
 

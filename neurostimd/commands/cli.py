@@ -19,9 +19,9 @@ _COMMANDS = {
     "train": "neurostimd.model.train:cmd_train",
     "evaluate": "neurostimd.model.evaluate:cmd_evaluate",
     "bench": "neurostimd.commands.bench:cmd_bench",
-    "status": "neurostimd.outputs.status:cmd_status",
+    "status": "neurostimd.commands.status:cmd_status",
     "closed-loop-eval": "neurostimd.commands.evaluation:cmd_closed_loop_eval",
-    "audit": "neurostimd.outputs.audit:cmd_audit",
+    "audit": "neurostimd.commands.audit:cmd_audit",
 }
 
 _VERIFY_EPILOG = """\

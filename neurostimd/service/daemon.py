@@ -32,6 +32,7 @@ from neurostimd.service.logs import configure_logging
 from neurostimd.service.notify import SystemdNotifier
 
 if TYPE_CHECKING:
+    from neurostimd.loop import ClosedLoop
     from neurostimd.outputs.metrics import Metrics
 
 log = structlog.get_logger("neurostimd.service.daemon")
@@ -204,7 +205,8 @@ class Daemon:
         listeners.append(self.state_file)
         return metrics
 
-    def _shutdown(self, code: int, loop: Any, audit: AuditLog, listeners: list[LoopListener], *closables: Any) -> int:
+    def _shutdown(self, code: int, loop: ClosedLoop | None, audit: AuditLog, listeners: list[LoopListener],
+                  *closables: Any) -> int:
         """Stop stimulation (confirmed by the board's ACK), then close everything; each step runs even if an
         earlier one failed. A STOP the board did not confirm makes the exit code non-zero."""
         self.notifier.stopping("stopping: stimulation off")
@@ -220,7 +222,7 @@ class Daemon:
                           detail="the board's dead-man timer stops stimulation once this process is gone")
                 if code == EX_OK:
                     code = EX_UNAVAILABLE
-            self.state_file.write(loop, exited=True, report_errors=True)
+            self.state_file.write(loop.view, exited=True, report_errors=True)
         close_all(listeners)
         for obj in closables:
             if obj is None:
