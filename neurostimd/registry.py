@@ -95,16 +95,21 @@ POLICIES = Registry("policy", "neurostimd.policies", {
 
 def union_of(registry: Registry, *, default_kind: str | None = None) -> Any:
     """The discriminated union of a table's settings models, for a Config field. With `default_kind`, a table that
-    names no kind is that kind (`[policy]` without `kind` is the stimulation table)."""
+    names no kind is that kind (`[policy]` without `kind` is the stimulation table). A kind the table does not know
+    is refused with the list of those it does."""
     from pydantic import BeforeValidator, Field
 
     models = tuple(registry.models().values())
     union: Any = models[0] if len(models) == 1 else \
         typing.Annotated[typing.Union[models], Field(discriminator="kind")]  # noqa: UP007 (a runtime tuple)
-    if default_kind is None:
-        return union
 
-    def fill(v: Any) -> Any:
-        return {"kind": default_kind, **v} if isinstance(v, dict) and "kind" not in v else v
+    def known(v: Any) -> Any:
+        if isinstance(v, dict):
+            if default_kind is not None and "kind" not in v:
+                v = {"kind": default_kind, **v}
+            kind = v.get("kind")
+            if isinstance(kind, str) and kind not in registry.models():
+                raise ValueError(f"unknown {registry.what} kind {kind!r}; known: {', '.join(registry.kinds())}")
+        return v
 
-    return typing.Annotated[union, BeforeValidator(fill)]
+    return typing.Annotated[union, BeforeValidator(known)]
