@@ -41,8 +41,10 @@ class Registry:
                 models[kind] = self._load(kind, target)  # a broken built-in line is a bug: let it raise
             for ep in metadata.entry_points(group=self.group):
                 if ep.name in models:
-                    warnings.warn(f"entry point {ep.value!r} ({self.group}) names the built-in {self.what} kind "
-                                  f"{ep.name!r}; the built-in one is kept", RuntimeWarning, stacklevel=2)
+                    kept = "the built-in one" if ep.name in self.builtin else "the first one found"
+                    what = "the built-in" if ep.name in self.builtin else "an already registered"
+                    warnings.warn(f"entry point {ep.value!r} ({self.group}) names {what} {self.what} kind "
+                                  f"{ep.name!r}; {kept} is kept", RuntimeWarning, stacklevel=2)
                     continue
                 try:
                     models[ep.name] = self._load(ep.name, ep.value)
