@@ -35,10 +35,9 @@ class DeviceContext:
 
 
 class DeviceSettings(Strict):
-    """What every device's settings model provides; the defaults are those of a device with nothing to feed."""
-
-    def build(self, ctx: DeviceContext) -> Driver | None:
-        raise NotImplementedError
+    """What every device's settings model provides; the defaults are those of a device with nothing to feed. Each
+    kind adds `kind: Literal[...]` and `build(ctx: DeviceContext) -> Driver | None` (the registry refuses a model
+    without them)."""
 
     def heartbeat_interval_ms(self) -> float | None:
         return None
