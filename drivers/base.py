@@ -126,6 +126,12 @@ class Driver(Lifecycle):
         raise DriverError(f"{type(self).__name__} streams no samples (it lacks the \"samples\" capability): read "
                           f"them from another [source] (lsl, replay), not from the stimulator")
 
+    def deliverable(self, params: StimParams) -> StimParams:
+        """What the device will actually run when told `params`: its own rounding (a 50 µs cycle, whole µA), pure and
+        without I/O. The controller checks, sends, audits and commits this, not the request; a rounding that raises
+        the amplitude or the pulse width is refused there. Default: the device runs `params` exactly."""
+        return params
+
     @property
     def max_exchange_ms(self) -> float:
         """The longest one exchange with the device may take (a request and its retries), during which frames may

@@ -285,11 +285,11 @@ class ClosedLoop:
     def _status_period(cfg: Config) -> int:
         return max(1, round(cfg.device.status_poll_interval_ms() / cfg.loop.cadence_ms))
 
-    @staticmethod
-    def _make_controller(cfg: Config, table: TableInForce, limits: Any, prior_daily_stim_s: float = 0.0
+    def _make_controller(self, cfg: Config, table: TableInForce, limits: Any, prior_daily_stim_s: float = 0.0
                          ) -> Controller:
         return Controller(make_policy(cfg.policy, table.table), cfg.safety, stale_after_ms=cfg.loop.stale_after_ms,
-                          board_limits=limits, prior_daily_stim_s=prior_daily_stim_s)
+                          board_limits=limits, prior_daily_stim_s=prior_daily_stim_s,
+                          deliverable=None if self.driver is None else self.driver.deliverable)
 
     def _log_table(self, limits: Any) -> None:
         t = self.table

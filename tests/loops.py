@@ -16,12 +16,12 @@ from neurostimd.sources.board import BoardSource
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def board_loop(cfg: Config, bundle: Any, tmp_path: Path, **drv_kw: Any) -> tuple[ClosedLoop, VirtualBoardDriver,
-                                                                                  AuditLog, VirtualClock]:
+def board_loop(cfg: Config, bundle: Any, tmp_path: Path, *, driver_class: type[VirtualBoardDriver] = VirtualBoardDriver,
+               **drv_kw: Any) -> tuple[ClosedLoop, VirtualBoardDriver, AuditLog, VirtualClock]:
     """A loop on the virtual board's own samples (32 ch, 1 kHz, 50-sample blocks), auditing to tmp_path; the caller
     closes the audit log and the driver."""
     clock = VirtualClock()
-    drv = VirtualBoardDriver(n_channels=32, sample_rate_hz=1000.0, clock=clock, block_size=50, **drv_kw)
+    drv = driver_class(n_channels=32, sample_rate_hz=1000.0, clock=clock, block_size=50, **drv_kw)
     drv.open()
     src = BoardSource(drv)
     src.open()

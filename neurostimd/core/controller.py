@@ -6,7 +6,7 @@ before it sends the command."""
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from neurostimd.core.faults import BoardReply, FaultInputs, FaultMonitor, FaultStatus
 from neurostimd.core.policy import Observation, Policy, PolicyDecision
-from neurostimd.core.safety import GateResult, SafetyConfig, SafetyGate
+from neurostimd.core.safety import RULE_DEVICE_ROUNDING, GateResult, SafetyConfig, SafetyGate, limit_violations
 from neurostimd.drivers.types import BoardLimits, StimParams
 from neurostimd.errors import ConfigError
 
@@ -100,6 +100,9 @@ class Command:
                               reason=self.decision.reason, faults=list(self.fault.faults))
 
 
+_ROUNDING_SLACK = 1e-9  # float noise, not a tolerance: a device may round charge down, never up
+
+
 def top_probability(probs: npt.NDArray[np.floating]) -> float:
     """The classifier's confidence as the fault monitor judges it: the largest class probability; 0 when the output
     is empty or not finite (the table policy's own reading of the same output)."""
@@ -121,7 +124,8 @@ class Controller:
     """
 
     def __init__(self, policy: Policy, safety_cfg: SafetyConfig, *, stale_after_ms: float,
-                 board_limits: BoardLimits | None = None, prior_daily_stim_s: float = 0.0) -> None:
+                 board_limits: BoardLimits | None = None, prior_daily_stim_s: float = 0.0,
+                 deliverable: Callable[[StimParams], StimParams] | None = None) -> None:
         threshold = policy.confidence_threshold
         if not (isinstance(threshold, int | float) and math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
             raise ConfigError(f"the policy's confidence_threshold is {threshold!r}; it must be a number from 0 to 1 "
@@ -129,6 +133,10 @@ class Controller:
         self.policy = policy
         self.monitor = FaultMonitor(safety_cfg, stale_after_ms=stale_after_ms, confidence_threshold=float(threshold))
         self.gate = SafetyGate(safety_cfg, board_limits, prior_daily_stim_s=prior_daily_stim_s)
+        self.safety_cfg = safety_cfg
+        self.board_limits = board_limits
+        # the device's own rounding (Driver.deliverable): what it will actually run for a command; None: exact
+        self.deliverable = deliverable
 
     def step(self, t_s: float, inputs: ControlInputs) -> Command:
         decision = self.policy.step(t_s, inputs.observation())
@@ -137,9 +145,29 @@ class Controller:
             confidence=None if inputs.probs is None else top_probability(inputs.probs),
             board_ok=inputs.board_ok, last_reply=inputs.last_reply, boundary_causes=inputs.boundary_causes))
         requested = self.monitor.override(decision.desired)
-        result = self.gate.apply(t_s, requested, impedance_ohm=inputs.impedance_ohm)
+        result = self._as_delivered(self.gate.apply(t_s, requested, impedance_ohm=inputs.impedance_ohm),
+                                    inputs.impedance_ohm)
         return Command(t_s=t_s, decision=decision, fault=fault, requested=requested, gate=result,
                        t_data_s=inputs.t_data_s)
+
+    def _as_delivered(self, result: GateResult, impedance_ohm: float | None) -> GateResult:
+        """The gate's output as the device will deliver it. A device that rounds (a 50 µs cycle, whole µA) runs
+        something close to what the gate let through: that is what is checked, sent, audited as `applied` and
+        committed. Rounding that raises the amplitude or the pulse width (more charge than the gate allowed), or that
+        breaks any of the gate's static rules, refuses the command (`device_rounding`): nothing is sent but STOP."""
+        applied = result.applied
+        if applied is None or self.deliverable is None:
+            return result
+        delivered = self.deliverable(applied)
+        if delivered == applied:
+            return result
+        raises_charge = (delivered.amplitude_ma > applied.amplitude_ma + _ROUNDING_SLACK
+                         or delivered.pulse_width_us > applied.pulse_width_us + _ROUNDING_SLACK)
+        broken = limit_violations(delivered, self.safety_cfg, board_limits=self.board_limits,
+                                  impedance_ohm=impedance_ohm, check_amplitude_min=False)
+        if raises_charge or broken:
+            return GateResult(None, [*result.limited_by, RULE_DEVICE_ROUNDING], True)
+        return GateResult(delivered, [*result.limited_by, RULE_DEVICE_ROUNDING], result.refused)
 
     def commit(self, t_s: float, applied: StimParams | None, acked: bool) -> None:
         self.gate.commit(t_s, applied, acked)

@@ -101,6 +101,8 @@ RULE_CHARGE_DENSITY = "charge_density"
 RULE_SHANNON_K = "shannon_k"
 RULE_COMPLIANCE = "compliance"
 RULE_RAMP = "ramp"
+# After the gate, in the controller: the device rounds what the gate let through (core/controller.py)
+RULE_DEVICE_ROUNDING = "device_rounding"
 
 RULES: tuple[str, ...] = (
     RULE_INVALID, RULE_SESSION_DOSE, RULE_DAILY_DOSE, RULE_FREQUENCY_MAX, RULE_FREQUENCY_MIN, RULE_PULSE_WIDTH_MAX,
