@@ -115,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"{p.prog}: {err}", file=sys.stderr)
         return 2
+    except ImportError as err:
+        print(f"{p.prog}: --lsl needs pylsl (and its liblsl), which would not load ({err}); install pylsl",
+              file=sys.stderr)
+        return 2
 
 
 def channel_labels(source: SampleSource) -> list[str]:

@@ -140,3 +140,11 @@ def test_the_pty_board_path_does_not_import_pylsl() -> None:
             "assert 'pylsl' not in sys.modules, 'pylsl imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_lsl_without_pylsl_says_what_to_install() -> None:
+    """On a machine whose pylsl does not load, --lsl exits 2 naming pylsl (not a traceback)."""
+    code = ("import sys; sys.modules['pylsl'] = None; from neurostimd.commands.simulator import main; "
+            "sys.exit(main(['--lsl', 'x']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--lsl needs pylsl" in r.stderr and "Traceback" not in r.stderr, r.stderr
