@@ -7,7 +7,21 @@ The simulator imports no host code, so it reads no files: this entry point reads
 reader (neurostimd.sources.recordings: .npz, CSV, EDF/BDF, XDF, ARFF, recorder sessions) and hands the board the
 samples. `--signal-rate` and `--signal-units` are what `[source] sample_rate_hz` and `units` are to replay: the rate
 of a file that has none (ARFF, CSV without a time column), the unit of one that declares none. Every other option
-is the board's (`python -m neurostimd.firmware_sim --help`)."""
+is the board's (`python -m neurostimd.firmware_sim --help`).
+
+    neurostimd-sim --lsl NAME [--lsl-type EEG] [--lsl-source-id ID] [--signal synthetic|RECORDING] [--channels N]
+                   [--rate HZ] [--block N] [--seed S] [--initial-state K] [--loop]
+
+`--lsl NAME` replaces the pty board (the options are exclusive): it publishes the same signal (the synthetic
+generator, or `--signal` read as above) as a pylsl float32 outlet for the devices that stream no samples (Pulse Pal,
+StimJim; `[source] kind = "lsl"`). The outlet declares the signal's rate and, per channel, its label (the synthetic
+signal's are ch00, ch01, ... as in its training data; a recording's own), unit "microvolts" and type (`--lsl-type`);
+the stream's source_id is `--lsl-source-id` (default `neurostimd-sim:NAME`, stable across restarts). It pushes
+`--block` samples at a time on absolute deadlines, each sample stamped on pylsl.local_clock() at first-sample time
+plus its index / rate (no drift), and prints `LSL <name> <source_id>` first. Without a board nothing stimulates the
+plant: the synthetic signal is open loop (the plant's own state changes only). A recording that does not `--loop`
+goes quiet at its end, as the board does. SIGTERM / SIGINT: close the outlet and exit 0. pylsl is imported only
+here, so the pty board does not need it. `LslSimulatorProcess` starts it from host code and tests."""
 
 from __future__ import annotations
 
@@ -23,12 +37,17 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import IO, Any
 
-from neurostimd.firmware_sim.__main__ import build_parser
+import numpy as np
+import structlog
+
+from neurostimd.firmware_sim.__main__ import build_parser, make_source
 from neurostimd.firmware_sim.__main__ import main as board_main
-from neurostimd.firmware_sim.generator import Playable
+from neurostimd.firmware_sim.generator import Playable, SampleSource
+
+log = structlog.get_logger("neurostimd_sim")
 
 MODULE = "neurostimd.commands.simulator"
 START_TIMEOUT_S = 30.0
@@ -47,6 +66,15 @@ def read_signal(args: argparse.Namespace) -> Playable:
 
 def parser() -> argparse.ArgumentParser:
     p = build_parser(prog="neurostimd-sim")
+    where = next(g for g in p._mutually_exclusive_groups if any("--pty" in a.option_strings for a in g._group_actions))
+    where.add_argument("--lsl", metavar="NAME",
+                       help="publish the signal as the LSL stream NAME instead of serving a board (no stimulation "
+                            "reaches the plant: the synthetic signal is open loop); prints 'LSL <name> <source_id>'")
+    lsl = p.add_argument_group("the LSL stream (--lsl)")
+    lsl.add_argument("--lsl-type", default="EEG", metavar="TYPE",
+                     help="the stream's and its channels' type (default EEG)")
+    lsl.add_argument("--lsl-source-id", default=None, metavar="ID",
+                     help="the stream's source_id (default neurostimd-sim:NAME): what a reader pins and reconnects to")
     rec = p.add_argument_group("reading the --signal recording (as [source] sample_rate_hz and units for replay)")
     rec.add_argument("--signal-rate", type=float, default=None, metavar="HZ",
                      help="its sample rate, for a file that has none (ARFF, CSV without a time column)")
@@ -55,8 +83,122 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# The board's own options: they mean nothing to an LSL stream, so --lsl refuses them rather than ignore them.
+BOARD_ONLY = ("pty_link", "baudrate", "format", "uv_per_lsb", "watchdog_ms", "log", "impedance_ohm", "limit",
+              "pace_rate", "no_session_check")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return board_main(argv, parser=parser(), read_signal=read_signal)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.lsl is None:
+        if args.lsl_type != p.get_default("lsl_type") or args.lsl_source_id is not None:
+            print(f"{p.prog}: --lsl-type and --lsl-source-id describe an --lsl stream; add --lsl NAME or drop them",
+                  file=sys.stderr)
+            return 2
+        return board_main(argv, parser=p, read_signal=read_signal)
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    given = ["--" + d.replace("_", "-") for d in BOARD_ONLY if getattr(args, d) != p.get_default(d)]
+    problem = None
+    if given:
+        problem = f"{', '.join(given)}: options of the board, which --lsl does not serve; drop them"
+    elif not args.lsl.strip():
+        problem = "--lsl needs a stream name"
+    elif args.block <= 0 or (args.channels is not None and args.channels <= 0) or (
+            args.rate is not None and args.rate <= 0):
+        problem = "--block, --channels and --rate must be positive"
+    if problem is not None:
+        print(f"{p.prog}: {problem}", file=sys.stderr)
+        return 2
+    try:
+        return serve_lsl(args)
+    except ValueError as err:
+        print(f"{p.prog}: {err}", file=sys.stderr)
+        return 2
+    except ImportError as err:
+        print(f"{p.prog}: --lsl needs pylsl (and its liblsl), which would not load ({err}); install pylsl",
+              file=sys.stderr)
+        return 2
+
+
+def channel_labels(source: SampleSource) -> list[str]:
+    """A recording's channel names; the synthetic signal's ch00, ch01, ... (the names its training data carries)."""
+    names = getattr(source, "channel_names", None)
+    if names is not None:
+        return [str(n) for n in names]
+    width = max(2, len(str(source.n_channels - 1)))
+    return [f"ch{i:0{width}d}" for i in range(source.n_channels)]
+
+
+def stream_info(name: str, stream_type: str, source_id: str, source: SampleSource) -> Any:
+    """The pylsl StreamInfo of the simulated stream: float32 at the signal's rate, each channel's label, unit
+    (microvolts) and type in desc/channels/channel, as neurostimd.sources.lsl reads them."""
+    import pylsl
+
+    info = pylsl.StreamInfo(name, stream_type, source.n_channels, source.sample_rate_hz, pylsl.cf_float32, source_id)
+    chans = info.desc().append_child("channels")
+    for label in channel_labels(source):
+        ch = chans.append_child("channel")
+        ch.append_child_value("label", label)
+        ch.append_child_value("unit", "microvolts")
+        ch.append_child_value("type", stream_type)
+    info.desc().append_child("acquisition").append_child_value("manufacturer", "neurostimd-sim")
+    return info
+
+
+def serve_lsl(args: argparse.Namespace) -> int:
+    """Publish the signal as an LSL outlet until SIGTERM / SIGINT: `args.block` samples per push, sample k stamped
+    t0 + k / rate on pylsl.local_clock() and pushed once that time has come. Exit 0."""
+    import pylsl
+
+    source = make_source(args, read_signal)
+    source_id = args.lsl_source_id if args.lsl_source_id is not None else f"neurostimd-sim:{args.lsl}"
+    fs = source.sample_rate_hz
+    outlet = pylsl.StreamOutlet(stream_info(args.lsl, args.lsl_type, source_id, source),
+                                chunk_size=args.block, max_buffered=30)
+    stop = _LslStop()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"LSL {args.lsl} {source_id}", flush=True)
+    log.info("sim_lsl_started", name=args.lsl, source_id=source_id, type=args.lsl_type,
+             n_channels=source.n_channels, sample_rate_hz=fs, block=args.block, signal=args.signal,
+             closed_loop=False)
+    sent = 0
+    ended = False
+    t0 = pylsl.local_clock()
+    try:
+        while not stop.requested:
+            # the next block's last sample is due at t0 + (sent + block - 1) / fs
+            wait = t0 + (sent + args.block - 1) / fs - pylsl.local_clock()
+            if wait > 0 or ended:
+                time.sleep(max(wait, 0.0) if not ended else 0.1)
+                continue
+            # Behind schedule (a loaded machine): catch up block by block, every sample keeps its own stamp.
+            data = source.read(args.block, None)
+            n = len(data)
+            if n:
+                outlet.push_chunk(np.ascontiguousarray(data, dtype=np.float32), t0 + (sent + n - 1) / fs)
+                sent += n
+            if n < args.block:
+                ended = True
+                log.info("sim_lsl_signal_ended", samples=sent, detail="the recording ended (no --loop): the stream "
+                                                                      "stays open and sends nothing more")
+    finally:
+        del outlet
+        log.info("sim_lsl_stopped", signal=stop.signum, samples=sent)
+    return 0
+
+
+class _LslStop:
+    """SIGTERM / SIGINT: end serve_lsl's loop."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signum = 0
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        self.signum = signum
 
 
 class SimulatorError(RuntimeError):
@@ -76,9 +218,16 @@ class SimulatorProcess:
                  stderr: str | Path | None = None, timeout_s: float = START_TIMEOUT_S,
                  new_session: bool = True) -> None:
         self.log_path = Path(log) if log is not None else None
-        self.stderr_path = Path(stderr) if stderr is not None else None
         cmd = [sys.executable, "-m", MODULE, "--pty", *(["--log", str(log)] if log is not None else []), *args,
                *(["--pty-link", str(link)] if link is not None else [])]
+        self.pty = self._spawn(cmd, "PTY <path>", stderr=stderr, timeout_s=timeout_s, new_session=new_session)
+        self.port = str(link) if link is not None else self.pty
+
+    def _spawn(self, cmd: list[str], expect: str, *, stderr: str | Path | None, timeout_s: float,
+               new_session: bool) -> str:
+        """Start `cmd`; the rest of its first stdout line, which must be `expect` (e.g. "PTY <path>": the word, then
+        the value); SimulatorError, and the process killed, if it does not come within timeout_s."""
+        self.stderr_path = Path(stderr) if stderr is not None else None
         if self.stderr_path is not None:
             self.stderr_path.parent.mkdir(parents=True, exist_ok=True)
         self._stderr: IO[bytes] = self.stderr_path.open("ab") if self.stderr_path is not None else \
@@ -92,13 +241,13 @@ class SimulatorProcess:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, env=env, bufsize=0,
                                      start_new_session=new_session)
         try:
-            self.pty = self._wait_for_pty(timeout_s)
+            return self._first_line(expect, timeout_s)
         except BaseException:
             self.stop(signal.SIGKILL)
             raise
-        self.port = str(link) if link is not None else self.pty
 
-    def _wait_for_pty(self, timeout_s: float) -> str:
+    def _first_line(self, expect: str, timeout_s: float) -> str:
+        prefix = expect.split(" ", 1)[0]
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         buf = b""
@@ -106,7 +255,7 @@ class SimulatorProcess:
         while b"\n" not in buf:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise SimulatorError(self._failure(f"printed no 'PTY <path>' line within {timeout_s:g} s"))
+                raise SimulatorError(self._failure(f"printed no '{expect}' line within {timeout_s:g} s"))
             ready, _, _ = select.select([fd], [], [], left)
             if ready:
                 chunk = os.read(fd, 4096)
@@ -114,10 +263,10 @@ class SimulatorProcess:
                     break  # it exited
                 buf += chunk
         line = buf.split(b"\n", 1)[0].decode(errors="replace").strip()
-        if not line.startswith("PTY "):
+        if not line.startswith(prefix + " "):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(2.0)  # so that the message can give its exit code
-            got = f"printed {line!r} instead of 'PTY <path>'" if line else "printed nothing"
+            got = f"printed {line!r} instead of '{expect}'" if line else "printed nothing"
             raise SimulatorError(self._failure(got))
         return line.split(" ", 1)[1]
 
@@ -184,6 +333,28 @@ class SimulatorProcess:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+class LslSimulatorProcess(SimulatorProcess):
+    """A running `neurostimd-sim --lsl NAME`: the signal as an LSL outlet, no board. Started on construction (it
+    has printed `LSL <name> <source_id>`, so its outlet exists), stopped by stop() (SIGTERM: exit 0) or on leaving
+    a `with` block. `args` are further options (--signal, --channels, --rate, --block, --seed, --lsl-type ...);
+    `source_id` is passed as --lsl-source-id. Attributes: `name`, `source_id`, `pid`, `proc`, `stderr_path`.
+    It has no pty, no event log and no reboot."""
+
+    def __init__(self, name: str, args: Sequence[str] = (), *, source_id: str | None = None,
+                 stderr: str | Path | None = None, timeout_s: float = START_TIMEOUT_S,
+                 new_session: bool = True) -> None:
+        self.log_path = None
+        cmd = [sys.executable, "-m", MODULE, "--lsl", name, *args,
+               *(["--lsl-source-id", source_id] if source_id is not None else [])]
+        announced = self._spawn(cmd, "LSL <name> <source_id>", stderr=stderr, timeout_s=timeout_s,
+                                new_session=new_session)
+        self.name = name
+        self.source_id = announced[len(name) + 1:] if announced.startswith(name + " ") else announced
+
+    def reboot(self) -> None:
+        raise SimulatorError("an --lsl simulator has no board to reboot; stop() it and start another")
 
 
 def start_simulator(args: Sequence[str] = (), **kw: Any) -> SimulatorProcess:
