@@ -15,6 +15,7 @@ clicked), every confirm byte the protocol sends is read, and any other byte is a
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from collections.abc import Callable
@@ -36,10 +37,12 @@ LinkFactory = Callable[[], ByteLink]
 # Opening a port at these rates erases (1200, Arduino Due) or reboots (134, Teensy) the board.
 FORBIDDEN_BAUDS = frozenset({1200, 134})
 CYCLE_NS = c.CYCLE_US * 1000
-# The stop of a re-arm must land at least this long after a pulse ended and before the next one starts.
+# The stop of a re-arm lands at least this long after a pulse ended and before the next one starts.
 _MARGIN_NS = 2 * CYCLE_NS
 # The longest the driver waits inside service() for a pulse to end before re-arming (else it tries next tick).
-_MAX_ALIGN_WAIT_NS = 3_000_000
+_MAX_ALIGN_WAIT_NS = 10_000_000
+# ... and, where the inter-pulse interval allows, this long (the link's jitter it tolerates without cutting a pulse).
+_GUARD_NS = 3_000_000
 
 
 @dataclass(frozen=True)
@@ -116,12 +119,13 @@ class PulsePalDriver(Driver):
         self._programmed: dict[int, int] = {}  # what the device holds for our channel (as far as we wrote it)
         self._plan: Plan | None = None  # the train being re-armed; None while stopped
         self._train_start_ns = 0  # when (on our clock) the current train's first pulse starts
-        self._latency_ns = 500_000  # one-way host -> device, from the confirm round trips
+        # one-way host -> device: half the shortest of the recent round trips (a minimum is steady where a mean would
+        # move with every scheduling spike, and each move of the estimate shifts a re-armed pulse)
+        self._half_rtts: collections.deque[int] = collections.deque(maxlen=32)
         self._lost = False
         self._refusal: str | None = None
         self._epoch = 0
         self.delivered: StimParams | None = None
-        self.rearm_offsets_ns: list[int] = []  # per re-arm: planned new first pulse minus the old train's grid
 
     # --- limits and mapping ----------------------------------------------------------------------------------------
     @property
@@ -247,7 +251,7 @@ class PulsePalDriver(Driver):
         self._write(data)
         reply = self._read_exact(n_confirms, what) if n_confirms else b""
         if n_confirms:
-            self._latency_ns = (self._latency_ns * 7 + (self._now_ns() - t0) // 2) // 8
+            self._half_rtts.append((self._now_ns() - t0) // 2)
         for b in reply:
             try:
                 ok = c.decode_confirm(bytes((b,)))
@@ -281,11 +285,13 @@ class PulsePalDriver(Driver):
         try:
             stale = self._link.read(4096, 0.05)  # bytes queued before we opened belong to no one
             self._counters.bytes_discarded += len(stale)
+            t0 = self._now_ns()
             self._write(c.encode_handshake())
             try:
                 fw = c.decode_handshake(self._read_exact(c.HANDSHAKE_REPLY_LEN, "the handshake"))
             except ProtocolError as err:
                 raise BoardRefused(f"the device on {self.port or 'the link'} is not a Pulse Pal: {err}") from err
+            self._half_rtts.append((self._now_ns() - t0) // 2)
             if fw not in c.SUPPORTED_FIRMWARE:
                 raise BoardRefused(f"Pulse Pal firmware {fw} is not supported (21 or 22; <20 is a Pulse Pal 1 with "
                                    f"8-bit outputs, 2 a Bpod analog module): update it with Sanworks' updater")
@@ -373,48 +379,52 @@ class PulsePalDriver(Driver):
     def _arm_fresh(self) -> None:
         assert self._plan is not None
         delay = c.MIN_CYCLES
-        self._set_params({Param.TRAIN_DELAY: delay}, "the train delay")
-        self._drain()
+        self._programmed.pop(Param.TRAIN_DELAY, None)
         t = self._now_ns()
-        self._write(self._stop_bytes() + c.encode_trigger(self.mask))
-        self._train_start_ns = t + self._latency_ns + (1 + delay) * CYCLE_NS
+        self._confirmed(c.encode_set_param(Param.TRAIN_DELAY, self.channel, delay) + self._stop_bytes()
+                        + c.encode_trigger(self.mask), 1, "the arming (train delay, stop, trigger)")
+        self._programmed[Param.TRAIN_DELAY] = delay
+        self._train_start_ns = t + self._latency() + (1 + delay) * CYCLE_NS
         self._count("arms")
 
     def _rearm(self, grid: Plan) -> None:
         """Restart the train so that its first pulse lands on the running train's next pulse (`grid` is the plan
-        that train runs); waits (briefly) for a pulse in progress to end, else leaves it to the next tick."""
+        that train runs). The stop must land between pulses with room on both sides for the link's jitter (a stop
+        that lands in a pulse cuts it): at least a third of the inter-pulse interval, or _GUARD_NS, after a pulse
+        ends and before the next begins. The driver waits up to _MAX_ALIGN_WAIT_NS for that window, else leaves the
+        re-arm to the next tick. One write: the train delay that puts the new first pulse on the grid, the stop and
+        the trigger; one confirm (the delay's)."""
         assert self._plan is not None
-        period_ns = grid.period_cycles * CYCLE_NS
-        pulse_ns = (2 * grid.phase_cycles + grid.gap_cycles) * CYCLE_NS
-        now = self._now_ns()
-        land = now + self._latency_ns
-        phi = (land - self._train_start_ns) % period_ns if land >= self._train_start_ns else period_ns
-        if land >= self._train_start_ns and phi < pulse_ns + _MARGIN_NS:
-            wait = pulse_ns + _MARGIN_NS - phi
-            if wait > _MAX_ALIGN_WAIT_NS:
-                self._count("rearm_deferred")
-                return
-            self._sleep_ns(wait)
-            now = self._now_ns()
-            land = now + self._latency_ns
-        if land < self._train_start_ns:
-            nxt = self._train_start_ns
-        else:
-            k = -(-(land - self._train_start_ns) // period_ns)
-            nxt = self._train_start_ns + k * period_ns
+        period = grid.period_cycles * CYCLE_NS
+        pulse = (2 * grid.phase_cycles + grid.gap_cycles) * CYCLE_NS
+        room = max(_MARGIN_NS, min(_GUARD_NS, (period - pulse) // 3))
+        land = self._now_ns() + self._latency()
+        if land >= self._train_start_ns:
+            last = self._train_start_ns + (land - self._train_start_ns) // period * period  # the last pulse start
+            opens, closes = last + pulse + room, last + period - room
+            if not opens <= land <= closes:
+                wait = (opens if land < opens else opens + period) - land
+                if wait > _MAX_ALIGN_WAIT_NS:
+                    self._count("rearm_deferred")
+                    return
+                self._sleep_ns(wait)
+                land = self._now_ns() + self._latency()
+        nxt = self._train_start_ns
+        if land >= nxt:
+            nxt += -(-(land - nxt) // period) * period
         delay = round((nxt - land) / CYCLE_NS) - 1
         if delay < c.MIN_CYCLES:
-            nxt += period_ns
+            nxt += period
             delay = round((nxt - land) / CYCLE_NS) - 1
-        self._set_params({Param.TRAIN_DELAY: delay}, "the train delay")
-        self._drain()
-        self._write(self._stop_bytes() + c.encode_trigger(self.mask))
-        t_sent = self._now_ns()
-        planned = t_sent + self._latency_ns + (1 + delay) * CYCLE_NS
-        self.rearm_offsets_ns.append(planned - nxt)
-        del self.rearm_offsets_ns[:-1000]
+        self._programmed.pop(Param.TRAIN_DELAY, None)
+        self._confirmed(c.encode_set_param(Param.TRAIN_DELAY, self.channel, delay) + self._stop_bytes()
+                        + c.encode_trigger(self.mask), 1, "the re-arm (train delay, stop, trigger)")
+        self._programmed[Param.TRAIN_DELAY] = delay
         self._train_start_ns = nxt
         self._count("rearms")
+
+    def _latency(self) -> int:
+        return min(self._half_rtts, default=500_000)
 
     def _count(self, name: str) -> None:
         self._counters.extra[name] = self._counters.extra.get(name, 0) + 1

@@ -1,6 +1,7 @@
 """The simulated Pulse Pal as a process behind a pseudo-terminal (or a real serial port).
 
-    python -m neurostimd.firmware_sim.pulsepal --pty [--pty-link PATH] [--log EVENTS.jsonl] [--firmware 21|22]
+    python -m neurostimd.firmware_sim.pulsepal --pty [--pty-link PATH] [--log EVENTS.jsonl [--log-pulses]]
+        [--firmware 21|22] [--hardware 2|3]
 
 With --pty it prints `PTY <path>` as its first stdout line (the pty plumbing is the board simulator's). The loop
 sleeps on select() until the firmware's next event (a pulse, a train end, the inter-byte timeout) or until the host
@@ -41,6 +42,7 @@ def build_parser(prog: str = "python -m neurostimd.firmware_sim.pulsepal") -> ar
     p.add_argument("--hardware", type=int, choices=[2, 3], default=None,
                    help="Pulse Pal 2 or 3 (default: 3 for firmware 22, 2 for firmware 21)")
     p.add_argument("--log", help="event log (JSON lines): stim_applied, stim_off, comm_failure, …")
+    p.add_argument("--log-pulses", action="store_true", help="also log every pulse start (event 'pulse')")
     return p
 
 
@@ -54,7 +56,8 @@ class _Click:
 
 def serve(args: argparse.Namespace) -> int:
     events = EventLog(args.log)
-    dev = PulsePal(args.firmware, hardware_version=args.hardware, event_log=events, start_ns=time.monotonic_ns())
+    dev = PulsePal(args.firmware, hardware_version=args.hardware, event_log=events, start_ns=time.monotonic_ns(),
+                   log_pulses=args.log_pulses)
     stop, click = _Stop(), _Click()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

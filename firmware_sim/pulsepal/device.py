@@ -15,7 +15,8 @@ finite and continuous trains, bursts, stops, and the inter-byte timeout (100 ms 
 ends in COMM. FAILURE: timer stopped, DAC holding its last value, all input ignored until a joystick click. A phase
 of 0 cycles leaves the output stuck at that phase's voltage until the train ends (forever in continuous mode).
 Not modelled: custom trains are stored but not played; the settings file, screen, pins and DAC calibration ops.
-Pulse start times are kept in memory (`pulses`) so that timing fidelity can be measured.
+Pulse start times are kept in memory (`pulses`), and with log_pulses logged as `pulse` events, so that timing
+fidelity can be measured.
 """
 
 from __future__ import annotations
@@ -116,13 +117,15 @@ class PulsePal:
     """The firmware of one Pulse Pal (firmware 21: Pulse Pal 2; firmware 22: Pulse Pal 2 or 3)."""
 
     def __init__(self, firmware: int = 22, *, hardware_version: int | None = None,
-                 event_log: EventLog | None = None, start_ns: int = 0, keep_pulses: int = 100_000) -> None:
+                 event_log: EventLog | None = None, start_ns: int = 0, keep_pulses: int = 100_000,
+                 log_pulses: bool = False) -> None:
         if firmware not in TIMEOUT_MS:
             raise ValueError(f"firmware {firmware} is not modelled (21 or 22)")
         hw = hardware_version if hardware_version is not None else (3 if firmware == 22 else 2)
         if hw not in (2, 3) or (firmware == 21 and hw != 2):
             raise ValueError(f"hardware version {hw} with firmware {firmware}: fw 21 runs on Pulse Pal 2 only")
         self.firmware = firmware
+        self.log_pulses = log_pulses
         self.hardware = HardwareInfo(hardware_version=hw, cycle_us=CYCLE_US, n_custom_trains=4 if hw == 3 else 2,
                                      max_pulses=10_000 if hw == 3 else 5000)
         self.events = event_log if event_log is not None else EventLog()
@@ -184,6 +187,8 @@ class PulsePal:
                 if not ch.stuck and (not finite or ch.next_pulse + room <= ch.train_end) and ch.next_pulse <= now_c:
                     ch.last_pulse = ch.next_pulse
                     self.pulses[i].append(self._ns(ch.next_pulse))
+                    if self.log_pulses:
+                        self.events.write("pulse", self._ns(ch.next_pulse), channel=i + 1)
                     if p.has_zero_phase() or p.period_cycles() == 0:
                         ch.stuck = True
                         self.events.write("output_stuck", self._ns(ch.next_pulse), channel=i + 1,

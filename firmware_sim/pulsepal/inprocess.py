@@ -1,8 +1,11 @@
 """The simulated Pulse Pal in memory: a ByteLink whose far end is the firmware model (device.PulsePal), stepped
 synchronously in the caller's thread on an injectable clock, as firmware_sim.inprocess does for the board. With a
-`latency_ns`, each write reaches the device that long after it was sent (on the clock), as over USB."""
+`latency_ns` (a number, or a function for jitter), each write reaches the device that long after it was sent (on
+the clock), as over USB."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from neurostimd.drivers.errors import DriverError
 from neurostimd.drivers.transport import ByteLink
@@ -14,7 +17,7 @@ class PulsePalLink(ByteLink):
     """A link to a PulsePal in memory. write() feeds the device (after `latency_ns`); read() advances it, sleeping
     on the clock until it has something to send or the timeout is over."""
 
-    def __init__(self, device: PulsePal, clock: Clock, *, latency_ns: int = 0) -> None:
+    def __init__(self, device: PulsePal, clock: Clock, *, latency_ns: int | Callable[[], int] = 0) -> None:
         self.device = device
         self.clock = clock
         self.latency_ns = latency_ns
@@ -24,7 +27,8 @@ class PulsePalLink(ByteLink):
     def write(self, data: bytes) -> None:
         if self._closed:
             raise DriverError("virtual Pulse Pal link is closed")
-        self._rx += self.device.feed(data, self.clock.now_ns() + self.latency_ns)
+        lat = self.latency_ns() if callable(self.latency_ns) else self.latency_ns
+        self._rx += self.device.feed(data, self.clock.now_ns() + lat)
 
     def read(self, max_bytes: int, timeout_s: float) -> bytes:
         if self._closed:

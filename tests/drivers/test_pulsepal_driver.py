@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import random
+from typing import Any
 
 import pytest
 
@@ -20,7 +22,7 @@ P = StimParams(frequency_hz=130.0, amplitude_ma=1.0, pulse_width_us=200.0, inter
 
 
 class Rig:
-    def __init__(self, fw: int = 22, *, latency_ns: int = 0, gain: float = 0.5, max_ma: float = 4.0,
+    def __init__(self, fw: int = 22, *, latency_ns: Any = 0, gain: float = 0.5, max_ma: float = 4.0,
                  wrap=None) -> None:  # type: ignore[no-untyped-def]
         self.clock = VirtualClock(1_000 * MS)
         self.dev = PulsePal(fw, start_ns=0)
@@ -180,6 +182,20 @@ def test_service_rearms_without_a_gap_and_silence_stops_within_deadman(latency_u
         assert not d.status().stimulating
         d.service(rig.clock.now_ns())
         assert d.counters.extra["trains_ran_out"] == 1 and not rig.dev.channels[0].playing
+
+
+def test_rearms_under_link_jitter_never_cut_a_pulse() -> None:
+    """Each write reaches the device 0.1-2.5 ms after it was sent (seeded jitter): the re-arm's stop still lands
+    between pulses (its window keeps up to 3 ms from both), and the grid moves by at most the jitter."""
+    rng = random.Random(7)
+    rig = Rig(latency_ns=lambda: rng.randrange(100_000, 2_500_000))
+    with rig.driver as d:
+        d.set_stimulation(P)
+        rig.run(5000, tick_ms=37)
+        assert d.counters.extra["rearms"] >= 30
+    assert not any(e["cut_pulse"] for e in rig.events("stim_off") if e["reason"] == "host_stop")
+    iv = _intervals(rig.dev)
+    assert max(abs(x - 154 * CYCLE_NS) for x in iv) <= 2_400_000 + CYCLE_NS
 
 
 def test_a_new_setting_while_running_keeps_the_pulse_grid() -> None:
