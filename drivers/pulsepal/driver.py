@@ -6,10 +6,10 @@ rounded to the nearest cycle (ties to even); `plan(params)` says what the device
 set_stimulation `delivered` holds it (the caller should gate and audit that, not the request).
 
 Dead-man without a device watchdog: the device never stops on its own when the host dies, so the driver programs a
-FINITE train of whole periods no longer than `deadman_ms` and re-arms it from service(). A re-arm is one write
-(train delay, stop, trigger) timed so that the stop lands between pulses and the new train's first pulse falls
-where the old train's next pulse would have: stimulation goes on while service() runs and stops within deadman_ms
-once it stops. Every message goes out in one write (a partial message locks the device until its joystick is
+FINITE train of whole periods no longer than `deadman_ms` and re-arms it from service() at every tick. A re-arm is
+one write (train delay, stop, trigger) timed so that the stop lands between pulses and the new train's first pulse
+falls where the old train's next pulse would have: stimulation goes on while service() runs and stops within
+deadman_ms once it stops. Every message goes out in one write (a partial message locks the device until its joystick is
 clicked), every confirm byte the protocol sends is read, and any other byte is a BadReply. Not thread-safe.
 """
 
@@ -37,12 +37,19 @@ LinkFactory = Callable[[], ByteLink]
 # Opening a port at these rates erases (1200, Arduino Due) or reboots (134, Teensy) the board.
 FORBIDDEN_BAUDS = frozenset({1200, 134})
 CYCLE_NS = c.CYCLE_US * 1000
-# The stop of a re-arm lands at least this long after a pulse ended and before the next one starts.
+# The stop of a re-arm lands at least this long after a pulse ended and before the next one starts...
 _MARGIN_NS = 2 * CYCLE_NS
 # The longest the driver waits inside service() for a pulse to end before re-arming (else it tries next tick).
 _MAX_ALIGN_WAIT_NS = 10_000_000
-# ... and, where the inter-pulse interval allows, this long (the link's jitter it tolerates without cutting a pulse).
+# ... and, where the inter-pulse interval allows, this long: the link jitter it tolerates without cutting a pulse.
 _GUARD_NS = 3_000_000
+
+
+def shortest_train_ms(deadman_ms: float) -> float:
+    """The shortest train the driver programs for `deadman_ms`: one period of the longest, which is half of
+    deadman_ms less the re-arm delay's slack (see PulsePalDriver.plan)."""
+    cycles = int(deadman_ms * 1000) // c.CYCLE_US
+    return (cycles - c.MIN_CYCLES - 2) // 2 * c.CYCLE_US / 1000
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,11 @@ class PulsePalDriver(Driver):
                            max_pulse_width_us=float(max_pw_us),
                            max_charge_per_phase_uc=self.max_amplitude_ma * max_pw_us / 1000.0,
                            watchdog_ms=int(self.deadman_cycles * c.CYCLE_US / 1000))
+
+    def shortest_train_ms(self) -> float:
+        """The dead-man train at the lowest frequency (one period, of two that fit in deadman_ms): the loop must
+        call service() twice within it (a tick and a late one)."""
+        return shortest_train_ms(self.deadman_cycles * c.CYCLE_US / 1000)
 
     def plan(self, params: StimParams) -> Plan:
         """The device parameters for `params` and what they deliver; DriverError(reason="out_of_limits") naming the
@@ -389,11 +401,11 @@ class PulsePalDriver(Driver):
 
     def _rearm(self, grid: Plan) -> None:
         """Restart the train so that its first pulse lands on the running train's next pulse (`grid` is the plan
-        that train runs). The stop must land between pulses with room on both sides for the link's jitter (a stop
-        that lands in a pulse cuts it): at least a third of the inter-pulse interval, or _GUARD_NS, after a pulse
-        ends and before the next begins. The driver waits up to _MAX_ALIGN_WAIT_NS for that window, else leaves the
-        re-arm to the next tick. One write: the train delay that puts the new first pulse on the grid, the stop and
-        the trigger; one confirm (the delay's)."""
+        that train runs). The stop must land between pulses (a stop that lands in a pulse cuts it) with room on both
+        sides for the link's jitter, which moves both this write and the grid the last re-arm set: _GUARD_NS, or a
+        third of the inter-pulse interval when that is shorter, after a pulse ends and before the next begins. The
+        driver waits up to _MAX_ALIGN_WAIT_NS for that window, else leaves the re-arm to the next tick. One write:
+        the train delay that puts the new first pulse on the grid, the stop and the trigger; one confirm."""
         assert self._plan is not None
         period = grid.period_cycles * CYCLE_NS
         pulse = (2 * grid.phase_cycles + grid.gap_cycles) * CYCLE_NS
@@ -457,8 +469,9 @@ class PulsePalDriver(Driver):
         return BoardStatus(stimulating=on, params=self.delivered if on else None, impedance_ohm=None, fault_flags=0)
 
     def service(self, now_ns: int) -> None:
-        """Re-arm the train once half of it has played (a train that already ran out stays off: the host was
-        silent longer than deadman_ms), and drain the link."""
+        """Drain the link and re-arm the train (at most once a period): each tick restarts a full train on the same
+        pulse grid, so the device stops one train (at most deadman_ms) after the last tick. A train that already
+        ran out stays off (the host was silent longer than that)."""
         self._require_open()
         if self._link is None:
             return
@@ -472,7 +485,7 @@ class PulsePalDriver(Driver):
             self.delivered = None
             self._count("trains_ran_out")
             return
-        if now_ns - self._train_start_ns >= plan.train_cycles * CYCLE_NS // 2:
+        if now_ns - self._train_start_ns >= plan.period_cycles * CYCLE_NS:
             self._rearm(plan)
 
     @property
