@@ -140,8 +140,8 @@ def test_the_rearm_discontinuity_over_a_pty(pulsepal: PulsePalProcess) -> None:
     cuts = sum(1 for o in pulsepal.events("stim_off") if o["reason"] == "host_stop" and o["cut_pulse"])
     print(f"\nre-arm over a pty: {rearms} re-arms, {len(pulses)} pulses, |interval - {period / 1e3:.0f} µs|: median "
           f"{dev[len(dev) // 2] / 1e3:.0f} µs, 95th {dev[int(len(dev) * 0.95)] / 1e3:.0f} µs, worst "
-          f"{dev[-1] / 1e3:.0f} µs; re-arms that cut a pulse: {cuts}; service() took {sum(spent) / len(spent) / 1e6:.2f} ms "
-          f"on average, {max(spent) / 1e6:.2f} ms at most")
+          f"{dev[-1] / 1e3:.0f} µs; re-arms that cut a pulse: {cuts}; service() took "
+          f"{sum(spent) / len(spent) / 1e6:.2f} ms on average, {max(spent) / 1e6:.2f} ms at most")
     assert rearms >= 10 and len(pulses) > 350
     assert dev[-1] < period, "a re-arm lost a pulse (an interval of two periods or more)"
     assert dev[len(dev) // 2] <= 500_000
