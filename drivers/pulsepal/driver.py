@@ -158,10 +158,10 @@ class PulsePalDriver(Driver):
         return shortest_train_ms(self.deadman_cycles * c.CYCLE_US / 1000)
 
     def plan(self, params: StimParams) -> Plan:
-        """The device parameters for `params` and what they deliver; DriverError(reason="out_of_limits") naming the
-        problem when the device cannot run it safely."""
+        """The device parameters for `params` and what they deliver (`.delivered`: what a gate should check before
+        sending, and an audit record after); DriverError(reason="out_of_limits") naming the problem when the device
+        cannot run it safely. Sends nothing and counts nothing."""
         def refuse(why: str) -> DriverError:
-            self._counters.naks += 1
             return DriverError(f"the Pulse Pal cannot deliver {params}: {why}", reason="out_of_limits")
 
         vals = (params.frequency_hz, params.amplitude_ma, params.pulse_width_us, params.interphase_gap_us)
@@ -371,7 +371,11 @@ class PulsePalDriver(Driver):
         """Program `params` (as `plan` rounds them) and arm the train; `delivered` then holds what the device runs.
         A running train takes the new shape at its next pulse and is re-armed on the same pulse grid."""
         self._require_open()
-        plan = self.plan(params)
+        try:
+            plan = self.plan(params)
+        except DriverError:
+            self._counters.naks += 1
+            raise
         old = self._plan
         running = old is not None and self._now_ns() < self._train_end_ns(old)
         if running and plan == old:

@@ -275,3 +275,40 @@ def test_a_message_cut_in_transit_ends_in_a_timeout_not_a_hang() -> None:
         rig.dev.advance(rig.clock.now_ns())
         assert rig.dev.comm_failure
         cut["on"] = False
+
+
+def test_a_lost_link_is_reported_and_reconnect_handshakes_again() -> None:
+    """A link that vanishes mid-run (BoardLost) leaves the driver lost and stimulation unknown; reconnect() opens a
+    new link, identifies the device again and starts a new session (nothing armed)."""
+    from neurostimd.drivers.errors import BoardLost
+
+    gone = {"on": False}
+
+    def vanish(data: bytes) -> list[bytes]:
+        if gone["on"]:
+            raise BoardLost("the port vanished")
+        return [data]
+
+    rig = Rig(wrap=lambda link: ManipulatedLink(link, on_write=vanish))
+    with rig.driver as d:
+        d.set_stimulation(P)
+        epoch = d.session_epoch
+        gone["on"] = True
+        rig.clock.advance(60 * MS)
+        with pytest.raises(BoardLost):
+            d.service(rig.clock.now_ns())
+        assert d.lost and not d.status().stimulating
+        assert d.reconnect() is False and d.lost
+        gone["on"] = False
+        assert d.reconnect() is True and not d.lost and d.session_epoch == epoch + 1
+        assert d.info().protocol_version == 22 and not d.status().stimulating
+
+
+def test_plan_previews_without_sending_or_counting() -> None:
+    rig = Rig()
+    with rig.driver as d:
+        sent = len(rig.writes)
+        assert d.plan(P).delivered.pulse_width_us == 200.0
+        with pytest.raises(DriverError, match="outside 0-4 mA"):
+            d.plan(StimParams(130.0, 40.0, 200.0, 50.0))
+        assert len(rig.writes) == sent and d.counters.naks == 0
