@@ -377,7 +377,9 @@ class PulsePal:
     def _set(self, code: int, channel: int, value: int, cycle: int) -> bool:
         """Write one parameter; False when fw 22 would refuse it."""
         top = 2 if code == Param.TRIGGER_MODE else N_OUTPUTS
-        if not 1 <= channel <= top or (code == Param.CONTINUOUS and self.firmware == 21):
+        if code == Param.CONTINUOUS and self.firmware == 21:
+            return False  # fw 21 has no parameter 18 (its continuous mode is op 82)
+        if not 1 <= channel <= top:
             if self.firmware == 21:
                 self.events.write("fw21_out_of_bounds", self._ns(cycle), code=code, channel=channel)
             return False
