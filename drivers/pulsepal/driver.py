@@ -111,8 +111,9 @@ class PulsePalDriver(Driver):
         self.channel = channel
         self.mask = 1 << (channel - 1)
         self.deadman_cycles = int(deadman_ms * 1000) // c.CYCLE_US
-        if self.deadman_cycles < 8:
-            raise DriverError(f"deadman_ms = {deadman_ms} is shorter than the shortest pulse period (0.4 ms)")
+        if self.deadman_cycles < 4 * c.MIN_CYCLES * 2 + c.MIN_CYCLES + 2:
+            raise DriverError(f"deadman_ms = {deadman_ms} is shorter than two of the shortest pulse periods and the "
+                              f"re-arm's slack (1 ms); use 100-500 ms")
         self.reply_timeout_ns = int(reply_timeout_ms * 1e6)
         self._factory: LinkFactory = link_factory or (lambda: SerialLink(port or "", baudrate))
         self._now_ns = now_ns
@@ -143,8 +144,8 @@ class PulsePalDriver(Driver):
         """The device's limits for this driver's dead-man train: two periods must fit in deadman_ms (the lowest
         frequency: one period of train plus up to one period of re-arm delay), phases are at least 2 cycles, the
         amplitude is bounded by ±10 V through the isolator and by the isolator's own maximum."""
-        max_pw_us = ((self.deadman_cycles - 1 - 2) // 2) * c.CYCLE_US
         longest_period = (self.deadman_cycles - c.MIN_CYCLES - 2) // 2
+        max_pw_us = (longest_period - 1 - c.MIN_CYCLES) // 2 * c.CYCLE_US  # two phases, a gap, an interval
         return BoardLimits(min_frequency_hz=1e6 / (longest_period * c.CYCLE_US),
                            max_frequency_hz=1e6 / (4 * c.MIN_CYCLES * c.CYCLE_US),
                            max_amplitude_ma=self.max_amplitude_ma, min_pulse_width_us=float(c.MIN_CYCLES * c.CYCLE_US),

@@ -312,3 +312,19 @@ def test_plan_previews_without_sending_or_counting() -> None:
         with pytest.raises(DriverError, match="outside 0-4 mA"):
             d.plan(StimParams(130.0, 40.0, 200.0, 50.0))
         assert len(rig.writes) == sent and d.counters.naks == 0
+
+
+@pytest.mark.parametrize("deadman_ms", [1.0, 100.0, 250.0, 500.0])
+def test_the_reported_limits_are_what_plan_accepts(deadman_ms: float) -> None:
+    """info()'s limits are the corners the driver can really program: the lowest frequency with the widest pulse
+    and the highest frequency with the narrowest one plan; a step beyond each is refused."""
+    d = PulsePalDriver("/dev/null", isolator_ma_per_v=1.0, isolator_max_ma=2.0, deadman_ms=deadman_ms)
+    lim = d.limits()
+    assert lim.problems() == []
+    d.plan(StimParams(lim.min_frequency_hz, lim.max_amplitude_ma, lim.max_pulse_width_us, 50.0))
+    d.plan(StimParams(lim.max_frequency_hz, 0.1, lim.min_pulse_width_us, 50.0))
+    for beyond in (StimParams(lim.min_frequency_hz * 0.9, 0.1, 100.0, 50.0),
+                   StimParams(lim.min_frequency_hz, 0.1, lim.max_pulse_width_us + 50, 50.0),
+                   StimParams(lim.max_frequency_hz, 0.1, lim.min_pulse_width_us - 50, 50.0)):
+        with pytest.raises(DriverError):
+            d.plan(beyond)
