@@ -15,7 +15,9 @@ finite and continuous trains, bursts, stops, and the inter-byte timeout (100 ms 
 ends in COMM. FAILURE: timer stopped, DAC holding its last value, all input ignored until a joystick click. A phase
 of 0 cycles leaves the output stuck at that phase's voltage until the train ends (forever in continuous mode).
 Not modelled: custom trains are stored but not played; the settings file, screen, pins and DAC calibration ops.
-Pulse start times are kept in memory (`pulses`), and with log_pulses logged as `pulse` events, so that timing
+A stop and a trigger of the same channel in one cycle (the driver's re-arm) are logged as
+`train_restarted` (with `cut_pulse`), not as stim_off and stim_applied, unless the parameters changed. Pulse start
+times are kept in memory (`pulses`), and with log_pulses logged as `pulse` events, so that timing
 fidelity can be measured.
 """
 
@@ -142,6 +144,8 @@ class PulsePal:
         self._msg = bytearray()
         self._last_byte_ns = start_ns
         self._discard_quiet = False  # fw 22 after an unknown parameter code: drop input until 100 ms of quiet
+        self._held_off: dict[int, tuple[int, bool]] = {}  # host stops of this feed(): (cycle, cut a pulse)
+        self._last_applied: list[tuple[int, ...] | None] = [None] * N_OUTPUTS
         self._now = 0
 
     # --- time ------------------------------------------------------------------------------------------------------
@@ -222,10 +226,22 @@ class PulsePal:
         cut = self._level(ch, cycle) != ch.params.rest_v
         ch.playing = False
         ch.stuck = False
+        if reason == "host_stop":  # logged when the message ends, unless a trigger in the same cycle restarts it
+            self._held_off[i] = (cycle, cut)
+            return
         self.events.write("stim_off", self._ns(cycle), channel=i + 1, reason=reason, cut_pulse=cut, **extra)
+
+    def _flush_offs(self) -> None:
+        for i, (cycle, cut) in sorted(self._held_off.items()):
+            self.events.write("stim_off", self._ns(cycle), channel=i + 1, reason="host_stop", cut_pulse=cut)
+        self._held_off.clear()
+
+    def _shape(self, p: ChannelParams) -> tuple[int, ...]:
+        return (*(getattr(p, n) for n in sorted(_SHAPE)), p.train_duration, p.continuous)
 
     def _applied(self, i: int, cycle: int) -> None:
         p = self.channels[i].params
+        self._last_applied[i] = self._shape(p)
         period_us = p.period_cycles() * CYCLE_US
         self.events.write("stim_applied", self._ns(cycle), channel=i + 1,
                           frequency_hz=1e6 / period_us if period_us else None,
@@ -251,6 +267,14 @@ class PulsePal:
             ch.train_start = start + p.train_delay
             ch.next_pulse = ch.train_start
             ch.train_end = ch.train_start + p.train_duration
+            held = self._held_off.pop(i, None)
+            if held is not None and held[0] == cycle:  # stopped and triggered in one cycle: a restart, not an off
+                self.events.write("train_restarted", self._ns(cycle), channel=i + 1, cut_pulse=held[1],
+                                  delay_us=p.train_delay * CYCLE_US)
+                if self._last_applied[i] == self._shape(p):
+                    continue
+            elif held is not None:
+                self._held_off[i] = held
             self._applied(i, start)
 
     def _stop(self, mask: int, cycle: int, reason: str) -> None:
@@ -323,6 +347,7 @@ class PulsePal:
                 continue
             self.counters.messages += 1
             out += self._execute(msg, self._cycle(now_ns), now_ns)
+        self._flush_offs()
         return bytes(out)
 
     def _needed(self) -> int | None:

@@ -172,7 +172,8 @@ def test_service_rearms_without_a_gap_and_silence_stops_within_deadman(latency_u
         period = 154 * CYCLE_NS
         iv = _intervals(rig.dev)
         assert len(iv) > 380 and max(abs(x - period) for x in iv) <= CYCLE_NS, sorted(set(iv))
-        assert not any(e["cut_pulse"] for e in rig.events("stim_off"))
+        assert not any(e["cut_pulse"] for e in rig.events("stim_off") + rig.events("train_restarted"))
+        assert len(rig.events("stim_applied")) == 1, "a re-arm with the same parameters is not a new setting"
         last_service = rig.clock.now_ns()
         rig.clock.advance(400 * MS)
         rig.dev.advance(rig.clock.now_ns())
@@ -194,7 +195,9 @@ def test_rearms_under_link_jitter_never_cut_a_pulse() -> None:
         d.set_stimulation(P)
         rig.run(5000, tick_ms=37)
         assert d.counters.extra["rearms"] >= 30
-    assert not any(e["cut_pulse"] for e in rig.events("stim_off") if e["reason"] == "host_stop")
+    restarts = rig.events("train_restarted")
+    assert len(restarts) >= 30 and not any(e["cut_pulse"] for e in restarts)
+    assert len([e for e in rig.events("stim_off") if e["reason"] == "host_stop"]) == 1  # close()'s stop
     iv = _intervals(rig.dev)
     assert max(abs(x - 154 * CYCLE_NS) for x in iv) <= 2_100_000 + CYCLE_NS
 

@@ -101,6 +101,26 @@ def test_a_trigger_while_playing_is_ignored_and_stop_cuts() -> None:
     assert _events(dev, "stim_off")[-1]["reason"] == "host_stop" and not dev.channels[0].playing
 
 
+def test_a_stop_and_trigger_in_one_cycle_is_logged_as_a_restart() -> None:
+    """The re-arm's stop + trigger restarts the train (after its delay) and is logged as train_restarted, not as
+    an off and a new setting; a restart with other parameters also logs what is now applied."""
+    dev = PulsePal(22)
+    _program(dev)
+    dev.feed(c.encode_trigger(1), 0)
+    dev.feed(c.encode_set_param(Param.TRAIN_DELAY, 1, 40) + c.encode_stop_channels(1) + c.encode_trigger(1), 15 * MS)
+    assert dev.channels[0].playing and dev.channels[0].next_pulse == 15 * MS // CYCLE_NS + 1 + 40
+    restart = _events(dev, "train_restarted")[0]
+    assert restart == {"event": "train_restarted", "t_mono_ns": 15 * MS, "channel": 1, "cut_pulse": False,
+                       "delay_us": 2000}
+    assert not _events(dev, "stim_off") and len(_events(dev, "stim_applied")) == 1
+    dev.feed(c.encode_set_param(Param.PHASE1_VOLTAGE, 1, c.volts_to_code(-3.0)), 16 * MS)
+    dev.feed(c.encode_stop_channels(1) + c.encode_trigger(1), 30 * MS)
+    assert _events(dev, "stim_applied")[-1]["amplitude_v"] == pytest.approx(-3.0, abs=2e-4)
+    assert not _events(dev, "stim_off")
+    dev.feed(c.encode_stop_channels(1), 40 * MS)
+    assert _events(dev, "stim_off")[-1]["reason"] == "host_stop"
+
+
 def test_a_parameter_written_while_playing_applies_from_the_next_pulse() -> None:
     dev = PulsePal(22)
     _program(dev)
