@@ -159,3 +159,66 @@ class NoDeviceConfig(DeviceSettings):
 def make_device(cfg: Any, clock: Any = None) -> Driver | None:
     """The driver the config's [device] asks for (not opened); None for `kind = "none"`."""
     return cfg.device.build(DeviceContext(clock=clock, stream_samples=cfg.source.kind == "board"))
+
+
+class PulsePalDeviceConfig(DeviceSettings):
+    """A Sanworks Pulse Pal (2 or 3, firmware 21 or 22) driving a stimulus isolator from one output channel. The
+    isolator's gain and its maximum current are required: without them an amplitude in mA means nothing."""
+
+    kind: Literal["pulsepal"]
+    port: str = "/dev/ttyACM0"
+    channel: int = Field(1, ge=1, le=4)
+    # The length of the finite train the driver re-arms at every tick: how long the device stimulates on after the
+    # host dies (it has no watchdog of its own).
+    deadman_ms: float = Field(250.0, gt=0, le=500)
+    # Required (None is refused with what to write): the stimulus isolator's gain and its maximum current.
+    isolator_ma_per_v: float | None = Field(None, gt=0)
+    isolator_max_ma: float | None = Field(None, gt=0)
+    baudrate: int = Field(115_200, gt=0)
+    reply_timeout_ms: float = Field(200.0, gt=0, le=5000)
+
+    def build(self, ctx: DeviceContext) -> Driver:
+        from neurostimd.drivers.pulsepal.driver import PulsePalDriver
+
+        assert self.isolator_ma_per_v is not None and self.isolator_max_ma is not None  # _safe_link refuses None
+        return PulsePalDriver(self.port, isolator_ma_per_v=self.isolator_ma_per_v,
+                              isolator_max_ma=self.isolator_max_ma, channel=self.channel, deadman_ms=self.deadman_ms,
+                              baudrate=self.baudrate, reply_timeout_ms=self.reply_timeout_ms)
+
+    def heartbeat_interval_ms(self) -> float | None:
+        # no heartbeat: service() re-arms the train at every tick, so the host's longest silence is one tick (the
+        # config's check then asks for two ticks within the shortest train, see watchdog_bound)
+        return None
+
+    def shortest_train_ms(self) -> float:
+        """The driver's shortest train for deadman_ms (drivers.pulsepal.driver.shortest_train_ms, which a test keeps
+        equal; not imported, so that a config loads no driver): one period of two that fit, in 50 µs cycles."""
+        cycles = int(self.deadman_ms * 1000) // 50
+        return (cycles - 4) // 2 * 50 / 1000
+
+    def watchdog_bound(self) -> tuple[float, str]:
+        return self.shortest_train_ms(), ("the shortest train the Pulse Pal is re-armed with (about half of [device] "
+                                          "deadman_ms, at the lowest frequency) is")
+
+    def longest_watchdog_ms(self) -> float:
+        return self.deadman_ms
+
+    def with_port(self, port: str) -> PulsePalDeviceConfig:
+        return self.model_copy(update={"port": port})
+
+    @model_validator(mode="after")
+    def _safe_link(self) -> PulsePalDeviceConfig:
+        if self.isolator_ma_per_v is None:
+            raise ValueError("isolator_ma_per_v is required: the stimulus isolator's gain in mA per volt of the Pulse "
+                             "Pal's output (read it off the isolator's range setting); without it no amplitude in mA "
+                             "can be converted to volts")
+        if self.isolator_max_ma is None:
+            raise ValueError("isolator_max_ma is required: the largest current the stimulus isolator may deliver, in "
+                             "mA (its range or compliance limit); amplitudes above it are refused")
+        if self.baudrate in (1200, 134):
+            raise ValueError(f"baudrate = {self.baudrate} erases (1200, Arduino Due) or reboots (134, Teensy) a Pulse "
+                             f"Pal; use any other rate (USB ignores it), e.g. 115200")
+        if self.deadman_ms < 10:
+            raise ValueError(f"deadman_ms = {self.deadman_ms:g} is too short for a train of two periods at the lowest "
+                             f"usable frequency; use 100-500 ms (default 250)")
+        return self
