@@ -158,6 +158,11 @@ class PulsePalDriver(Driver):
         call service() twice within it (a tick and a late one)."""
         return shortest_train_ms(self.deadman_cycles * c.CYCLE_US / 1000)
 
+    def deliverable(self, params: StimParams) -> StimParams:
+        """What the device runs for `params` (`plan(params).delivered`): whole 50 µs cycles, the DAC's volt steps
+        through the isolator's gain. DriverError when it cannot run them at all."""
+        return self.plan(params).delivered
+
     def plan(self, params: StimParams) -> Plan:
         """The device parameters for `params` and what they deliver (`.delivered`: what a gate should check before
         sending, and an audit record after); DriverError(reason="out_of_limits") naming the problem when the device

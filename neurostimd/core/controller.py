@@ -158,7 +158,10 @@ class Controller:
         applied = result.applied
         if applied is None or self.deliverable is None:
             return result
-        delivered = self.deliverable(applied)
+        try:
+            delivered = self.deliverable(applied)
+        except Exception:  # the device cannot run these parameters at all (a phase under its shortest, ...)
+            return GateResult(None, [*result.limited_by, RULE_DEVICE_ROUNDING], True)
         if delivered == applied:
             return result
         raises_charge = (delivered.amplitude_ma > applied.amplitude_ma + _ROUNDING_SLACK

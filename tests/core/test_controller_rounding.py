@@ -77,3 +77,12 @@ def test_rounding_past_a_static_limit_is_refused() -> None:
     cmds = _run(lambda p: replace(p, frequency_hz=131.0))
     assert all(c.applied is None for c in cmds)
     assert RULE_DEVICE_ROUNDING in cmds[-1].gate.limited_by
+
+
+def test_parameters_the_device_cannot_run_at_all_are_refused() -> None:
+    """The driver's rounding raises (a phase below the device's shortest): the controller refuses, never crashes."""
+    def cannot(p: StimParams) -> StimParams:
+        raise ValueError("phase of 1 cycle: the output would stick")
+
+    cmds = _run(cannot)
+    assert all(c.applied is None and RULE_DEVICE_ROUNDING in c.gate.limited_by for c in cmds if c.requested)

@@ -317,6 +317,19 @@ def test_plan_previews_without_sending_or_counting() -> None:
         assert len(rig.writes) == sent and d.counters.naks == 0
 
 
+def test_deliverable_is_what_the_device_will_run_for_the_controller() -> None:
+    """Driver.deliverable (what the controller checks, sends and audits) is the plan's delivered values: 130 Hz is
+    a 7700 µs period (154 cycles of 50 µs), 129.87 Hz; and a request the device cannot run raises, which the
+    controller refuses."""
+    rig = Rig()
+    with rig.driver as d:
+        got = d.deliverable(StimParams(130.0, P.amplitude_ma, 200.0, 50.0))
+        assert got == d.plan(StimParams(130.0, P.amplitude_ma, 200.0, 50.0)).delivered
+        assert got.frequency_hz == pytest.approx(1e6 / (154 * 50.0)) and got.pulse_width_us == 200.0
+        with pytest.raises(DriverError):
+            d.deliverable(StimParams(130.0, 40.0, 200.0, 50.0))
+
+
 @pytest.mark.parametrize("deadman_ms", [1.0, 100.0, 250.0, 500.0])
 def test_the_reported_limits_are_what_plan_accepts(deadman_ms: float) -> None:
     """info()'s limits are the corners the driver can really program: the lowest frequency with the widest pulse
