@@ -2,6 +2,7 @@
 host code and tests start it.
 
     neurostimd-sim --pty [--signal synthetic|RECORDING] [--signal-rate HZ] [--signal-units UNIT] [board options]
+    neurostimd-sim --device pulsepal|stimjim --pty [--log F] [that device's options]
 
 The simulator imports no host code, so it reads no files: this entry point reads `--signal` with the one recording
 reader (neurostimd.sources.recordings: .npz, CSV, EDF/BDF, XDF, ARFF, recorder sessions) and hands the board the
@@ -66,6 +67,9 @@ def read_signal(args: argparse.Namespace) -> Playable:
 
 def parser() -> argparse.ArgumentParser:
     p = build_parser(prog="neurostimd-sim")
+    p.add_argument("--device", choices=list(SIMULATED_DEVICES), default="board",
+                   help="the simulated device: this project's board (default), or a Sanworks Pulse Pal or an Open "
+                        "Ephys StimJim speaking its own protocol (`--device pulsepal --help` lists its options)")
     where = next(g for g in p._mutually_exclusive_groups if any("--pty" in a.option_strings for a in g._group_actions))
     where.add_argument("--lsl", metavar="NAME",
                        help="publish the signal as the LSL stream NAME instead of serving a board (no stimulation "
@@ -88,7 +92,42 @@ BOARD_ONLY = ("pty_link", "baudrate", "format", "uv_per_lsb", "watchdog_ms", "lo
               "pace_rate", "no_session_check")
 
 
+# `--device KIND`: which simulated device serves the pty. The board is this module's own; the stimulators that speak
+# their vendors' protocols are processes of their own, with their own options (`--device pulsepal --help`).
+SIMULATED_DEVICES = {
+    "board": None,
+    "pulsepal": "neurostimd.firmware_sim.pulsepal.__main__",
+    "stimjim": "neurostimd.firmware_sim.stimjim.__main__",
+}
+
+
+def _pop_device(argv: list[str]) -> tuple[str | None, list[str]]:
+    """`--device KIND` (or `--device=KIND`) taken out of argv; None when the option is malformed."""
+    out: list[str] = []
+    device = "board"
+    it = iter(argv)
+    for a in it:
+        if a == "--device":
+            device = next(it, "")
+        elif a.startswith("--device="):
+            device = a.split("=", 1)[1]
+        else:
+            out.append(a)
+    return (device if device in SIMULATED_DEVICES else None), out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    device, rest = _pop_device(args_in)
+    if device is None:
+        print(f"neurostimd-sim: --device must be one of {', '.join(SIMULATED_DEVICES)}", file=sys.stderr)
+        return 2
+    module = SIMULATED_DEVICES[device]
+    if module is not None:
+        import importlib
+
+        return int(importlib.import_module(module).main(rest))
+    argv = rest
     p = parser()
     args = p.parse_args(argv)
     if args.lsl is None:
@@ -208,7 +247,8 @@ class SimulatorError(RuntimeError):
 class SimulatorProcess:
     """A running `neurostimd-sim --pty`: started on construction, stopped by stop() or on leaving a `with` block.
 
-    `args` are the simulator's options (`--pty` and `--log` are added). `log` is its event log (JSON lines),
+    `device` is the simulated device (`board`, `pulsepal`, `stimjim`: `neurostimd-sim --device`); `args` are its
+    options (`--pty` and `--log` are added). `log` is its event log (JSON lines),
     `link` a stable path symlinked to the pty (--pty-link), `stderr` a file for its own log (default: a temporary
     file, shown in the error when it fails to start). `new_session` puts it in its own session, so that a Ctrl-C
     on the terminal reaches only its parent. Attributes: `port` (the link, else the pty), `pty`, `pid`, `proc`,
@@ -216,9 +256,13 @@ class SimulatorProcess:
 
     def __init__(self, args: Sequence[str] = (), *, log: str | Path | None = None, link: str | Path | None = None,
                  stderr: str | Path | None = None, timeout_s: float = START_TIMEOUT_S,
-                 new_session: bool = True) -> None:
+                 new_session: bool = True, device: str = "board") -> None:
+        if device not in SIMULATED_DEVICES:
+            raise ValueError(f"device {device!r}: choose one of {', '.join(SIMULATED_DEVICES)}")
+        self.device = device
         self.log_path = Path(log) if log is not None else None
-        cmd = [sys.executable, "-m", MODULE, "--pty", *(["--log", str(log)] if log is not None else []), *args,
+        cmd = [sys.executable, "-m", MODULE, *(["--device", device] if device != "board" else []), "--pty",
+               *(["--log", str(log)] if log is not None else []), *args,
                *(["--pty-link", str(link)] if link is not None else [])]
         self.pty = self._spawn(cmd, "PTY <path>", stderr=stderr, timeout_s=timeout_s, new_session=new_session)
         self.port = str(link) if link is not None else self.pty
