@@ -54,7 +54,7 @@ def test_start_stop_cancel_and_probe_lines() -> None:
     assert encode_start("T", 0) == b"T0\n" and encode_start("U", 99) == b"U99\n"
     assert encode_stop("T") == b"T-1\n" and encode_stop("U") == b"U-1\n"
     assert CANCEL == b"X\n" and PRINT_OFFSETS == b"D\n"
-    with pytest.raises(ProtocolError, match="slots 0..99"):
+    with pytest.raises(ProtocolError, match=r"slots 0\.\.99"):
         encode_start("T", 100)
     with pytest.raises(ProtocolError, match="engine"):
         encode_stop("V")  # type: ignore[arg-type]
