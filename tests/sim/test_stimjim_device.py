@@ -49,7 +49,7 @@ def test_teensy_train_runs_on_the_microsecond_grid_and_ends_with_a_summary() -> 
     dev = StimJimDevice("teensy")
     dump = dev.feed(BIPHASIC, 0)
     stages = [parse_line(x) for x in lines(dump)]
-    assert [s.stage for s in stages if isinstance(s, DumpStage)][0].amp0 == -200  # type: ignore[attr-defined]
+    assert next(s.stage for s in stages if isinstance(s, DumpStage)).amp0 == -200  # type: ignore[attr-defined]
     out = dev.feed(b"T5\n", 1 * MS)
     assert parse_line(lines(out)[-1]) == Started(lines(out)[-1], "T", 5)
     assert dev.pulse_times_us == [1000]  # the first pulse at once
@@ -58,9 +58,9 @@ def test_teensy_train_runs_on_the_microsecond_grid_and_ends_with_a_summary() -> 
     assert dev.pulse_times_us == [1000, 21000, 41000, 61000, 81000]
     assert any(isinstance(parse_line(x), TrainComplete) and parse_line(x).n_pulses == 5  # type: ignore[attr-defined]
                for x in lines(out))
-    ev = [e for e in dev.events.events if e["event"] in ("stim_applied", "stim_off")]
+    ev = [e for e in dev.events.events if e["event"] in ("stim_applied", "stim_off")]  # 199.9: 1966 DAC codes
     assert ev[0] == {"event": "stim_applied", "t_mono_ns": 1 * MS, "slot": 5, "channel": 1, "frequency_hz": 50.0,
-                     "pulse_width_us": 200, "interphase_us": 50, "biphasic": True, "amplitude_ua": 199.9}  # 1966 DAC codes
+                     "pulse_width_us": 200, "interphase_us": 50, "biphasic": True, "amplitude_ua": 199.9}
     assert ev[1]["event"] == "stim_off" and ev[1]["reason"] == "train_end" and ev[1]["t_mono_ns"] == 101 * MS
 
 
