@@ -131,6 +131,7 @@ class StimJimDriver(Driver):
         self._armed_ns = 0
         self._ends_ns = 0
         self._device_running = False  # the device's own word: a start confirmed and no end reported since
+        self._last_service_ns: int | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -298,23 +299,27 @@ class StimJimDriver(Driver):
 
     def service(self, now_ns: int) -> None:
         """Drain the replies; re-arm the running train once half of it is spent, at a call in the second half of a
-        period (or once 3/4 of it is spent, whatever the phase). A train that ran out, because service() came too
-        late, stays off: only set_stimulation starts one again."""
+        period, or at any call after which the next (as far off as the last) might come too late. The caller must
+        call more often than once per train length (which is above deadman_ms / 2). A train that ran out, because
+        service() came too late, stays off: only set_stimulation starts one again."""
         self._require_open()
         self._drain()
+        gap = now_ns - self._last_service_ns if self._last_service_ns is not None else 0
+        self._last_service_ns = now_ns
         if self._active_slot is None or self._delivered is None:
             return
         if not self._running_now(now_ns):
             self._counters.extra["trains_ran_out"] = self._counters.extra.get("trains_ran_out", 0) + 1
             self._clear_run()
             return
-        # A restart pulses at once, so the interval before it is the time since the last pulse: re-arm in the
-        # second half of a period (that interval is then at least half a period), unless the train is 3/4 spent.
+        # A restart pulses at once, so the interval before it is the time since the last pulse: re-arm once half
+        # the train is spent, in the second half of a period (that interval is then at least half a period), or
+        # whatever the phase when the next call, as far apart as the last two, might come too late.
         assert self._train is not None
         elapsed = now_ns - self._armed_ns
         length = self._ends_ns - self._armed_ns
         period_ns = self._train.period_us * 1000
-        if (elapsed >= length // 2 and elapsed % period_ns >= period_ns // 2) or elapsed >= 3 * length // 4:
+        if (elapsed >= length // 2 and elapsed % period_ns >= period_ns // 2) or elapsed + 2 * gap >= length:
             self._start(self._active_slot)
             self._counters.extra["rearms"] = self._counters.extra.get("rearms", 0) + 1
 

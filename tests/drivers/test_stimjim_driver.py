@@ -189,3 +189,19 @@ def test_the_rearm_discontinuity_is_one_shortened_interval_of_at_least_half_a_pe
     off_grid = [b - a for a, b in itertools.pairwise(pulses) if b - a != period]
     assert len(off_grid) == rearms >= 30
     assert all(period // 2 <= x < period for x in off_grid), (min(off_grid) / period, max(off_grid) / period)
+
+
+def test_a_slow_caller_still_rearms_before_the_train_ends() -> None:
+    """10 Hz in a 250 ms dead-man: each train is two periods (200 ms). service() every 70 ms comes at 140 ms, in the
+    first half of a period: the driver re-arms there anyway, because the next call (at 210 ms) would come after the
+    train's end."""
+    drv, dev, clock = make(deadman_ms=250)
+    with drv:
+        drv.set_stimulation(StimParams(frequency_hz=10.0, amplitude_ma=0.5, pulse_width_us=100.0))
+        for _ in range(50):
+            clock.advance(70 * MS)
+            drv.service(clock.now_ns())
+        assert drv.status().stimulating
+    pulses = [e["t_mono_ns"] for e in events(dev, "pulse")]
+    assert max(b - a for a, b in itertools.pairwise(pulses)) <= 100 * MS
+    assert not [e for e in events(dev, "stim_off") if e["reason"] == "train_end"]
