@@ -82,6 +82,7 @@ DEVICES = Registry("device", "neurostimd.drivers", {
     "serial": "neurostimd.devices:SerialDeviceConfig",
     "virtual": "neurostimd.devices:VirtualDeviceConfig",
     "none": "neurostimd.devices:NoDeviceConfig",
+    "stimjim": "neurostimd.devices:StimJimDeviceConfig",
 })
 
 SOURCES = Registry("source", "neurostimd.sources", {
