@@ -87,7 +87,7 @@ def test_port_override_needs_a_device_with_a_port() -> None:
 def test_an_entry_point_adds_a_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(_plugin(tmp_path, {"bench_supply": "labplugin:BenchSupplyConfig"})))
     reg = Registry("device", "neurostimd.drivers", DEVICES.builtin)
-    assert reg.kinds() == ["serial", "virtual", "none", "bench_supply"]
+    assert reg.kinds() == [*DEVICES.builtin, "bench_supply"]  # the built-in kinds first, then the plugin's
     assert reg.model("bench_supply").__name__ == "BenchSupplyConfig"
 
 
