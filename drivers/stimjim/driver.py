@@ -107,6 +107,8 @@ class StimJimDriver(Driver):
         if len(set(slots)) != 2 or not all(0 <= s < 100 for s in slots):
             raise DriverError(f"slots {slots!r}: two different train slots in 0..99")
         self.port = port
+        self._where = port or "its link"
+        self._rp_version = "unknown"
         self.channel = channel
         self.deadman_ms = int(deadman_ms)
         self.max_amplitude_ma = float(max_amplitude_ma)
@@ -161,20 +163,22 @@ class StimJimDriver(Driver):
     def _connect(self) -> None:
         self._decoder = LineDecoder()
         self._lines.clear()
+        was_lost = self._lost
         self._link = self._factory()
+        self._lost = False
         try:
             firmware, offsets = self._identify()
             if self.firmware is not None and firmware != self.firmware:
-                raise BoardRefused(f"the StimJim on {self.port} now runs the {firmware} firmware, not the "
+                raise BoardRefused(f"the StimJim on {self._where} now runs the {firmware} firmware, not the "
                                    f"{self.firmware} one this loop started with; restart neurostimd")
             self.firmware = firmware
             self._current_offsets = offsets
             self._stop_all()
         except BaseException:
             self._drop_link()
+            self._lost = was_lost
             raise
         self._epoch += 1
-        self._lost = False
         self._refusal = None
         self._info = self._make_info()
 
@@ -194,7 +198,7 @@ class StimJimDriver(Driver):
             elif isinstance(line, Banner | Blank | Summary | TrainComplete | ChannelTerminated):
                 version = line.version if isinstance(line, Banner) and line.version else version
             else:
-                raise BoardRefused(f"the device on {self.port} answered {line.text!r} to D; it is not a StimJim "
+                raise BoardRefused(f"the device on {self._where} answered {line.text!r} to D; it is not a StimJim "
                                    f"this driver knows (Teensy stimjimPulser or RP2354B firmware)")
         if teensy:
             if set(teensy) != {"adc25", "adc10", "current", "voltage"}:
@@ -206,7 +210,7 @@ class StimJimDriver(Driver):
 
     def _make_info(self) -> BoardInfo:
         fw = "stimjimPulser (Teensy 3.5)" if self.firmware == "teensy" else \
-            f"RP2354B {getattr(self, '_rp_version', 'unknown')}"
+            f"RP2354B {self._rp_version}"
         limits = BoardLimits(min_frequency_hz=math.ceil(1e6 / (self.deadman_ms * 1000) * 1000) / 1000,
                              max_frequency_hz=MAX_FREQUENCY_HZ, max_amplitude_ma=self.max_amplitude_ma,
                              min_pulse_width_us=float(MIN_PHASE_US), max_pulse_width_us=float(MAX_PULSE_WIDTH_US),
@@ -467,7 +471,7 @@ class StimJimDriver(Driver):
 
     def _ensure_link(self) -> ByteLink:
         if self._lost or self._link is None:
-            raise BoardLost(f"the StimJim on {self.port} is unreachable; reconnect() first")
+            raise BoardLost(f"the StimJim on {self._where} is unreachable; reconnect() first")
         return self._link
 
     def _mark_lost(self) -> None:
@@ -489,14 +493,14 @@ class StimJimDriver(Driver):
         if self._decoder.overlong:
             self._counters.bytes_discarded += self._decoder.max_line * self._decoder.overlong
             self._decoder.overlong = 0
-            raise BadReply(f"the StimJim on {self.port} sent a line over {self._decoder.max_line} bytes long")
+            raise BadReply(f"the StimJim on {self._where} sent a line over {self._decoder.max_line} bytes long")
 
     def _next_line(self, deadline_ns: int, what: str) -> Reply:
         while not self._lines:
             left = deadline_ns - self._now_ns()
             if left <= 0:
                 self._counters.timeouts += 1
-                raise DriverTimeout(f"the StimJim on {self.port} did not answer {what} within "
+                raise DriverTimeout(f"the StimJim on {self._where} did not answer {what} within "
                                     f"{self.reply_timeout_ns / 1e6:g} ms; check the cable and that it is powered")
             self._pump(min(left / 1e9, 0.05))
         return self._lines.popleft()
@@ -514,7 +518,7 @@ class StimJimDriver(Driver):
         self._counters.bad_frames += 1
         if isinstance(line, Invalid | Rejected):
             self._counters.naks += 1
-        raise BadReply(f"the StimJim on {self.port} answered {line.text!r} while the driver waited for {what}")
+        raise BadReply(f"the StimJim on {self._where} answered {line.text!r} while the driver waited for {what}")
 
     def _expect(self, deadline_ns: int, what: str, *expected: type[Reply]) -> Reply:
         while True:

@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from neurostimd.clock import VirtualClock
-from neurostimd.drivers.errors import BadReply, BoardRefused, DriverError, DriverTimeout
+from neurostimd.drivers.errors import BadReply, BoardLost, BoardRefused, DriverError, DriverTimeout
 from neurostimd.drivers.stimjim.driver import StimJimDriver
 from neurostimd.drivers.transport import ByteLink, ManipulatedLink
 from neurostimd.drivers.types import StimParams
@@ -205,3 +205,45 @@ def test_a_slow_caller_still_rearms_before_the_train_ends() -> None:
     pulses = [e["t_mono_ns"] for e in events(dev, "pulse")]
     assert max(b - a for a, b in itertools.pairwise(pulses)) <= 100 * MS
     assert not [e for e in events(dev, "stim_off") if e["reason"] == "train_end"]
+
+
+def test_a_lost_link_is_reported_and_reconnect_rechecks_the_firmware() -> None:
+    """A link that fails is BoardLost (lost, nothing believed running); reconnect() handshakes again and refuses a
+    device that now runs the other firmware."""
+    clock = VirtualClock(0)
+    devices = {"now": StimJimDevice("teensy", start_ns=0)}
+    broken = {"on": False}
+
+    class Cable(StimJimLink):
+        def read(self, max_bytes: int, timeout_s: float) -> bytes:
+            if broken["on"]:
+                raise BoardLost("cable pulled")
+            return super().read(max_bytes, timeout_s)
+
+        def write(self, data: bytes) -> None:
+            if broken["on"]:
+                raise BoardLost("cable pulled")
+            super().write(data)
+
+    def factory() -> ByteLink:
+        return Cable(devices["now"], clock)
+
+    drv = StimJimDriver(link_factory=factory, now_ns=clock.now_ns)
+    with drv:
+        drv.set_stimulation(SAFE)
+        epoch = drv.session_epoch
+        broken["on"] = True
+        with pytest.raises(BoardLost):
+            drv.service(clock.now_ns())
+        assert drv.lost and drv.last_delivered is None
+        assert drv.reconnect() is False  # still broken
+        broken["on"] = False
+        assert drv.reconnect() is True and drv.session_epoch == epoch + 1 and drv.counters.reconnects == 1
+        assert not drv.status().stimulating  # a new session runs nothing until set_stimulation
+        broken["on"] = True
+        with pytest.raises(BoardLost):
+            drv.status()
+        broken["on"] = False
+        devices["now"] = StimJimDevice("rp2354b", start_ns=0)
+        assert drv.reconnect() is False and drv.refusal is not None and "rp2354b firmware" in drv.refusal
+        assert drv.refusal_kind == "board"
