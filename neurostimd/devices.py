@@ -222,3 +222,54 @@ class PulsePalDeviceConfig(DeviceSettings):
             raise ValueError(f"deadman_ms = {self.deadman_ms:g} is too short for a train of two periods at the lowest "
                              f"usable frequency; use 100-500 ms (default 250)")
         return self
+
+
+class StimJimDeviceConfig(DeviceSettings):
+    """An Open Ephys StimJim (Teensy or RP2354B firmware) on a serial port, or the simulated one behind a pty
+    (`python -m neurostimd.firmware_sim.stimjim --pty`). It has no watchdog: the driver programs trains of at most
+    `deadman_ms` and re-arms them from every tick, so the output stops within deadman_ms of the host's death."""
+
+    kind: Literal["stimjim"]
+    port: str = "/dev/ttyACM0"
+    baudrate: int = Field(115200, gt=0)
+    channel: Literal[1, 2] = 1
+    # The output mode of `channel`: current only (the loop's amplitudes are in mA); the other channel is grounded.
+    mode: str = "current"
+    # The device's current range is ±3.33 mA; past it the Teensy firmware's DAC code wraps and flips the polarity.
+    max_amplitude_ma: float = Field(3.33, gt=0, le=3.33)
+    deadman_ms: int = Field(250, gt=0, le=500)
+    reply_timeout_ms: float = Field(250.0, gt=0, le=5000)
+    status_poll_ms: float = Field(1000.0, gt=0, le=10_000)
+
+    def build(self, ctx: DeviceContext) -> Driver:
+        from neurostimd.drivers.stimjim.driver import StimJimDriver
+
+        return StimJimDriver(port=self.port, baudrate=self.baudrate, channel=self.channel,
+                             deadman_ms=self.deadman_ms, max_amplitude_ma=self.max_amplitude_ma,
+                             reply_timeout_ms=self.reply_timeout_ms)
+
+    def heartbeat_interval_ms(self) -> float:
+        # service() must run more often than once per train, and a train lasts more than half of deadman_ms
+        return self.deadman_ms / 2
+
+    def watchdog_bound(self) -> tuple[float, str]:
+        return float(self.deadman_ms), "the StimJim's dead-man train length ([device] deadman_ms) is"
+
+    def longest_watchdog_ms(self) -> float:
+        return float(self.deadman_ms)
+
+    def status_poll_interval_ms(self) -> float:
+        return self.status_poll_ms
+
+    def with_port(self, port: str) -> StimJimDeviceConfig:
+        return self.model_copy(update={"port": port})
+
+    @model_validator(mode="after")
+    def _safe_link_and_mode(self) -> StimJimDeviceConfig:
+        if self.baudrate in (134, 1200):
+            raise ValueError(f"baudrate = {self.baudrate}: that rate reboots or erases a Teensy-based StimJim; use "
+                             f"115200 (the device ignores the rate)")
+        if self.mode != "current":
+            raise ValueError(f"mode = {self.mode!r}: the StimJim driver stimulates in current mode only (amplitudes "
+                             f"are in mA); set mode = \"current\"")
+        return self

@@ -83,6 +83,7 @@ DEVICES = Registry("device", "neurostimd.drivers", {
     "virtual": "neurostimd.devices:VirtualDeviceConfig",
     "none": "neurostimd.devices:NoDeviceConfig",
     "pulsepal": "neurostimd.devices:PulsePalDeviceConfig",
+    "stimjim": "neurostimd.devices:StimJimDeviceConfig",
 })
 
 SOURCES = Registry("source", "neurostimd.sources", {

@@ -8,9 +8,10 @@ the 50 µs hardware timer; voltages are 16-bit DAC codes (0 = -10 V, 32768 = 0 V
 from __future__ import annotations
 
 import enum
+import math
 import struct
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
 from neurostimd.drivers.errors import ProtocolError
 
@@ -90,6 +91,26 @@ def us_to_cycles(us: float) -> int:
     if us < 0:
         raise ProtocolError(f"a duration of {us} µs is negative")
     return int((Decimal(str(us)) / CYCLE_US).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+def us_to_cycles_down(us: float) -> int:
+    """Microseconds to whole 50 µs cycles, rounded down (a phase: never longer, so never more charge, than asked);
+    exact for decimal µs (300 µs is 6 cycles)."""
+    if us < 0:
+        raise ProtocolError(f"a duration of {us} µs is negative")
+    return int((Decimal(str(us)) / CYCLE_US).quantize(Decimal(1), rounding=ROUND_FLOOR))
+
+
+def biphasic_codes(volts: float) -> tuple[int, int, float]:
+    """The DAC codes (phase 1 at -V, phase 2 at +V) of a biphasic pulse of at most `volts`, and the volts they give.
+    0 V is half-way between two codes (32767.5), so the codes 32767 - j and 32768 + j give exactly +-(j + 1/2) steps
+    of 20/65535 V: the largest such j within `volts` (never more current than asked; a pulse smaller than half a
+    step gives j = 0, the smallest one). The volts returned map back to the same codes."""
+    if not 0 <= volts <= MAX_VOLTS:
+        raise ProtocolError(f"{volts} V is outside the Pulse Pal's 0-{MAX_VOLTS:g} V amplitude range")
+    j = max(0, math.floor(volts * 65535 / 20 - 0.5 + 1e-9))
+    j = min(j, 32767)
+    return 32767 - j, 32768 + j, (j + 0.5) * 20 / 65535
 
 
 def cycles_to_us(cycles: int) -> int:

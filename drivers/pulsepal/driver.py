@@ -178,7 +178,9 @@ class PulsePalDriver(Driver):
         if not 0 <= params.amplitude_ma <= self.max_amplitude_ma:
             raise refuse(f"amplitude {params.amplitude_ma} mA is outside 0-{self.max_amplitude_ma:g} mA (isolator "
                          f"{self.gain:g} mA/V, at most {self.isolator_max_ma:g} mA and ±10 V)")
-        phase = c.us_to_cycles(params.pulse_width_us)
+        # the phase and the amplitude round toward less charge (the controller refuses a rounding that adds any); the
+        # gap and the period to the nearest cycle
+        phase = c.us_to_cycles_down(params.pulse_width_us)
         gap = c.us_to_cycles(params.interphase_gap_us)
         period = c.us_to_cycles(1e6 / params.frequency_hz)
         interpulse = period - 2 * phase - gap
@@ -198,10 +200,10 @@ class PulsePalDriver(Driver):
                          f"({self.deadman_cycles * c.CYCLE_US} µs): the lowest frequency is "
                          f"{self.limits().min_frequency_hz:.3g} Hz")
         volts = params.amplitude_ma / self.gain
-        p1, p2 = c.volts_to_code(-volts), c.volts_to_code(volts)
-        delivered_ma = max(abs(c.code_to_volts(p1)), abs(c.code_to_volts(p2))) * self.gain
-        if params.amplitude_ma == 0:
-            delivered_ma = 0.0
+        # what the DAC makes, honestly: below half a step (0.15 mV) that is more than asked, which the controller
+        # refuses (a STOP instead)
+        p1, p2, delivered_v = c.biphasic_codes(volts)
+        delivered_ma = delivered_v * self.gain
         delivered = StimParams(frequency_hz=1e6 / (period * c.CYCLE_US), amplitude_ma=delivered_ma,
                                pulse_width_us=float(phase * c.CYCLE_US),
                                interphase_gap_us=float(gap * c.CYCLE_US))

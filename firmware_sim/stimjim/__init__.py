@@ -1,0 +1,1 @@
+"""A simulated Open Ephys StimJim: the firmware's logic (`device`) and the process behind a pty (`__main__`)."""
