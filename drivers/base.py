@@ -126,6 +126,22 @@ class Driver(Lifecycle):
         raise DriverError(f"{type(self).__name__} streams no samples (it lacks the \"samples\" capability): read "
                           f"them from another [source] (lsl, replay), not from the stimulator")
 
+    # --- for drivers that reconnect from service(): one attempt when due, backing off 0.5 s → 5 s ---------------------
+    _reconnect_at_ns: int = 0
+    _reconnect_backoff_ns: int = 500_000_000
+
+    def _reconnect_when_due(self, now_ns: int, *, first_ms: float = 500.0, max_ms: float = 5000.0) -> bool:
+        """For a driver whose link is lost: `reconnect()` once its back-off has passed (doubling from `first_ms` to
+        `max_ms` after each failure, back to `first_ms` after a success). True when the link is back. The loop never
+        calls reconnect() itself: a driver calls this from service(), so a device that comes back is used again."""
+        if now_ns < self._reconnect_at_ns:
+            return False
+        ok = self.reconnect()
+        self._reconnect_backoff_ns = int(first_ms * 1e6) if ok else min(2 * self._reconnect_backoff_ns,
+                                                                          int(max_ms * 1e6))
+        self._reconnect_at_ns = now_ns + self._reconnect_backoff_ns
+        return ok
+
     def deliverable(self, params: StimParams) -> StimParams:
         """What the device will actually run when told `params`: its own rounding (a 50 µs cycle, whole µA), pure and
         without I/O. The controller checks, sends, audits and commits this, not the request; a rounding that raises

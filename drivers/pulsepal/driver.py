@@ -485,7 +485,8 @@ class PulsePalDriver(Driver):
         pulse grid, so the device stops one train (at most deadman_ms) after the last tick. A train that already
         ran out stays off (the host was silent longer than that)."""
         self._require_open()
-        if self._link is None:
+        # a lost link: try again when the back-off allows; a new session arms nothing (the loop sends anew)
+        if (self._link is None or self._lost) and not self._reconnect_when_due(now_ns):
             return
         self._drain()
         plan = self._plan

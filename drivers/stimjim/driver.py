@@ -317,8 +317,11 @@ class StimJimDriver(Driver):
         """Drain the replies; re-arm the running train once half of it is spent, at a call in the second half of a
         period, or at any call after which the next (as far off as the last) might come too late. The caller must
         call more often than once per train length (which is above deadman_ms / 2). A train that ran out, because
-        service() came too late, stays off: only set_stimulation starts one again."""
+        service() came too late, stays off: only set_stimulation starts one again. A lost link is reconnected from
+        here, backing off between attempts (the device is identified again; a new session runs nothing)."""
         self._require_open()
+        if (self._link is None or self._lost) and not self._reconnect_when_due(now_ns):
+            return
         self._drain()
         gap = now_ns - self._last_service_ns if self._last_service_ns is not None else 0
         self._last_service_ns = now_ns

@@ -344,3 +344,41 @@ def test_the_reported_limits_are_what_plan_accepts(deadman_ms: float) -> None:
                    StimParams(lim.max_frequency_hz, 0.1, lim.min_pulse_width_us - 50, 50.0)):
         with pytest.raises(DriverError):
             d.plan(beyond)
+
+
+def test_service_reconnects_a_lost_link_with_back_off() -> None:
+    """The loop never calls reconnect(): service() does, at once after the loss and then when its back-off allows
+    (1 s after a failure, doubling up to 5 s), so a Pulse Pal that comes back is used again, in a new session that
+    runs nothing."""
+    from neurostimd.drivers.errors import BoardLost
+
+    gone = {"on": False}
+    attempts = {"n": 0}
+
+    def vanish(data: bytes) -> list[bytes]:
+        if gone["on"]:
+            attempts["n"] += 1
+            raise BoardLost("the port vanished")
+        return [data]
+
+    rig = Rig(wrap=lambda link: ManipulatedLink(link, on_write=vanish))
+    with rig.driver as d:
+        d.set_stimulation(P)
+        epoch = d.session_epoch
+        gone["on"] = True
+        rig.clock.advance(60 * MS)
+        with pytest.raises(BoardLost):
+            d.service(rig.clock.now_ns())
+        assert d.lost
+        rig.clock.advance(50 * MS)
+        before = attempts["n"]
+        d.service(rig.clock.now_ns())  # the first tick after the loss tries at once, and fails
+        assert d.lost and attempts["n"] == before + 1
+        for _ in range(15):  # the next 0.75 s: no attempt (back-off 1 s)
+            rig.clock.advance(50 * MS)
+            d.service(rig.clock.now_ns())
+        assert attempts["n"] == before + 1 and d.lost
+        gone["on"] = False
+        rig.clock.advance(300 * MS)
+        d.service(rig.clock.now_ns())  # 1.05 s after the failed attempt: the device is back
+        assert not d.lost and d.session_epoch == epoch + 1 and not d.status().stimulating

@@ -248,3 +248,40 @@ def test_a_lost_link_is_reported_and_reconnect_rechecks_the_firmware() -> None:
         devices["now"] = StimJimDevice("rp2354b", start_ns=0)
         assert drv.reconnect() is False and drv.refusal is not None and "rp2354b firmware" in drv.refusal
         assert drv.refusal_kind == "board"
+
+
+def test_service_reconnects_a_lost_link_when_its_back_off_allows() -> None:
+    """The loop never calls reconnect(): service() does (at once, then 1 s after a failure), so a StimJim that comes
+    back is used again, in a new session that runs nothing."""
+    clock = VirtualClock(0)
+    device = StimJimDevice("teensy", start_ns=0)
+    broken = {"on": False}
+
+    class Cable(StimJimLink):
+        def read(self, max_bytes: int, timeout_s: float) -> bytes:
+            if broken["on"]:
+                raise BoardLost("cable pulled")
+            return super().read(max_bytes, timeout_s)
+
+        def write(self, data: bytes) -> None:
+            if broken["on"]:
+                raise BoardLost("cable pulled")
+            super().write(data)
+
+    drv = StimJimDriver(link_factory=lambda: Cable(device, clock), now_ns=clock.now_ns)
+    with drv:
+        drv.set_stimulation(SAFE)
+        epoch = drv.session_epoch
+        broken["on"] = True
+        with pytest.raises(BoardLost):
+            drv.service(clock.now_ns())
+        clock.advance(50 * MS)
+        drv.service(clock.now_ns())  # tries at once, fails: next try in 1 s
+        assert drv.lost
+        broken["on"] = False
+        clock.advance(500 * MS)
+        drv.service(clock.now_ns())
+        assert drv.lost  # within the back-off
+        clock.advance(600 * MS)
+        drv.service(clock.now_ns())
+        assert not drv.lost and drv.session_epoch == epoch + 1 and not drv.status().stimulating

@@ -19,7 +19,7 @@ from tests.e2e.conftest import BUNDLE, ROOT, read_jsonl, wait_for
 
 pytestmark = pytest.mark.usefixtures("need_bundle")
 
-DEVICES = ["pulsepal"]
+DEVICES = ["pulsepal", "stimjim"]
 CYCLE_MS = {"pulsepal": 0.05, "stimjim": 0.001}  # one device cycle: Pulse Pal's 50 µs timer, StimJim's µs
 KILL_TRIALS = 20
 
@@ -69,6 +69,9 @@ def test_the_daemon_stimulates_and_sigterm_stops_the_device(tmp_path: Path, star
     assert audit[-1]["event"] == "shutdown" and audit[-1]["exit_code"] == 0
     sent = [r for r in audit if r["event"] == "stim_command"]
     assert sent and all(r["applied"] is None or r["applied"]["amplitude_ma"] <= 3.0 for r in sent)
+    # what the device runs is what was audited (the driver's delivered values): STATUS never disagreed
+    assert not any("board_params_mismatch" in (r.get("faults") or ()) for r in audit)
+    assert any("device_rounding" in r["limited_by"] for r in sent), "the device's rounding shows in the record"
 
 
 @pytest.mark.slow
