@@ -42,24 +42,36 @@ class _Monotonic:
             time.sleep(dt)
 
 
-class BoardLink(ByteLink):
-    """A link to a Board in memory. write() feeds the board now; read() advances it, sleeping on the clock (a
-    VirtualClock jumps) until the board has something to send or the timeout is over."""
+class SteppedDevice(Protocol):
+    """A simulated device stepped by its caller: bytes in at a time, bytes out as time passes (Board is one)."""
 
-    def __init__(self, board: Board, clock: Clock) -> None:
+    def feed(self, data: bytes, now_ns: int) -> bytes: ...
+
+    def advance(self, now_ns: int) -> bytes: ...
+
+    def next_wakeup_ns(self) -> int | None: ...
+
+
+class BoardLink(ByteLink):
+    """A link to a simulated device in memory (the Board, or another SteppedDevice). write() feeds it now; read()
+    advances it, sleeping on the clock (a VirtualClock jumps) until it has something to send or the timeout is
+    over. `what` names the device in errors."""
+
+    def __init__(self, board: SteppedDevice, clock: Clock, *, what: str = "virtual board") -> None:
         self.board = board
         self.clock = clock
+        self.what = what
         self._rx = bytearray()
         self._closed = False
 
     def write(self, data: bytes) -> None:
         if self._closed:
-            raise DriverError("virtual board link is closed")
+            raise DriverError(f"{self.what} link is closed")
         self._rx += self.board.feed(data, self.clock.now_ns())
 
     def read(self, max_bytes: int, timeout_s: float) -> bytes:
         if self._closed:
-            raise DriverError("virtual board link is closed")
+            raise DriverError(f"{self.what} link is closed")
         deadline = self.clock.now_ns() + int(max(0.0, timeout_s) * 1e9)
         while True:
             self._rx += self.board.advance(self.clock.now_ns())
