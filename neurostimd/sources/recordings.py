@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,17 @@ log = structlog.get_logger(__name__)
 _TIME_COLUMNS = ("time", "timestamp", "timestamps", "t", "time_s")
 _LABEL_COLUMNS = ("label", "labels", "class", "y")
 SESSION_FORMAT = "neurostimd-session"
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """A stretch of a recording that the file marks (an EDF+ or FIF annotation, an XDF marker, an events-file row):
+    `onset_s` seconds from the recording's first sample, `duration_s` (0 for an instant marker), `description` as
+    the file spells it."""
+
+    onset_s: float
+    duration_s: float
+    description: str
 
 
 @dataclass
@@ -70,6 +81,8 @@ class Recording:
     range_uv: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
     units: str = "uV (interchange convention)"  # where the µV scale came from, for the log
     segment_starts: npt.NDArray[np.int64] | None = None
+    # What the file marks (EDF+/FIF annotations, XDF marker streams), in onset order; empty when it marks nothing.
+    annotations: list[Annotation] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
