@@ -17,10 +17,10 @@ import structlog
 
 from neurostimd.clock import Clock, ScaledClock, VirtualClock
 from neurostimd.config import Config, load_config
-from neurostimd.errors import ConfigError, NeurostimError
+from neurostimd.errors import ConfigError, DataFormatError, NeurostimError
 from neurostimd.listeners import BaseListener, DecisionEvent, ListenerFailed, LoopView, TickStats
 from neurostimd.outputs.audit import AuditLog, iter_records, remove_log
-from neurostimd.service.exitcodes import EX_CONFIG
+from neurostimd.service.exitcodes import EX_CONFIG, EX_DATAERR
 from neurostimd.sources.settings import ReplaySourceConfig
 
 log = structlog.get_logger(__name__)
@@ -29,7 +29,8 @@ log = structlog.get_logger(__name__)
 def replay_config(cfg: Config, recording: Path, speed: float | Literal["max"], out: Path) -> Config:
     """The config with the recording as its source and every output inside `out`."""
     # The replay config's own file options (units, channels, gap jitter) apply to the recording given here.
-    keep = {k: getattr(cfg.source, k) for k in ("units", "channels", "timestamp_jitter_ms")} \
+    keep = {k: getattr(cfg.source, k) for k in ("units", "channels", "timestamp_jitter_ms", "stream_name",
+                                               "stream_type")} \
         if isinstance(cfg.source, ReplaySourceConfig) else {}
     return cfg.model_copy(update={
         "source": ReplaySourceConfig(kind="replay", path=recording, speed=speed, **keep),
@@ -64,7 +65,8 @@ def run_replay(cfg: Config, recording: Path, out: Path, speed: float | Literal["
     src_cfg = cfg.source
     assert isinstance(src_cfg, ReplaySourceConfig)
     source = ReplaySource(recording, 1.0, clock, units=src_cfg.units, channels=src_cfg.channels,
-                          timestamp_jitter_ms=src_cfg.timestamp_jitter_ms)
+                          timestamp_jitter_ms=src_cfg.timestamp_jitter_ms, stream_name=src_cfg.stream_name,
+                          stream_type=src_cfg.stream_type)
     board_log = out / "board.jsonl"
     board_log.unlink(missing_ok=True)
     dev = cfg.device
@@ -206,6 +208,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     configure_logging("warning", "console")
     try:
         summary = run_replay(cfg, Path(args.recording), Path(args.out), speed)
+    except DataFormatError as err:  # the recording: bad data, not bad configuration
+        print(f"neurostimd replay: {err}", file=sys.stderr)
+        return EX_DATAERR
     except NeurostimError as err:
         print(f"neurostimd replay: {err}", file=sys.stderr)
         return EX_CONFIG

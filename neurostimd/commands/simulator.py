@@ -1,13 +1,15 @@
 """`neurostimd-sim`: the simulated board (neurostimd.firmware_sim) as a process, and `SimulatorProcess`, the one way
 host code and tests start it.
 
-    neurostimd-sim --pty [--signal synthetic|RECORDING] [--signal-rate HZ] [--signal-units UNIT] [board options]
+    neurostimd-sim --pty [--signal synthetic|RECORDING] [--signal-rate HZ] [--signal-units UNIT]
+                   [--signal-stream NAME] [--signal-stream-type TYPE] [board options]
     neurostimd-sim --device pulsepal|stimjim --pty [--log F] [that device's options]
 
 The simulator imports no host code, so it reads no files: this entry point reads `--signal` with the one recording
-reader (neurostimd.sources.recordings: .npz, CSV, EDF/BDF, XDF, ARFF, recorder sessions) and hands the board the
-samples. `--signal-rate` and `--signal-units` are what `[source] sample_rate_hz` and `units` are to replay: the rate
-of a file that has none (ARFF, CSV without a time column), the unit of one that declares none. Every other option
+reader (neurostimd.sources.recordings: .npz, CSV, EDF/BDF, XDF, ARFF, the MNE formats, recorder sessions) and hands
+the board the samples. `--signal-rate` and `--signal-units` are what `[source] sample_rate_hz` and `units` are to
+replay: the rate of a file that has none (ARFF, CSV without a time column), the unit of one that declares none;
+`--signal-stream` / `--signal-stream-type` are `[source] stream_name` / `stream_type`. Every other option
 is the board's (`python -m neurostimd.firmware_sim --help`).
 
     neurostimd-sim --lsl NAME [--lsl-type EEG] [--lsl-source-id ID] [--signal synthetic|RECORDING] [--channels N]
@@ -60,7 +62,8 @@ def read_signal(args: argparse.Namespace) -> Playable:
     from neurostimd.sources.recordings import read_recording
 
     try:
-        return read_recording(args.signal, fs=args.signal_rate, units=args.signal_units)
+        return read_recording(args.signal, fs=args.signal_rate, units=args.signal_units,
+                              stream_name=args.signal_stream, stream_type=args.signal_stream_type)
     except DataFormatError as err:
         raise ValueError(f"cannot read the --signal recording: {err}") from err
 
@@ -84,6 +87,10 @@ def parser() -> argparse.ArgumentParser:
                      help="its sample rate, for a file that has none (ARFF, CSV without a time column)")
     rec.add_argument("--signal-units", default=None, metavar="UNIT",
                      help="the unit of its samples, for a file that declares none (e.g. uV, mV)")
+    rec.add_argument("--signal-stream", default=None, metavar="NAME",
+                     help="an XDF file's signal stream, by name (as [source] stream_name), when it holds several")
+    rec.add_argument("--signal-stream-type", default=None, metavar="TYPE",
+                     help="an XDF file's signal stream, by type (as [source] stream_type), e.g. EEG")
     return p
 
 

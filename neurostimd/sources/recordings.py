@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,17 @@ log = structlog.get_logger(__name__)
 _TIME_COLUMNS = ("time", "timestamp", "timestamps", "t", "time_s")
 _LABEL_COLUMNS = ("label", "labels", "class", "y")
 SESSION_FORMAT = "neurostimd-session"
+# What mne.io.read_raw opens (MNE 1.13), less EDF/BDF, which edfio reads: used when MNE itself cannot say (it is an
+# optional extra); with MNE installed its own list is asked.
+_MNE_SUFFIXES = (".ahdr", ".asc", ".bin", ".cdt", ".cdt.cef", ".cdt.dpa", ".cef", ".cnt", ".con", ".dap", ".dat",
+                 ".data", ".ds", ".eeg", ".fif", ".fif.gz", ".gdf", ".hdr", ".lay", ".mat", ".mefd", ".mff", ".nedf",
+                 ".ns3", ".nxe", ".rs3", ".set", ".snirf", ".sqd", ".txt", ".vhdr")
+_MNE_FOLDERS = (".ds", ".mff", ".mefd")  # formats that are folders (CTF, EGI, MEF), not recorder sessions
+_MNE_EPOCHS = ("-epo.fif", "_epo.fif", "-epo.fif.gz", "_epo.fif.gz")
+# MNE channel types that hold voltages (MNE keeps them in volts): read, in µV. Other types (stim, misc, resp, MEG,
+# fNIRS, ...) are left out and named in the log.
+MNE_SIGNAL_TYPES = ("eeg", "ecog", "seeg", "dbs", "emg", "eog", "ecg")
+MNE_GAP = "BAD_ACQ_SKIP"  # MNE's annotation for skipped acquisition: read as a gap
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,7 @@ class Annotation:
     onset_s: float
     duration_s: float
     description: str
+    stream: str = ""  # the XDF marker stream it came from ("" for formats with one set of annotations)
 
 
 @dataclass
@@ -83,6 +96,9 @@ class Recording:
     segment_starts: npt.NDArray[np.int64] | None = None
     # What the file marks (EDF+/FIF annotations, XDF marker streams), in onset order; empty when it marks nothing.
     annotations: list[Annotation] = field(default_factory=list)
+    # Each sample's position on the recording's sample clock (int64, strictly increasing) where samples are missing:
+    # a session's ring indices, an MNE recording with skipped acquisition. None: consecutive (or see timestamps).
+    sample_index: npt.NDArray[np.int64] | None = None
 
     @property
     def kind(self) -> str:
@@ -101,6 +117,15 @@ class Recording:
     def duration_s(self) -> float:
         return self.n_samples / self.fs
 
+    def times_s(self) -> npt.NDArray[np.float64]:
+        """Each sample's time in seconds from the first sample, gaps included: from `sample_index` where set, else
+        from the timestamps, else i / fs. Annotation onsets are on this axis (find a sample with np.searchsorted)."""
+        if self.sample_index is not None:
+            return (self.sample_index - self.sample_index[0]).astype(np.float64) / self.fs
+        if self.timestamps is not None and self.timestamps.shape[0] > 0:
+            return np.asarray(self.timestamps, dtype=np.float64) - float(self.timestamps[0])
+        return np.arange(self.n_samples, dtype=np.float64) / self.fs
+
 
 def _validated(rec: Recording, where: str) -> Recording:
     if rec.data.ndim != 2 or rec.data.shape[0] == 0 or rec.data.shape[1] == 0:
@@ -109,9 +134,16 @@ def _validated(rec: Recording, where: str) -> Recording:
         raise DataFormatError(f"{where}: sample rate {rec.fs!r} is not a positive number; pass fs explicitly")
     if len(rec.channel_names) != rec.data.shape[1]:
         raise DataFormatError(f"{where}: {len(rec.channel_names)} channel names for {rec.data.shape[1]} channels")
-    for name, arr in (("labels", rec.labels), ("timestamps", rec.timestamps)):
+    for name, arr in (("labels", rec.labels), ("timestamps", rec.timestamps), ("sample index", rec.sample_index)):
         if arr is not None and arr.shape[0] != rec.data.shape[0]:
             raise DataFormatError(f"{where}: {name} has {arr.shape[0]} entries for {rec.data.shape[0]} samples")
+    idx = rec.sample_index
+    if idx is not None:
+        if idx.ndim != 1 or np.any(np.diff(idx) <= 0):
+            bad = int(np.flatnonzero(np.diff(idx) <= 0)[0]) + 1 if idx.ndim == 1 else 0
+            raise DataFormatError(f"{where}: the sample index does not increase at sample {bad}; the file is damaged "
+                                  f"(a session's indices.i64 must only grow)")
+        rec.sample_index = np.ascontiguousarray(idx, dtype=np.int64)
     starts = rec.segment_starts
     if starts is not None and (starts.ndim != 1 or starts.size == 0 or starts[0] != 0
                                or np.any(np.diff(starts) <= 0) or starts[-1] >= rec.data.shape[0]):
@@ -132,32 +164,56 @@ def _validated(rec: Recording, where: str) -> Recording:
 
 
 def read_recording(path: str | Path, *, fs: float | None = None, units: str | None = None,
-                   epochs: bool = False) -> Recording:
+                   epochs: bool = False, stream_name: str | None = None, stream_type: str | None = None,
+                   marker_streams: Sequence[str] | None = None) -> Recording:
     """Read any supported recording. `fs` overrides (or, for CSV without a time column and ARFF, supplies) the
     sample rate in Hz; `units` states the samples' unit where the file declares none (see the module's docstring);
-    `epochs` also reads an epoch-set .npz (X, y), which is refused otherwise."""
+    `epochs` also reads an epoch set (.npz X, y; an MNE -epo.fif), which is refused otherwise. For XDF only:
+    `stream_name` / `stream_type` choose the signal stream (needed when the file holds several), `marker_streams`
+    names the marker streams to read as annotations (None: all of them; []: none)."""
     p = Path(path)
     if not p.exists():
         raise DataFormatError(f"recording {p} does not exist; check the path")
-    if p.is_dir():
+    xdf_only = {"stream_name": stream_name, "stream_type": stream_type, "marker_streams": marker_streams}
+    given = [k for k, v in xdf_only.items() if v is not None]
+    suffix = _suffix(p)
+    if given and suffix != ".xdf":
+        raise DataFormatError(f"{p}: {', '.join(given)} choose{'s' if len(given) == 1 else ''} streams of an XDF "
+                              f"file, but this is not one; remove {' and '.join(given)} from [source] (or the "
+                              f"command line) for it")
+    if p.is_dir() and suffix not in _MNE_FOLDERS:
         rec = read_session(p)
         if units is not None and uv_per_unit(units) != 1.0:
             raise DataFormatError(f"{p}: a recorder session holds µV by its format, but units = {units!r} was given; "
                                   f"remove [source] units for a session")
     else:
-        suffix = p.suffix.lower()
         readers = {".npz": _read_npz, ".csv": _read_csv, ".edf": _read_edf, ".bdf": _read_edf,
                    ".xdf": _read_xdf, ".arff": _read_arff}
-        if suffix not in readers:
-            raise DataFormatError(f"{p}: unknown recording type {suffix!r}; use .npz, .csv, .edf, .bdf, .xdf, .arff "
-                                  f"or a recorder session folder")
         try:
-            rec = _read_npz(p, fs, units, epochs=epochs) if suffix == ".npz" else readers[suffix](p, fs, units)
+            if suffix == ".npz":
+                rec = _read_npz(p, fs, units, epochs=epochs)
+            elif suffix == ".xdf":
+                rec = _read_xdf(p, fs, units, stream_name=stream_name, stream_type=stream_type,
+                                marker_streams=marker_streams)
+            elif suffix in readers:
+                rec = readers[suffix](p, fs, units)
+            elif suffix in _mne_suffixes():
+                rec = _read_mne(p, suffix, units, epochs=epochs)
+            else:
+                known = ", ".join(sorted(readers)) + ", " + ", ".join(sorted(_mne_suffixes()))
+                raise DataFormatError(f"{p}: unknown recording type {suffix!r}; the readers take {known} (the last "
+                                      f"ones through MNE-Python, the `lab` extra) or a recorder session folder")
         except UnitError as err:
             raise DataFormatError(f"{p}: {err}") from err
     if fs is not None:
         rec.fs = float(fs)
     return _validated(rec, str(p))
+
+
+def _suffix(p: Path) -> str:
+    """The file's type: its last suffix, or the last two where they name one (.fif.gz, .cdt.dpa), lower case."""
+    two = "".join(p.suffixes[-2:]).lower()
+    return two if two in _MNE_SUFFIXES else p.suffix.lower()
 
 
 # --- .npz -------------------------------------------------------------------------------------------------------------
@@ -342,26 +398,101 @@ def _first(d: Any, key: str) -> Any:
         return None
 
 
-def _read_xdf(p: Path, fs: float | None, units: str | None = None) -> Recording:
+def _is_marker_stream(info: dict[str, Any]) -> bool:
+    """Marker streams: strings, or any stream without a regular rate (event codes pushed as they happen)."""
+    return str(info.get("channel_format")) == "string" or not float(info.get("nominal_srate") or 0.0) > 0
+
+
+def _stream_listing(infos: list[dict[str, Any]]) -> str:
+    def one(i: dict[str, Any]) -> str:
+        rate = float(i.get("nominal_srate") or 0.0)
+        return (f"{i.get('name')!r} (type {i.get('type')!r}, {i.get('channel_count')} channels, "
+                f"{f'{rate:g} Hz' if rate > 0 else 'irregular rate'}, {i.get('channel_format')})")
+
+    return "; ".join(one(i) for i in infos) if infos else "no streams"
+
+
+def _choose_xdf_stream(p: Path, infos: list[dict[str, Any]], name: str | None, kind: str | None) -> int:
+    """The stream id of the signal stream: the one matching name/type, or the only regular numeric stream."""
+    import pyxdf
+
+    signals = [i for i in infos if not _is_marker_stream(i)]
+    how = "set [source] stream_name and/or stream_type (neurostimd-sim: --signal-stream, --signal-stream-type)"
+    if name is None and kind is None:
+        if len(signals) == 1:
+            return int(signals[0]["stream_id"])
+        if not signals:
+            raise DataFormatError(f"{p}: no regularly sampled numeric stream to read as the signal; the file holds "
+                                  f"{_stream_listing(infos)}")
+        raise DataFormatError(f"{p}: the file holds {len(signals)} signal streams: {_stream_listing(signals)}; "
+                              f"choose one: {how}")
+    query = {k: v for k, v in (("name", name), ("type", kind)) if v is not None}
+    wanted = " and ".join(f"{k} {v!r}" for k, v in query.items())
+    ids = pyxdf.match_streaminfos(signals, [query])
+    if len(ids) == 1:
+        return int(ids[0])
+    if ids:
+        raise DataFormatError(f"{p}: {len(ids)} signal streams have {wanted}: "
+                              f"{_stream_listing([i for i in signals if i['stream_id'] in ids])}; {how} so that "
+                              f"only one matches")
+    markers = pyxdf.match_streaminfos([i for i in infos if _is_marker_stream(i)], [query])
+    if markers:
+        raise DataFormatError(f"{p}: the stream with {wanted} is a marker stream (strings or no regular rate), not "
+                              f"a signal; its signal streams are {_stream_listing(signals)}; {how}")
+    raise DataFormatError(f"{p}: no stream with {wanted}; the file holds {_stream_listing(infos)}; {how}")
+
+
+def _marker_text(values: Any) -> str:
+    """One marker sample as text: its channels joined by "/" (MNE's tag separator), trailing empty ones dropped;
+    numeric event codes without a trailing .0."""
+    out = []
+    for v in values if isinstance(values, list | tuple | np.ndarray) else [values]:
+        if isinstance(v, float | np.floating) and float(v).is_integer():
+            out.append(str(int(v)))
+        else:
+            out.append(str(v).strip())
+    while out and not out[-1]:
+        out.pop()
+    return "/".join(out)
+
+
+def _read_xdf(p: Path, fs: float | None, units: str | None = None, *, stream_name: str | None = None,
+              stream_type: str | None = None, marker_streams: Sequence[str] | None = None) -> Recording:
     import pyxdf
 
     try:
-        # Not dejittered: pyxdf's linear fit runs over gaps shorter than a second and would hide them.
-        streams, _header = pyxdf.load_xdf(str(p), dejitter_timestamps=False)
+        infos: list[dict[str, Any]] = pyxdf.resolve_streams(str(p))  # the stream headers only
     except Exception as err:  # pyxdf raises assorted errors on a truncated or foreign file
         raise DataFormatError(f"{p}: not a readable XDF file ({err})") from err
-    numeric = []
-    for s in streams:
-        series = s.get("time_series")
-        rate = float(s["info"]["nominal_srate"][0])
-        if isinstance(series, np.ndarray) and series.ndim == 2 and series.shape[0] > 0 and rate > 0 \
-                and np.issubdtype(series.dtype, np.number):
-            numeric.append(s)
-    if not numeric:
-        raise DataFormatError(f"{p}: no regularly sampled numeric stream in the XDF file")
-    s = max(numeric, key=lambda st: st["time_series"].shape[0] * st["time_series"].shape[1])
-    raw = np.asarray(s["time_series"])
-    info = s["info"]
+    sig_id = _choose_xdf_stream(p, infos, stream_name, stream_type)
+    all_markers = [i for i in infos if _is_marker_stream(i)]
+    if marker_streams is None:
+        marker_ids = [int(i["stream_id"]) for i in all_markers]
+    else:
+        marker_ids = []
+        for m in marker_streams:
+            hit = [int(i["stream_id"]) for i in all_markers if i.get("name") == m]
+            if not hit:
+                raise DataFormatError(f"{p}: no marker stream named {m!r}; its marker streams are "
+                                      f"{_stream_listing(all_markers)}; fix [source] marker_streams")
+            marker_ids += [h for h in hit if h not in marker_ids]
+    try:
+        # Only the chosen streams are parsed (pyxdf skips the others' chunks). Not dejittered: pyxdf's linear fit
+        # runs over gaps shorter than a second and would hide them.
+        streams, _header = pyxdf.load_xdf(str(p), select_streams=[sig_id, *marker_ids], dejitter_timestamps=False)
+    except Exception as err:
+        raise DataFormatError(f"{p}: not a readable XDF file ({err})") from err
+    by_id = {int(st["info"]["stream_id"]): st for st in streams}
+    s = by_id.get(sig_id)
+    info = s["info"] if s is not None else {}
+    stream = f"its stream {_first(info, 'name')!r}"
+    series = s.get("time_series") if s is not None else None
+    if s is None or not (isinstance(series, np.ndarray) and series.ndim == 2 and series.shape[0] > 0
+                         and np.issubdtype(series.dtype, np.number)):
+        raise DataFormatError(f"{p}: {stream} holds no samples; choose another stream ({_stream_listing(infos)})")
+    raw = np.asarray(series)
+    ts = np.asarray(s["time_stamps"], dtype=np.float64)
+    rate = float(info["nominal_srate"][0])
     n_ch = raw.shape[1]
     try:
         chans: list[Any] = list(info["desc"][0]["channels"][0]["channel"])
@@ -372,14 +503,141 @@ def _read_xdf(p: Path, fs: float | None, units: str | None = None) -> Recording:
     labels = [(_first(c, "label") or "").strip() for c in chans]
     declared = all(labels)
     names = [lab if lab else f"ch{i}" for i, lab in enumerate(labels)]
-    stream = f"its stream {_first(info, 'name')!r}"
     factors = scales_to_uv([_first(c, "unit") for c in chans], channel_types=[_first(c, "type") for c in chans],
                            stream_type=_first(info, "type"), configured=units, labels=labels,
                            what=f"{stream} (channel units in the XDF header)")
     data = (raw.astype(np.float64) * factors).astype(np.float32)
     how = "declared (XDF channel units)" if units is None else f"{units} where the XDF header declares none"
-    return Recording(data, float(info["nominal_srate"][0]), names, None, None,
-                     np.asarray(s["time_stamps"], dtype=np.float64), channel_names_declared=declared, units=how)
+    annotations = _xdf_markers(p, [by_id[i] for i in marker_ids if i in by_id], ts, fs or rate)
+    return Recording(data, rate, names, None, None, ts, channel_names_declared=declared, units=how,
+                     annotations=annotations)
+
+
+def _xdf_markers(p: Path, streams: list[dict[str, Any]], ts: npt.NDArray[np.float64],
+                 rate: float) -> list[Annotation]:
+    """The marker streams' samples as instant annotations on the signal's time axis (onset from its first sample);
+    markers outside the signal's span are left out, with a warning."""
+    out: list[Annotation] = []
+    t0, t_end = float(ts[0]), float(ts[-1]) + 1.0 / rate
+    for st in streams:
+        name = str(_first(st["info"], "name") or "")
+        stamps = np.asarray(st.get("time_stamps", []), dtype=np.float64)
+        values = st.get("time_series")
+        outside = 0
+        for t, v in zip(stamps, values if values is not None else [], strict=False):
+            text = _marker_text(list(v) if isinstance(v, np.ndarray) else v)
+            if not text:
+                continue
+            if not (t0 <= t < t_end):
+                outside += 1
+                continue
+            out.append(Annotation(float(t) - t0, 0.0, text, stream=name))
+        if outside:
+            log.warning("xdf_markers_outside_signal", path=str(p), stream=name, markers=outside,
+                        signal_start_s=t0, signal_end_s=t_end)
+    out.sort(key=lambda a: a.onset_s)
+    return out
+
+
+# --- MNE formats (FIF, BrainVision, EEGLAB, GDF, CNT, ...) ----------------------------------------------------------
+def _mne_suffixes() -> set[str]:
+    """The suffixes read through MNE: MNE's own list when it is installed, else the one this module keeps."""
+    try:
+        from mne.io._read_raw import _get_supported  # private, so guarded: the list kept here stands in
+
+        return {str(k) for k in _get_supported()} - {".edf", ".bdf"}
+    except Exception:  # MNE missing, or its list moved
+        return set(_MNE_SUFFIXES)
+
+
+def _import_mne(p: Path, suffix: str) -> Any:
+    try:
+        import mne
+    except ImportError as err:
+        raise DataFormatError(f"{p}: reading {suffix} files needs MNE-Python, which is not installed; install the "
+                              f"lab extra: pip install 'neurostimd[lab]'") from err
+    return mne
+
+
+def _read_mne(p: Path, suffix: str, units: str | None, *, epochs: bool = False) -> Recording:
+    """A raw recording (or, with `epochs`, an -epo.fif epoch set) through MNE: its voltage channels in µV, its
+    annotations, and skipped acquisition (BAD_ACQ_SKIP) as a gap in `sample_index`."""
+    mne = _import_mne(p, suffix)
+    is_epochs = p.name.lower().endswith(_MNE_EPOCHS)
+    if is_epochs and not epochs:
+        raise DataFormatError(f"{p} is an MNE epoch set, not a continuous recording; replay and the simulator need "
+                              f"a raw recording (a *_raw.fif, *_eeg.fif, ...)")
+    try:
+        with mne.utils.use_log_level("error"):  # not every reader behind read_raw takes `verbose`
+            obj = mne.read_epochs(p, preload=True) if is_epochs else mne.io.read_raw(p, preload=True)
+    except Exception as err:  # MNE's readers raise many types on foreign or damaged files
+        raise DataFormatError(f"{p}: MNE cannot read it as {'an epoch set' if is_epochs else 'a raw recording'} "
+                              f"({type(err).__name__}: {err})") from err
+    names = list(obj.ch_names)
+    types = obj.get_channel_types()
+    keep = [i for i, t in enumerate(types) if t in MNE_SIGNAL_TYPES]
+    dropped = [f"{names[i]} ({t})" for i, t in enumerate(types) if t not in MNE_SIGNAL_TYPES]
+    if not keep:
+        raise DataFormatError(f"{p}: no channel of a voltage type ({', '.join(MNE_SIGNAL_TYPES)}); its channels are "
+                              f"{', '.join(dropped[:8])}{' ...' if len(dropped) > 8 else ''}; set the channel types "
+                              f"in MNE (raw.set_channel_types) and save it again")
+    if dropped:
+        log.info("mne_channels_dropped", path=str(p), dropped=dropped, kept=len(keep))
+    if obj.info["bads"]:
+        log.warning("mne_bad_channels_kept", path=str(p), bads=list(obj.info["bads"]))
+    from mne.io.constants import FIFF
+
+    declared = ["V" if int(obj.info["chs"][i]["unit"]) == FIFF.FIFF_UNIT_V else None for i in keep]
+    kept_names = [names[i] for i in keep]
+    factors = scales_to_uv(declared, configured=units, labels=kept_names, what="its channel units (MNE)")
+    fs = float(obj.info["sfreq"])
+    how = "V (MNE's SI units)"
+    if is_epochs:
+        x = obj.get_data(picks=keep) * factors[None, :, None]  # (n_epochs, n_channels, n_times)
+        codes = obj.events[:, 2].astype(np.int64)
+        by_code = sorted(obj.event_id.items(), key=lambda kv: kv[1])
+        class_names = [k for k, _ in by_code]
+        class_of = {code: k for k, (_, code) in enumerate(by_code)}
+        missing = sorted({int(c) for c in codes} - set(class_of))
+        if missing:
+            raise DataFormatError(f"{p}: epochs with event codes {missing} have no name in its event_id "
+                                  f"{obj.event_id}; name every event in MNE and save the epochs again")
+        data, labels, starts = _epochs(p, x, np.array([class_of[int(c)] for c in codes], dtype=np.int64))
+        return Recording(data.astype(np.float32), fs, kept_names, labels, class_names, units=how,
+                         segment_starts=starts)
+    data = (obj.get_data(picks=keep).T * factors).astype(np.float32)
+    annotations, keep_rows, index = _mne_annotations(obj, data.shape[0], fs)
+    if keep_rows is not None:
+        data = data[keep_rows]
+        log.info("mne_acquisition_skips", path=str(p), skipped_samples=int((~keep_rows).sum()))
+    return Recording(data, fs, kept_names, units=how, annotations=annotations, sample_index=index)
+
+
+def _mne_annotations(raw: Any, n: int, fs: float) -> tuple[list[Annotation], npt.NDArray[np.bool_] | None,
+                                                           npt.NDArray[np.int64] | None]:
+    """raw.annotations as Annotations (onset from the first sample), and where BAD_ACQ_SKIP spans lie: the samples
+    to keep and their sample index (None, None without skips)."""
+    out: list[Annotation] = []
+    skipped = np.zeros(n, dtype=bool)
+    # raw.annotations are on the measurement's time axis; the first sample sits at raw.first_time on it.
+    for a in raw.annotations:
+        onset = float(a["onset"]) - float(raw.first_time)
+        duration = float(a["duration"])
+        if str(a["description"]) == MNE_GAP:
+            lo, hi = max(0, round(onset * fs)), min(n, round((onset + duration) * fs))
+            skipped[lo:hi] = True
+            continue
+        out.append(Annotation(onset, duration, str(a["description"])))
+    out.sort(key=lambda x: x.onset_s)
+    if not skipped.any():
+        return out, None, None
+    keep = ~skipped
+    index = np.flatnonzero(keep).astype(np.int64)
+    if index.size and index[0] > 0:  # a skip before the first kept sample: time starts at that sample
+        shift = float(index[0]) / fs
+        out = [Annotation(x.onset_s - shift, x.duration_s, x.description) for x in out]
+        index -= index[0]
+    return out, keep, index
 
 
 # --- ARFF -------------------------------------------------------------------------------------------------------------
@@ -432,14 +690,23 @@ def read_session(folder: str | Path) -> Recording:
         raise DataFormatError(f"{meta_path}: missing or bad field {err}") from err
     raw = np.fromfile(d / files["samples"], dtype="<f4")
     ts = np.fromfile(d / files["timestamps"], dtype="<f8")
-    n = min(raw.shape[0] // n_ch, ts.shape[0])  # a SIGKILL can leave a partial last row in either file
+    # The ring indices (a jump: samples the recorder did not get, or a gap in the live stream). A session of a
+    # format without the file reads as consecutive samples.
+    idx_path = d / str(files.get("indices", "indices.i64"))
+    idx = np.fromfile(idx_path, dtype="<i8") if idx_path.exists() else None
+    n = min(raw.shape[0] // n_ch, ts.shape[0])  # a SIGKILL can leave a partial last row in any of the files
+    if idx is not None:
+        n = min(n, idx.shape[0])
     data = raw[: n * n_ch].reshape(n, n_ch).astype(np.float32)
     if n == 0:
         raise DataFormatError(f"{d}: the session holds no complete sample")
+    # The live ring flagged a gap exactly where its index jumped: a replay follows the index, not the (jittery)
+    # timestamps, so that it sees the gaps the live run saw and no others.
+    index = idx[:n].astype(np.int64) if idx is not None else None
     # The recorder writes ch0, ch1, ... when its source named no channels: those are not a montage.
     declared = names != [f"ch{i}" for i in range(n_ch)]
     return Recording(data, rate, names, None, None, ts[:n].copy(), str(d), channel_names_declared=declared,
-                     units="uV (session format)")
+                     units="uV (session format)", sample_index=index)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

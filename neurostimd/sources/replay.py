@@ -2,9 +2,11 @@
 monotonic clock (x1, xN) or a virtual clock that the loop moves as fast as it can ("max"). The same file, config and
 virtual clock give byte-identical ring contents, hence byte-identical decisions.
 
-A recording's own timestamps (XDF, .npz `timestamps`, a session) mark its gaps as the LSL source marks them live: a
-step longer than 1.5 periods (plus `timestamp_jitter_ms`) skips the samples it stands for, in the sample counter
-handed to the ring (which flags the gap) and in time (the replay waits for them, as the live daemon did)."""
+A recording's own sample index (`Recording.sample_index`: a session's ring indices, an MNE recording's skipped
+acquisition) marks its gaps where it jumps; without one, its timestamps (XDF, .npz `timestamps`) mark them as the LSL
+source marks them live: a step longer than 1.5 periods (plus `timestamp_jitter_ms`) skips the samples it stands for.
+Either way the skipped samples are missing from the sample counter handed to the ring (which flags the gap) and from
+time (the replay waits for them, as the live daemon did)."""
 
 from __future__ import annotations
 
@@ -35,17 +37,18 @@ class ReplaySource(Source):
     seconds. On a VirtualClock pump() never waits: time moves only when the loop moves it. A clock that is itself
     scaled (it has a `speed` attribute, like neurostimd.clock.ScaledClock) already runs at recording pace, so the
     source then releases at 1x clock time. `units` states the unit of a file that declares none; `channels` picks
-    channels by name.
+    channels by name; `stream_name` / `stream_type` choose an XDF file's signal stream.
     """
 
     kind = "replay"
 
     def __init__(self, recording: Recording | str | Path, speed: float = 1.0, clock: Clock | None = None, *,
                  loop: bool = False, fs: float | None = None, units: str | None = None,
-                 channels: Sequence[str] | None = None, timestamp_jitter_ms: float = 0.0) -> None:
+                 channels: Sequence[str] | None = None, timestamp_jitter_ms: float = 0.0,
+                 stream_name: str | None = None, stream_type: str | None = None) -> None:
         super().__init__()
         self.recording = recording if isinstance(recording, Recording) else \
-            read_recording(recording, fs=fs, units=units)
+            read_recording(recording, fs=fs, units=units, stream_name=stream_name, stream_type=stream_type)
         if not (speed > 0):
             raise ValueError(f"replay speed must be positive, got {speed}")
         self.clock: Clock = clock if clock is not None else MonotonicClock()
@@ -71,7 +74,9 @@ class ReplaySource(Source):
         self._take = self._pick
         # The counter: consecutive samples 1 apart, jumps where the recording's own stamps skip samples.
         n = rec.n_samples
-        if rec.timestamps is not None and n > 1:
+        if rec.sample_index is not None:  # the file's own sample clock (a session's ring indices), gaps and all
+            self._counter = (rec.sample_index - rec.sample_index[0]).astype(np.int64)
+        elif rec.timestamps is not None and n > 1:
             self._counter = virtual_counter(rec.timestamps, rec.fs, timestamp_jitter_ms / 1000.0)
         else:
             self._counter = np.arange(n, dtype=np.int64)

@@ -114,7 +114,8 @@ class LslSourceConfig(Strict):
 
 
 class ReplaySourceConfig(Strict):
-    """Samples come from a recording file (.npz, .csv, .edf/.bdf, .xdf) played on a clock."""
+    """Samples come from a recording (a file read by neurostimd.sources.recordings, or a recorder session) played on
+    a clock. `stream_name` / `stream_type` choose an XDF file's signal stream (required when it holds several)."""
 
     kind: Literal["replay"]
     path: FilePath
@@ -124,6 +125,8 @@ class ReplaySourceConfig(Strict):
     units: str | None = None  # for files that declare no unit (an EDF with an empty physical dimension, ...)
     channels: list[str] | None = None  # pick these channels, by name, from a wider recording
     timestamp_jitter_ms: float = Field(0.0, ge=0, le=1000)  # a timestamp step beyond 1.5 periods + this is a gap
+    stream_name: str | None = Field(None, min_length=1)  # XDF: the signal stream's name
+    stream_type: str | None = Field(None, min_length=1)  # XDF: the signal stream's type (EEG, ...)
 
     _units = field_validator("units")(_check_units)
     _channels = field_validator("channels")(_check_channels)
@@ -137,7 +140,8 @@ class ReplaySourceConfig(Strict):
         speed, on = (1.0, clock if isinstance(clock, VirtualClock) else VirtualClock()) if self.speed == "max" else \
             (float(self.speed), clock)
         return ReplaySource(self.path, speed, on, loop=self.loop, fs=self.sample_rate_hz, units=self.units,
-                            channels=self.channels, timestamp_jitter_ms=self.timestamp_jitter_ms)
+                            channels=self.channels, timestamp_jitter_ms=self.timestamp_jitter_ms,
+                            stream_name=self.stream_name, stream_type=self.stream_type)
 
     def resolve_paths(self, fix: Callable[[Path], Path]) -> ReplaySourceConfig:
         return self.model_copy(update={"path": fix(self.path)})

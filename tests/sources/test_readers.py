@@ -3,7 +3,6 @@ names the problem."""
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,9 @@ import pytest
 
 from neurostimd.errors import DataFormatError
 from neurostimd.sources.recordings import read_recording, to_npz
+from tests.sources.xdf_files import write_xdf
+
+__all__ = ["sine_data", "write_xdf"]
 
 
 def sine_data(n: int = 512, ch: int = 3, fs: float = 256.0) -> np.ndarray:
@@ -89,38 +91,6 @@ def test_edf_and_bdf_read_in_microvolts(tmp_path, suffix):
     np.testing.assert_allclose(got.data, data, atol=0.01)
 
 
-def _xdf_chunk(tag: int, content: bytes) -> bytes:
-    body = struct.pack("<H", tag) + content
-    return struct.pack("<BI", 4, len(body)) + body
-
-
-def write_xdf(path: Path, data: np.ndarray, fs: float, names: list[str], units: list[str] | None = None,
-              types: list[str] | None = None, timestamps: np.ndarray | None = None) -> None:
-    """A minimal XDF 1.0 file (one float32 stream), written from the format's specification; `units` and `types`
-    go into each channel's description as LabRecorder files carry them."""
-    n, ch = data.shape
-    ts = 10.0 + np.arange(n) / fs if timestamps is None else timestamps
-
-    def chan(i: int, c: str) -> str:
-        unit = f"<unit>{units[i]}</unit>" if units is not None else ""
-        kind = f"<type>{types[i]}</type>" if types is not None else ""
-        return f"<channel><label>{c}</label>{unit}{kind}</channel>"
-
-    chans = "".join(chan(i, c) for i, c in enumerate(names))
-    header = (f"<?xml version=\"1.0\"?><info><name>test</name><type>EEG</type><channel_count>{ch}</channel_count>"
-              f"<nominal_srate>{fs}</nominal_srate><channel_format>float32</channel_format>"
-              f"<desc><channels>{chans}</channels></desc></info>").encode()
-    samples = struct.pack("<I", 1) + struct.pack("<BI", 4, n)
-    for i in range(n):
-        samples += struct.pack("<Bd", 8, float(ts[i])) + data[i].astype("<f4").tobytes()
-    footer = (f"<?xml version=\"1.0\"?><info><first_timestamp>{ts[0]}</first_timestamp><last_timestamp>"
-              f"{ts[-1]}</last_timestamp><sample_count>{n}</sample_count></info>").encode()
-    out = b"XDF:" + _xdf_chunk(1, b"<?xml version=\"1.0\"?><info><version>1.0</version></info>")
-    out += _xdf_chunk(2, struct.pack("<I", 1) + header) + _xdf_chunk(3, samples)
-    out += _xdf_chunk(6, struct.pack("<I", 1) + footer)
-    path.write_bytes(out)
-
-
 def test_xdf_stream_reads_with_labels_and_timestamps(tmp_path):
     """An XDF file's numeric stream reads with its rate, channel labels and timestamps."""
     data = sine_data(300, 3, 100.0)
@@ -136,10 +106,10 @@ def test_bad_files_give_data_format_errors(tmp_path):
     """Unknown types, missing files, and corrupt npz/EDF/XDF files raise DataFormatError naming the file."""
     with pytest.raises(DataFormatError, match="does not exist"):
         read_recording(tmp_path / "nope.npz")
-    (tmp_path / "x.mat").write_bytes(b"0")
-    with pytest.raises(DataFormatError, match="unknown recording type"):
-        read_recording(tmp_path / "x.mat")
-    for name in ("bad.npz", "bad.edf", "bad.xdf"):
+    (tmp_path / "x.abc").write_bytes(b"0")
+    with pytest.raises(DataFormatError, match=r"unknown recording type '\.abc'.*\.npz.*\.xdf.*\.fif.*\.vhdr"):
+        read_recording(tmp_path / "x.abc")
+    for name in ("bad.npz", "bad.edf", "bad.xdf", "bad.fif", "bad.mat", "bad.vhdr"):
         (tmp_path / name).write_bytes(b"this is not a recording")
         with pytest.raises(DataFormatError, match=name):
             read_recording(tmp_path / name)
