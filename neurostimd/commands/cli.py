@@ -52,10 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timings", help="write per-tick stage latencies as JSON lines to this file (used by the bench)")
 
     rp = sub.add_parser("replay", help="run the whole pipeline over a recording on a virtual clock")
-    rp.add_argument("recording", help="continuous .npz, .csv, .edf/.bdf, .xdf, .arff, or a recorder session folder")
+    rp.add_argument("recording", help="continuous .npz, .csv, .edf/.bdf, .xdf, .arff, a format MNE reads (.fif, "
+                                      ".vhdr, .set, ...: the lab extra), or a recorder session folder")
     rp.add_argument("--config", required=True)
     rp.add_argument("--speed", default="max", help="N (x real time) or max (default)")
     rp.add_argument("--out", required=True, help="output folder for decisions.jsonl, audit.jsonl, timeline.png")
+    rp.add_argument("--stream-name", default=None, metavar="NAME",
+                    help="an XDF file's signal stream, by name (overrides [source] stream_name)")
+    rp.add_argument("--stream-type", default=None, metavar="TYPE",
+                    help="an XDF file's signal stream, by type, e.g. EEG (overrides [source] stream_type)")
 
     c = sub.add_parser("check-config", help=f"validate a config file (exit 0, or {EX_CONFIG} with one line per error)")
     c.add_argument("config")

@@ -1,7 +1,8 @@
 """`neurostimd replay`: a recording through the whole pipeline — the same ClosedLoop as the daemon — on a virtual
 clock (as fast as possible) or a scaled one (xN), commanding the in-process virtual board over the real protocol.
 Writes decisions.jsonl (byte-identical for the same file and config), audit.jsonl, the board's event log and a
-timeline PNG."""
+timeline PNG. Exit 65 (EX_DATAERR) when the recording cannot be used, 78 (EX_CONFIG) for a bad config or a bundle
+or config that does not fit it."""
 
 from __future__ import annotations
 
@@ -26,12 +27,15 @@ from neurostimd.sources.settings import ReplaySourceConfig
 log = structlog.get_logger(__name__)
 
 
-def replay_config(cfg: Config, recording: Path, speed: float | Literal["max"], out: Path) -> Config:
-    """The config with the recording as its source and every output inside `out`."""
-    # The replay config's own file options (units, channels, gap jitter) apply to the recording given here.
+def replay_config(cfg: Config, recording: Path, speed: float | Literal["max"], out: Path,
+                  streams: dict[str, str] | None = None) -> Config:
+    """The config with the recording as its source and every output inside `out`; `streams` (stream_name,
+    stream_type) choose an XDF file's signal stream over the config's."""
+    # The replay config's own file options (units, channels, gap jitter, XDF stream) apply to the recording given.
     keep = {k: getattr(cfg.source, k) for k in ("units", "channels", "timestamp_jitter_ms", "stream_name",
                                                "stream_type")} \
         if isinstance(cfg.source, ReplaySourceConfig) else {}
+    keep.update(streams or {})
     return cfg.model_copy(update={
         "source": ReplaySourceConfig(kind="replay", path=recording, speed=speed, **keep),
         "audit": cfg.audit.model_copy(update={"path": out / "audit.jsonl"}),
@@ -51,15 +55,16 @@ def _refuse_a_daemons_log(path: Path) -> None:
 
 
 def run_replay(cfg: Config, recording: Path, out: Path, speed: float | Literal["max"] = "max", *,
-               progress: bool = True, plot: bool = True) -> dict[str, Any]:
-    """Replay `recording` and write the outputs; returns a summary (ticks, wall time, x real time, commands)."""
+               progress: bool = True, plot: bool = True, streams: dict[str, str] | None = None) -> dict[str, Any]:
+    """Replay `recording` and write the outputs; returns a summary (ticks, wall time, x real time, commands).
+    `streams` ({"stream_name": ..., "stream_type": ...}) chooses an XDF file's signal stream."""
     from neurostimd.firmware_sim.inprocess import VirtualBoardDriver
     from neurostimd.loop import ClosedLoop
     from neurostimd.model.runtime import load_bundle
     from neurostimd.sources.replay import ReplaySource
 
     out.mkdir(parents=True, exist_ok=True)
-    cfg = replay_config(cfg, recording, speed, out)
+    cfg = replay_config(cfg, recording, speed, out, streams)
     clock: Clock = VirtualClock() if speed == "max" else ScaledClock(float(speed))
     bundle = load_bundle(cfg.model.bundle, verify=cfg.model.verify_on_load)
     src_cfg = cfg.source
@@ -206,8 +211,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             print(f"--speed must be a positive number or max, not {args.speed!r}", file=sys.stderr)
             return 2
     configure_logging("warning", "console")
+    streams = {k: v for k in ("stream_name", "stream_type") if (v := getattr(args, k, None)) is not None}
     try:
-        summary = run_replay(cfg, Path(args.recording), Path(args.out), speed)
+        summary = run_replay(cfg, Path(args.recording), Path(args.out), speed, streams=streams)
     except DataFormatError as err:  # the recording: bad data, not bad configuration
         print(f"neurostimd replay: {err}", file=sys.stderr)
         return EX_DATAERR

@@ -118,12 +118,13 @@ class Recording:
         return self.n_samples / self.fs
 
     def times_s(self) -> npt.NDArray[np.float64]:
-        """Each sample's time in seconds from the first sample, gaps included: from `sample_index` where set, else
-        from the timestamps, else i / fs. Annotation onsets are on this axis (find a sample with np.searchsorted)."""
-        if self.sample_index is not None:
-            return (self.sample_index - self.sample_index[0]).astype(np.float64) / self.fs
+        """Each sample's time in seconds from the first sample, gaps included: from the timestamps where the file
+        has them, else from `sample_index`, else i / fs. Annotation onsets are on this axis (find the sample of an
+        onset with np.searchsorted(rec.times_s(), onset_s))."""
         if self.timestamps is not None and self.timestamps.shape[0] > 0:
             return np.asarray(self.timestamps, dtype=np.float64) - float(self.timestamps[0])
+        if self.sample_index is not None:
+            return (self.sample_index - self.sample_index[0]).astype(np.float64) / self.fs
         return np.arange(self.n_samples, dtype=np.float64) / self.fs
 
 

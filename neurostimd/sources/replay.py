@@ -2,11 +2,12 @@
 monotonic clock (x1, xN) or a virtual clock that the loop moves as fast as it can ("max"). The same file, config and
 virtual clock give byte-identical ring contents, hence byte-identical decisions.
 
-A recording's own sample index (`Recording.sample_index`: a session's ring indices, an MNE recording's skipped
-acquisition) marks its gaps where it jumps; without one, its timestamps (XDF, .npz `timestamps`) mark them as the LSL
-source marks them live: a step longer than 1.5 periods (plus `timestamp_jitter_ms`) skips the samples it stands for.
-Either way the skipped samples are missing from the sample counter handed to the ring (which flags the gap) and from
-time (the replay waits for them, as the live daemon did)."""
+A recording's own timestamps (XDF, .npz `timestamps`, a session) mark its gaps as the LSL source marks them live: a
+step longer than 1.5 periods (plus `timestamp_jitter_ms`) skips the samples it stands for; its sample index
+(`Recording.sample_index`: a session's ring indices, where a jump is samples the recorder lost; an MNE recording's
+skipped acquisition) marks them where it jumps. A step skips what either says, whichever is more: the skipped samples
+are missing from the sample counter handed to the ring (which flags the gap) and from time (the replay waits for
+them, as the live daemon did)."""
 
 from __future__ import annotations
 
@@ -74,12 +75,16 @@ class ReplaySource(Source):
         self._take = self._pick
         # The counter: consecutive samples 1 apart, jumps where the recording's own stamps skip samples.
         n = rec.n_samples
-        if rec.sample_index is not None:  # the file's own sample clock (a session's ring indices), gaps and all
-            self._counter = (rec.sample_index - rec.sample_index[0]).astype(np.int64)
-        elif rec.timestamps is not None and n > 1:
+        if rec.timestamps is not None and n > 1:
             self._counter = virtual_counter(rec.timestamps, rec.fs, timestamp_jitter_ms / 1000.0)
         else:
             self._counter = np.arange(n, dtype=np.int64)
+        if rec.sample_index is not None and n > 1:
+            # The file's own sample positions (a session's ring indices: a jump is samples the recorder lost; an MNE
+            # recording's skipped acquisition). Each step skips what the index or the stamps say, whichever is more:
+            # a session's stamps also hold the gaps of the live stream, which its ring index does not.
+            steps = np.maximum(np.diff(rec.sample_index), np.diff(self._counter))
+            self._counter = np.concatenate(([0], np.cumsum(steps))).astype(np.int64)
         self._span = int(self._counter[-1]) + 1  # counter values one pass of the recording covers
         self._breaks = np.flatnonzero(np.diff(self._counter) != 1) + 1  # first sample after each jump
         if self._breaks.size:
