@@ -1,8 +1,17 @@
 """The one reader of recording files, for replay, training, evaluation and the simulator's --signal: the continuous
-.npz of docs/design.md (and, for training, its epoch set), CSV, EDF/BDF, XDF, ARFF, and a recorder session folder,
-all returned as one `Recording` in µV; `to_npz()` writes the interchange .npz. Bad files raise DataFormatError naming
+.npz of docs/design.md (and, for training, its epoch set), CSV, EDF/BDF, XDF, ARFF, FIF and the other formats
+mne.io.read_raw opens (the `lab` extra; an -epo.fif epoch set for training), and a recorder session folder, all
+returned as one `Recording` in µV; `to_npz()` writes the interchange .npz. Bad files raise DataFormatError naming
 what is wrong and what to do. This module imports no pylsl, TensorFlow, LiteRT or matplotlib; the optional format
-libraries (edfio, pyxdf, scipy.io.arff) are imported when a file of their format is read.
+libraries (edfio, pyxdf, scipy.io.arff, mne) are imported when a file of their format is read.
+
+XDF. One signal stream (regular rate, numeric) is read: the only one, or the one `stream_name` / `stream_type`
+choose (refused, listing the streams, when none or several match). Only it and the marker streams (strings, or no
+regular rate) are loaded (pyxdf's select_streams). Marker samples become instant annotations, onset from the signal's
+first timestamp, a multi-channel marker's channels joined with "/"; `marker_streams` narrows them by name.
+
+MNE formats. The channels of a voltage type (MNE_SIGNAL_TYPES) in µV, the others dropped and logged;
+raw.annotations with onsets from the first sample; BAD_ACQ_SKIP spans are dropped as a gap in `sample_index`.
 
 Units. Files that declare units are scaled from them (neurostimd.core.units): an XDF stream's channel units
 (`desc/channels/channel/unit`, "microvolts" by the XDF EEG convention), an EDF/BDF signal's physical dimension. A
@@ -23,7 +32,8 @@ only with `epochs=True` (training and evaluation; replay has no time between epo
 
 Timestamps. XDF timestamps are read as recorded (clock-synchronised, not dejittered: dejittering would smooth over
 short gaps); every reader's timestamps must be finite and advance at the file's rate within 2 % (median step), or the
-file is refused.
+file is refused. `sample_index` marks gaps the file counts in samples (a session's ring indices, MNE's skipped
+acquisition); a replay honours both (neurostimd.sources.replay). Annotation onsets are on `Recording.times_s()`.
 
 CSV convention: a header row naming the columns; one numeric column per channel; optional columns `time` (or
 `timestamp`, seconds) and `label` (or `labels`, integer class). The rate is the `fs` argument if given, else
@@ -286,7 +296,8 @@ def _epochs(p: Path, x: npt.NDArray[Any], y: npt.NDArray[Any]) -> tuple[npt.NDAr
 
 
 def to_npz(rec: Recording, path: str | Path) -> Path:
-    """Write `rec` as the continuous .npz of docs/design.md (readable by np.load without this project)."""
+    """Write `rec` as the continuous .npz of docs/design.md (readable by np.load without this project); a gap that
+    only its sample_index marks is written into `timestamps` (seconds from the first sample)."""
     p = Path(path)
     if rec.segment_starts is not None:
         raise DataFormatError(f"{rec.source or 'this recording'} is an epoch set, which has no continuous time; keep "
@@ -302,6 +313,8 @@ def to_npz(rec: Recording, path: str | Path) -> Path:
         arrays["class_names"] = np.array([str(c) for c in rec.class_names])
     if rec.timestamps is not None:
         arrays["timestamps"] = np.asarray(rec.timestamps, dtype=np.float64)
+    elif rec.sample_index is not None:  # keep its gaps: the interchange .npz marks them in timestamps
+        arrays["timestamps"] = rec.times_s()
     with p.open("wb") as fh:
         np.savez(fh, **arrays)
     return p

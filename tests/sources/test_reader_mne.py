@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from neurostimd.clock import VirtualClock
 from neurostimd.core.ringbuffer import FLAG_GAP, RingBuffer
 from neurostimd.errors import DataFormatError
-from neurostimd.sources.recordings import read_recording
+from neurostimd.sources.recordings import read_recording, to_npz
 from neurostimd.sources.replay import ReplaySource
 
 mne = pytest.importorskip("mne")
@@ -85,6 +85,8 @@ def test_skipped_acquisition_reads_as_a_gap_that_replay_flags(tmp_path: Path) ->
     w = ring.latest(ring.samples_written)
     assert ring.counters.missing_samples == skipped and np.flatnonzero(w.flags & FLAG_GAP).tolist() == [jump]
     assert w.timestamps[jump] - w.timestamps[jump - 1] == pytest.approx((skipped + 1) / FS)
+    again = read_recording(to_npz(rec, tmp_path / "skip.npz"))  # the interchange .npz keeps the gap in its stamps
+    assert np.diff(again.timestamps)[jump - 1] == pytest.approx((skipped + 1) / FS)
 
 
 def test_fif_epochs_read_as_an_epoch_set_with_named_classes(tmp_path: Path) -> None:
