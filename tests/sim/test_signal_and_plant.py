@@ -187,3 +187,22 @@ def test_file_source_plays_to_the_end_or_loops(tmp_path: Path) -> None:
     looped = _signal(tmp_path / "r.npz", loop=True)
     got = np.concatenate([looped.read(10, None) for _ in range(4)])
     assert got.shape == (40, 2) and np.array_equal(got[25:], np.nan_to_num(x)[:15])
+
+
+def test_the_simulators_signal_reader_chooses_an_xdf_stream(tmp_path: Path) -> None:
+    """neurostimd-sim --signal on an XDF with two signal streams refuses without a choice, naming them, and plays
+    the stream --signal-stream (or --signal-stream-type) chooses."""
+    from tests.sources.xdf_files import XdfStream, write_xdf_streams
+
+    ts = 5.0 + np.arange(200) / 100.0
+    eeg = np.arange(400, dtype=np.float32).reshape(200, 2)
+    write_xdf_streams(tmp_path / "two.xdf", [
+        XdfStream("amp", "EEG", 100.0, eeg, ts, labels=["C3", "C4"], units=["microvolts"] * 2),
+        XdfStream("eye", "Gaze", 100.0, np.zeros((200, 3), np.float32), ts, labels=["x", "y", "p"],
+                  units=["microvolts"] * 3),
+    ])
+    with pytest.raises(ValueError, match=r"2 signal streams.*'amp'.*'eye'.*--signal-stream"):
+        _signal(tmp_path / "two.xdf")
+    src = _signal(tmp_path / "two.xdf", "--signal-stream", "amp")
+    assert src.channel_names == ["C3", "C4"] and np.array_equal(src.read(200, None), eeg)
+    assert _signal(tmp_path / "two.xdf", "--signal-stream-type", "Gaze").channel_names == ["x", "y", "p"]
