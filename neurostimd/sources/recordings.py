@@ -431,7 +431,8 @@ def _choose_xdf_stream(p: Path, infos: list[dict[str, Any]], name: str | None, k
     import pyxdf
 
     signals = [i for i in infos if not _is_marker_stream(i)]
-    how = "set [source] stream_name and/or stream_type (neurostimd-sim: --signal-stream, --signal-stream-type)"
+    how = ("set [source] stream_name and/or stream_type (neurostimd replay: --stream-name, --stream-type; "
+           "neurostimd-sim: --signal-stream, --signal-stream-type)")
     if name is None and kind is None:
         if len(signals) == 1:
             return int(signals[0]["stream_id"])

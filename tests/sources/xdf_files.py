@@ -59,13 +59,18 @@ def _samples(s: XdfStream) -> bytes:
 
 
 def write_xdf_streams(path: Path, streams: list[XdfStream]) -> None:
-    """An XDF file holding `streams` (ids 1, 2, ... in order), each with a header, one samples chunk and a footer."""
+    """An XDF file holding `streams` (ids 1, 2, ... in order), each with a header, one samples chunk, two clock
+    offsets and a footer."""
     out = b"XDF:" + _chunk(1, b"<?xml version=\"1.0\"?><info><version>1.0</version></info>")
     for k, s in enumerate(streams, start=1):
         n_ch = len(s.data[0]) if len(s.data) else (len(s.labels) if s.labels else 1)
         out += _chunk(2, struct.pack("<I", k) + _header(s, n_ch))
     for k, s in enumerate(streams, start=1):
         out += _chunk(3, struct.pack("<I", k) + _samples(s))
+    for k, s in enumerate(streams, start=1):  # clock offsets (0: one clock) at both ends, as LabRecorder measures
+        for t in (s.timestamps[:1], s.timestamps[-1:]):
+            if len(t):
+                out += _chunk(4, struct.pack("<Idd", k, float(t[0]), 0.0))
     for k, s in enumerate(streams, start=1):
         ts = s.timestamps
         footer = (f"<?xml version=\"1.0\"?><info><first_timestamp>{ts[0] if len(ts) else 0}</first_timestamp>"
