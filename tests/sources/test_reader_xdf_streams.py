@@ -121,3 +121,18 @@ def test_stream_choices_on_a_file_that_is_not_xdf_are_refused(tmp_path: Path) ->
     np.savez(p, data=sine_data(100, 2, FS), fs=FS)
     with pytest.raises(DataFormatError, match=r"r\.npz: stream_name chooses streams of an XDF file"):
         read_recording(p, stream_name="EEG")
+
+
+def test_replay_settings_choose_the_stream(tmp_path: Path) -> None:
+    """[source] kind = "replay" with stream_type builds a replay of that stream; an empty stream_name is refused
+    when the config is read."""
+    from pydantic import ValidationError
+
+    from neurostimd.sources.settings import ReplaySourceConfig, SourceContext
+
+    p = tmp_path / "two.xdf"
+    two_signals(p)
+    src = ReplaySourceConfig(kind="replay", path=p, speed="max", stream_type="EMG").build(SourceContext())
+    assert src.recording.channel_names == ["L", "R"]  # type: ignore[attr-defined]
+    with pytest.raises(ValidationError, match="stream_name"):
+        ReplaySourceConfig(kind="replay", path=p, stream_name="")
