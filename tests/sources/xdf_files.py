@@ -46,16 +46,18 @@ def _header(s: XdfStream, n_ch: int) -> bytes:
 
 def _samples(s: XdfStream) -> bytes:
     n = len(s.timestamps)
-    out = struct.pack("<BI", 4, n)
+    parts = [struct.pack("<BI", 4, n)]
+    if s.channel_format != "string":  # fixed-size rows: [1-byte stamp length 8][float64 stamp][values]
+        values = np.asarray(s.data).astype(np.dtype(s.channel_format).newbyteorder("<"))
+        rows = np.zeros(n, dtype=[("len", "u1"), ("ts", "<f8"), ("v", values.dtype, (values.shape[1],))])
+        rows["len"], rows["ts"], rows["v"] = 8, s.timestamps, values
+        return parts[0] + rows.tobytes()
     for i in range(n):
-        out += struct.pack("<Bd", 8, float(s.timestamps[i]))
-        if s.channel_format == "string":
-            for v in s.data[i]:
-                b = str(v).encode()
-                out += struct.pack("<BI", 4, len(b)) + b
-        else:
-            out += np.asarray(s.data[i]).astype(np.dtype(s.channel_format).newbyteorder("<")).tobytes()
-    return out
+        parts.append(struct.pack("<Bd", 8, float(s.timestamps[i])))
+        for v in s.data[i]:
+            b = str(v).encode()
+            parts.append(struct.pack("<BI", 4, len(b)) + b)
+    return b"".join(parts)
 
 
 def write_xdf_streams(path: Path, streams: list[XdfStream]) -> None:
