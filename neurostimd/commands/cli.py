@@ -22,6 +22,7 @@ _COMMANDS = {
     "status": "neurostimd.commands.status:cmd_status",
     "closed-loop-eval": "neurostimd.commands.evaluation:cmd_closed_loop_eval",
     "audit": "neurostimd.commands.audit:cmd_audit",
+    "export": "neurostimd.commands.export:cmd_export",
 }
 
 _VERIFY_EPILOG = """\
@@ -110,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--block", type=int, default=50,
                     help="samples per board block, i.e. per plant step (default 50: one 50 ms tick)")
     cl.add_argument("--out", required=True)
+    from neurostimd.commands.export import add_parser as add_export_parser
+
+    add_export_parser(sub)
     au = sub.add_parser("audit", help="check the audit log")
     au_sub = au.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     v = au_sub.add_parser(
