@@ -376,6 +376,11 @@ def test_bad_input_is_refused_with_the_right_exit_code(tmp_path: Path, capsys: p
     assert _export(str(s), "--to", "fif", str(out), "--force") == 0
     assert mne.io.read_raw(out, verbose="error").n_times == 200
     assert {p.name: p.read_bytes() for p in s.iterdir()} == before, "the session is untouched"
+    edf = tmp_path / "s.edf"
+    assert _export(str(s), "--to", "edf", str(edf)) == 0
+    written = edf.read_bytes()
+    assert _export(str(edf), "--to", "edf", str(edf), "--force") == EX_CONFIG
+    assert "the recording being exported" in capsys.readouterr().err and edf.read_bytes() == written
     with pytest.raises(SystemExit) as exc:
         _export(str(s), "--to", "gdf", str(tmp_path / "x.gdf"))
     assert exc.value.code == 2
