@@ -150,6 +150,15 @@ def test_evaluate_and_add_stats_pick_the_bundles_channels(trained: tuple[Path, P
     np.testing.assert_allclose(again["abs_max"], stored["abs_max"], rtol=1e-6)
 
 
+def test_evaluate_refuses_a_recording_without_the_bundles_channels(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """`evaluate` on a recording that lacks one of the bundle's input channels names the file and the channel."""
+    from neurostimd.model.evaluate import evaluate_bundle
+
+    other = _recording(tmp_path / "noc4.npz", ["F3", "C3", "F4", "Pz"], seed=6, duration_s=10.0)
+    with pytest.raises(DataFormatError, match=r"noc4\.npz: the front end takes channels .*missing: 'C4'"):
+        evaluate_bundle(trained[0], other, tmp_path / "report", split="all", progress=lambda _: None)
+
+
 @pytest.mark.parametrize(("opts", "match"), [
     ({"channels": ["F3", "Oz"]}, r"wide\.npz: the front end takes channels \['F3', 'Oz'\].*missing: 'Oz'"),
     ({"reference": [("F3", "T7")]}, r"wide\.npz: .*missing: 'T7'"),
