@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--block-s", type=float, default=20.0,
                    help="continuous recordings: length of the time blocks that splits keep whole")
     t.add_argument("--stride", type=int, default=1, help="train on every Nth window (1 = all)")
+    # front end, stored in the bundle (docs/classifier.md, "Front end")
+    t.add_argument("--channels", default=None, help="the model's input channels by name, e.g. F3,C3,F4,C4 "
+                                                    "(default: every channel of the recording)")
+    t.add_argument("--reference", default=None, help="re-reference: none (default), car (common average over the "
+                                                     "input channels) or bipolar pairs F3-C3,F4-C4")
+    t.add_argument("--notch", type=int, choices=[50, 60], default=None,
+                   help="mains notch at 50 or 60 Hz and its harmonics below 0.45 fs, before the band filters")
 
     e = sub.add_parser("evaluate", help="evaluate a bundle on held-out data and write a report")
     e.add_argument("--bundle", required=True)

@@ -166,12 +166,13 @@ def add_signal_stats(bundle_dir: str | Path, data: list[str | Path], *, by_conte
     Statistics come from the training segments of split.json, as `neurostimd train` computes them."""
     from neurostimd.core.features import FeatureSettings
     from neurostimd.core.stats import compute_signal_stats
-    from neurostimd.model.dataset import load_recording, segments
+    from neurostimd.model.dataset import load_recording, pick_inputs, segments
 
     d = Path(bundle_dir)
     manifest = read_verified_manifest(d)
     listed = manifest.get("training_data") or []
-    recs = [load_recording(p) for p in data]
+    feat_settings = FeatureSettings.model_validate(json.loads((d / FEATURES).read_text())["settings"])
+    recs = [pick_inputs(load_recording(p), feat_settings) for p in data]  # the model's input channels only
     want = [str(e.get("sha256")) for e in listed if isinstance(e, dict)]
     if len(recs) != len(want):
         raise BundleError(f"model bundle {d} was trained on {len(want)} file(s) "

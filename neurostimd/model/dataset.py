@@ -7,6 +7,7 @@ so no sample of a held-out segment ever reaches training (the research notebook 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from neurostimd.core.features import FeatureSettings, extract_frames, frame_end_sample, sliding_windows
+from neurostimd.core.stream_checks import MontageError, pick_channels
 from neurostimd.errors import DataFormatError
 from neurostimd.sources.recordings import Recording, read_recording
 
@@ -113,6 +115,27 @@ def load_recording(path: str | Path) -> LabelledRecording:
         raise DataFormatError(f"{p}: labels span {labels.min()}..{labels.max()} but there are {len(classes)} "
                               f"class_names")
     return LabelledRecording(rec, labels, classes, file_sha256(p))
+
+
+def pick_inputs(rec: LabelledRecording, settings: FeatureSettings) -> LabelledRecording:
+    """The recording with only the model's input channels, in the front end's order (channels are matched by name,
+    as the daemon matches a source's); the recording itself when the front end takes every channel. DataFormatError
+    naming the file and the missing channels otherwise."""
+    wanted = settings.front_end.input_names()
+    if wanted is None:
+        return rec
+    try:
+        idx = pick_channels(wanted, rec.channel_names)
+    except MontageError as err:
+        raise DataFormatError(f"{rec.path}: the front end takes channels {wanted}, but the recording has "
+                              f"{rec.channel_names} ({err}); pick channels the recording has (--channels, the "
+                              f"--reference pairs)") from err
+    r = rec.recording
+    rng = None if r.range_uv is None else (r.range_uv[0][idx], r.range_uv[1][idx])
+    # The names as the front end spells them: they are the bundle's channel_names, which the daemon matches.
+    picked = dataclasses.replace(r, data=np.ascontiguousarray(r.data[:, idx]), channel_names=list(wanted),
+                                 range_uv=rng)
+    return LabelledRecording(picked, rec.labels, rec.class_names, rec.sha256)
 
 
 def _no_labels(p: Path) -> str:

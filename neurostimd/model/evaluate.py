@@ -21,7 +21,7 @@ import numpy as np
 from neurostimd.errors import BundleError, NeurostimError
 from neurostimd.model import bundle as files
 from neurostimd.model import report
-from neurostimd.model.dataset import load_recording, segments, windows_for
+from neurostimd.model.dataset import load_recording, pick_inputs, segments, windows_for
 from neurostimd.model.runtime import Bundle, load_bundle
 
 Progress = Callable[[str], None]
@@ -70,7 +70,12 @@ def evaluate_bundle(bundle_dir: str | Path, data_path: str | Path, report_dir: s
                     cadence_ms: float = DEFAULT_CADENCE_MS, progress: Progress = _progress) -> dict[str, Any]:
     t0 = time.perf_counter()
     rec = load_recording(data_path)
-    b = load_bundle(bundle_dir, expect_channels=rec.n_channels, expect_rate_hz=rec.fs)
+    # The bundle's front end names its input channels: take them from a wider recording first (as training did).
+    b = load_bundle(bundle_dir, expect_rate_hz=rec.fs)
+    rec = pick_inputs(rec, b.settings)
+    if rec.n_channels != b.n_channels:
+        raise BundleError(f"model bundle {b.path} was trained on {b.n_channels} channels but {data_path} has "
+                          f"{rec.n_channels}; evaluate on data of the bundle's montage")
     if rec.class_names != b.class_names:
         raise BundleError(f"{data_path} has classes {rec.class_names} but the bundle predicts {b.class_names}; "
                           f"evaluate on data labelled with the bundle's classes")

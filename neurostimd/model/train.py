@@ -18,12 +18,19 @@ from typing import Any
 import numpy as np
 import structlog
 
-from neurostimd.core.features import FeatureSettings, Scaler, design_filters
+from neurostimd.core.features import FeatureSettings, FrontEnd, Scaler, design_filters, design_notch
 from neurostimd.core.stats import compute_signal_stats
 from neurostimd.core.stimtable import StimTable, notebook_table, table_mismatch
 from neurostimd.errors import BundleError, DataFormatError, NeurostimError
 from neurostimd.model import bundle as files
-from neurostimd.model.dataset import LabelledRecording, load_recording, segments, split_segments, windows_for
+from neurostimd.model.dataset import (
+    LabelledRecording,
+    load_recording,
+    pick_inputs,
+    segments,
+    split_segments,
+    windows_for,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +72,12 @@ def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, 
         raise ValueError("--val-fraction must be > 0: early stopping and checkpointing watch the validation split")
     t_start = time.perf_counter()
     recs = [load_recording(p) for p in data]
+    # Front end (picks, reference, notch): the model's input channels by name, and the options must fit the data.
+    recs = [pick_inputs(r, settings) for r in recs]
+    try:
+        settings.front_end.check_fits(recs[0].n_channels, recs[0].fs)
+    except ValueError as err:
+        raise DataFormatError(f"{recs[0].path}: front end (--channels/--reference/--notch): {err}") from err
     _check_compatible(recs)
     fs, n_ch, class_names = recs[0].fs, recs[0].n_channels, recs[0].class_names
     n_classes = len(class_names)
@@ -157,6 +170,7 @@ def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, 
         "settings": settings.model_dump(mode="json"), "scaler": scaler.to_dict(),
         "feature_names": settings.feature_names(channel_names, fs), "channel_names": channel_names,
         "filters": [sos.tolist() for sos in design_filters(settings, fs)],
+        **({} if (notch := design_notch(settings, fs)) is None else {"notch_filter": notch.tolist()}),
     }, indent=1) + "\n")
     (out_dir / files.CLASSES).write_text(json.dumps({"class_names": class_names}, indent=2) + "\n")
     (out_dir / files.STIM_TABLE).write_text(table.to_json())
@@ -186,6 +200,7 @@ def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, 
                                      "Dense(softmax)",
                      "optimizer": "adam", "loss": "sparse_categorical_crossentropy"},
         "window_samples": settings.window_samples(fs), "tflite_lstm": tflite_lstm,
+        "front_end": settings.front_end.describe(channel_names, fs),
     })
     # Prove the bundle the daemon will load: hashes, shapes, and LiteRT == Keras on the check windows.
     load_bundle(out_dir)
@@ -200,6 +215,32 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def front_end_options(channels: str | None, reference: str | None, notch_hz: int | None) -> FrontEnd | None:
+    """The front end that `--channels A,B,C`, `--reference car|none|F3-C3,F4-C4` and `--notch 50|60` ask for (None
+    when none of them is given); ValueError saying which option is malformed."""
+    if channels is None and reference is None and notch_hz is None:
+        return None
+    picks = None
+    if channels is not None:
+        picks = [c.strip() for c in channels.split(",")]
+        if not all(picks):
+            raise ValueError(f"--channels {channels!r}: an empty name; list channel names separated by commas")
+    ref: str | list[tuple[str, str]] = "none"
+    if reference is not None and reference.strip().lower() in ("car", "none"):
+        ref = reference.strip().lower()
+    elif reference is not None:
+        pairs = []
+        for item in reference.split(","):
+            parts = [p.strip() for p in item.split("-")]
+            if len(parts) != 2 or not all(parts):
+                raise ValueError(f"--reference {reference!r}: {item!r} is not a bipolar pair A-B; use car, none or "
+                                 f"pairs like F3-C3,F4-C4 (for channel names with '-' in them, pass the pairs in "
+                                 f"FeatureSettings(front_end=FrontEnd(reference=[...])) through the Python API)")
+            pairs.append((parts[0], parts[1]))
+        ref = pairs
+    return FrontEnd(channels=picks, reference=ref, notch_hz=notch_hz)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     quiet_tensorflow()
     overrides: dict[str, Any] = {}
@@ -212,6 +253,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.frames is not None:
         overrides["n_frames"] = args.frames
     try:
+        front_end = front_end_options(args.channels, args.reference, args.notch)
+        if front_end is not None:
+            overrides["front_end"] = front_end
         settings = FeatureSettings(**overrides)
         table = StimTable.from_file(args.table) if args.table else None
         train_bundle(args.data, args.out, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
