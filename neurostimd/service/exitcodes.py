@@ -6,6 +6,7 @@ from __future__ import annotations
 
 EX_OK = 0  # success; the daemon also exits 0 after SIGTERM/SIGINT once the board has confirmed the STOP
 EX_USAGE = 2  # bad command-line arguments: argparse's own status, kept by every command (not sysexits' 64)
+EX_DATAERR = 65  # bad input data (a recording, labels or session that cannot be used)
 EX_NOINPUT = 66  # `neurostimd audit verify`: no audit log at the path given
 EX_UNAVAILABLE = 69  # the daemon stopped, but the board did not confirm the shutdown STOP
 EX_SOFTWARE = 70  # an internal error (a crashed thread): stimulation stopped; systemd restarts the service
@@ -13,4 +14,4 @@ EX_TEMPFAIL = 75  # another process holds the board's port: try again later (sys
 EX_CONFIG = 78  # a configuration problem (invalid config; a bundle, board or audit log that does not fit it): a
 #                restart cannot fix it, so systemd does not restart (RestartPreventExitStatus=78)
 
-__all__ = ["EX_CONFIG", "EX_NOINPUT", "EX_OK", "EX_SOFTWARE", "EX_TEMPFAIL", "EX_UNAVAILABLE", "EX_USAGE"]
+__all__ = ["EX_CONFIG", "EX_DATAERR", "EX_NOINPUT", "EX_OK", "EX_SOFTWARE", "EX_TEMPFAIL", "EX_UNAVAILABLE", "EX_USAGE"]
