@@ -129,14 +129,16 @@ def load_recording(path: str | Path, labels: str | LabelSource | None = None,
         rec = read_recording_with_label_channel(p, source.name, epochs=True)
     else:
         rec = read_recording(p, epochs=True)
+    y: np.ndarray
     if source.kind == "file":
-        if rec.labels is None:
+        own = rec.labels
+        if own is None:
             raise DataFormatError(_no_labels(p))
         if cmap is not None:
             lab = remap_file_labels(rec, cmap, str(p))
             rec, y, class_names, info = lab.recording, lab.labels, lab.class_names, lab.info
         else:
-            y = rec.labels
+            y = own
             class_names = rec.class_names or [str(c) for c in range(int(y.max()) + 1)]
             if y.min() < 0 or y.max() >= len(class_names):
                 raise DataFormatError(f"{p}: labels span {y.min()}..{y.max()} but there are {len(class_names)} "

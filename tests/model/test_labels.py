@@ -188,7 +188,7 @@ def test_a_label_channel_of_fractions_is_refused(tmp_path: Path) -> None:
         load_recording(p, "channel:STI", "a,b")
 
 
-# --- the file's own labels, unchanged -----------------------------------------------------------------------------------
+# --- the file's own labels, unchanged ---------------------------------------------------------------------------------
 def test_the_files_own_labels_are_the_default_in_npz_csv_and_arff(tmp_path: Path) -> None:
     """Without --labels, an .npz labels array, a CSV label column and an ARFF nominal attribute give the same
     samples and labels as before (source 'file'); --classes can rename or merge them."""
@@ -199,8 +199,8 @@ def test_the_files_own_labels_are_the_default_in_npz_csv_and_arff(tmp_path: Path
     rows = [(float(a), float(b), int(c)) for a, b, c in zip(data[:, 0], data[:, 1], y, strict=True)]
     (tmp_path / "r.csv").write_text("time,C0,C1,label\n" + "".join(
         f"{i / FS:.2f},{a!r},{b!r},{c}\n" for i, (a, b, c) in enumerate(rows)))
-    (tmp_path / "r.arff").write_text("@RELATION r\n@ATTRIBUTE C0 NUMERIC\n@ATTRIBUTE C1 NUMERIC\n"
-                                     "@ATTRIBUTE eye {0,1}\n@DATA\n" + "".join(f"{a!r},{b!r},{c}\n" for a, b, c in rows))
+    (tmp_path / "r.arff").write_text("@RELATION r\n@ATTRIBUTE C0 NUMERIC\n@ATTRIBUTE C1 NUMERIC\n@ATTRIBUTE eye {0,1}\n"
+                                     "@DATA\n" + "".join(f"{a!r},{b!r},{c}\n" for a, b, c in rows))
     got = [load_recording(tmp_path / "r.npz"), load_recording(tmp_path / "r.csv")]
     from neurostimd.sources.recordings import read_recording
 

@@ -18,11 +18,14 @@ def _write(path: Path, annotations: list[tuple[float, float, str]], *, starttime
            bdf: bool = False) -> Path:
     import edfio
 
-    signal_cls, file_cls = (edfio.BdfSignal, edfio.Bdf) if bdf else (edfio.EdfSignal, edfio.Edf)
-    sig = [signal_cls(np.sin(np.arange(1000) / 7.0) * 50.0, FS, label="Cz", physical_dimension="uV",
-                      physical_range=(-100.0, 100.0))]
+    x = np.sin(np.arange(1000) / 7.0) * 50.0
     anns = [edfio.EdfAnnotation(o, d, t) for o, d, t in annotations]
-    file_cls(sig, starttime=starttime, annotations=anns).write(path)
+    if bdf:
+        edfio.Bdf([edfio.BdfSignal(x, FS, label="Cz", physical_dimension="uV", physical_range=(-100.0, 100.0))],
+                  starttime=starttime, annotations=anns).write(path)
+    else:
+        edfio.Edf([edfio.EdfSignal(x, FS, label="Cz", physical_dimension="uV", physical_range=(-100.0, 100.0))],
+                  starttime=starttime, annotations=anns).write(path)
     return path
 
 
