@@ -21,7 +21,7 @@ from neurostimd.errors import BundleError, DataFormatError
 from neurostimd.model import bundle as files
 from neurostimd.model import report
 from neurostimd.model.dataset import load_recording, segments, windows_for
-from neurostimd.model.labels import summary
+from neurostimd.model.labels import classes_text, summary
 from neurostimd.model.runtime import Bundle, load_bundle
 
 Progress = Callable[[str], None]
@@ -204,14 +204,8 @@ def _baseline(b: Bundle, segs: list[Any], train_idx: list[int], runs: list[dict[
 
 def _bundle_classes(bundle_dir: Path) -> str | None:
     """The --classes text that maps descriptions as the bundle's training did (None if it recorded none)."""
-    mpath = bundle_dir / files.MANIFEST
     try:
-        lab = json.loads(mpath.read_text()).get("labels") or {}
-    except (OSError, ValueError):
+        lab = json.loads((bundle_dir / files.MANIFEST).read_text()).get("labels")
+    except (OSError, ValueError, AttributeError):
         return None  # load_bundle reports the unreadable manifest
-    mapping, names = lab.get("classes"), lab.get("class_names")
-    if not isinstance(mapping, dict) or not isinstance(names, list):
-        return None
-    order = {str(n): i for i, n in enumerate(names)}
-    items = sorted(((str(c), str(d)) for d, c in mapping.items()), key=lambda it: (order.get(it[0], len(order)), it))
-    return ",".join(f"{c}={d}" for c, d in items) if items else None
+    return classes_text(lab)

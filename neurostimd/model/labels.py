@@ -356,3 +356,16 @@ def summary(lab_info: dict[str, Any]) -> str:
     if unmapped:
         text += "; not mapped: " + ", ".join(f"{d!r} ×{c}" for d, c in sorted(unmapped.items()))
     return text
+
+
+def classes_text(manifest_labels: object) -> str | None:
+    """The --classes text that maps descriptions as a bundle's training did, from its manifest's `labels` (None if
+    it recorded none)."""
+    if not isinstance(manifest_labels, dict):
+        return None
+    mapping, names = manifest_labels.get("classes"), manifest_labels.get("class_names")
+    if not isinstance(mapping, dict) or not isinstance(names, list):
+        return None
+    order = {str(n): i for i, n in enumerate(names)}
+    items = sorted(((str(c), str(d)) for d, c in mapping.items()), key=lambda it: (order.get(it[0], len(order)), it))
+    return ",".join(f"{c}={d}" for c, d in items) if items else None

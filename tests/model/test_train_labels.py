@@ -185,3 +185,19 @@ def test_an_edf_without_labels_or_annotations_exits_65(work: Path, tmp_path: Pat
     assert main(["train", "--data", str(plain), "--labels", "annotations", "--classes", "a,b", "--out",
                  str(tmp_path / "b"), *FAST]) == EX_DATAERR
     assert "carries no annotations" in capsys.readouterr().err
+
+
+def test_add_stats_takes_the_labels_from_where_training_took_them(edf_bundle: tuple[Path, Path],
+                                                                   tmp_path: Path) -> None:
+    """add-stats on a bundle trained from annotations reads the EDF's annotations as training did, so it finds the
+    same segments and computes exactly the statistics training wrote."""
+    import shutil
+
+    bdir, rec = edf_bundle
+    copy = tmp_path / "b"
+    shutil.copytree(bdir, copy)
+    written = json.loads((bdir / files.MANIFEST).read_text())["signal_stats"]
+    again = files.add_signal_stats(copy, [rec])["signal_stats"]
+    assert again["verified_by"] == "sha256"
+    keep = ("abs_max", "rms", "abs_p999", "window_rms_lo", "window_rms_hi", "n_samples", "window_samples")
+    assert {k: again[k] for k in keep} == {k: written[k] for k in keep}
