@@ -343,8 +343,13 @@ def _read_edf(p: Path, fs: float | None, units: str | None = None, *, label_chan
 def _edf_annotations(p: Path, edf: Any) -> list[Annotation]:
     """EDF+/BDF+ annotations, onsets in seconds from the first sample (edfio takes off a subsecond start). A
     discontinuous EDF+D's onsets are on its own clock, not on the samples laid end to end: they are not read."""
-    anns = [Annotation(float(a.onset), float(a.duration or 0.0), str(a.text)) for a in edf.annotations]
-    if anns and not edf.is_continuous:
+    try:
+        anns = [Annotation(float(a.onset), float(a.duration or 0.0), str(a.text)) for a in edf.annotations]
+        continuous = bool(edf.is_continuous)
+    except Exception as err:  # edfio raises ValueError and others on a malformed annotations signal
+        raise DataFormatError(f"{p}: its EDF+ annotations cannot be read ({err}); repair the file or drop its "
+                              f"annotations signal") from err
+    if anns and not continuous:
         log.warning("edf_discontinuous_annotations_skipped", path=str(p), n=len(anns))
         return []
     return sorted(anns, key=lambda a: a.onset_s)
