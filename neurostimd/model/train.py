@@ -4,7 +4,6 @@ TensorFlow is imported inside the functions, so importing this module stays chea
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
@@ -21,16 +20,17 @@ import structlog
 from neurostimd.core.features import FeatureSettings, FrontEnd, Scaler, design_filters, design_notch
 from neurostimd.core.stats import compute_signal_stats
 from neurostimd.core.stimtable import StimTable, notebook_table, table_mismatch
-from neurostimd.errors import BundleError, DataFormatError, NeurostimError
+from neurostimd.errors import BundleError, DataFormatError
 from neurostimd.model import bundle as files
 from neurostimd.model.dataset import (
     LabelledRecording,
-    load_recording,
+    load_recordings,
     pick_inputs,
     segments,
     split_segments,
     windows_for,
 )
+from neurostimd.model.labels import summary
 
 log = structlog.get_logger(__name__)
 
@@ -55,9 +55,10 @@ def _check_compatible(recs: list[LabelledRecording]) -> None:
 
 def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, seed: int = 0, batch_size: int = 32,
                  settings: FeatureSettings | None = None, table: StimTable | None = None, val_fraction: float = 0.2,
-                 test_fraction: float = 0.0, block_s: float = 20.0, stride: int = 1,
-                 progress: Progress = _progress) -> dict[str, Any]:
-    """Train on `data`, write the bundle to `out`, return its manifest."""
+                 test_fraction: float = 0.0, block_s: float = 20.0, stride: int = 1, labels: str | None = None,
+                 classes: str | None = None, progress: Progress = _progress) -> dict[str, Any]:
+    """Train on `data`, write the bundle to `out`, return its manifest. `labels` and `classes` are `--labels` and
+    `--classes` (neurostimd.model.labels); None = each file's own labels and class names."""
     import keras
     import tensorflow as tf
 
@@ -71,7 +72,10 @@ def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, 
     if val_fraction <= 0:
         raise ValueError("--val-fraction must be > 0: early stopping and checkpointing watch the validation split")
     t_start = time.perf_counter()
-    recs = [load_recording(p) for p in data]
+    recs = load_recordings(list(data), labels, classes)
+    for r in recs:
+        if labels is not None or classes is not None:
+            progress(f"{r.path}: {summary(r.label_info)}")
     # Front end (picks, reference, notch): the model's input channels by name, and the options must fit the data.
     recs = [pick_inputs(r, settings) for r in recs]
     try:
@@ -193,7 +197,9 @@ def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, 
         "class_names": class_names, "channel_names": channel_names,
         "channel_names_declared": all(r.names_declared for r in recs),
         "signal_stats": {**stats.to_json(), "verified_by": "training"},
-        "training_data": [{"path": r.path, "sha256": r.sha256, "kind": r.kind} for r in recs],
+        "training_data": [{"path": r.path, "sha256": r.sha256, "kind": r.kind, "labels": r.label_info}
+                          for r in recs],
+        "labels": _labels_manifest(recs, labels, classes),
         "training_data_sha256": data_hash, "metrics": metrics,
         "training": {"epochs": epochs, "seed": seed, "batch_size": batch_size, "stride": stride,
                      "architecture": "BiLSTM(64,seq)-Dropout(0.3)-BiLSTM(32)-Dropout(0.3)-Dense(16,relu)-"
@@ -206,6 +212,16 @@ def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, 
     load_bundle(out_dir)
     progress(f"wrote {out_dir} (LiteRT verified against Keras); total {time.perf_counter() - t_start:.0f} s")
     return manifest
+
+
+def _labels_manifest(recs: list[LabelledRecording], labels: str | None, classes: str | None) -> dict[str, Any]:
+    """Where the bundle's labels came from: the --labels source, the --classes text, description → class."""
+    mapping: dict[str, str] = {}
+    for r in recs:
+        mapping.update(r.label_info.get("classes") or {})
+    return {"source": recs[0].label_info.get("source", "file") if labels is not None else "file",
+            "classes_arg": classes, "classes": mapping or {c: c for c in recs[0].class_names},
+            "class_names": recs[0].class_names}
 
 
 def quiet_tensorflow() -> None:
@@ -240,28 +256,3 @@ def front_end_options(channels: str | None, reference: str | None, notch_hz: int
         ref = pairs
     return FrontEnd(channels=picks, reference=ref, notch_hz=notch_hz)
 
-
-def cmd_train(args: argparse.Namespace) -> int:
-    quiet_tensorflow()
-    overrides: dict[str, Any] = {}
-    if args.features:
-        overrides["kind"] = args.features
-    if args.hop_ms is not None:
-        overrides["hop_ms"] = args.hop_ms
-    if args.frame_hops is not None:
-        overrides["frame_hops"] = args.frame_hops
-    if args.frames is not None:
-        overrides["n_frames"] = args.frames
-    try:
-        front_end = front_end_options(args.channels, args.reference, args.notch)
-        if front_end is not None:
-            overrides["front_end"] = front_end
-        settings = FeatureSettings(**overrides)
-        table = StimTable.from_file(args.table) if args.table else None
-        train_bundle(args.data, args.out, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
-                     settings=settings, table=table, val_fraction=args.val_fraction,
-                     test_fraction=args.test_fraction, block_s=args.block_s, stride=args.stride)
-    except (NeurostimError, ValueError, OSError) as err:
-        print(f"neurostimd train: {err}", file=sys.stderr)
-        return 2
-    return 0
