@@ -101,7 +101,7 @@ class MarkerTracker:
             self._state = state
             conf = record.get("confidence")
             out.append(format_marker(f"state:{self.state_name(state)}", index=state,
-                                     confidence=None if conf is None else round(float(conf), 4)))
+                                     confidence=None if conf is None or state is None else round(float(conf), 4)))
         faults = [str(f) for f in (record.get("faults") or [])]
         out += [f"fault:raised:{_clean(f)}" for f in faults if f not in self._faults]
         out += [f"fault:cleared:{_clean(f)}" for f in self._faults if f not in faults]
