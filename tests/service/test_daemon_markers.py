@@ -91,10 +91,12 @@ def test_reloads_and_shutdown_are_markers_with_decision_timestamps(tmp_path: Pat
             cfg_path.write_text("[loop\ncadence_ms = ")  # not TOML: the reload is rejected
             box[0]._reload.set()  # what SIGHUP does
             marks["bad"] = now
+            marks["config:reload_rejected"] = len(tick_ns) - 1
         elif "bad" in marks and "good" not in marks and now - marks["bad"] > 0.5:
             cfg_path.write_text(good)
             box[0]._reload.set()
             marks["good"] = now
+            marks["config:reloaded"] = len(tick_ns) - 1
         elif "good" in marks and now - marks["good"] > 1.0:
             box[0].request_stop()
         return stats
@@ -121,7 +123,8 @@ def test_reloads_and_shutdown_are_markers_with_decision_timestamps(tmp_path: Pat
     for name in ("config:reload_rejected", "config:reloaded"):
         ts = mk_ts[tags.index(name)]
         assert ts in set(dec_ts), f"{name} carries a decision's timestamp"
-        assert tick_ns.index(round(ts * 1e9)) > 0, f"{name} goes out with the decision after the reload"
+        # the reload runs between this tick and the next: its marker goes out with the next decision
+        assert ts == tick_ns[int(marks[name]) + 1] / 1e9, f"{name} goes out with the first decision after it"
     assert all(ts in set(dec_ts) for m, ts in zip(texts, mk_ts, strict=True) if not m.endswith("shutdown")
                and m != "session:stop")
     sent = [m for _, m in daemon._markers.sent]  # type: ignore[union-attr]
