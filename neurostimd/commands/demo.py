@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     reader.start()
     from neurostimd.config import load_config
 
-    state_file = load_config(args.config).runtime.state_file
+    run_cfg = load_config(args.config)
+    state_file = run_cfg.runtime.state_file
     state_file.unlink(missing_ok=True)
     done = threading.Event()
     ticker = threading.Thread(target=_ticker, args=(state_file, t0, done), name="demo-status", daemon=True)
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         done.set()
         reader.join(timeout=5)
         sim.stop(timeout_s=5)
-    print(f"done: daemon exit code {code}; audit log {runs / 'audit.jsonl'}", flush=True)
+    print(f"done: daemon exit code {code}; audit log {run_cfg.audit.path}", flush=True)
     return code
 
 
