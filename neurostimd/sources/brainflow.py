@@ -6,11 +6,15 @@ What is delivered is BrainFlow's channel list of one kind (get_eeg_channels, get
 DataFormatDesc.html) and states no unit for the others, which are refused. The board's description
 (BoardShim.get_board_descr) gives the rows, the rate and the EEG names, and is checked against the config at open.
 
-Sample counter: the package-number row (a counter that wraps at 256) is unwrapped into the ring's sample counter, so a
-dropped package is a gap in the ring. A step the counter cannot tell apart (a whole wrap lost, a session restarted)
-is sized from BrainFlow's timestamps. Timestamps: BrainFlow's timestamp row (Unix seconds, for many boards stamped on
-the PC on arrival) is moved onto time.monotonic() and smoothed along the counter by the board source's
-CounterClockMap, so arrival jitter does not look like clock jumps.
+Sample counter: the package-number row (a counter that wraps at `package_modulus`, 256) is unwrapped into the ring's
+sample counter, so a dropped package is a gap in the ring. A step the counter cannot tell apart (a whole wrap lost, a
+session restarted) is sized from BrainFlow's timestamps. Boards whose package number counts packets of several
+samples (or stays 0) are read with `gap_detection = "timestamps"`: gaps are then steps in BrainFlow's timestamps.
+
+Timestamps: BrainFlow's timestamp row (Unix seconds, for many boards stamped on the PC on arrival) is moved onto
+time.monotonic() and smoothed along the counter by the board source's CounterClockMap, so arrival jitter does not
+look like clock jumps; no stamp is later than its arrival. A streaming board fed from another host needs that host's
+clock in step with this one's (NTP): its stamps are that host's Unix time.
 
 Staleness and reconnect: no samples for `stale_after_ms` makes the source stale; after `reconnect_after_ms` (or a
 BrainFlowError) the session is released and prepared again in a background thread, with back-off, so that the loop's
@@ -41,11 +45,12 @@ log = structlog.get_logger(__name__)
 
 # The kinds whose unit BrainFlow states (µV, "For EXG channels BrainFlow returns uV wherever possible").
 UV_KINDS = frozenset({"eeg", "emg", "ecg", "eog", "exg"})
-PACKAGE_MODULUS = 256  # BrainFlow's package number is one byte on the boards it documents
 # Boards that carry another board's data: their layout and rate are those of params.master_board.
 _CARRIERS = {BoardIds.PLAYBACK_FILE_BOARD.value: "PLAYBACK_FILE_BOARD",
              BoardIds.STREAMING_BOARD.value: "STREAMING_BOARD"}
-_JOIN_S = 5.0  # close() waits this long for a reconnect in progress
+# close() waits at most this long for a reconnect in progress and the release of the session (BrainFlow's streaming
+# board takes up to 5 s to release a session that receives nothing); the rest finishes in the background.
+_CLOSE_S = 2.0
 
 
 def board_name(board_id: int) -> str:
@@ -109,7 +114,8 @@ class BrainFlowSource(Source):
         self._ts_row = 0
         self._rate_hz = float(cfg.sample_rate_hz)
         self._period_s = 1.0 / self._rate_hz
-        self._gap_s = gap_threshold_s(self._rate_hz)
+        self._gap_s = gap_threshold_s(self._rate_hz, cfg.timestamp_jitter_ms / 1000.0)
+        self._modulus = int(cfg.package_modulus)
         self._map: CounterClockMap | None = None
         self._counter: int | None = None  # ring counter of the last sample written
         self._last_pkg: int | None = None
@@ -228,7 +234,7 @@ class BrainFlowSource(Source):
         self._ts_row = int(descr["timestamp_channel"])
         self._rate_hz = rate
         self._period_s = 1.0 / rate
-        self._gap_s = gap_threshold_s(rate)
+        self._gap_s = gap_threshold_s(rate, cfg.timestamp_jitter_ms / 1000.0)
 
     def _start_session(self) -> None:
         """Prepare the board's session and start it streaming; BrainFlowError when the board cannot be reached."""
@@ -281,14 +287,22 @@ class BrainFlowSource(Source):
 
     def _close(self) -> None:
         self._closing.set()
-        worker = self._worker
-        if worker is not None:
-            worker.join(timeout=_JOIN_S)
-        self._worker = None
+        worker, shim = self._worker, self._shim
+        self._worker, self._shim = None, None
         self._live = self._ready = False
-        if self._shim is not None:
-            self._release(self._shim)
-        self._shim = None
+
+        def finish() -> None:
+            if worker is not None:
+                worker.join()
+            if shim is not None:
+                self._release(shim)
+
+        closer = threading.Thread(target=finish, name="brainflow-close", daemon=True)
+        closer.start()
+        closer.join(timeout=_CLOSE_S)
+        if closer.is_alive():
+            log.warning("brainflow_release_slow", board=board_name(self.board_id), waited_s=_CLOSE_S,
+                        detail="BrainFlow is still releasing the session; it finishes in the background")
 
     # --- clocks ----------------------------------------------------------------------------------------------------
     def _measure_clock(self) -> None:
@@ -347,50 +361,28 @@ class BrainFlowSource(Source):
         return moved
 
     def _write(self, ring: RingBuffer, data: npt.NDArray[np.float64]) -> int:
-        """One chunk from BrainFlow: unwrap its package numbers into the ring's counter, stamp it on the monotonic
-        clock, write each contiguous run. A chunk that cannot be read (wrong rows, non-numbers in the counter or the
-        time) is dropped and counted, never raised."""
+        """One chunk from BrainFlow: its ring counters (from the package numbers, or the timestamps), its stamps on
+        the monotonic clock, one ring write per contiguous run. A chunk that cannot be read (too few rows, non-numbers
+        in the counter or the time) is dropped and counted, never raised."""
         if data.shape[0] <= max(int(self._take.max()), self._pkg_row, self._ts_row):
             self._bad(f"a chunk of {data.shape[0]} rows, the board's layout has more")
             return 0
         pkg_f = data[self._pkg_row]
         ts_unix = data[self._ts_row]
-        if not (np.all(np.isfinite(pkg_f)) and np.all(np.isfinite(ts_unix))):
+        by_packages = self.cfg.gap_detection == "package_num"
+        if not (np.all(np.isfinite(ts_unix)) and (not by_packages or np.all(np.isfinite(pkg_f)))):
             self._bad("non-finite package numbers or timestamps")
             return 0
-        pkg = np.rint(pkg_f).astype(np.int64) % PACKAGE_MODULUS
-        n = pkg.shape[0]
-        counters = np.empty(n, dtype=np.int64)
-        keep = np.ones(n, dtype=bool)
-        prev_pkg, prev_ts, c = self._last_pkg, self._last_ts_unix, self._counter
-        if c is not None and not self._restarted and prev_pkg is not None and \
-                (int(pkg[0]) - prev_pkg) % PACKAGE_MODULUS == 1 and bool(np.all(np.diff(pkg) % PACKAGE_MODULUS == 1)):
-            counters[:] = c + 1 + np.arange(n)  # the common case: every package in turn
-        else:
-            for i in range(n):  # rare path: a drop, a wrap of another size, a restart, the first chunk
-                p, t = int(pkg[i]), float(ts_unix[i])
-                if c is None:
-                    c = 0
-                elif self._restarted or prev_pkg is None or prev_ts is None:
-                    # a new session: its counter restarted; the timestamps say how long the board was away
-                    dt = t - prev_ts if prev_ts is not None else 0.0
-                    c += max(1, round(dt * self._rate_hz)) if np.isfinite(dt) else 1
-                    self._restarted = False
-                else:
-                    step = self._step(p, prev_pkg, t - prev_ts)
-                    if step == 0:  # the same package again: drop the copy
-                        keep[i] = False
-                        continue
-                    c += step
-                counters[i] = c
-                prev_pkg, prev_ts = p, t
+        pkg = np.rint(pkg_f).astype(np.int64) % self._modulus if by_packages else np.zeros(ts_unix.shape, np.int64)
+        counters, keep = self._counters_by_packages(pkg, ts_unix) if by_packages else self._counters_by_time(ts_unix)
+        self._restarted = False
         if not keep.all():
             self.bad_chunks += 1
             log.warning("brainflow_duplicate_packages", board=board_name(self.board_id), n=int((~keep).sum()))
             counters, ts_unix, data, pkg = counters[keep], ts_unix[keep], data[:, keep], pkg[keep]
-            n = counters.shape[0]
-            if n == 0:
-                return 0
+        n = int(counters.shape[0])
+        if n == 0:
+            return 0
         self._last_pkg = int(pkg[-1])
         self._last_ts_unix = float(ts_unix[-1])
         self._counter = int(counters[-1])
@@ -398,31 +390,86 @@ class BrainFlowSource(Source):
             self._first_counter = int(counters[0])
         x = np.ascontiguousarray(data[self._take].T, dtype=np.float32)  # BrainFlow's µV
         mono = ts_unix + self._mono_minus_unix_s
+        now = time.monotonic()
         cuts = np.flatnonzero(np.diff(counters) != 1) + 1
         assert self._map is not None
         for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), n], strict=True):
             run_c = counters[a:b]
-            # the least-delayed stamp of the run says where its last sample is on the monotonic clock
-            t_last = float(np.min(mono[a:b] - (run_c - run_c[-1]) * self._period_s))
+            # the least-delayed stamp of the run says where its last sample is on the monotonic clock (never later
+            # than now: a board whose clock runs ahead must not make old data look fresh)
+            t_last = min(now, float(np.min(mono[a:b] - (run_c - run_c[-1]) * self._period_s)))
             ts = self._map.stamp(int(run_c[0]), b - a, t_last)
             ring.write(x[a:b], ts, first_index=int(run_c[0]))
         if cuts.size:
             self.gaps_seen += int(cuts.size)
         return n
 
+    def _counters_by_packages(self, pkg: npt.NDArray[np.int64], ts_unix: npt.NDArray[np.float64]
+                              ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Ring counters from the package numbers (and which samples to keep: a repeated package is dropped)."""
+        n = pkg.shape[0]
+        m = self._modulus
+        keep = np.ones(n, dtype=bool)
+        prev_pkg, prev_ts, c = self._last_pkg, self._last_ts_unix, self._counter
+        if c is not None and not self._restarted and prev_pkg is not None and \
+                (int(pkg[0]) - prev_pkg) % m == 1 and bool(np.all(np.diff(pkg) % m == 1)):
+            return c + 1 + np.arange(n, dtype=np.int64), keep  # the common case: every package in turn
+        counters = np.empty(n, dtype=np.int64)
+        restarted = self._restarted
+        for i in range(n):  # rare path: a drop, a wrap of another size, a restart, the first chunk
+            p, t = int(pkg[i]), float(ts_unix[i])
+            if c is None:
+                c = 0
+            elif restarted or prev_pkg is None or prev_ts is None:
+                c += self._steps_by_time(t - prev_ts if prev_ts is not None else 0.0)
+                restarted = False
+            else:
+                step = self._step(p, prev_pkg, t - prev_ts)
+                if step == 0:  # the same package again: drop the copy
+                    keep[i] = False
+                    counters[i] = c
+                    continue
+                c += step
+            counters[i] = c
+            prev_pkg, prev_ts = p, t
+        return counters, keep
+
+    def _counters_by_time(self, ts_unix: npt.NDArray[np.float64]
+                          ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Ring counters from the timestamps alone: a step above 1.5 periods (+ timestamp_jitter_ms) is a gap of the
+        samples it spans; shorter or backward steps count one sample."""
+        n = ts_unix.shape[0]
+        prev_ts, c = self._last_ts_unix, self._counter
+        steps = np.diff(ts_unix, prepend=prev_ts if prev_ts is not None else ts_unix[0])
+        inc = np.ones(n, dtype=np.int64)
+        gap = steps > self._gap_s
+        if gap.any():
+            inc[gap] = np.maximum(1, np.rint(steps[gap] * self._rate_hz).astype(np.int64))
+        if c is None:
+            inc[0] = 0
+            c = 0
+        counters = c + np.cumsum(inc)
+        self.missing_packages += int(np.maximum(inc - 1, 0).sum())
+        return counters, np.ones(n, dtype=bool)
+
+    def _steps_by_time(self, dt_s: float) -> int:
+        """How many sample periods a step between sessions spans (at least one)."""
+        return max(1, round(dt_s * self._rate_hz)) if np.isfinite(dt_s) else 1
+
     def _step(self, pkg: int, prev_pkg: int, dt_s: float) -> int:
         """How far the ring counter moves from the previous package to this one (1: the next package)."""
-        d = (pkg - prev_pkg) % PACKAGE_MODULUS
+        m = self._modulus
+        d = (pkg - prev_pkg) % m
         by_time = round(dt_s * self._rate_hz) if np.isfinite(dt_s) else d
         if d == 0 and dt_s <= self._gap_s:
             return 0  # the same package again
         if pkg == 0 and d != 1 and dt_s <= self._gap_s:
-            return 1  # a counter that wraps below 256, back at 0 on time
+            return 1  # a counter that wraps below the modulus, back at 0 on time
         if d == 0:
-            d = PACKAGE_MODULUS
+            d = m
         # a whole wrap (or more) lost shows only in the timestamps: the count congruent to the counter nearest them
-        if by_time > d + PACKAGE_MODULUS // 2:
-            d += PACKAGE_MODULUS * round((by_time - d) / PACKAGE_MODULUS)
+        if by_time > d + m // 2:
+            d += m * round((by_time - d) / m)
         if d > 1:
             self.missing_packages += d - 1
         return d

@@ -201,7 +201,8 @@ class BrainFlowSourceConfig(Strict):
     are BrainFlow's list of `channel_kind` for the board (in µV, as BrainFlow documents for EXG channels);
     `channels` picks some of them by BrainFlow's names (EEG channels of boards that name them). `n_channels` (the
     size of that list) and `sample_rate_hz` are what the board must have, checked at open. The board's package
-    counter becomes the ring's sample counter, so dropped packages are gaps. No samples for `stale_after_ms`: stale;
+    counter becomes the ring's sample counter, so dropped packages are gaps (`gap_detection = "timestamps"` for a
+    board whose counter counts packets rather than samples). No samples for `stale_after_ms`: stale;
     for `reconnect_after_ms`: the session is released and prepared again, with back-off from
     `reconnect_interval_ms` to `reconnect_max_interval_ms`."""
 
@@ -217,6 +218,12 @@ class BrainFlowSourceConfig(Strict):
     reconnect_interval_ms: float = Field(500.0, gt=0)
     reconnect_max_interval_ms: float = Field(8000.0, gt=0)
     buffer_samples: int = Field(450_000, ge=1000)  # BrainFlow's ring buffer (start_stream), its default size
+    # How dropped samples are found: "package_num" (the board's package number counts samples, wrapping at
+    # package_modulus) or "timestamps" (for a board whose package number counts packets of several samples, or is
+    # not written: a timestamp step above 1.5 periods + timestamp_jitter_ms is a gap)
+    gap_detection: Literal["package_num", "timestamps"] = "package_num"
+    package_modulus: int = Field(256, ge=2)
+    timestamp_jitter_ms: float = Field(0.0, ge=0, le=1000)
 
     _board = field_validator("board_id")(_check_board_name)
     _channels = field_validator("channels")(_check_channels)

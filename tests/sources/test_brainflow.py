@@ -141,29 +141,55 @@ def test_stale_when_the_board_stops_then_reconnected(opened: Any) -> None:
     assert ring.counters.gaps >= 1 and ring.counters.missing_samples >= 0.5 * RATE
 
 
-def test_a_session_that_cannot_be_prepared_again_is_retried_with_back_off(opened: Any,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """A board that refuses the new session keeps the source stale with BrainFlow's reason, and is retried at
-    growing intervals rather than on every tick; pump() never raises."""
-    from brainflow.board_shim import BrainFlowError, BrainFlowExitCodes
-
-    src = opened(config(stale_after_ms=100.0, reconnect_after_ms=200.0, reconnect_interval_ms=100.0,
-                        reconnect_max_interval_ms=400.0))
-    attempts: list[float] = []
-
-    def refuse() -> None:
-        attempts.append(time.monotonic())
-        raise BrainFlowError("the board is gone", BrainFlowExitCodes.UNABLE_TO_OPEN_PORT_ERROR.value)
-
+def test_a_session_that_cannot_be_prepared_again_is_retried_with_back_off(opened: Any, tmp_path: Path) -> None:
+    """A playback whose file is gone when its session is prepared again (a board unplugged): the source stays stale
+    with BrainFlow's reason, retries at growing intervals rather than on every tick, never raises, and comes back
+    when the file does."""
+    board_file(tmp_path / "short.csv", np.arange(40))
+    src = opened(playback(tmp_path / "short.csv").model_copy(update={
+        "stale_after_ms": 100.0, "reconnect_after_ms": 200.0, "reconnect_interval_ms": 100.0,
+        "reconnect_max_interval_ms": 800.0}))
     ring = ring_for(src)
-    run_for(src, ring, 0.3)
-    monkeypatch.setattr(src, "_start_session", refuse)  # where a real board is unplugged: no BrainFlow fake exists
-    src._shim.stop_stream()
-    run_for(src, ring, 2.5)
-    assert src.stale and "the board is gone" in (src.stale_reason or "")
-    assert 3 <= len(attempts) <= 8
+    run_for(src, ring, 1.0, until=lambda: ring.total_written >= 40)
+    assert ring.total_written == 40
+    (tmp_path / "short.csv").rename(tmp_path / "away.csv")
+    t0 = time.monotonic()
+    reasons: list[tuple[float, str]] = []
+    while time.monotonic() - t0 < 2.5:
+        src.pump(ring, 0.02)
+        r = src.stale_reason or ""
+        if "unable to prepare" in r and (not reasons or reasons[-1][1] != r):
+            reasons.append((time.monotonic() - t0, r))
+    assert src.stale and "unable to prepare streaming session" in (src.stale_reason or "")
+    assert src.reconnects == 0
+    (tmp_path / "away.csv").rename(tmp_path / "short.csv")
+    run_for(src, ring, 3.0, until=lambda: ring.total_written > 40)
+    assert ring.total_written > 40 and src.reconnects == 1
+    assert ring.counters.gaps == 1  # the time away is a gap, not continuous signal
+
+
+def test_back_off_doubles_up_to_its_maximum(opened: Any, tmp_path: Path) -> None:
+    """Failed attempts are spaced reconnect_interval_ms, then twice that, ..., up to reconnect_max_interval_ms."""
+    board_file(tmp_path / "short.csv", np.arange(20))
+    src = opened(playback(tmp_path / "short.csv").model_copy(update={
+        "stale_after_ms": 50.0, "reconnect_after_ms": 100.0, "reconnect_interval_ms": 100.0,
+        "reconnect_max_interval_ms": 400.0}))
+    ring = ring_for(src)
+    run_for(src, ring, 1.0, until=lambda: ring.total_written >= 20)
+    (tmp_path / "short.csv").unlink()
+    attempts: list[float] = []
+    real = src._start_session
+
+    def counted() -> None:  # the real start, timed
+        attempts.append(time.monotonic())
+        real()
+
+    src._start_session = counted
+    run_for(src, ring, 2.6)
     gaps = np.diff(attempts)
-    assert gaps[-1] > gaps[0]  # back-off
+    assert len(attempts) >= 4, attempts
+    assert gaps[0] == pytest.approx(0.1, abs=0.06) and gaps[1] == pytest.approx(0.2, abs=0.06)
+    assert gaps[-1] == pytest.approx(0.4, abs=0.08)
 
 
 # --- files played by BrainFlow's PLAYBACK_FILE_BOARD ---------------------------------------------------------------
@@ -212,6 +238,32 @@ def test_a_counter_wrapping_at_256_is_not_a_gap(opened: Any, tmp_path: Path) -> 
     ring = ring_for(src)
     run_for(src, ring, 3.0, until=lambda: ring.total_written >= 130)
     assert ring.total_written == 130 and ring.counters.gaps == 0
+
+
+def test_gaps_from_the_timestamps_for_a_board_whose_counter_counts_packets(opened: Any, tmp_path: Path) -> None:
+    """With gap_detection = "timestamps", a file whose package number stays 0 (a board that does not write it) but
+    whose timestamps skip 25 samples gives one gap of about 25 missing samples (the playback board stamps on
+    arrival: timestamp_jitter_ms covers its jitter, and the count is the step's length), and keeps every sample."""
+    data = board_file(tmp_path / "ts.csv", np.r_[0:80, 105:185])
+    data[PKG] = 0.0
+    DataFilter.write_file(np.ascontiguousarray(data), str(tmp_path / "ts.csv"), "w")
+    src = opened(playback(tmp_path / "ts.csv", gap_detection="timestamps", timestamp_jitter_ms=20.0))
+    ring = ring_for(src)
+    run_for(src, ring, 3.0, until=lambda: ring.total_written >= 160)
+    assert ring.total_written == 160
+    assert ring.counters.gaps == 1 and abs(ring.counters.missing_samples - 25) <= 3
+    assert ring.latest(160).flags[80] & FLAG_GAP
+
+
+def test_repeated_packages_are_dropped_in_package_mode(opened: Any, tmp_path: Path) -> None:
+    """The same package number twice at once (a board that writes a sample twice) keeps one copy, no gap."""
+    data = board_file(tmp_path / "dup.csv", np.r_[0:50, 49:100])
+    data[TS, 51:] -= 1 / RATE  # the copy has its original's time; the rest follow on time
+    DataFilter.write_file(np.ascontiguousarray(data), str(tmp_path / "dup.csv"), "w")
+    src = opened(playback(tmp_path / "dup.csv"))
+    ring = ring_for(src)
+    run_for(src, ring, 2.0, until=lambda: ring.total_written >= 100)
+    assert ring.total_written == 100 and ring.counters.gaps == 0 and src.bad_chunks == 1
 
 
 def test_non_numbers_in_the_counter_are_dropped_not_raised(opened: Any, tmp_path: Path) -> None:
