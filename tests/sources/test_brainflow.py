@@ -386,16 +386,35 @@ def test_config_parses_and_resolves_the_playback_file(tmp_path: Path) -> None:
     assert any("board_id" in line for line in exc.value.errors)
 
 
-def test_the_daemon_runs_from_config_brainflow_toml(tmp_path: Path) -> None:
-    """`neurostimd run --config config/brainflow.toml --duration 4` (the synthetic board, the virtual stimulator, the
-    demonstration bundle) starts, decides on the board's samples and exits 0."""
+def _shipped_config_in(tmp_path: Path, edit: Any = None) -> Path:
+    """config/brainflow.toml with its outputs under tmp_path (and `edit` applied to its text)."""
     cfg = (ROOT / "config" / "brainflow.toml").read_text()
     cfg = cfg.replace('"runs/brainflow/audit.jsonl"', json.dumps(str(tmp_path / "audit.jsonl")))
     cfg = cfg.replace('"runs/brainflow/state.json"', json.dumps(str(tmp_path / "state.json")))
     bundle = json.dumps(str(ROOT / "models" / "brainflow-synthetic"))
     cfg = cfg.replace('bundle = "models/brainflow-synthetic"', f"bundle = {bundle}")
+    if edit is not None:
+        cfg = edit(cfg)
     path = tmp_path / "brainflow.toml"
     path.write_text(cfg)
+    return path
+
+
+def test_the_daemon_refuses_a_board_montage_the_bundle_was_not_trained_on(tmp_path: Path) -> None:
+    """config/brainflow.toml without its `channels` pick (all 16 EEG channels) does not fit the 4-channel bundle:
+    the daemon refuses to start with exit 78, naming the channels to pick."""
+    path = _shipped_config_in(tmp_path, lambda t: t.replace('channels = ["C3", "Cz", "C4", "Pz"]', ""))
+    res = subprocess.run([sys.executable, "-m", "neurostimd", "run", "--config", str(path), "--duration", "2"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 78, res.stdout[-2000:] + res.stderr[-2000:]
+    refused = [json.loads(line) for line in res.stdout.splitlines() if '"startup_refused"' in line]
+    assert refused and "[source] channels" in refused[0]["error"] and "'C3'" in refused[0]["error"]
+
+
+def test_the_daemon_runs_from_config_brainflow_toml(tmp_path: Path) -> None:
+    """`neurostimd run --config config/brainflow.toml --duration 4` (the synthetic board, the virtual stimulator, the
+    demonstration bundle) starts, decides on the board's samples and exits 0."""
+    path = _shipped_config_in(tmp_path)
     res = subprocess.run([sys.executable, "-m", "neurostimd", "run", "--config", str(path), "--duration", "4"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:] + res.stdout[-2000:]
