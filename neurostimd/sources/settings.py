@@ -1,7 +1,7 @@
 """The settings model of each source kind (`[source] kind = ...`), each with the `build()` that makes the source.
 
-These modules import no source library: `build` imports the implementation when called (pylsl only for "lsl").
-The kinds are listed in `neurostimd.registry.SOURCES`."""
+These modules import no source library: `build` imports the implementation when called (pylsl only for "lsl",
+BrainFlow only for "brainflow"). The kinds are listed in `neurostimd.registry.SOURCES`."""
 
 from __future__ import annotations
 
