@@ -236,13 +236,13 @@ class BrainFlowSource(Source):
         self._period_s = 1.0 / rate
         self._gap_s = gap_threshold_s(rate, cfg.timestamp_jitter_ms / 1000.0)
 
-    def _start_session(self) -> None:
+    def _start_session(self, shim: Any) -> None:
         """Prepare the board's session and start it streaming; BrainFlowError when the board cannot be reached."""
         try:
-            self._shim.prepare_session()
-            self._shim.start_stream(self.cfg.buffer_samples)
+            shim.prepare_session()
+            shim.start_stream(self.cfg.buffer_samples)
         except BrainFlowError:
-            self._release(self._shim)
+            self._release(shim)
             raise
 
     @staticmethod
@@ -259,7 +259,7 @@ class BrainFlowSource(Source):
         BoardShim.set_log_level(LogLevels.LEVEL_WARN.value)
         self._shim = BoardShim(self.board_id, self._params)
         try:
-            self._start_session()
+            self._start_session(self._shim)
         except BrainFlowError as err:
             self._shim = None
             hint = ("" if self.board_id == BoardIds.SYNTHETIC_BOARD.value else
@@ -510,16 +510,17 @@ class BrainFlowSource(Source):
             return
         self._next_attempt_s = due + self._backoff_s
         self._backoff_s = min(self._backoff_s * 2, self.cfg.reconnect_max_interval_ms / 1000.0)
-        self._worker = threading.Thread(target=self._reconnect, args=(due,), name="brainflow-reconnect", daemon=True)
+        self._worker = threading.Thread(target=self._reconnect, args=(self._shim, due), name="brainflow-reconnect",
+                                        daemon=True)
         self._worker.start()
 
-    def _reconnect(self, due_mono_s: float) -> None:
+    def _reconnect(self, shim: Any, due_mono_s: float) -> None:
         """Worker: release the lost session, wait until due, prepare it again and tell pump()."""
-        self._release(self._shim)
+        self._release(shim)
         if self._closing.wait(max(0.0, due_mono_s - time.monotonic())):
             return
         try:
-            self._start_session()
+            self._start_session(shim)
         except BrainFlowError as err:
             with self._lock:
                 self._pending_error = str(err)
