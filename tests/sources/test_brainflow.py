@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("brainflow")
 
-from brainflow.board_shim import BoardIds, BoardShim
+from brainflow.board_shim import BoardIds, BoardShim, BrainFlowInputParams
 from brainflow.data_filter import DataFilter
 
 from neurostimd.config import parse_config
@@ -424,3 +424,28 @@ def test_the_daemon_runs_from_config_brainflow_toml(tmp_path: Path) -> None:
     assert opened_["channels"] == ["C3", "Cz", "C4", "Pz"] and opened_["rate_hz"] == RATE
     assert "ready" in names and "montage_reordered" not in names
     assert not any(e.get("event") == "fault" and "stale_data" in (e.get("raised") or []) for e in events)
+
+
+def test_the_daemon_faults_on_a_dropped_package_gap_and_on_a_board_that_stops(tmp_path: Path) -> None:
+    """The daemon on a playback of the synthetic board's own signal with 25 packages cut out: the fault monitor raises
+    quality_gap when the gap reaches the decision window, and stale_data when the file ends (the board stops)."""
+    b = BoardShim(SYN, BrainFlowInputParams())
+    b.prepare_session()
+    b.start_stream()
+    time.sleep(3.4)
+    d = b.get_board_data()
+    b.release_session()
+    assert d.shape[1] > 800
+    rec = tmp_path / "gap.csv"
+    DataFilter.write_file(np.ascontiguousarray(d[:, np.r_[0:500, 525:d.shape[1]]]), str(rec), "w")
+    path = _shipped_config_in(tmp_path, lambda t: t.replace('board_id = "SYNTHETIC_BOARD"', 'board_id = '
+                                                            '"PLAYBACK_FILE_BOARD"\nreconnect_after_ms = 60000')
+                              + f'\n[source.params]\nfile = {json.dumps(str(rec))}\nmaster_board = "SYNTHETIC_BOARD"\n')
+    res = subprocess.run([sys.executable, "-m", "neurostimd", "run", "--config", str(path), "--duration", "4"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    raised = [f for e in events if e.get("event") == "fault" for f in e.get("raised") or []]
+    assert "ready" in [e.get("event") for e in events]
+    assert "quality_gap" in raised and "stale_data" in raised
+    assert raised.index("quality_gap") < raised.index("stale_data")
