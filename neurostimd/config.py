@@ -25,9 +25,9 @@ from neurostimd.sources.settings import BoardSourceConfig
 # checker sees the built-in kinds.
 if TYPE_CHECKING:
     from neurostimd.devices import NoDeviceConfig, VirtualDeviceConfig
-    from neurostimd.sources.settings import LslSourceConfig, ReplaySourceConfig
+    from neurostimd.sources.settings import BrainFlowSourceConfig, LslSourceConfig, ReplaySourceConfig
 
-    SourceConfig = BoardSourceConfig | LslSourceConfig | ReplaySourceConfig
+    SourceConfig = BoardSourceConfig | LslSourceConfig | ReplaySourceConfig | BrainFlowSourceConfig
     DeviceConfig = SerialDeviceConfig | VirtualDeviceConfig | NoDeviceConfig
     PolicySettings = PolicyConfig
 else:
