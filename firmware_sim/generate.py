@@ -91,13 +91,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--rate", type=float, default=1000.0, help="sample rate in Hz")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--channel-names", help="comma-separated names for the channels (default ch00, ch01, ...), e.g. "
+                                           "the amplifier's labels a bundle for it must carry")
     args = p.parse_args(argv)
     if args.channels <= 0 or args.rate <= 0:
         p.error("--channels and --rate must be positive")
+    names = None
+    if args.channel_names is not None:
+        names = [n.strip() for n in args.channel_names.split(",")]
+        if len(names) != args.channels or not all(names) or len({n.casefold() for n in names}) != len(names):
+            p.error(f"--channel-names must give {args.channels} distinct, non-empty names (got {args.channel_names!r})")
     try:
         rec = generate_recording(args.duration, args.channels, args.rate, args.seed)
     except ValueError as err:
         p.error(str(err))
+    if names is not None:
+        rec["channel_names"] = np.array(names)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **rec)  # type: ignore[arg-type]  # numpy's stub confuses **arrays with allow_pickle

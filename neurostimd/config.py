@@ -25,9 +25,9 @@ from neurostimd.sources.settings import BoardSourceConfig
 # checker sees the built-in kinds.
 if TYPE_CHECKING:
     from neurostimd.devices import NoDeviceConfig, VirtualDeviceConfig
-    from neurostimd.sources.settings import LslSourceConfig, ReplaySourceConfig
+    from neurostimd.sources.settings import BrainFlowSourceConfig, LslSourceConfig, ReplaySourceConfig
 
-    SourceConfig = BoardSourceConfig | LslSourceConfig | ReplaySourceConfig
+    SourceConfig = BoardSourceConfig | LslSourceConfig | ReplaySourceConfig | BrainFlowSourceConfig
     DeviceConfig = SerialDeviceConfig | VirtualDeviceConfig | NoDeviceConfig
     PolicySettings = PolicyConfig
 else:
@@ -79,6 +79,24 @@ class DecisionsLslConfig(Strict):
     source_id: str = "neurostimd-decisions"
 
 
+class MarkersLslConfig(Strict):
+    """A string Markers stream beside the decisions (docs/lsl-outputs.md): state changes, stimulation, faults,
+    config reloads, stamped with their decision's timestamp."""
+
+    enabled: bool = False
+    name: str = "neurostimd-markers"
+    source_id: str = "neurostimd-markers"
+
+
+class SignalLslConfig(Strict):
+    """The loop's samples as an LSL EEG stream (µV), for a source that is not LSL already (board, BrainFlow,
+    replay)."""
+
+    enabled: bool = False
+    name: str = "neurostimd-signal"
+    source_id: str = "neurostimd-signal"
+
+
 class MetricsConfig(Strict):
     enabled: bool = False
     port: int = Field(9108, gt=0, lt=65536)
@@ -107,6 +125,8 @@ class Config(Strict):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     recorder: RecorderConfig = Field(default_factory=RecorderConfig)
     decisions_lsl: DecisionsLslConfig = Field(default_factory=DecisionsLslConfig)
+    markers_lsl: MarkersLslConfig = Field(default_factory=MarkersLslConfig)
+    signal_lsl: SignalLslConfig = Field(default_factory=SignalLslConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
@@ -115,6 +135,24 @@ class Config(Strict):
     def _source_needs_device(self) -> Config:
         if self.source.kind == "board" and self.device.kind == "none":
             raise ValueError("source.kind = \"board\" reads samples from the device, so device.kind cannot be \"none\"")
+        return self
+
+    @model_validator(mode="after")
+    def _signal_outlet_needs_a_source_off_the_network(self) -> Config:
+        if self.signal_lsl.enabled and self.source.kind == "lsl":
+            raise ValueError("signal_lsl.enabled = true republishes the source's samples, but source.kind = \"lsl\" "
+                             "reads a stream that is already on the network (LabRecorder can record it directly); "
+                             "set [signal_lsl] enabled = false")
+        outlets = (("decisions_lsl", self.decisions_lsl.enabled, self.decisions_lsl.source_id),
+                   ("markers_lsl", self.markers_lsl.enabled, self.markers_lsl.source_id),
+                   ("signal_lsl", self.signal_lsl.enabled, self.signal_lsl.source_id))
+        ids: dict[str, str] = {}
+        for key, enabled, source_id in outlets:
+            if enabled and source_id in ids:
+                raise ValueError(f"{key}.source_id = {source_id!r} is also {ids[source_id]}.source_id; give "
+                                 f"each LSL outlet its own source_id (recorders tell streams apart by it)")
+            if enabled:
+                ids[source_id] = key
         return self
 
     @model_validator(mode="after")

@@ -63,11 +63,14 @@ class LoopState:
 
 @dataclass(frozen=True)
 class DecisionEvent:
-    """One tick's decision: the controller's Command and the class probabilities it was made from."""
+    """One tick's decision: the controller's Command and the class probabilities it was made from. `t_ns`: when
+    the tick started on the loop's clock (`cmd.t_s` is the same instant from the loop's start); the LSL outlets
+    stamp the decision with it. None where a decision was made outside a loop."""
 
     tick: int
     command: Command
     probs: npt.NDArray[np.floating] | None
+    t_ns: int | None = None
 
     @cached_property
     def record(self) -> dict[str, Any]:

@@ -369,7 +369,7 @@ class ClosedLoop:
             self._send_if_changed(tk, cmd)  # audit (fsync'd), then the board
             self._poll_status_if_due(tk)
         stats = self._end_tick(tk, cmd, probs, window is not None, health, len(new))
-        self._notify(new, cmd, probs, tk.command_event)
+        self._notify(new, cmd, probs, tk.command_event, tk.start_ns)
         return stats
 
     # --- the stages of a tick --------------------------------------------------------------------------------------
@@ -475,13 +475,14 @@ class ClosedLoop:
         self.state.ticks += 1
         return stats
 
-    def _notify(self, new: Window, cmd: Command, probs: np.ndarray | None, sent: CommandEvent | None) -> None:
+    def _notify(self, new: Window, cmd: Command, probs: np.ndarray | None, sent: CommandEvent | None,
+                t_ns: int | None = None) -> None:
         """The listeners, after the command path: each guarded, so none can stop the loop."""
         if len(new):
             self.listeners.samples(new)
         if sent is not None:
             self.listeners.command(sent)
-        self.listeners.decision(DecisionEvent(tick=self._tick_index - 1, command=cmd, probs=probs))
+        self.listeners.decision(DecisionEvent(tick=self._tick_index - 1, command=cmd, probs=probs, t_ns=t_ns))
 
     def _board_checks(self, t_s: float, boundary: list[str]) -> None:
         """What the driver learnt about the board since the last decision, as fault causes: a new session (a

@@ -90,6 +90,7 @@ SOURCES = Registry("source", "neurostimd.sources", {
     "board": "neurostimd.sources.settings:BoardSourceConfig",
     "lsl": "neurostimd.sources.settings:LslSourceConfig",
     "replay": "neurostimd.sources.settings:ReplaySourceConfig",
+    "brainflow": "neurostimd.sources.settings:BrainFlowSourceConfig",
 })
 
 POLICIES = Registry("policy", "neurostimd.policies", {

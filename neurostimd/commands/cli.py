@@ -16,12 +16,13 @@ _COMMANDS = {
     "replay": "neurostimd.commands.replay:cmd_replay",
     "check-config": "neurostimd.commands.cli:cmd_check_config",
     "config-schema": "neurostimd.commands.cli:cmd_config_schema",
-    "train": "neurostimd.model.train:cmd_train",
-    "evaluate": "neurostimd.model.evaluate:cmd_evaluate",
+    "train": "neurostimd.commands.training:cmd_train",
+    "evaluate": "neurostimd.commands.training:cmd_evaluate",
     "bench": "neurostimd.commands.bench:cmd_bench",
     "status": "neurostimd.commands.status:cmd_status",
     "closed-loop-eval": "neurostimd.commands.evaluation:cmd_closed_loop_eval",
     "audit": "neurostimd.commands.audit:cmd_audit",
+    "export": "neurostimd.commands.export:cmd_export",
 }
 
 _VERIFY_EPILOG = """\
@@ -35,6 +36,26 @@ examples:
   journalctl -u neurostimd -o cat | grep audit_chain_head | tail -1
   neurostimd audit verify /var/lib/neurostimd/audit.jsonl --expect 199999:<hash from that line>
 """
+
+
+_LABELS_EPILOG = """\
+labels (docs/classifier.md, "Labels"):
+  --labels annotations --classes "rest,active"          EDF+/BDF+/FIF annotations, XDF markers
+  --labels annotations --classes "rest=T0,active=T1,active=T2"   other spellings; several to one class
+  --labels channel:STI [--classes "rest,active"]        a channel of class indices (or NAME=CODE)
+  --labels sub-01_task-x_events.tsv --classes ...       BIDS events (onset, duration, trial_type) or CSV
+  samples no label covers are not trained on or scored; `-=DESCRIPTION` marks a description as unlabelled.
+exit status: 0 done, 2 bad arguments, 65 bad data (recording, labels), 78 bad configuration.
+"""
+
+
+def _label_arguments(p: argparse.ArgumentParser, evaluate: bool = False) -> None:
+    p.add_argument("--labels", default=None,
+                   help="where the labels are: annotations, channel:NAME or an events file (default: the file's own "
+                        "labels)")
+    p.add_argument("--classes", default=None,
+                   help="class names in order, each NAME or NAME=DESCRIPTION (e.g. \"rest=T0,active=T1\")"
+                        + ("; default: the bundle's mapping" if evaluate else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,9 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("config-schema", help="print the config's JSON Schema")
 
-    t = sub.add_parser("train", help="train a model bundle")
+    t = sub.add_parser("train", help="train a model bundle", epilog=_LABELS_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--data", action="append", required=True,
-                   help="labelled recording (repeatable): continuous or epoch-set .npz, CSV with a label column, ARFF")
+                   help="recording (repeatable): continuous or epoch-set .npz, CSV, ARFF, EDF/BDF, XDF, ... with "
+                        "labels of its own or from --labels")
+    _label_arguments(t)
     t.add_argument("--out", required=True, help="bundle folder to write")
     t.add_argument("--epochs", type=int, default=100)
     t.add_argument("--seed", type=int, default=0)
@@ -85,10 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--block-s", type=float, default=20.0,
                    help="continuous recordings: length of the time blocks that splits keep whole")
     t.add_argument("--stride", type=int, default=1, help="train on every Nth window (1 = all)")
+    # front end, stored in the bundle (docs/classifier.md, "Front end")
+    t.add_argument("--channels", default=None, help="the model's input channels by name, e.g. F3,C3,F4,C4 "
+                                                    "(default: every channel of the recording)")
+    t.add_argument("--reference", default=None, help="re-reference: none (default), car (common average over the "
+                                                     "input channels) or bipolar pairs F3-C3,F4-C4")
+    t.add_argument("--notch", type=int, choices=[50, 60], default=None,
+                   help="mains notch at 50 or 60 Hz and its harmonics below 0.45 fs, before the band filters")
 
-    e = sub.add_parser("evaluate", help="evaluate a bundle on held-out data and write a report")
+    e = sub.add_parser("evaluate", help="evaluate a bundle on held-out data and write a report", epilog=_LABELS_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("--bundle", required=True)
     e.add_argument("--data", required=True, help="a labelled recording, as for train")
+    _label_arguments(e, evaluate=True)
     e.add_argument("--report", required=True, help="folder for metrics.json and PNGs")
     e.add_argument("--split", choices=["all", "test"], default="test",
                    help="evaluate on the bundle's held-out split of this data (test) or on all of it")
@@ -115,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--block", type=int, default=50,
                     help="samples per board block, i.e. per plant step (default 50: one 50 ms tick)")
     cl.add_argument("--out", required=True)
+    from neurostimd.commands.export import add_parser as add_export_parser
+
+    add_export_parser(sub)
     au = sub.add_parser("audit", help="check the audit log")
     au_sub = au.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     v = au_sub.add_parser(

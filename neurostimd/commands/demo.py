@@ -32,6 +32,9 @@ def render(rec: dict[str, Any], t0: float) -> str | None:
     if ev == "board_ready":
         return f"{t}  board {rec.get('device_id')} fw {rec.get('firmware')}: {rec.get('n_channels')} ch @ " \
                f"{rec.get('sample_rate_hz'):g} Hz"
+    if ev == "brainflow_source_open":
+        return f"{t}  BrainFlow board {rec.get('board')} (BrainFlow {rec.get('version')}): {rec.get('channel_kind')} " \
+               f"{', '.join(rec.get('channels') or [])} @ {rec.get('rate_hz'):g} Hz"
     if ev == "ready":
         return f"{t}  READY in {rec.get('ready_s')} s — deciding every tick"
     if ev == "state_change":
@@ -85,17 +88,31 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C before the children exist just ends the demo; after, it is forwarded (see below).
     stop_early = {"flag": False}
     signal.signal(signal.SIGINT, lambda *_: stop_early.update(flag=True))
-    board_log = runs / "board.jsonl"
-    board_log.parent.mkdir(parents=True, exist_ok=True)
-    board_log.with_suffix(".stderr").unlink(missing_ok=True)
+    from neurostimd.config import load_config
+    from neurostimd.errors import ConfigError
+
     try:
-        sim = SimulatorProcess(log=board_log, stderr=board_log.with_suffix(".stderr"))
-    except SimulatorError as err:
-        raise SystemExit(str(err)) from err
-    pty = sim.port
-    print(f"simulated board on {pty} (event log {runs / 'board.jsonl'}); starting the daemon — Ctrl-C stops",
-          flush=True)
-    cmd = [sys.executable, "-m", "neurostimd", "run", "--config", args.config, "--port", pty]
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        raise SystemExit("\n".join([f"{args.config}: {line}" for line in err.errors or [str(err)]])) from err
+    cmd = [sys.executable, "-m", "neurostimd", "run", "--config", args.config]
+    sim: SimulatorProcess | None = None
+    if cfg.device.kind == "serial":
+        # the simulated board on a pty stands in for the serial stimulator (and, with [source] kind = "board", for
+        # the signal); other devices (the in-process virtual board, none) need no simulator
+        board_log = runs / "board.jsonl"
+        board_log.parent.mkdir(parents=True, exist_ok=True)
+        board_log.with_suffix(".stderr").unlink(missing_ok=True)
+        try:
+            sim = SimulatorProcess(log=board_log, stderr=board_log.with_suffix(".stderr"))
+        except SimulatorError as err:
+            raise SystemExit(str(err)) from err
+        print(f"simulated board on {sim.port} (event log {runs / 'board.jsonl'}); starting the daemon — Ctrl-C stops",
+              flush=True)
+        cmd += ["--port", sim.port]
+    else:
+        print(f"[device] kind = {cfg.device.kind!r}, [source] kind = {cfg.source.kind!r}: no simulated board needed; "
+              f"starting the daemon — Ctrl-C stops", flush=True)
     if args.duration > 0:
         cmd += ["--duration", str(args.duration)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -104,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     assert daemon.stdout is not None
     reader = threading.Thread(target=_pump, args=(daemon.stdout, t0), name="demo-log", daemon=True)
     reader.start()
-    from neurostimd.config import load_config
-
-    state_file = load_config(args.config).runtime.state_file
+    state_file = cfg.runtime.state_file
     state_file.unlink(missing_ok=True)
     done = threading.Event()
     ticker = threading.Thread(target=_ticker, args=(state_file, t0, done), name="demo-status", daemon=True)
@@ -125,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         done.set()
         reader.join(timeout=5)
-        sim.stop(timeout_s=5)
-    print(f"done: daemon exit code {code}; audit log {runs / 'audit.jsonl'}", flush=True)
+        if sim is not None:
+            sim.stop(timeout_s=5)
+    print(f"done: daemon exit code {code}; audit log {cfg.audit.path}", flush=True)
     return code
 
 

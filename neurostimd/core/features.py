@@ -1,8 +1,10 @@
 """The feature pipeline the classifier sees, one code path for training (offline) and the daemon (streaming).
 
-Raw samples → causal IIR filter bank (scipy Butterworth sections, state carried between calls) → per-sample power in
-each band (plus the sample-to-sample line length) → sums over non-overlapping hops → frames of `frame_hops` hops
-(log of the mean) → the newest `n_frames` frames, scaled with statistics fitted on training data only.
+Raw samples → front end (the model's input channels, re-referenced: none, common average or bipolar pairs; then an
+optional mains notch at 50 or 60 Hz and its harmonics) → causal IIR filter bank (scipy Butterworth sections, state
+carried between calls) → per-sample power in each band (plus the sample-to-sample line length) → sums over
+non-overlapping hops → frames of `frame_hops` hops (log of the mean) → the newest `n_frames` frames, scaled with
+statistics fitted on training data only.
 
 Offline extraction is literally the streaming engine fed the whole signal at once, so a model trained on offline
 features sees exactly what the daemon computes tick by tick (tests/core/test_features_stream.py proves it)."""
@@ -15,6 +17,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from neurostimd.core.stream_checks import normal_name
+
 # Candidate bands (Hz): the classic EEG bands, then high-gamma / multi-unit ranges that matter at 1 kHz sampling.
 DEFAULT_BANDS_HZ: tuple[tuple[float, float], ...] = (
     (1.0, 4.0), (4.0, 8.0), (8.0, 13.0), (13.0, 30.0), (30.0, 70.0), (70.0, 150.0), (150.0, 300.0),
@@ -23,6 +27,117 @@ DEFAULT_BANDS_HZ: tuple[tuple[float, float], ...] = (
 _MAX_EDGE_FRACTION_OF_FS = 0.45
 # Floor under powers before the log: keeps a flat (all-zero) channel finite instead of -inf.
 _LOG_FLOOR = 1e-20
+# Quality factor of each mains notch (centre / -3 dB bandwidth): 1.7 Hz wide at 50 Hz, 2 Hz at 60 Hz, so the
+# notches leave a 40 Hz or 45 Hz component alone and still take mains that drifts by a few tenths of a hertz.
+DEFAULT_NOTCH_Q = 30.0
+
+
+class FrontEnd(BaseModel):
+    """What happens to the raw samples before the band filters: which channels the model takes (by name), how they
+    are re-referenced, and the mains notch. Stored in the bundle with the other feature settings, so training and
+    the daemon agree; the defaults (all channels, no reference, no notch) are the pipeline of bundles older than
+    these options, bit for bit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channels: list[str] | None = Field(
+        default=None, description="the model's input channels by name, picked from the recording (None: all)")
+    reference: Literal["none", "car"] | list[tuple[str, str]] = Field(
+        default="none", description='"none", "car" (common average over the input channels) or bipolar pairs '
+                                    '[["F3", "C3"], ...] (derived channels "F3-C3")')
+    notch_hz: Literal[50, 60] | None = Field(
+        default=None, description="mains frequency to notch out, with its harmonics below 0.45 fs (None: no notch)")
+    notch_q: float = Field(default=DEFAULT_NOTCH_Q, gt=0, le=1000, description="quality factor of each notch")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FrontEnd:
+        if self.channels is not None:
+            if not self.channels:
+                raise ValueError("channels is empty; list the model's input channels or leave it unset for all")
+            seen: set[str] = set()
+            for c in self.channels:
+                if not c.strip():
+                    raise ValueError(f"channels {self.channels}: a channel name is empty")
+                if normal_name(c) in seen:
+                    raise ValueError(f"channels {self.channels}: {c!r} is listed twice")
+                seen.add(normal_name(c))
+            if self.reference == "car" and len(self.channels) < 2:
+                raise ValueError("a common average reference needs at least 2 channels; pick more or use "
+                                 "reference 'none'")
+        if isinstance(self.reference, list):
+            if not self.reference:
+                raise ValueError('the bipolar reference lists no pairs; give pairs like [["F3", "C3"]] or "none"')
+            pairs: set[tuple[str, str]] = set()
+            for a, b in self.reference:
+                if normal_name(a) == normal_name(b):
+                    raise ValueError(f"bipolar pair ({a!r}, {b!r}) takes a channel from itself")
+                key = (normal_name(a), normal_name(b))
+                if key in pairs:
+                    raise ValueError(f"bipolar pair ({a!r}, {b!r}) is listed twice")
+                pairs.add(key)
+            if self.channels is not None:
+                known = {normal_name(c) for c in self.channels}
+                unknown = sorted({n for pair in self.reference for n in pair if normal_name(n) not in known})
+                if unknown:
+                    raise ValueError(f"bipolar pairs name {unknown}, which are not among channels {self.channels}; "
+                                     f"add them to channels or leave channels unset (the pairs' channels are taken)")
+        return self
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the samples reach the band filters as they come (a pick alone changes no sample)."""
+        return self.reference == "none" and self.notch_hz is None
+
+    def input_names(self) -> list[str] | None:
+        """The channels the model takes, by name: `channels`, else a bipolar reference's channels in the order the
+        pairs name them, else None (every channel of the recording or source)."""
+        if self.channels is not None:
+            return list(self.channels)
+        if isinstance(self.reference, list):
+            out: list[str] = []
+            for pair in self.reference:
+                out += [n for n in pair if normal_name(n) not in {normal_name(o) for o in out}]
+            return out
+        return None
+
+    def n_derived(self, n_inputs: int) -> int:
+        """Channels after re-referencing (what the features are computed on)."""
+        return len(self.reference) if isinstance(self.reference, list) else n_inputs
+
+    def derived_names(self, input_names: list[str]) -> list[str]:
+        if isinstance(self.reference, list):
+            return [f"{a}-{b}" for a, b in self.reference]
+        if self.reference == "car":
+            return [f"{c}-avg" for c in input_names]
+        return list(input_names)
+
+    def notch_harmonics_hz(self, fs: float) -> list[float]:
+        """The notch frequencies at this sampling rate: the mains frequency and its harmonics below 0.45 fs. Raises
+        ValueError when not even the mains frequency fits."""
+        if self.notch_hz is None:
+            return []
+        limit = _MAX_EDGE_FRACTION_OF_FS * fs
+        if self.notch_hz >= limit:
+            raise ValueError(f"a {self.notch_hz} Hz notch needs sampling above {self.notch_hz / 0.45:.1f} Hz "
+                             f"(the notch must sit below 0.45 x fs = {limit:.1f} Hz); drop --notch for {fs:g} Hz data")
+        return [float(k * self.notch_hz) for k in range(1, int(limit // self.notch_hz) + 2)
+                if k * self.notch_hz < limit]
+
+    def check_fits(self, n_inputs: int, fs: float) -> None:
+        """ValueError when this front end cannot run on `n_inputs` channels at `fs` Hz."""
+        if self.reference == "car" and n_inputs < 2:
+            raise ValueError(f"a common average reference needs at least 2 channels, the model takes {n_inputs}")
+        names = self.input_names()
+        if names is not None and len(names) != n_inputs:
+            raise ValueError(f"the front end takes channels {names} but {n_inputs} channel(s) are given")
+        self.notch_harmonics_hz(fs)
+
+    def describe(self, input_names: list[str], fs: float) -> dict[str, Any]:
+        """The front end as the manifest shows it."""
+        return {"channels": list(input_names), "reference": self.reference if isinstance(self.reference, str)
+                else [list(p) for p in self.reference], "derived_channels": self.derived_names(input_names),
+                "notch_hz": self.notch_hz, "notch_harmonics_hz": self.notch_harmonics_hz(fs),
+                "notch_q": self.notch_q if self.notch_hz is not None else None}
 
 
 class FeatureSettings(BaseModel):
@@ -39,6 +154,7 @@ class FeatureSettings(BaseModel):
     filter_order: int = Field(default=2, ge=1, le=8, description="Butterworth order of each band-pass")
     line_length: bool = True
     scaler: Literal["standard", "minmax"] = "standard"
+    front_end: FrontEnd = Field(default_factory=FrontEnd, description="channel picks, re-referencing, mains notch")
 
     @model_validator(mode="after")
     def _bands_ordered(self) -> FeatureSettings:
@@ -64,15 +180,19 @@ class FeatureSettings(BaseModel):
         return bands
 
     def n_features(self, n_channels: int, fs: float) -> int:
+        """Features per frame for `n_channels` input channels (before re-referencing)."""
+        n = self.front_end.n_derived(n_channels)
         if self.kind == "raw":
-            return n_channels
-        return n_channels * (len(self.resolve_bands(fs)) + (1 if self.line_length else 0))
+            return n
+        return n * (len(self.resolve_bands(fs)) + (1 if self.line_length else 0))
 
     def window_samples(self, fs: float) -> int:
         """Raw samples one model window depends on (ignoring the IIR filters' fading memory)."""
         return (self.n_frames - 1 + self.frame_hops) * self.hop_samples(fs)
 
     def feature_names(self, channel_names: list[str], fs: float) -> list[str]:
+        """Names of the features, from the input channels' names (features are per re-referenced channel)."""
+        channel_names = self.front_end.derived_names(channel_names)
         if self.kind == "raw":
             return [f"{c}:lowpass" for c in channel_names]
         names = [f"{c}:logpow_{lo:g}-{hi:g}Hz" for lo, hi in self.resolve_bands(fs) for c in channel_names]
@@ -145,6 +265,21 @@ def design_filters(settings: FeatureSettings, fs: float) -> list[np.ndarray]:
     # Anti-alias low-pass at 80 % of the frame rate's Nyquist before averaging over each hop.
     cutoff = 0.8 * (fs / settings.hop_samples(fs)) / 2.0
     return [np.asarray(signal.butter(settings.filter_order, min(cutoff / nyq, 0.99), btype="low", output="sos"))]
+
+
+def design_notch(settings: FeatureSettings, fs: float) -> np.ndarray | None:
+    """The mains notches (scipy.signal.iirnotch at Q = notch_q, one biquad per harmonic) as one SOS cascade, or
+    None without a notch. Stored in the bundle like the band filters."""
+    freqs = settings.front_end.notch_harmonics_hz(fs)
+    if not freqs:
+        return None
+    from scipy import signal
+
+    rows = []
+    for f0 in freqs:
+        b, a = signal.iirnotch(f0, settings.front_end.notch_q, fs=fs)
+        rows.append(np.concatenate([b, a]))
+    return np.asarray(rows, dtype=float)
 
 
 class _FilterBank:
@@ -235,11 +370,22 @@ class _FilterBank:
 _BANKS: dict[tuple[object, ...], _FilterBank] = {}
 
 
+def _bank(sos: list[np.ndarray]) -> _FilterBank:
+    """The shared filter bank (and its cached block matrices) for this design."""
+    key = tuple(np.asarray(x, dtype=float).tobytes() for x in sos)
+    bank = _BANKS.get(key)
+    if bank is None:
+        if len(_BANKS) >= 16:
+            _BANKS.clear()
+        bank = _BANKS[key] = _FilterBank([np.asarray(x, dtype=float) for x in sos])
+    return bank
+
+
 class FrameEngine:
     """Unscaled frames from raw samples, causally, with all filter and framing state carried between calls."""
 
     def __init__(self, settings: FeatureSettings, n_channels: int, fs: float,
-                 sos: list[np.ndarray] | None = None) -> None:
+                 sos: list[np.ndarray] | None = None, notch_sos: np.ndarray | None = None) -> None:
         if n_channels < 1:
             raise ValueError(f"n_channels must be >= 1, got {n_channels}")
         if not fs > 0:
@@ -248,24 +394,40 @@ class FrameEngine:
         self.n_channels = n_channels
         self.fs = float(fs)
         self.hop = settings.hop_samples(fs)
+        fe = settings.front_end
+        fe.check_fits(n_channels, fs)
+        # Bipolar pairs as column indices into the input channels (the channels input_names() lists, in its order).
+        self._pairs: tuple[np.ndarray, np.ndarray] | None = None
+        if isinstance(fe.reference, list):
+            inputs = [normal_name(n) for n in fe.input_names() or []]
+            self._pairs = (np.array([inputs.index(normal_name(a)) for a, _ in fe.reference], dtype=np.intp),
+                           np.array([inputs.index(normal_name(b)) for _, b in fe.reference], dtype=np.intp))
+        self._car = fe.reference == "car"
+        self._notch: _FilterBank | None = None
+        self._notch_dc = 1.0
+        if fe.notch_hz is not None:
+            if notch_sos is None:
+                notch_sos = design_notch(settings, fs)
+            assert notch_sos is not None
+            self._notch = _bank([np.asarray(notch_sos, dtype=float)])
+            # The notch cascade's gain at DC (1 for iirnotch): what a constant input leaves after it.
+            self._notch_dc = float(self._notch.C[0] @ self._notch.z_unit + self._notch.D[0])
+        elif notch_sos is not None:
+            raise ValueError("notch filter coefficients were given but the settings ask for no notch")
+        self.n_derived = fe.n_derived(n_channels)
         # Filter banks (and their cached block matrices) are shared by every engine with the same design.
         if sos is None:
             sos = design_filters(settings, fs)
-        key = tuple(np.asarray(x, dtype=float).tobytes() for x in sos)
-        bank = _BANKS.get(key)
-        if bank is None:
-            if len(_BANKS) >= 16:
-                _BANKS.clear()
-            bank = _BANKS[key] = _FilterBank([np.asarray(x, dtype=float) for x in sos])
-        self._bank = bank
+        self._bank = _bank(sos)
         self.n_features = settings.n_features(n_channels, fs)
-        self._n_filt = self._bank.n_out * n_channels
+        self._n_filt = self._bank.n_out * self.n_derived
         self._n_contrib = self._n_filt + (
-            n_channels if settings.kind == "bandpower" and settings.line_length else 0)
+            self.n_derived if settings.kind == "bandpower" and settings.line_length else 0)
         self.reset()
 
     def reset(self) -> None:
         self._z: np.ndarray | None = None
+        self._zn: np.ndarray | None = None
         self._prev: np.ndarray | None = None
         self._pending = np.zeros((0, self._n_contrib), dtype=np.float64)
         self._blocks: deque[np.ndarray] = deque(maxlen=self.settings.frame_hops)
@@ -279,10 +441,24 @@ class FrameEngine:
         n = len(x)
         if n == 0:
             return np.zeros((0, self.n_features))
+        # Front end: re-reference (one subtraction), then the mains notch once per channel, before the bands.
+        if self._car:
+            x = x - x.mean(axis=1, keepdims=True)
+        elif self._pairs is not None:
+            x = x[:, self._pairs[0]] - x[:, self._pairs[1]]
         if self._z is None:
             # Start the filters in their steady state for the first sample, so a DC offset does not ring.
-            self._z = self._bank.z_unit[:, None] * x[0][None, :]
-            self._prev = x[0].copy()
+            if self._notch is not None:
+                self._zn = self._notch.z_unit[:, None] * x[0][None, :]
+                first = x[0] * self._notch_dc
+            else:
+                first = x[0]
+            self._z = self._bank.z_unit[:, None] * first[None, :]
+            self._prev = first.copy()
+        if self._notch is not None:
+            assert self._zn is not None
+            notched, self._zn = self._notch.run(x, self._zn)
+            x = notched[0]
         y, self._z = self._bank.run(x, self._z)
         contrib = np.empty((n, self._n_contrib))
         # (bands, n, ch) -> (n, bands*ch), band-major like feature_names().
@@ -347,9 +523,9 @@ class StreamingFeatures:
     """The daemon's side: push raw samples as they arrive, ask for the newest scaled (T, F) window each tick."""
 
     def __init__(self, settings: FeatureSettings, n_channels: int, fs: float, scaler: Scaler | None = None,
-                 sos: list[np.ndarray] | None = None) -> None:
+                 sos: list[np.ndarray] | None = None, notch_sos: np.ndarray | None = None) -> None:
         self.settings = settings
-        self.engine = FrameEngine(settings, n_channels, fs, sos)
+        self.engine = FrameEngine(settings, n_channels, fs, sos, notch_sos)
         self.scaler = scaler
         if scaler is not None and scaler.offset.shape[0] != self.engine.n_features:
             raise ValueError(f"scaler has {scaler.offset.shape[0]} features, the settings give "

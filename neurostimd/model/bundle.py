@@ -163,15 +163,25 @@ def add_signal_stats(bundle_dir: str | Path, data: list[str | Path], *, by_conte
 
     The data must be the training files the manifest lists, by sha256. With `by_content`, a file whose bytes differ
     (regenerated elsewhere, re-saved) is accepted when it reproduces the bundle's fitted scaler and check windows.
-    Statistics come from the training segments of split.json, as `neurostimd train` computes them."""
+    Statistics come from the training segments of split.json, as `neurostimd train` computes them; the labels (which
+    decide which time blocks are segments) are taken from where the manifest says training took them."""
     from neurostimd.core.features import FeatureSettings
     from neurostimd.core.stats import compute_signal_stats
-    from neurostimd.model.dataset import load_recording, segments
+    from neurostimd.model.dataset import load_recording, pick_inputs, segments
+    from neurostimd.model.labels import classes_text
 
     d = Path(bundle_dir)
     manifest = read_verified_manifest(d)
     listed = manifest.get("training_data") or []
-    recs = [load_recording(p) for p in data]
+    feat_settings = FeatureSettings.model_validate(json.loads((d / FEATURES).read_text())["settings"])
+    raw_labels = manifest.get("labels")
+    lab: dict[str, Any] = raw_labels if isinstance(raw_labels, dict) else {}
+    source = lab.get("source") if lab.get("source") not in (None, "file") else None
+    if source == "events":
+        events = [(e.get("labels") or {}).get("path") for e in listed if isinstance(e, dict)]
+        source = str(events[0]) if events and events[0] else None
+    classes = classes_text(lab) if source is not None or lab.get("classes_arg") else None
+    recs = [pick_inputs(load_recording(p, source, classes), feat_settings) for p in data]  # model inputs only
     want = [str(e.get("sha256")) for e in listed if isinstance(e, dict)]
     if len(recs) != len(want):
         raise BundleError(f"model bundle {d} was trained on {len(want)} file(s) "

@@ -3,31 +3,50 @@ Recordings are read by the one reader, neurostimd.sources.recordings; this modul
 
 A *segment* is the unit that is never split: one epoch of an epoch set, or one contiguous time block of a continuous
 recording. Splits assign whole segments to train / validation / test, and windows are cut inside one segment only,
-so no sample of a held-out segment ever reaches training (the research notebook shuffled single samples first)."""
+so no sample of a held-out segment ever reaches training (the research notebook shuffled single samples first).
+
+Labels come from the file itself or from where labs keep them (neurostimd.model.labels: annotations, a label
+channel, an events file). Unlabelled samples (-1) are never trained on or scored: a time block or epoch with no
+labelled sample is no segment (the block numbering stays that of the whole recording, so splits stay comparable),
+and a window whose newest sample is unlabelled is dropped."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from neurostimd.core.features import FeatureSettings, extract_frames, frame_end_sample, sliding_windows
-from neurostimd.errors import DataFormatError
-from neurostimd.sources.recordings import Recording, read_recording
+from neurostimd.core.stream_checks import MontageError, pick_channels
+from neurostimd.errors import ConfigError, DataFormatError
+from neurostimd.model.labels import (
+    UNLABELLED,
+    ClassMap,
+    LabelSource,
+    apply_labels,
+    parse_classes,
+    parse_label_source,
+    remap_file_labels,
+)
+from neurostimd.sources.recordings import Recording, read_recording, read_recording_with_label_channel
 
 
 @dataclass
 class LabelledRecording:
     """A recording read by the one reader (neurostimd.sources.recordings.read_recording) with what training and
-    evaluation add: its per-sample labels (required), the class names and the file's sha256."""
+    evaluation add: its per-sample labels (required), the class names, the file's sha256 and where the labels came
+    from (`label_info`: source, description → class, seconds labelled per class and unlabelled)."""
 
     recording: Recording
-    labels: np.ndarray  # (n_samples,) int64 class indices
+    labels: np.ndarray  # (n_samples,) int64 class indices; UNLABELLED (-1) where no label applies
     class_names: list[str]
     sha256: str
+    label_info: dict[str, Any] = field(default_factory=lambda: {"source": "file"})
 
     @property
     def path(self) -> str:
@@ -77,7 +96,9 @@ class Segment:
 
     @property
     def majority_label(self) -> int:
-        return int(np.bincount(self.labels).argmax())
+        """The most frequent class among the labelled samples (segments() keeps only segments that have some)."""
+        known = self.labels[self.labels >= 0]
+        return int(np.bincount(known).argmax()) if known.size else UNLABELLED
 
 
 @dataclass
@@ -98,21 +119,71 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_recording(path: str | Path) -> LabelledRecording:
+def load_recording(path: str | Path, labels: str | LabelSource | None = None,
+                   classes: str | ClassMap | None = None) -> LabelledRecording:
     """Read a labelled recording for training or evaluation: any format read_recording reads, plus epoch-set .npz,
-    with per-sample labels; raise DataFormatError saying what is missing."""
+    with per-sample labels from `labels` (`--labels`: None = the file's own; see neurostimd.model.labels) mapped by
+    `classes` (`--classes`); DataFormatError saying what is missing, ConfigError for a bad --labels/--classes."""
     p = Path(path)
-    rec = read_recording(p, epochs=True)
-    if rec.labels is None:
-        raise DataFormatError(_no_labels(p))
-    labels = rec.labels
+    source = labels if isinstance(labels, LabelSource) else parse_label_source(labels)
+    cmap = classes if isinstance(classes, ClassMap) or classes is None else parse_classes(classes)
+    if source.kind == "channel":
+        rec = read_recording_with_label_channel(p, source.name, epochs=True)
+    else:
+        rec = read_recording(p, epochs=True)
+    y: np.ndarray
+    if source.kind == "file":
+        own = rec.labels
+        if own is None:
+            raise DataFormatError(_no_labels(p))
+        if cmap is not None:
+            lab = remap_file_labels(rec, cmap, str(p))
+            rec, y, class_names, info = lab.recording, lab.labels, lab.class_names, lab.info
+        else:
+            y = own
+            class_names = rec.class_names or [str(c) for c in range(int(y.max()) + 1)]
+            if y.min() < 0 or y.max() >= len(class_names):
+                raise DataFormatError(f"{p}: labels span {y.min()}..{y.max()} but there are {len(class_names)} "
+                                      f"class_names")
+            info = {"source": "file"}
+    else:
+        lab = apply_labels(rec, source, cmap, str(p))
+        rec, y, class_names, info = lab.recording, lab.labels, lab.class_names, lab.info
     if not np.isfinite(rec.data).all():
         raise DataFormatError(f"{p}: contains NaN or infinite samples; clean or interpolate them first")
-    classes = rec.class_names or [str(c) for c in range(int(labels.max()) + 1)]
-    if labels.min() < 0 or labels.max() >= len(classes):
-        raise DataFormatError(f"{p}: labels span {labels.min()}..{labels.max()} but there are {len(classes)} "
-                              f"class_names")
-    return LabelledRecording(rec, labels, classes, file_sha256(p))
+    return LabelledRecording(rec, y, class_names, file_sha256(p), info)
+
+
+def load_recordings(paths: list[str | Path], labels: str | None = None,
+                    classes: str | None = None) -> list[LabelledRecording]:
+    """load_recording for each path; an events file labels one recording only."""
+    source = parse_label_source(labels)
+    if source.kind == "events" and len(paths) != 1:
+        raise ConfigError(f"--labels {labels} is one events file but {len(paths)} recordings were given; train on "
+                          f"one recording per events file, or use --labels annotations / channel:NAME")
+    cmap = parse_classes(classes) if classes is not None else None
+    return [load_recording(p, source, cmap) for p in paths]
+
+
+def pick_inputs(rec: LabelledRecording, settings: FeatureSettings) -> LabelledRecording:
+    """The recording with only the model's input channels, in the front end's order (channels are matched by name,
+    as the daemon matches a source's); the recording itself when the front end takes every channel. DataFormatError
+    naming the file and the missing channels otherwise."""
+    wanted = settings.front_end.input_names()
+    if wanted is None:
+        return rec
+    try:
+        idx = pick_channels(wanted, rec.channel_names)
+    except MontageError as err:
+        raise DataFormatError(f"{rec.path}: the front end takes channels {wanted}, but the recording has "
+                              f"{rec.channel_names} ({err}); pick channels the recording has (--channels, the "
+                              f"--reference pairs)") from err
+    r = rec.recording
+    rng = None if r.range_uv is None else (r.range_uv[0][idx], r.range_uv[1][idx])
+    # The names as the front end spells them: they are the bundle's channel_names, which the daemon matches.
+    picked = dataclasses.replace(r, data=np.ascontiguousarray(r.data[:, idx]), channel_names=list(wanted),
+                                 range_uv=rng)
+    return LabelledRecording(picked, rec.labels, rec.class_names, rec.sha256, rec.label_info)
 
 
 def _no_labels(p: Path) -> str:
@@ -127,9 +198,10 @@ def _no_labels(p: Path) -> str:
     if suffix == ".arff":
         return f"{p}: no nominal attribute to take the class labels from; training and evaluation need one"
     what = "a recorder session" if p.is_dir() else f"an {suffix.lstrip('.').upper()} file"
-    return f"{p}: {what} carries no per-sample labels that neurostimd reads (annotations and markers are not read " \
-           f"yet), and training and evaluation need them; convert it to a labelled .npz (`data`, `fs`, `labels`, " \
-           f"`class_names`; see docs/recording-format.md) or a CSV with a `label` column"
+    return f"{p}: {what} carries no per-sample labels of its own, and training and evaluation need them; take " \
+           f"them from its annotations (--labels annotations --classes \"rest,active\"), a label channel " \
+           f"(--labels channel:NAME) or an events file (--labels events.tsv), or convert it to a labelled .npz " \
+           f"(`data`, `fs`, `labels`, `class_names`; see docs/recording-format.md)"
 
 
 def block_samples(settings: FeatureSettings, fs: float, block_s: float) -> int:
@@ -145,7 +217,8 @@ def segments(recordings: list[LabelledRecording], settings: FeatureSettings, blo
         if epoch_starts is not None:
             bounds = [*epoch_starts.tolist(), len(rec.data)]
             for i, (s0, s1) in enumerate(itertools.pairwise(bounds)):
-                out.append(Segment(si, i, rec.data[s0:s1], rec.labels[s0:s1]))
+                if np.any(rec.labels[s0:s1] >= 0):
+                    out.append(Segment(si, i, rec.data[s0:s1], rec.labels[s0:s1]))
         else:
             n = len(rec.data)
             size = block_samples(settings, rec.fs, block_s)
@@ -155,7 +228,8 @@ def segments(recordings: list[LabelledRecording], settings: FeatureSettings, blo
                 starts.pop()
             for i, s0 in enumerate(starts):
                 s1 = starts[i + 1] if i + 1 < len(starts) else n
-                out.append(Segment(si, i, rec.data[s0:s1], rec.labels[s0:s1], start_sample=s0))
+                if np.any(rec.labels[s0:s1] >= 0):
+                    out.append(Segment(si, i, rec.data[s0:s1], rec.labels[s0:s1], start_sample=s0))
     return out
 
 
@@ -204,9 +278,13 @@ def windows_for(segs: list[Segment], which: list[int], settings: FeatureSettings
             continue
         newest = np.arange(t - 1, len(frames), stride)[: len(w)]
         ends = np.array([frame_end_sample(settings, fs, int(f)) for f in newest])
-        Xs.append(w)
-        ys.append(seg.labels[ends])
-        ss.append(np.full(len(w), i))
+        y = seg.labels[ends]
+        known = y >= 0  # a window whose newest sample is unlabelled is neither trained on nor scored
+        if not known.any():
+            continue
+        Xs.append(w[known])
+        ys.append(y[known])
+        ss.append(np.full(int(known.sum()), i))
     if not Xs:
         f = frames_list[0].shape[1] if frames_list else 0
         return Windows(np.zeros((0, t, f), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), frames_list)

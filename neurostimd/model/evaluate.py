@@ -8,7 +8,6 @@ beside it as `baseline_*`."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -18,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from neurostimd.errors import BundleError, NeurostimError
+from neurostimd.errors import BundleError, DataFormatError
 from neurostimd.model import bundle as files
 from neurostimd.model import report
-from neurostimd.model.dataset import load_recording, segments, windows_for
+from neurostimd.model.dataset import load_recording, pick_inputs, segments, windows_for
+from neurostimd.model.labels import classes_text, summary
 from neurostimd.model.runtime import Bundle, load_bundle
 
 Progress = Callable[[str], None]
@@ -67,13 +67,27 @@ def _baseline_features(windows: np.ndarray) -> np.ndarray:
 
 
 def evaluate_bundle(bundle_dir: str | Path, data_path: str | Path, report_dir: str | Path, *, split: str = "test",
-                    cadence_ms: float = DEFAULT_CADENCE_MS, progress: Progress = _progress) -> dict[str, Any]:
+                    cadence_ms: float = DEFAULT_CADENCE_MS, labels: str | None = None, classes: str | None = None,
+                    progress: Progress = _progress) -> dict[str, Any]:
+    """Score the bundle on `data_path` (labels from `labels`/`classes` as for train; with `labels` and no `classes`,
+    the bundle's own description → class mapping) and write the report; return the metrics."""
     t0 = time.perf_counter()
-    rec = load_recording(data_path)
-    b = load_bundle(bundle_dir, expect_channels=rec.n_channels, expect_rate_hz=rec.fs)
+    if labels is not None and classes is None:
+        classes = _bundle_classes(Path(bundle_dir))
+    rec = load_recording(data_path, labels, classes)
+    if labels is not None or classes is not None:
+        progress(f"{data_path}: {summary(rec.label_info)}")
+    # The bundle's front end names its input channels: take them from a wider recording first (as training did).
+    b = load_bundle(bundle_dir, expect_rate_hz=rec.fs)
+    rec = pick_inputs(rec, b.settings)
+    if rec.n_channels != b.n_channels:
+        raise BundleError(f"model bundle {b.path} was trained on {b.n_channels} channels but {data_path} has "
+                          f"{rec.n_channels}; evaluate on data of the bundle's montage")
     if rec.class_names != b.class_names:
-        raise BundleError(f"{data_path} has classes {rec.class_names} but the bundle predicts {b.class_names}; "
-                          f"evaluate on data labelled with the bundle's classes")
+        raise DataFormatError(f"{data_path}: its labels (from {rec.label_info.get('source', 'file')}) give the "
+                              f"classes {rec.class_names}, but the bundle {b.path} predicts {b.class_names}; label "
+                              f"the data with the bundle's classes in its order, e.g. --classes "
+                              f"\"{','.join(b.class_names)}\" (NAME=DESCRIPTION maps another spelling)")
     split_info = json.loads((b.path / files.SPLIT).read_text()) if (b.path / files.SPLIT).is_file() else {}
     block_s = float(split_info.get("block_s", 20.0))
     segs = segments([rec], b.settings, block_s)
@@ -94,7 +108,9 @@ def evaluate_bundle(bundle_dir: str | Path, data_path: str | Path, report_dir: s
                               f"Use --split test")
         eval_keys = [s.index for s in segs]
     by_key = {s.index: i for i, s in enumerate(segs)}
-    eval_idx = [by_key[k] for k in eval_keys]
+    # A held-out block with no labelled sample under these labels is no segment: nothing in it can be scored.
+    eval_idx = [by_key[k] for k in eval_keys if k in by_key]
+    train_keys = [k for k in train_keys if k in by_key]
     progress(f"{len(eval_idx)} held-out segments of {data_path}; streaming at {cadence_ms:g} ms ticks through LiteRT")
 
     runs = []
@@ -104,32 +120,37 @@ def evaluate_bundle(bundle_dir: str | Path, data_path: str | Path, report_dir: s
         runs.append(r)
         if (n + 1) % max(1, len(eval_idx) // 5) == 0:
             progress(f"  {n + 1}/{len(eval_idx)} segments")
-    probs = np.concatenate([r["probs"] for r in runs])
-    labels = np.concatenate([r["labels"] for r in runs])
-    seg_of = np.concatenate([r["segment"] for r in runs])
+    if not runs:
+        raise DataFormatError(f"{data_path}: none of the segments to evaluate holds a labelled sample; check --labels "
+                              f"and --classes")
+    # Decisions at unlabelled samples are made (the stream runs through) but not scored.
+    known = np.concatenate([r["labels"] for r in runs]) >= 0
+    probs = np.concatenate([r["probs"] for r in runs])[known]
+    y_true = np.concatenate([r["labels"] for r in runs])[known]
+    seg_of = np.concatenate([r["segment"] for r in runs])[known]
     if len(probs) == 0:
         raise BundleError(f"no decision could be made: held-out segments are shorter than one model window "
                           f"({b.window_samples} samples)")
     pred = probs.argmax(1)
     n_cls = b.n_classes
-    cm = report.confusion(labels, pred, n_cls)
+    cm = report.confusion(y_true, pred, n_cls)
     pc = report.per_class(cm, b.class_names)
     metrics: dict[str, Any] = {
-        "accuracy": float(np.mean(pred == labels)), "n_decisions": len(labels), "cadence_ms": cadence_ms,
+        "accuracy": float(np.mean(pred == y_true)), "n_decisions": len(y_true), "cadence_ms": cadence_ms,
         "per_class": pc, "macro_f1": report.macro_f1(pc), "confusion_matrix": cm.tolist(),
         "class_names": b.class_names, "split": split, "n_segments": len(eval_idx), "data": str(data_path),
         "data_sha256": rec.sha256, "bundle": str(b.path), "window_samples": b.window_samples,
-        "window_s": b.window_samples / b.sample_rate_hz,
+        "window_s": b.window_samples / b.sample_rate_hz, "labels": rec.label_info,
     }
     if rec.kind == "epochs":
-        ep_true, ep_pred = _per_epoch(probs, labels, seg_of)
+        ep_true, ep_pred = _per_epoch(probs, y_true, seg_of)
         metrics["epoch_accuracy"] = float(np.mean(ep_true == ep_pred))
         metrics["n_epochs"] = len(ep_true)
         metrics["epoch_confusion_matrix"] = report.confusion(ep_true, ep_pred, n_cls).tolist()
 
     if train_keys:
         progress("baseline: logistic regression on window band-power statistics, fitted on the training segments")
-        metrics.update(_baseline(b, segs, [by_key[k] for k in train_keys], runs, labels, seg_of, rec.kind))
+        metrics.update(_baseline(b, segs, [by_key[k] for k in train_keys], runs, known, y_true, seg_of, rec.kind))
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
 
     out = Path(report_dir)
@@ -140,8 +161,8 @@ def evaluate_bundle(bundle_dir: str | Path, data_path: str | Path, report_dir: s
         report.plot_learning_curves(json.loads(hist_path.read_text()), out / "learning_curves.png")
     report.plot_confusion(cm, b.class_names, out / "confusion_matrix.png",
                           f"per decision ({cadence_ms:g} ms ticks), accuracy {metrics['accuracy']:.3f}")
-    report.plot_probabilities(probs, labels, seg_of, b.class_names, cadence_ms, out / "probabilities.png")
-    progress(f"accuracy {metrics['accuracy']:.4f} over {len(labels)} decisions"
+    report.plot_probabilities(probs, y_true, seg_of, b.class_names, cadence_ms, out / "probabilities.png")
+    progress(f"accuracy {metrics['accuracy']:.4f} over {len(y_true)} decisions"
              + (f"; epoch accuracy {metrics['epoch_accuracy']:.4f}" if "epoch_accuracy" in metrics else "")
              + (f"; baseline {metrics['baseline_accuracy']:.4f}" if "baseline_accuracy" in metrics else "")
              + f"; wrote {out}")
@@ -155,7 +176,7 @@ def _per_epoch(probs: np.ndarray, labels: np.ndarray, seg_of: np.ndarray) -> tup
     return true, pred
 
 
-def _baseline(b: Bundle, segs: list[Any], train_idx: list[int], runs: list[dict[str, np.ndarray]],
+def _baseline(b: Bundle, segs: list[Any], train_idx: list[int], runs: list[dict[str, np.ndarray]], known: np.ndarray,
               labels: np.ndarray, seg_of: np.ndarray, kind: str) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -171,7 +192,7 @@ def _baseline(b: Bundle, segs: list[Any], train_idx: list[int], runs: list[dict[
         p_win = np.zeros((len(r["windows"]), b.n_classes))
         p_win[:, clf.classes_] = clf.predict_proba(_baseline_features(r["windows"]))
         probs_list.append(p_win[r["window_ids"]])
-    probs = np.concatenate(probs_list)
+    probs = np.concatenate(probs_list)[known]
     pred = probs.argmax(1)
     cm = report.confusion(labels, pred, b.n_classes)
     pc = report.per_class(cm, b.class_names)
@@ -186,10 +207,10 @@ def _baseline(b: Bundle, segs: list[Any], train_idx: list[int], runs: list[dict[
     return out
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def _bundle_classes(bundle_dir: Path) -> str | None:
+    """The --classes text that maps descriptions as the bundle's training did (None if it recorded none)."""
     try:
-        evaluate_bundle(args.bundle, args.data, args.report, split=args.split)
-    except (NeurostimError, ValueError, OSError) as err:
-        print(f"neurostimd evaluate: {err}", file=sys.stderr)
-        return 2
-    return 0
+        lab = json.loads((bundle_dir / files.MANIFEST).read_text()).get("labels")
+    except (OSError, ValueError, AttributeError):
+        return None  # load_bundle reports the unreadable manifest
+    return classes_text(lab)

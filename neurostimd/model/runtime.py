@@ -29,9 +29,10 @@ class Bundle:
 
     def __init__(self, path: Path, manifest: dict[str, Any], settings: FeatureSettings, scaler: Scaler,
                  class_names: list[str], table: StimTable, interpreter: Any,
-                 sos: list[np.ndarray] | None = None) -> None:
+                 sos: list[np.ndarray] | None = None, notch_sos: np.ndarray | None = None) -> None:
         self.path = path
         self.sos = sos
+        self.notch_sos = notch_sos
         self.manifest = manifest
         self.settings = settings
         self.scaler = scaler
@@ -67,7 +68,8 @@ class Bundle:
 
     def new_features(self) -> StreamingFeatures:
         """A fresh streaming feature pipeline with this bundle's settings and fitted scaler."""
-        return StreamingFeatures(self.settings, self.n_channels, self.sample_rate_hz, self.scaler, self.sos)
+        return StreamingFeatures(self.settings, self.n_channels, self.sample_rate_hz, self.scaler, self.sos,
+                                 self.notch_sos)
 
     def predict(self, window: np.ndarray) -> np.ndarray:
         """Class probabilities (n_classes,) float32 for one scaled (T, F) window."""
@@ -111,11 +113,13 @@ def load_bundle(path: str | Path, *, expect_channels: int | None = None, expect_
         scaler = Scaler.from_dict(feat["scaler"])
         # The trained filter coefficients; bundles written before they were stored get them designed (scipy).
         sos = [np.asarray(x, dtype=float) for x in feat["filters"]] if "filters" in feat else None
+        notch_sos = np.asarray(feat["notch_filter"], dtype=float) if "notch_filter" in feat else None
         class_names = [str(c) for c in json.loads((d / files.CLASSES).read_text())["class_names"]]
         table = StimTable.model_validate_json((d / files.STIM_TABLE).read_text())
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise BundleError(f"model bundle {d}: cannot read its settings ({type(err).__name__}: {err}); "
                           f"{files.REBUILD_HINT}") from err
+    _check_front_end(d, settings, notch_sos, n_ch, fs)
     t, f = (int(x) for x in manifest["input_shape"])
     n_feat = settings.n_features(n_ch, fs)
     if (t, f) != (settings.n_frames, n_feat) or scaler.offset.shape != (n_feat,):
@@ -145,12 +149,31 @@ def load_bundle(path: str | Path, *, expect_channels: int | None = None, expect_
     if in_shape != (1, t, f) or out_shape != (1, len(class_names)):
         raise BundleError(f"model bundle {d}: {files.MODEL_TFLITE} takes {in_shape} and gives {out_shape}, but the "
                           f"manifest says input (1, {t}, {f}) and {len(class_names)} classes; {files.REBUILD_HINT}")
-    b = Bundle(d, manifest, settings, scaler, class_names, table, interp, sos)
+    b = Bundle(d, manifest, settings, scaler, class_names, table, interp, sos, notch_sos)
     if verify:
         _verify_outputs(b)
     log.info("bundle_loaded", path=str(d), n_channels=n_ch, sample_rate_hz=fs, input_shape=[t, f],
              classes=class_names, verified=verify)
     return b
+
+
+def _check_front_end(d: Path, settings: FeatureSettings, notch_sos: np.ndarray | None, n_ch: int, fs: float) -> None:
+    """BundleError unless the stored front end runs on the bundle's channels and rate and its notch coefficients
+    are the ones its settings call for (one biquad per harmonic, stored: the daemon designs no filter)."""
+    fe = settings.front_end
+    try:
+        fe.check_fits(n_ch, fs)
+        harmonics = fe.notch_harmonics_hz(fs)
+    except ValueError as err:
+        raise BundleError(f"model bundle {d}: its front end does not fit {n_ch} channels at {fs:g} Hz ({err}); "
+                          f"{files.REBUILD_HINT}") from err
+    if harmonics and (notch_sos is None or notch_sos.shape != (len(harmonics), 6)):
+        got = "none" if notch_sos is None else f"shape {notch_sos.shape}"
+        raise BundleError(f"model bundle {d}: {files.FEATURES} asks for a {fe.notch_hz} Hz notch at {harmonics} Hz but "
+                          f"stores notch coefficients {got} (need ({len(harmonics)}, 6)); {files.REBUILD_HINT}")
+    if not harmonics and notch_sos is not None:
+        raise BundleError(f"model bundle {d}: {files.FEATURES} stores notch coefficients but its settings ask for no "
+                          f"notch; {files.REBUILD_HINT}")
 
 
 def _verify_outputs(b: Bundle) -> None:

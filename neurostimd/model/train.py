@@ -4,7 +4,6 @@ TensorFlow is imported inside the functions, so importing this module stays chea
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
@@ -18,12 +17,20 @@ from typing import Any
 import numpy as np
 import structlog
 
-from neurostimd.core.features import FeatureSettings, Scaler, design_filters
+from neurostimd.core.features import FeatureSettings, FrontEnd, Scaler, design_filters, design_notch
 from neurostimd.core.stats import compute_signal_stats
 from neurostimd.core.stimtable import StimTable, notebook_table, table_mismatch
-from neurostimd.errors import BundleError, DataFormatError, NeurostimError
+from neurostimd.errors import BundleError, DataFormatError
 from neurostimd.model import bundle as files
-from neurostimd.model.dataset import LabelledRecording, load_recording, segments, split_segments, windows_for
+from neurostimd.model.dataset import (
+    LabelledRecording,
+    load_recordings,
+    pick_inputs,
+    segments,
+    split_segments,
+    windows_for,
+)
+from neurostimd.model.labels import summary
 
 log = structlog.get_logger(__name__)
 
@@ -48,9 +55,10 @@ def _check_compatible(recs: list[LabelledRecording]) -> None:
 
 def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, seed: int = 0, batch_size: int = 32,
                  settings: FeatureSettings | None = None, table: StimTable | None = None, val_fraction: float = 0.2,
-                 test_fraction: float = 0.0, block_s: float = 20.0, stride: int = 1,
-                 progress: Progress = _progress) -> dict[str, Any]:
-    """Train on `data`, write the bundle to `out`, return its manifest."""
+                 test_fraction: float = 0.0, block_s: float = 20.0, stride: int = 1, labels: str | None = None,
+                 classes: str | None = None, progress: Progress = _progress) -> dict[str, Any]:
+    """Train on `data`, write the bundle to `out`, return its manifest. `labels` and `classes` are `--labels` and
+    `--classes` (neurostimd.model.labels); None = each file's own labels and class names."""
     import keras
     import tensorflow as tf
 
@@ -64,7 +72,16 @@ def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, 
     if val_fraction <= 0:
         raise ValueError("--val-fraction must be > 0: early stopping and checkpointing watch the validation split")
     t_start = time.perf_counter()
-    recs = [load_recording(p) for p in data]
+    recs = load_recordings(list(data), labels, classes)
+    for r in recs:
+        if labels is not None or classes is not None:
+            progress(f"{r.path}: {summary(r.label_info)}")
+    # Front end (picks, reference, notch): the model's input channels by name, and the options must fit the data.
+    recs = [pick_inputs(r, settings) for r in recs]
+    try:
+        settings.front_end.check_fits(recs[0].n_channels, recs[0].fs)
+    except ValueError as err:
+        raise DataFormatError(f"{recs[0].path}: front end (--channels/--reference/--notch): {err}") from err
     _check_compatible(recs)
     fs, n_ch, class_names = recs[0].fs, recs[0].n_channels, recs[0].class_names
     n_classes = len(class_names)
@@ -157,6 +174,7 @@ def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, 
         "settings": settings.model_dump(mode="json"), "scaler": scaler.to_dict(),
         "feature_names": settings.feature_names(channel_names, fs), "channel_names": channel_names,
         "filters": [sos.tolist() for sos in design_filters(settings, fs)],
+        **({} if (notch := design_notch(settings, fs)) is None else {"notch_filter": notch.tolist()}),
     }, indent=1) + "\n")
     (out_dir / files.CLASSES).write_text(json.dumps({"class_names": class_names}, indent=2) + "\n")
     (out_dir / files.STIM_TABLE).write_text(table.to_json())
@@ -179,18 +197,31 @@ def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, 
         "class_names": class_names, "channel_names": channel_names,
         "channel_names_declared": all(r.names_declared for r in recs),
         "signal_stats": {**stats.to_json(), "verified_by": "training"},
-        "training_data": [{"path": r.path, "sha256": r.sha256, "kind": r.kind} for r in recs],
+        "training_data": [{"path": r.path, "sha256": r.sha256, "kind": r.kind, "labels": r.label_info}
+                          for r in recs],
+        "labels": _labels_manifest(recs, labels, classes),
         "training_data_sha256": data_hash, "metrics": metrics,
         "training": {"epochs": epochs, "seed": seed, "batch_size": batch_size, "stride": stride,
                      "architecture": "BiLSTM(64,seq)-Dropout(0.3)-BiLSTM(32)-Dropout(0.3)-Dense(16,relu)-"
                                      "Dense(softmax)",
                      "optimizer": "adam", "loss": "sparse_categorical_crossentropy"},
         "window_samples": settings.window_samples(fs), "tflite_lstm": tflite_lstm,
+        "front_end": settings.front_end.describe(channel_names, fs),
     })
     # Prove the bundle the daemon will load: hashes, shapes, and LiteRT == Keras on the check windows.
     load_bundle(out_dir)
     progress(f"wrote {out_dir} (LiteRT verified against Keras); total {time.perf_counter() - t_start:.0f} s")
     return manifest
+
+
+def _labels_manifest(recs: list[LabelledRecording], labels: str | None, classes: str | None) -> dict[str, Any]:
+    """Where the bundle's labels came from: the --labels source, the --classes text, description → class."""
+    mapping: dict[str, str] = {}
+    for r in recs:
+        mapping.update(r.label_info.get("classes") or {})
+    return {"source": recs[0].label_info.get("source", "file") if labels is not None else "file",
+            "classes_arg": classes, "classes": mapping or {c: c for c in recs[0].class_names},
+            "class_names": recs[0].class_names}
 
 
 def quiet_tensorflow() -> None:
@@ -200,24 +231,28 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    quiet_tensorflow()
-    overrides: dict[str, Any] = {}
-    if args.features:
-        overrides["kind"] = args.features
-    if args.hop_ms is not None:
-        overrides["hop_ms"] = args.hop_ms
-    if args.frame_hops is not None:
-        overrides["frame_hops"] = args.frame_hops
-    if args.frames is not None:
-        overrides["n_frames"] = args.frames
-    try:
-        settings = FeatureSettings(**overrides)
-        table = StimTable.from_file(args.table) if args.table else None
-        train_bundle(args.data, args.out, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
-                     settings=settings, table=table, val_fraction=args.val_fraction,
-                     test_fraction=args.test_fraction, block_s=args.block_s, stride=args.stride)
-    except (NeurostimError, ValueError, OSError) as err:
-        print(f"neurostimd train: {err}", file=sys.stderr)
-        return 2
-    return 0
+def front_end_options(channels: str | None, reference: str | None, notch_hz: int | None) -> FrontEnd | None:
+    """The front end that `--channels A,B,C`, `--reference car|none|F3-C3,F4-C4` and `--notch 50|60` ask for (None
+    when none of them is given); ValueError saying which option is malformed."""
+    if channels is None and reference is None and notch_hz is None:
+        return None
+    picks = None
+    if channels is not None:
+        picks = [c.strip() for c in channels.split(",")]
+        if not all(picks):
+            raise ValueError(f"--channels {channels!r}: an empty name; list channel names separated by commas")
+    ref: str | list[tuple[str, str]] = "none"
+    if reference is not None and reference.strip().lower() in ("car", "none"):
+        ref = reference.strip().lower()
+    elif reference is not None:
+        pairs = []
+        for item in reference.split(","):
+            parts = [p.strip() for p in item.split("-")]
+            if len(parts) != 2 or not all(parts):
+                raise ValueError(f"--reference {reference!r}: {item!r} is not a bipolar pair A-B; use car, none or "
+                                 f"pairs like F3-C3,F4-C4 (for channel names with '-' in them, pass the pairs in "
+                                 f"FeatureSettings(front_end=FrontEnd(reference=[...])) through the Python API)")
+            pairs.append((parts[0], parts[1]))
+        ref = pairs
+    return FrontEnd(channels=picks, reference=ref, notch_hz=notch_hz)
+

@@ -1,6 +1,8 @@
 """Publishes every decision as an LSL stream (irregular rate, float32) so that LabRecorder records the controller's
 state, class probabilities and applied stimulation beside the raw stream. Channel labels, units and types are in the
-stream's XML description. `DecisionsListener` pushes a loop's decisions."""
+stream's XML description, with the session's metadata (neurostimd.outputs.lsl_meta). `DecisionsListener` pushes
+a loop's decisions, each stamped with its tick's time on LSL's clock (the markers of that decision carry the same
+timestamp)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import structlog
 
 from neurostimd.config import DecisionsLslConfig
 from neurostimd.listeners import BaseListener, DecisionEvent
+from neurostimd.outputs.lsl_meta import LslTime, StreamMeta, write_channels
 
 log = structlog.get_logger(__name__)
 
@@ -48,20 +51,19 @@ class DecisionsOutlet:
     `stimulating`. Missing values go out as NaN; a pushed decision never raises.
     """
 
-    def __init__(self, cfg: DecisionsLslConfig, class_names: Sequence[str] = ("0", "1", "2")) -> None:
+    def __init__(self, cfg: DecisionsLslConfig, class_names: Sequence[str] = ("0", "1", "2"),
+                 meta: StreamMeta | None = None) -> None:
         self.cfg = cfg
         self.class_names = [str(c) for c in class_names]
         self.channels = decision_channels(self.class_names)
         info = pylsl.StreamInfo(cfg.name, STREAM_TYPE, len(self.channels), pylsl.IRREGULAR_RATE, "float32",
                                 cfg.source_id)
         desc = info.desc()
-        desc.append_child_value("manufacturer", "neurostimd")
-        xml_chans = desc.append_child("channels")
-        for label, unit, kind in self.channels:
-            ch = xml_chans.append_child("channel")
-            ch.append_child_value("label", label)
-            ch.append_child_value("unit", unit)
-            ch.append_child_value("type", kind)
+        if meta is not None:
+            meta.write(desc, model="neurostimd decisions")
+        else:
+            desc.append_child_value("manufacturer", "neurostimd")
+        write_channels(desc, self.channels)
         classes = desc.append_child("classes")
         for i, c in enumerate(self.class_names):
             classes.append_child("class").append_child_value("index", str(i)).append_child_value("name", c)
@@ -105,13 +107,16 @@ class DecisionsOutlet:
 
 
 class DecisionsListener(BaseListener):
-    """A DecisionsOutlet as a loop listener: one sample per decision. `close()` closes the outlet."""
+    """A DecisionsOutlet as a loop listener: one sample per decision, stamped through `lsl_time` with the tick's
+    time (without one, or for a decision that does not say when it was made: at the push). `close()` closes the
+    outlet."""
 
-    def __init__(self, outlet: DecisionsOutlet) -> None:
+    def __init__(self, outlet: DecisionsOutlet, lsl_time: LslTime | None = None) -> None:
         self.outlet = outlet
+        self.lsl_time = lsl_time
 
     def on_decision(self, decision: DecisionEvent) -> None:
-        self.outlet.push(decision.record)
+        self.outlet.push(decision.record, None if self.lsl_time is None else self.lsl_time.at(decision.t_ns))
 
     def close(self) -> None:
         self.outlet.close()

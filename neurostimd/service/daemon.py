@@ -33,6 +33,8 @@ from neurostimd.service.notify import SystemdNotifier
 
 if TYPE_CHECKING:
     from neurostimd.loop import ClosedLoop
+    from neurostimd.outputs.lsl_meta import LslTime, StreamMeta
+    from neurostimd.outputs.markers_lsl import MarkersListener
     from neurostimd.outputs.metrics import Metrics
 
 log = structlog.get_logger("neurostimd.service.daemon")
@@ -57,6 +59,9 @@ class Daemon:
         self._ready = False
         self._t_start = time.monotonic()
         self.state_file = StateFile(cfg.runtime.state_file, shadow=self.shadow, started_mono=self._t_start)
+        self._lsl_time: LslTime | None = None
+        self._lsl_meta: StreamMeta | None = None
+        self._markers: MarkersListener | None = None
 
     # --- signals and threads ---------------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -135,10 +140,11 @@ class Daemon:
             source.open()
             from neurostimd.loop import ClosedLoop
 
-            metrics = self._make_outputs(listeners, source, bundle)
+            metrics = self._make_outputs(listeners, source, bundle, driver)
             loop = ClosedLoop(cfg, clock=self.clock, source=source, bundle=bundle, audit=audit, driver=driver,
                               shadow=self.shadow, prior_daily_stim_s=prior_daily_s, listeners=listeners)
             self.loop = loop
+            self._add_signal_outlet(loop, listeners, source)
             if metrics is not None:
                 metrics.serve(cfg.metrics.host, cfg.metrics.port)
                 log.info("metrics_serving", host=cfg.metrics.host, port=cfg.metrics.port)
@@ -176,11 +182,26 @@ class Daemon:
             code = self._shutdown(code, loop, audit, listeners, source, driver)
         return code
 
-    def _make_outputs(self, listeners: list[LoopListener], source: Any, bundle: Any) -> Metrics | None:
+    def _make_outputs(self, listeners: list[LoopListener], source: Any, bundle: Any,
+                      driver: Driver | None = None) -> Metrics | None:
         """The loop's listeners, into `listeners` (so that shutdown closes those made before a failure): the
-        recorder, the decisions outlet, metrics, the daemon's systemd messages and timings file, and the state
-        file. Returns the Metrics to serve once the loop exists (None when [metrics] is off)."""
+        recorder, the decisions and markers outlets, metrics, the daemon's systemd messages and timings file, and
+        the state file. Returns the Metrics to serve once the loop exists (None when [metrics] is off)."""
         cfg = self.cfg
+        if cfg.decisions_lsl.enabled or cfg.markers_lsl.enabled or cfg.signal_lsl.enabled:
+            from neurostimd.outputs.lsl_meta import LslTime, StreamMeta, bundle_sha256, software_version
+
+            # one clock mapping and one description for every outlet of the session (docs/lsl-outputs.md)
+            self._lsl_time = LslTime(self.clock.now_ns)
+            device_id = None
+            if driver is not None:
+                try:
+                    device_id = str(driver.info().device_id)
+                except DriverError as err:
+                    log.warning("lsl_device_id_unavailable", error=str(err))
+            self._lsl_meta = StreamMeta(version=software_version(), bundle=str(cfg.model.bundle),
+                                        bundle_sha256=bundle_sha256(bundle.path), config=self.config_path,
+                                        source=cfg.source.kind, device_id=device_id, shadow=self.shadow)
         if cfg.recorder.enabled:
             from neurostimd.outputs.recorder import Recorder, RecorderListener
 
@@ -192,7 +213,15 @@ class Daemon:
         if cfg.decisions_lsl.enabled:
             from neurostimd.outputs.decisions_lsl import DecisionsListener, DecisionsOutlet
 
-            listeners.append(DecisionsListener(DecisionsOutlet(cfg.decisions_lsl, class_names=bundle.class_names)))
+            listeners.append(DecisionsListener(DecisionsOutlet(cfg.decisions_lsl, class_names=bundle.class_names,
+                                                               meta=self._lsl_meta), self._lsl_time))
+        if cfg.markers_lsl.enabled:
+            from neurostimd.outputs.markers_lsl import MarkersListener, MarkersOutlet
+
+            assert self._lsl_time is not None
+            self._markers = MarkersListener(MarkersOutlet(cfg.markers_lsl, self._lsl_meta), bundle.class_names,
+                                            self._lsl_time)
+            listeners.append(self._markers)
         metrics = None
         if cfg.metrics.enabled:
             from neurostimd.outputs.metrics import Metrics, MetricsListener
@@ -204,6 +233,21 @@ class Daemon:
         listeners.append(_SystemdListener(self))
         listeners.append(self.state_file)
         return metrics
+
+    def _add_signal_outlet(self, loop: ClosedLoop, listeners: list[LoopListener], source: Any) -> None:
+        """[signal_lsl]: the ring's samples as an EEG stream, made once the loop has put the source's channels in
+        the model's order (what the ring holds). The config refuses it for an LSL source."""
+        if not self.cfg.signal_lsl.enabled:
+            return
+        from neurostimd.outputs.signal_lsl import SignalListener, SignalOutlet
+
+        assert self._lsl_time is not None
+        outlet = SignalOutlet(self.cfg.signal_lsl, sample_rate_hz=source.sample_rate_hz,
+                              channel_names=source.channel_names, lsl_time=self._lsl_time, meta=self._lsl_meta,
+                              model=f"neurostimd {self.cfg.source.kind} source")
+        sig = SignalListener(outlet)
+        listeners.append(sig)  # closed at shutdown with the others
+        loop.listeners.add(sig)
 
     def _shutdown(self, code: int, loop: ClosedLoop | None, audit: AuditLog, listeners: list[LoopListener],
                   *closables: Any) -> int:
@@ -217,6 +261,11 @@ class Daemon:
             except Exception as err:  # never let a failure here skip closing the link (the board's watchdog)
                 log.exception("shutdown_stop_failed", error=repr(err))
                 confirmed = False
+            if self._markers is not None:
+                try:
+                    self._markers.shutdown(confirmed)
+                except Exception as err:  # an output: never in the way of the shutdown
+                    log.error("markers_shutdown_failed", error=repr(err))
             if not confirmed:
                 log.error("shutdown_without_confirmed_stop",
                           detail="the board's dead-man timer stops stimulation once this process is gone")
@@ -316,9 +365,13 @@ class Daemon:
             errors = getattr(err, "errors", None) or [str(err)]
             log.error("config_reload_rejected", errors=errors, detail="keeping the running config")
             loop.audit_record("config_reload", ok=False, errors=errors)
+            if self._markers is not None:
+                self._markers.note("config:reload_rejected")
         else:
             self.cfg = loop.cfg
             loop.audit_record("config_reload", ok=True, needs_restart=needs_restart, **loop.table.audit_fields())
+            if self._markers is not None:
+                self._markers.note("config:reloaded", needs_restart=needs_restart or None)
             log.info("config_reloaded", needs_restart=needs_restart,
                      detail="safe state until clean data for recovery_clean_ms, then stimulation resumes, ramping")
             if needs_restart:

@@ -365,7 +365,9 @@ def _read_csv(p: Path, fs: float | None, units: str | None = None) -> Recording:
 
 
 # --- EDF / BDF --------------------------------------------------------------------------------------------------------
-def _read_edf(p: Path, fs: float | None, units: str | None = None) -> Recording:
+def _read_edf(p: Path, fs: float | None, units: str | None = None, *, label_channel: str | None = None) -> Recording:
+    """An EDF/BDF file (EDF+/BDF+ annotations included). `label_channel` names a signal read as stored (its
+    physical values, unscaled and exempt from the unit check): a channel of class codes, for the label sources."""
     import edfio
 
     try:
@@ -385,8 +387,13 @@ def _read_edf(p: Path, fs: float | None, units: str | None = None) -> Recording:
         log.warning("edf_channels_dropped", path=str(p), rate_hz=rate, dropped=dropped)
     n = min(len(s.data) for s in kept)
     labels = [str(s.label).strip() for s in kept]
-    factors = scales_to_uv([s.physical_dimension for s in kept], configured=units, labels=labels,
-                           what="its physical dimensions (EDF header)")
+    is_code = [label_channel is not None and lab.lower() == label_channel.lower() for lab in labels]
+    factors = np.ones(len(kept))
+    signal_at = [i for i, code in enumerate(is_code) if not code]
+    if signal_at:
+        factors[signal_at] = scales_to_uv([kept[i].physical_dimension for i in signal_at], configured=units,
+                                          labels=[labels[i] for i in signal_at],
+                                          what="its physical dimensions (EDF header)")
     cols, lo, hi = [], [], []
     for s, f in zip(kept, factors, strict=True):
         cols.append(np.asarray(s.data[:n], dtype=np.float64) * f)
@@ -399,7 +406,23 @@ def _read_edf(p: Path, fs: float | None, units: str | None = None) -> Recording:
     names = [lab if lab else f"ch{i}" for i, lab in enumerate(labels)]
     how = "declared (EDF physical dimension)" if units is None else f"{units} where the EDF header declares none"
     return Recording(np.stack(cols, axis=1).astype(np.float32), rate, names, channel_names_declared=declared,
-                     range_uv=(np.array(lo, dtype=np.float32), np.array(hi, dtype=np.float32)), units=how)
+                     range_uv=(np.array(lo, dtype=np.float32), np.array(hi, dtype=np.float32)), units=how,
+                     annotations=_edf_annotations(p, edf))
+
+
+def _edf_annotations(p: Path, edf: Any) -> list[Annotation]:
+    """EDF+/BDF+ annotations, onsets in seconds from the first sample (edfio takes off a subsecond start). A
+    discontinuous EDF+D's onsets are on its own clock, not on the samples laid end to end: they are not read."""
+    try:
+        anns = [Annotation(float(a.onset), float(a.duration or 0.0), str(a.text)) for a in edf.annotations]
+        continuous = bool(edf.is_continuous)
+    except Exception as err:  # edfio raises ValueError and others on a malformed annotations signal
+        raise DataFormatError(f"{p}: its EDF+ annotations cannot be read ({err}); repair the file or drop its "
+                              f"annotations signal") from err
+    if anns and not continuous:
+        log.warning("edf_discontinuous_annotations_skipped", path=str(p), n=len(anns))
+        return []
+    return sorted(anns, key=lambda a: a.onset_s)
 
 
 # --- XDF --------------------------------------------------------------------------------------------------------------
@@ -741,3 +764,19 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 break  # an unterminated last line is the torn tail of an interrupted write
             raise DataFormatError(f"{p}: line {i + 1} is not JSON ({err})") from err
     return out
+
+
+def read_recording_with_label_channel(path: str | Path, label_channel: str, *, fs: float | None = None,
+                                      units: str | None = None, epochs: bool = False) -> Recording:
+    """read_recording, but an EDF/BDF signal named `label_channel` is read as stored (class codes have no voltage
+    unit); the label sources take it out of the channels. Other formats read as read_recording reads them."""
+    p = Path(path)
+    if p.is_file() and p.suffix.lower() in (".edf", ".bdf"):
+        try:
+            rec = _read_edf(p, fs, units, label_channel=label_channel)
+        except UnitError as err:
+            raise DataFormatError(f"{p}: {err}") from err
+        if fs is not None:
+            rec.fs = float(fs)
+        return _validated(rec, str(p))
+    return read_recording(p, fs=fs, units=units, epochs=epochs)

@@ -9,6 +9,7 @@ from scipy import signal
 from neurostimd.core.features import (
     FeatureSettings,
     FrameEngine,
+    FrontEnd,
     Scaler,
     StreamingFeatures,
     _FilterBank,
@@ -23,8 +24,19 @@ def _signal(n: int, ch: int, seed: int = 0) -> np.ndarray:
     return (rng.standard_normal((n, ch)) * 20 + 40 * np.sin(2 * np.pi * 10 * t) + 100).astype(np.float32)
 
 
+NAMES6 = [f"c{i}" for i in range(6)]
+# Every front-end option on: picks by name, each reference, the notch (50 and 60 Hz, harmonics up to 0.45 fs).
+FRONT_ENDS = [
+    FeatureSettings(front_end=FrontEnd(reference="car", notch_hz=50)),
+    FeatureSettings(front_end=FrontEnd(channels=NAMES6, reference=[("c0", "c1"), ("c2", "c3"), ("c5", "c4")],
+                                       notch_hz=60)),
+    FeatureSettings(kind="raw", front_end=FrontEnd(channels=NAMES6, reference="car", notch_hz=50, notch_q=10)),
+]
+
+
 @pytest.mark.parametrize("settings", [FeatureSettings(), FeatureSettings(kind="raw"),
-                                      FeatureSettings(hop_ms=30, frame_hops=3, n_frames=5, scaler="minmax")])
+                                      FeatureSettings(hop_ms=30, frame_hops=3, n_frames=5, scaler="minmax"),
+                                      *FRONT_ENDS])
 def test_streaming_in_random_chunks_equals_offline(settings: FeatureSettings) -> None:
     """Frames computed from random-sized chunks equal the offline frames of the same signal."""
     x = _signal(12_000, 6)
@@ -41,9 +53,11 @@ def test_streaming_in_random_chunks_equals_offline(settings: FeatureSettings) ->
     np.testing.assert_allclose(streamed, offline, rtol=1e-5, atol=1e-5)
 
 
-def test_streaming_windows_equal_offline_windows_at_every_tick() -> None:
-    """The daemon's scaled window after each 50-sample tick equals the matching offline window."""
-    s = FeatureSettings()
+@pytest.mark.parametrize("s", [FeatureSettings(), FeatureSettings(front_end=FrontEnd(
+    channels=["a", "b", "c", "d"], reference=[("a", "b"), ("c", "d"), ("a", "d")], notch_hz=50))])
+def test_streaming_windows_equal_offline_windows_at_every_tick(s: FeatureSettings) -> None:
+    """The daemon's scaled window after each 50-sample tick equals the matching offline window (also with a
+    bipolar reference and the notch)."""
     x = _signal(6_000, 4)
     frames = extract_frames(s, x, 1000.0)
     scaler = Scaler.fit("standard", frames)

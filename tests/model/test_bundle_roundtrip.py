@@ -15,6 +15,7 @@ from neurostimd.errors import BundleError
 from neurostimd.firmware_sim.generate import generate_recording
 from neurostimd.model import bundle as files
 from neurostimd.model.runtime import load_bundle
+from neurostimd.service.exitcodes import EX_CONFIG
 
 pytestmark = [pytest.mark.train, pytest.mark.slow]
 
@@ -131,11 +132,11 @@ def test_evaluate_writes_metrics_and_figures(tiny: tuple[Path, Path], tmp_path: 
 
 def test_evaluate_refuses_scoring_training_data_as_unseen(tiny: tuple[Path, Path], tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    """--split all on the bundle's own training file exits non-zero and says to use --split test."""
+    """--split all on the bundle's own training file is a configuration error (78) that says to use --split test."""
     bdir, data = tiny
     rc = main(["evaluate", "--bundle", str(bdir), "--data", str(data), "--report", str(tmp_path / "r"),
                "--split", "all"])
-    assert rc == 2 and "--split test" in capsys.readouterr().err
+    assert rc == EX_CONFIG and "--split test" in capsys.readouterr().err
 
 
 def test_training_stores_signal_stats_that_add_stats_reproduces(tiny: tuple[Path, Path], copy: Path) -> None:

@@ -29,9 +29,17 @@ def test_shipped_configs_load(path: Path) -> None:
     assert cfg.model.bundle.is_absolute()
 
 
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_check_config_passes_on_every_shipped_config(path: Path) -> None:
+    """`neurostimd check-config` exits 0 on every config/*.toml (what an operator runs before starting one)."""
+    res = neurostimd("check-config", str(path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "OK" in res.stdout
+
+
 def test_shipped_config_set_is_complete() -> None:
-    """The four configs named in the issue exist."""
-    assert {p.name for p in CONFIGS} >= {"sim.toml", "serial.toml", "lsl.toml", "replay.toml"}
+    """The configs named in the issues exist (issue 13 adds brainflow.toml)."""
+    assert {p.name for p in CONFIGS} >= {"sim.toml", "serial.toml", "lsl.toml", "replay.toml", "brainflow.toml"}
 
 
 def test_unknown_key_is_rejected_with_its_path() -> None:

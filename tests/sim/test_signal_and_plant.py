@@ -134,6 +134,22 @@ def test_generate_writes_the_continuous_npz_format(tmp_path: Path) -> None:
         assert np.array_equal(again["data"], z["data"])  # deterministic given the seed
 
 
+def test_generate_cli_names_the_channels_and_refuses_a_wrong_list(tmp_path: Path) -> None:
+    """`--channel-names C3,Cz` names the channels (the same signal as without); a list of the wrong length or with a
+    name twice is a usage error."""
+    out = tmp_path / "n.npz"
+    assert main(["--out", str(out), "--duration", "6", "--channels", "2", "--rate", "250", "--seed", "1",
+                 "--channel-names", "C3, Cz"]) == 0
+    with np.load(out) as z:
+        assert list(z["channel_names"]) == ["C3", "Cz"]
+        assert np.array_equal(z["data"], generate_recording(6.0, 2, 250.0, 1)["data"])
+    for bad in ("C3", "C3,c3", "C3,"):
+        with pytest.raises(SystemExit) as exc:
+            main(["--out", str(tmp_path / "x.npz"), "--duration", "6", "--channels", "2", "--channel-names", bad])
+        assert exc.value.code == 2
+    assert not (tmp_path / "x.npz").exists()
+
+
 def _signal(path: Path, *extra: str, loop: bool = False) -> FileSource:
     """What neurostimd-sim --signal PATH plays: the recording read by the host's reader."""
     return FileSource(read_signal(parser().parse_args(["--pty", "--signal", str(path), *extra])), loop=loop)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from neurostimd.model.runtime import load_bundle
+from neurostimd.model.runtime import Bundle, load_bundle
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[3] / "models" / "default"
 CADENCE_MS = 50.0
@@ -57,6 +57,8 @@ def run(progress: Callable[[str], None], quick: bool, bundle_path: str | Path | 
         invoke_t.append(t2 - t1)
         windows.append(w)
 
+    fe_figures = _front_end_cost(b, x, warm, chunk, n_decisions, progress)
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
@@ -100,4 +102,38 @@ def run(progress: Callable[[str], None], quick: bool, bundle_path: str | Path | 
         "inference.tf_function_p50_us": tf_p50,
         "inference.speedup_vs_predict": pred_p50 / rt_p50,
         "inference.speedup_vs_tf_function": tf_p50 / rt_p50,
+        **fe_figures,
+    }
+
+
+def _front_end_cost(b: Bundle, x: np.ndarray, warm: int, chunk: int, n_decisions: int,
+                    progress: Callable[[str], None]) -> dict[str, Any]:
+    """Per-tick feature cost of the bundle's own settings against the same settings with a front end (common
+    average + 50 Hz notch and harmonics), interleaved tick by tick on the same samples so both see the same load."""
+    from neurostimd.core.features import FeatureSettings, FrontEnd, StreamingFeatures, design_notch
+
+    fe_settings = FeatureSettings.model_validate(
+        {**b.settings.model_dump(), "front_end": FrontEnd(reference="car", notch_hz=50).model_dump()})
+    fs = b.sample_rate_hz
+    plain = StreamingFeatures(b.settings, b.n_channels, fs, b.scaler, b.sos)
+    front = StreamingFeatures(fe_settings, b.n_channels, fs, b.scaler, b.sos, design_notch(fe_settings, fs))
+    n_notch = len(fe_settings.front_end.notch_harmonics_hz(fs))
+    progress(f"inference: features without / with the front end (CAR + {n_notch} notches) x {n_decisions}")
+    plain.push(x[:warm])
+    front.push(x[:warm])
+    plain_t: list[float] = []
+    front_t: list[float] = []
+    for i in range(n_decisions):
+        block = x[warm + i * chunk: warm + (i + 1) * chunk]
+        for feats, times in ((plain, plain_t), (front, front_t)) if i % 2 else ((front, front_t), (plain, plain_t)):
+            t0 = time.perf_counter()
+            feats.push(block)
+            feats.window()
+            times.append(time.perf_counter() - t0)
+    p50_plain, p50_front = _pct(plain_t, 50), _pct(front_t, 50)
+    return {
+        "inference.features_plain_p50_us": p50_plain,
+        "inference.features_front_end_p50_us": p50_front,
+        "inference.front_end_cost_ratio": p50_front / p50_plain,
+        "inference.front_end": f"car + notch 50 Hz x {n_notch} harmonics",
     }

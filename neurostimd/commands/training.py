@@ -1,0 +1,62 @@
+"""`neurostimd train` and `neurostimd evaluate` on the command line: the arguments to neurostimd.model.train /
+neurostimd.model.evaluate, and their errors to exit codes (the model layer knows no exit codes): EX_DATAERR (65) for
+data that cannot be used (a recording, its labels, labels that do not map to the classes), EX_CONFIG (78) for the
+rest (a bad --labels/--classes, feature settings or table, a bundle that does not fit, a path that cannot be read or
+written). TensorFlow is imported only when training starts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from neurostimd.errors import DataFormatError, NeurostimError
+from neurostimd.service.exitcodes import EX_CONFIG, EX_DATAERR, EX_OK
+
+
+def exit_code(err: BaseException) -> int:
+    """EX_DATAERR for bad data, EX_CONFIG for everything else train and evaluate refuse."""
+    return EX_DATAERR if isinstance(err, DataFormatError) else EX_CONFIG
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from neurostimd.core.features import FeatureSettings
+    from neurostimd.core.stimtable import StimTable
+    from neurostimd.model.train import front_end_options, quiet_tensorflow, train_bundle
+
+    quiet_tensorflow()
+    overrides: dict[str, Any] = {}
+    if args.features:
+        overrides["kind"] = args.features
+    if args.hop_ms is not None:
+        overrides["hop_ms"] = args.hop_ms
+    if args.frame_hops is not None:
+        overrides["frame_hops"] = args.frame_hops
+    if args.frames is not None:
+        overrides["n_frames"] = args.frames
+    try:
+        front_end = front_end_options(args.channels, args.reference, args.notch)
+        if front_end is not None:
+            overrides["front_end"] = front_end
+        settings = FeatureSettings(**overrides)
+        table = StimTable.from_file(args.table) if args.table else None
+        train_bundle(args.data, args.out, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
+                     settings=settings, table=table, val_fraction=args.val_fraction,
+                     test_fraction=args.test_fraction, block_s=args.block_s, stride=args.stride,
+                     labels=args.labels, classes=args.classes)
+    except (NeurostimError, ValueError, OSError) as err:
+        print(f"neurostimd train: {err}", file=sys.stderr)
+        return exit_code(err)
+    return EX_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from neurostimd.model.evaluate import evaluate_bundle
+
+    try:
+        evaluate_bundle(args.bundle, args.data, args.report, split=args.split, labels=args.labels,
+                        classes=args.classes)
+    except (NeurostimError, ValueError, OSError) as err:
+        print(f"neurostimd evaluate: {err}", file=sys.stderr)
+        return exit_code(err)
+    return EX_OK
