@@ -25,8 +25,9 @@ Channel names. `channel_names_declared` is False when the file names no channels
 an XDF without labels, an EDF with blank labels, a session whose names are the recorder's placeholders ch0, ch1, ...):
 the generated names are then only column labels, and the montage cannot be checked by name.
 
-Labels. Per-sample class labels come from an .npz `labels` array, a CSV `label` column or an ARFF nominal attribute;
-other formats carry none that this reader reads. An epoch set (.npz `X` (n_epochs, n_channels, n_samples), `y`), read
+Labels. Per-sample class labels come from an .npz `labels` array, a CSV `label` column, an ARFF nominal attribute or
+an MNE epochs file's events; the annotations (EDF+/BDF+, MNE, XDF markers) become labels in neurostimd.model.labels,
+which maps them to classes. An epoch set (.npz `X` (n_epochs, n_channels, n_samples), `y`), read
 only with `epochs=True` (training and evaluation; replay has no time between epochs), is its epochs laid end to end,
 `segment_starts` marking where each begins, each sample labelled with its epoch's `y`.
 

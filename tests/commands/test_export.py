@@ -353,8 +353,8 @@ def test_bad_input_is_refused_with_the_right_exit_code(tmp_path: Path, capsys: p
     Recorder(tmp_path / "empty", 2, 100.0).close()
     assert _export(str(tmp_path / "empty"), "--to", "fif", str(tmp_path / "a_raw.fif")) == EX_DATAERR
     assert "no complete sample" in capsys.readouterr().err
-    (tmp_path / "x.dat").write_bytes(b"\0" * 16)
-    assert _export(str(tmp_path / "x.dat"), "--to", "edf", str(tmp_path / "x.edf")) == EX_DATAERR
+    (tmp_path / "x.abc").write_bytes(b"\0" * 16)
+    assert _export(str(tmp_path / "x.abc"), "--to", "edf", str(tmp_path / "x.edf")) == EX_DATAERR
     assert "unknown recording type" in capsys.readouterr().err
     s = make_session(tmp_path / "s", np.ones((200, 2)), np.arange(200) / 100.0)
     before = {p.name: p.read_bytes() for p in s.iterdir()}
