@@ -6,9 +6,10 @@ what is wrong and what to do. This module imports no pylsl, TensorFlow, LiteRT o
 libraries (edfio, pyxdf, scipy.io.arff, mne) are imported when a file of their format is read.
 
 XDF. One signal stream (regular rate, numeric) is read: the only one, or the one `stream_name` / `stream_type`
-choose (refused, listing the streams, when none or several match). Only it and the marker streams (strings, or no
-regular rate) are loaded (pyxdf's select_streams). Marker samples become instant annotations, onset from the signal's
-first timestamp, a multi-channel marker's channels joined with "/"; `marker_streams` narrows them by name.
+choose (refused, listing the streams, when none or several match). Only it and the marker streams (strings, or one
+integer channel of event codes without a regular rate) are loaded (pyxdf's select_streams). Marker samples become
+instant annotations, onset from the signal's first timestamp, a multi-channel marker's channels joined with "/";
+`marker_streams` narrows them by name.
 
 MNE formats. The channels of a voltage type (MNE_SIGNAL_TYPES) in µV, the others dropped and logged;
 raw.annotations with onsets from the first sample; BAD_ACQ_SKIP spans are dropped as a gap in `sample_index`.
@@ -436,9 +437,21 @@ def _first(d: Any, key: str) -> Any:
         return None
 
 
+_EVENT_CODE_FORMATS = ("int8", "int16", "int32", "int64")
+
+
 def _is_marker_stream(info: dict[str, Any]) -> bool:
-    """Marker streams: strings, or any stream without a regular rate (event codes pushed as they happen)."""
-    return str(info.get("channel_format")) == "string" or not float(info.get("nominal_srate") or 0.0) > 0
+    """Marker streams: strings, or event codes (one integer channel without a regular rate)."""
+    if str(info.get("channel_format")) == "string":
+        return True
+    return (not float(info.get("nominal_srate") or 0.0) > 0 and str(info.get("channel_format")) in _EVENT_CODE_FORMATS
+            and int(info.get("channel_count") or 0) == 1)
+
+
+def _is_signal_stream(info: dict[str, Any]) -> bool:
+    """Signal streams: numeric at a regular rate. (Others — float streams without a rate, such as the decisions
+    outlet's — are neither signal nor markers, and are not read.)"""
+    return str(info.get("channel_format")) != "string" and float(info.get("nominal_srate") or 0.0) > 0
 
 
 def _stream_listing(infos: list[dict[str, Any]]) -> str:
@@ -454,7 +467,7 @@ def _choose_xdf_stream(p: Path, infos: list[dict[str, Any]], name: str | None, k
     """The stream id of the signal stream: the one matching name/type, or the only regular numeric stream."""
     import pyxdf
 
-    signals = [i for i in infos if not _is_marker_stream(i)]
+    signals = [i for i in infos if _is_signal_stream(i)]
     how = ("set [source] stream_name and/or stream_type (neurostimd replay: --stream-name, --stream-type; "
            "neurostimd-sim: --signal-stream, --signal-stream-type)")
     if name is None and kind is None:
@@ -474,10 +487,11 @@ def _choose_xdf_stream(p: Path, infos: list[dict[str, Any]], name: str | None, k
         raise DataFormatError(f"{p}: {len(ids)} signal streams have {wanted}: "
                               f"{_stream_listing([i for i in signals if i['stream_id'] in ids])}; {how} so that "
                               f"only one matches")
-    markers = pyxdf.match_streaminfos([i for i in infos if _is_marker_stream(i)], [query])
-    if markers:
-        raise DataFormatError(f"{p}: the stream with {wanted} is a marker stream (strings or no regular rate), not "
-                              f"a signal; its signal streams are {_stream_listing(signals)}; {how}")
+    others = pyxdf.match_streaminfos([i for i in infos if not _is_signal_stream(i)], [query])
+    if others:
+        raise DataFormatError(f"{p}: the stream with {wanted} has no regular rate or holds strings (markers, "
+                              f"events), so it is not a signal; its signal streams are {_stream_listing(signals)}; "
+                              f"{how}")
     raise DataFormatError(f"{p}: no stream with {wanted}; the file holds {_stream_listing(infos)}; {how}")
 
 

@@ -215,3 +215,26 @@ def test_an_xdf_of_the_session_holds_signal_decisions_and_markers_on_one_clock(s
     units = {c["unit"][0] for c in desc["channels"][0]["channel"]}
     assert units == {"microvolts"}
     assert mk["info"]["desc"][0]["neurostimd"][0]["version"] == [software_version()]
+
+
+def test_the_one_reader_reads_the_sessions_xdf(session: dict[str, Any], tmp_path: Path) -> None:
+    """neurostimd's own reader takes the session's XDF as LabRecorder writes it: the signal outlet's stream (the
+    one regularly sampled stream; the decisions stream has no rate and is not read) with the ring's samples in µV,
+    the same chosen by type, and the markers as annotations at their offsets from the signal's first sample."""
+    from neurostimd.sources.recordings import read_recording
+    from tests.outputs.xdf_writer import XdfStream, write_xdf
+
+    got = session["got"]
+    path = tmp_path / "session.xdf"
+    write_xdf(path, [XdfStream(session["xml"][k], got[k][0], got[k][1], string=k == "markers")
+                     for k in ("signal", "decisions", "markers")])
+    rec = read_recording(path)
+    np.testing.assert_array_equal(rec.data, session["ring"].data)
+    assert read_recording(path, stream_type="EEG").channel_names == rec.channel_names
+    assert rec.units.startswith("declared") and rec.channel_names[:2] == ["ch0", "ch1"]
+    sig_ts = np.asarray(got["signal"][1])
+    t0, t_end = float(sig_ts[0]), float(sig_ts[-1]) + 1e-3
+    expected = [(float(t) - t0, m[0]) for m, t in zip(got["markers"][0], got["markers"][1], strict=True)
+                if t0 <= t < t_end]
+    assert expected and [a.description for a in rec.annotations] == [e[1] for e in expected]
+    np.testing.assert_allclose([a.onset_s for a in rec.annotations], [e[0] for e in expected], atol=1e-9)

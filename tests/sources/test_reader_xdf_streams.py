@@ -63,7 +63,7 @@ def test_a_stream_that_is_not_there_is_refused_naming_those_that_are(tmp_path: P
     two_signals(p, [marker_stream("Task", [11.0], ["go"])])
     with pytest.raises(DataFormatError, match=r"no stream with name 'ECoG'.*'EEG amp'.*'EMG amp'.*'Task'"):
         read_recording(p, stream_name="ECoG")
-    with pytest.raises(DataFormatError, match=r"'Task' is a marker stream|name 'Task' is a marker stream"):
+    with pytest.raises(DataFormatError, match=r"name 'Task' has no regular rate or holds strings.*not a signal"):
         read_recording(p, stream_name="Task")
     with pytest.raises(DataFormatError, match=r"no marker stream named 'Keys'.*'Task'.*marker_streams"):
         read_recording(p, stream_name="EEG amp", marker_streams=["Keys"])
@@ -86,12 +86,15 @@ def test_marker_streams_become_annotations_from_the_signals_first_sample(tmp_pat
 
 def test_multichannel_and_numeric_markers_read_as_text(tmp_path: Path) -> None:
     """A two-channel string marker joins its channels with '/', an empty second channel is dropped, and an integer
-    event code on an irregular-rate numeric stream reads as its digits."""
+    event code on an irregular-rate one-channel stream reads as its digits; a float stream without a rate (a
+    decisions outlet's) is neither signal nor markers, and is not read."""
     p = tmp_path / "mc.xdf"
     words = marker_stream("Cues", [10.1, 10.2], [["left", "cue"], ["right", ""]])
     codes = XdfStream("Codes", "Markers", 0.0, np.array([[7], [12]], dtype=np.int32), np.array([10.3, 10.4]),
                       channel_format="int32")
-    write_xdf(p, sine_data(100, 1, FS), FS, ["Cz"], units=["uV"], markers=[words, codes])
+    probs = XdfStream("Decisions", "Decisions", 0.0, np.array([[0.2, 0.8], [0.6, 0.4]], np.float32),
+                      np.array([10.35, 10.45]))
+    write_xdf(p, sine_data(100, 1, FS), FS, ["Cz"], units=["uV"], markers=[words, codes, probs])
     rec = read_recording(p)
     assert [(a.description, a.stream) for a in rec.annotations] == [
         ("left/cue", "Cues"), ("right", "Cues"), ("7", "Codes"), ("12", "Codes")]
