@@ -86,7 +86,7 @@ def test_skipped_acquisition_reads_as_a_gap_that_replay_flags(tmp_path: Path) ->
     assert ring.counters.missing_samples == skipped and np.flatnonzero(w.flags & FLAG_GAP).tolist() == [jump]
     assert w.timestamps[jump] - w.timestamps[jump - 1] == pytest.approx((skipped + 1) / FS)
     again = read_recording(to_npz(rec, tmp_path / "skip.npz"))  # the interchange .npz keeps the gap in its stamps
-    assert np.diff(again.timestamps)[jump - 1] == pytest.approx((skipped + 1) / FS)
+    assert again.timestamps is not None and np.diff(again.timestamps)[jump - 1] == pytest.approx((skipped + 1) / FS)
 
 
 def test_fif_epochs_read_as_an_epoch_set_with_named_classes(tmp_path: Path) -> None:
