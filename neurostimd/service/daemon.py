@@ -203,12 +203,19 @@ class Daemon:
                                         bundle_sha256=bundle_sha256(bundle.path), config=self.config_path,
                                         source=cfg.source.kind, device_id=device_id, shadow=self.shadow)
         if cfg.recorder.enabled:
+            from neurostimd.outputs.lsl_meta import bundle_sha256
             from neurostimd.outputs.recorder import Recorder, RecorderListener
 
             session = cfg.recorder.dir / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            meta: dict[str, Any] = {"config": self.config_path, "bundle": str(cfg.model.bundle),
+                                    "bundle_sha256": bundle_sha256(bundle.path)}
+            # A replay at N x real time stamps its samples N times closer than the signal's own period: say so, so
+            # that a reader puts the session back on the signal's time (docs/recording-format.md).
+            speed = float(getattr(source, "speed", 1.0)) if source.kind == "replay" else 1.0
+            if speed != 1.0:
+                meta["replay_speed"] = speed
             recorder = Recorder(session, source.n_channels, source.sample_rate_hz, source.channel_names,
-                                cfg.recorder.flush_interval_ms,
-                                extra_meta={"config": self.config_path, "bundle": str(cfg.model.bundle)})
+                                cfg.recorder.flush_interval_ms, extra_meta=meta)
             listeners.append(RecorderListener(recorder))
         if cfg.decisions_lsl.enabled:
             from neurostimd.outputs.decisions_lsl import DecisionsListener, DecisionsOutlet

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -758,7 +759,15 @@ def read_session(folder: str | Path) -> Recording:
     index = idx[:n].astype(np.int64) if idx is not None else None
     # The recorder writes ch0, ch1, ... when its source named no channels: those are not a montage.
     declared = names != [f"ch{i}" for i in range(n_ch)]
-    return Recording(data, rate, names, None, None, ts[:n].copy(), str(d), channel_names_declared=declared,
+    stamps = ts[:n].copy()
+    # A session recorded from a replay at N x real time has its stamps N times closer than the signal's period:
+    # spread them back onto the signal's own time (same first stamp), so that the rate check and gaps hold.
+    speed = meta.get("replay_speed", 1.0)
+    if not (isinstance(speed, int | float) and not isinstance(speed, bool) and math.isfinite(speed) and speed > 0):
+        raise DataFormatError(f"{meta_path}: replay_speed is {speed!r}, not a positive number; fix or remove it")
+    if speed != 1.0:
+        stamps = stamps[0] + (stamps - stamps[0]) * float(speed)
+    return Recording(data, rate, names, None, None, stamps, str(d), channel_names_declared=declared,
                      units="uV (session format)", sample_index=index)
 
 

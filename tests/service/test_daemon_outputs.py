@@ -188,3 +188,33 @@ def test_a_sighup_puts_a_new_table_in_force_and_audits_it(tmp_path: Path, monkey
     after = [r for r in recs if r["seq"] > reload["seq"] and r["event"] == "stim_command" and r["requested"]
              and "fallback" not in r.get("faults", [])]
     assert after and all(r["requested"]["amplitude_ma"] == 1.0 for r in after)
+
+
+def test_a_session_recorded_from_a_fast_replay_reads_back_on_the_signals_time(tmp_path: Path) -> None:
+    """A daemon replaying a file at 4 x real time stamps its samples 4 x closer than the file's period; the session
+    says so (`replay_speed`), and reading it back spreads the stamps onto the signal's own time, so the session is
+    not refused as running at the wrong rate, and it names the bundle by hash."""
+    import numpy as np
+
+    from neurostimd.outputs.lsl_meta import bundle_sha256
+    from neurostimd.sources.settings import ReplaySourceConfig
+
+    rng = np.random.default_rng(3)
+    rec_path = tmp_path / "noise.npz"
+    np.savez(rec_path, data=rng.normal(0.0, 20.0, (30_000, 32)).astype(np.float32), fs=1000.0)
+    cfg = virtual_config(tmp_path)
+    cfg = cfg.model_copy(update={
+        "source": ReplaySourceConfig(kind="replay", path=rec_path, speed=4.0),
+        "recorder": cfg.recorder.model_copy(update={"enabled": True, "dir": tmp_path / "recordings"})})
+    (tmp_path / "recordings").mkdir()
+    code, _ = run_daemon(cfg, 2.0)
+    assert code == EX_OK
+    [session] = list((tmp_path / "recordings").iterdir())
+    meta = json.loads((session / "session.json").read_text())
+    assert meta["replay_speed"] == 4.0
+    assert meta["bundle_sha256"] == bundle_sha256(ROOT / "models" / "default")
+    raw_ts = np.fromfile(session / "timestamps.f64", dtype="<f8")
+    assert abs(float(np.median(np.diff(raw_ts))) * 1000.0 * 4.0 - 1.0) < 0.02  # on the host: 4 kHz
+    rec = read_recording(session)
+    assert rec.n_samples > 4000  # about 8 s of signal in 2 s
+    assert abs(float(np.median(np.diff(rec.timestamps))) * 1000.0 - 1.0) < 0.02  # read back: the file's 1 kHz
