@@ -56,6 +56,10 @@ def _label_arguments(p: argparse.ArgumentParser, evaluate: bool = False) -> None
     p.add_argument("--classes", default=None,
                    help="class names in order, each NAME or NAME=DESCRIPTION (e.g. \"rest=T0,active=T1\")"
                         + ("; default: the bundle's mapping" if evaluate else ""))
+    p.add_argument("--fs", type=float, default=None,
+                   help="sample rate in Hz of a file that carries none (ARFF, CSV without a time column)")
+    p.add_argument("--stream-name", default=None, help="XDF: the signal stream, by name (a file of several streams)")
+    p.add_argument("--stream-type", default=None, help="XDF: the signal stream, by type (e.g. EEG)")
 
 
 def build_parser() -> argparse.ArgumentParser:

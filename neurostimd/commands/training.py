@@ -19,6 +19,12 @@ def exit_code(err: BaseException) -> int:
     return EX_DATAERR if isinstance(err, DataFormatError) else EX_CONFIG
 
 
+def _reading(args: argparse.Namespace) -> dict[str, Any]:
+    """The reader's options from --fs, --stream-name and --stream-type (the ones given)."""
+    given = {"fs": args.fs, "stream_name": args.stream_name, "stream_type": args.stream_type}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from neurostimd.core.features import FeatureSettings
     from neurostimd.core.stimtable import StimTable
@@ -43,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_bundle(args.data, args.out, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
                      settings=settings, table=table, val_fraction=args.val_fraction,
                      test_fraction=args.test_fraction, block_s=args.block_s, stride=args.stride,
-                     labels=args.labels, classes=args.classes)
+                     labels=args.labels, classes=args.classes, reading=_reading(args))
     except (NeurostimError, ValueError, OSError) as err:
         print(f"neurostimd train: {err}", file=sys.stderr)
         return exit_code(err)
@@ -55,7 +61,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         evaluate_bundle(args.bundle, args.data, args.report, split=args.split, labels=args.labels,
-                        classes=args.classes)
+                        classes=args.classes, reading=_reading(args))
     except (NeurostimError, ValueError, OSError) as err:
         print(f"neurostimd evaluate: {err}", file=sys.stderr)
         return exit_code(err)

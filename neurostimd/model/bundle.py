@@ -181,7 +181,9 @@ def add_signal_stats(bundle_dir: str | Path, data: list[str | Path], *, by_conte
         events = [(e.get("labels") or {}).get("path") for e in listed if isinstance(e, dict)]
         source = str(events[0]) if events and events[0] else None
     classes = classes_text(lab) if source is not None or lab.get("classes_arg") else None
-    recs = [pick_inputs(load_recording(p, source, classes), feat_settings) for p in data]  # model inputs only
+    raw_reading = manifest.get("read_options")
+    reading: dict[str, Any] = raw_reading if isinstance(raw_reading, dict) else {}  # as training read the files
+    recs = [pick_inputs(load_recording(p, source, classes, **reading), feat_settings) for p in data]  # model inputs
     want = [str(e.get("sha256")) for e in listed if isinstance(e, dict)]
     if len(recs) != len(want):
         raise BundleError(f"model bundle {d} was trained on {len(want)} file(s) "

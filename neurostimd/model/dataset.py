@@ -120,17 +120,20 @@ def file_sha256(path: str | Path) -> str:
 
 
 def load_recording(path: str | Path, labels: str | LabelSource | None = None,
-                   classes: str | ClassMap | None = None) -> LabelledRecording:
+                   classes: str | ClassMap | None = None, *, fs: float | None = None,
+                   stream_name: str | None = None, stream_type: str | None = None) -> LabelledRecording:
     """Read a labelled recording for training or evaluation: any format read_recording reads, plus epoch-set .npz,
     with per-sample labels from `labels` (`--labels`: None = the file's own; see neurostimd.model.labels) mapped by
-    `classes` (`--classes`); DataFormatError saying what is missing, ConfigError for a bad --labels/--classes."""
+    `classes` (`--classes`); `fs`, `stream_name`, `stream_type` are read_recording's (a rate for a file that has
+    none, the XDF signal stream). DataFormatError saying what is missing, ConfigError for a bad --labels/--classes."""
     p = Path(path)
     source = labels if isinstance(labels, LabelSource) else parse_label_source(labels)
     cmap = classes if isinstance(classes, ClassMap) or classes is None else parse_classes(classes)
     if source.kind == "channel":
-        rec = read_recording_with_label_channel(p, source.name, epochs=True)
+        rec = read_recording_with_label_channel(p, source.name, epochs=True, fs=fs, stream_name=stream_name,
+                                                stream_type=stream_type)
     else:
-        rec = read_recording(p, epochs=True)
+        rec = read_recording(p, epochs=True, fs=fs, stream_name=stream_name, stream_type=stream_type)
     y: np.ndarray
     if source.kind == "file":
         own = rec.labels
@@ -155,14 +158,15 @@ def load_recording(path: str | Path, labels: str | LabelSource | None = None,
 
 
 def load_recordings(paths: list[str | Path], labels: str | None = None,
-                    classes: str | None = None) -> list[LabelledRecording]:
-    """load_recording for each path; an events file labels one recording only."""
+                    classes: str | None = None, **reading: Any) -> list[LabelledRecording]:
+    """load_recording for each path (`reading`: its fs / stream_name / stream_type); an events file labels one
+    recording only."""
     source = parse_label_source(labels)
     if source.kind == "events" and len(paths) != 1:
         raise ConfigError(f"--labels {labels} is one events file but {len(paths)} recordings were given; train on "
                           f"one recording per events file, or use --labels annotations / channel:NAME")
     cmap = parse_classes(classes) if classes is not None else None
-    return [load_recording(p, source, cmap) for p in paths]
+    return [load_recording(p, source, cmap, **reading) for p in paths]
 
 
 def pick_inputs(rec: LabelledRecording, settings: FeatureSettings) -> LabelledRecording:

@@ -68,13 +68,14 @@ def _baseline_features(windows: np.ndarray) -> np.ndarray:
 
 def evaluate_bundle(bundle_dir: str | Path, data_path: str | Path, report_dir: str | Path, *, split: str = "test",
                     cadence_ms: float = DEFAULT_CADENCE_MS, labels: str | None = None, classes: str | None = None,
-                    progress: Progress = _progress) -> dict[str, Any]:
+                    reading: dict[str, Any] | None = None, progress: Progress = _progress) -> dict[str, Any]:
     """Score the bundle on `data_path` (labels from `labels`/`classes` as for train; with `labels` and no `classes`,
-    the bundle's own description → class mapping) and write the report; return the metrics."""
+    the bundle's own description → class mapping; `reading` the reader's options as for train) and write the
+    report; return the metrics."""
     t0 = time.perf_counter()
     if labels is not None and classes is None:
         classes = _bundle_classes(Path(bundle_dir))
-    rec = load_recording(data_path, labels, classes)
+    rec = load_recording(data_path, labels, classes, **{k: v for k, v in (reading or {}).items() if v is not None})
     if labels is not None or classes is not None:
         progress(f"{data_path}: {summary(rec.label_info)}")
     # The bundle's front end names its input channels: take them from a wider recording first (as training did).

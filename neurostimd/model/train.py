@@ -56,9 +56,12 @@ def _check_compatible(recs: list[LabelledRecording]) -> None:
 def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, seed: int = 0, batch_size: int = 32,
                  settings: FeatureSettings | None = None, table: StimTable | None = None, val_fraction: float = 0.2,
                  test_fraction: float = 0.0, block_s: float = 20.0, stride: int = 1, labels: str | None = None,
-                 classes: str | None = None, progress: Progress = _progress) -> dict[str, Any]:
+                 classes: str | None = None, reading: dict[str, Any] | None = None,
+                 progress: Progress = _progress) -> dict[str, Any]:
     """Train on `data`, write the bundle to `out`, return its manifest. `labels` and `classes` are `--labels` and
-    `--classes` (neurostimd.model.labels); None = each file's own labels and class names."""
+    `--classes` (neurostimd.model.labels); None = each file's own labels and class names. `reading` holds the
+    reader's options (`fs` for a file without a rate, `stream_name` / `stream_type` for an XDF signal stream); the
+    manifest keeps them, so that evaluate and add-stats read the data the same way."""
     import keras
     import tensorflow as tf
 
@@ -72,7 +75,8 @@ def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, 
     if val_fraction <= 0:
         raise ValueError("--val-fraction must be > 0: early stopping and checkpointing watch the validation split")
     t_start = time.perf_counter()
-    recs = load_recordings(list(data), labels, classes)
+    reading = {k: v for k, v in (reading or {}).items() if v is not None}
+    recs = load_recordings(list(data), labels, classes, **reading)
     for r in recs:
         if labels is not None or classes is not None:
             progress(f"{r.path}: {summary(r.label_info)}")
@@ -200,6 +204,7 @@ def train_bundle(data: list[str | Path], out: str | Path, *, epochs: int = 100, 
         "training_data": [{"path": r.path, "sha256": r.sha256, "kind": r.kind, "labels": r.label_info}
                           for r in recs],
         "labels": _labels_manifest(recs, labels, classes),
+        "read_options": reading,
         "training_data_sha256": data_hash, "metrics": metrics,
         "training": {"epochs": epochs, "seed": seed, "batch_size": batch_size, "stride": stride,
                      "architecture": "BiLSTM(64,seq)-Dropout(0.3)-BiLSTM(32)-Dropout(0.3)-Dense(16,relu)-"

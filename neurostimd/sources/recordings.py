@@ -791,7 +791,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def read_recording_with_label_channel(path: str | Path, label_channel: str, *, fs: float | None = None,
-                                      units: str | None = None, epochs: bool = False) -> Recording:
+                                      units: str | None = None, epochs: bool = False,
+                                      stream_name: str | None = None, stream_type: str | None = None) -> Recording:
     """read_recording, but an EDF/BDF signal named `label_channel` is read as stored (class codes have no voltage
     unit); the label sources take it out of the channels. Other formats read as read_recording reads them."""
     p = Path(path)
@@ -803,4 +804,4 @@ def read_recording_with_label_channel(path: str | Path, label_channel: str, *, f
         if fs is not None:
             rec.fs = float(fs)
         return _validated(rec, str(p))
-    return read_recording(p, fs=fs, units=units, epochs=epochs)
+    return read_recording(p, fs=fs, units=units, epochs=epochs, stream_name=stream_name, stream_type=stream_type)

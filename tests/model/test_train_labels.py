@@ -201,3 +201,57 @@ def test_add_stats_takes_the_labels_from_where_training_took_them(edf_bundle: tu
     assert again["verified_by"] == "sha256"
     keep = ("abs_max", "rms", "abs_p999", "window_rms_lo", "window_rms_hi", "n_samples", "window_samples")
     assert {k: again[k] for k in keep} == {k: written[k] for k in keep}
+
+
+def test_an_xdf_of_several_streams_trains_from_its_markers_with_the_stream_chosen(work: Path, tmp_path: Path,
+                                                                                  capsys: pytest.CaptureFixture[str]
+                                                                                  ) -> None:
+    """A LabRecorder-style XDF (the amplifier, a second signal stream, a marker stream): train refuses to guess the
+    signal stream (65, naming the streams), and with --stream-name trains from the marker stream's labels and records
+    the choice, so add-stats reads the same stream again."""
+    from tests.sources.xdf_files import XdfStream, marker_stream, write_xdf_streams
+
+    seconds = N_TRIALS * TRIAL_S
+    n = int(seconds * FS)
+    y = np.repeat(np.arange(N_TRIALS) % 2, int(TRIAL_S * FS))
+    ts = 100.0 + np.arange(n) / FS
+    amp = XdfStream("amp", "EEG", FS, _signal(seconds, y).astype(np.float32), ts, labels=["C3", "C4"],
+                    units=["microvolts"] * 2)
+    aux = XdfStream("aux", "EEG", 2 * FS, np.zeros((2 * n, 1), np.float32), 100.0 + np.arange(2 * n) / (2 * FS),
+                    labels=["X"], units=["microvolts"])
+    marks = marker_stream("events", [100.0 + k * TRIAL_S for k in range(N_TRIALS)],
+                          [CLASSES[k % 2] for k in range(N_TRIALS)])
+    xdf = tmp_path / "session.xdf"
+    write_xdf_streams(xdf, [amp, aux, marks])
+    out = tmp_path / "bundle"
+    args = ["train", "--data", str(xdf), "--labels", "annotations", "--classes", ",".join(CLASSES), "--table",
+            str(work / "table.toml"), "--out", str(out), *FAST]
+    assert main(args) == EX_DATAERR
+    err = capsys.readouterr().err
+    assert "'amp'" in err and "'aux'" in err and not out.exists()
+    assert main([*args, "--stream-name", "amp"]) == 0
+    manifest = json.loads((out / files.MANIFEST).read_text())
+    assert manifest["read_options"] == {"stream_name": "amp"}
+    assert manifest["channel_names"] == ["C3", "C4"]
+    m = files.add_signal_stats(out, [xdf])
+    assert m["signal_stats"]["verified_by"] == "sha256"
+
+
+def test_an_arff_trains_through_the_cli_with_its_rate_given(work: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """ARFF carries no sample rate: train without --fs refuses naming the option (65); with --fs it trains at that
+    rate and the manifest keeps it."""
+    seconds = N_TRIALS * TRIAL_S
+    y = np.repeat(np.arange(N_TRIALS) % 2, int(TRIAL_S * FS))
+    data = _signal(seconds, y)
+    lines = ["@relation test", "@attribute C3 numeric", "@attribute C4 numeric", "@attribute state {rest,active}",
+             "@data", *(f"{a:.4f},{b:.4f},{CLASSES[c]}" for (a, b), c in zip(data, y, strict=True))]
+    arff = tmp_path / "rec.arff"
+    arff.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "bundle"
+    args = ["train", "--data", str(arff), "--table", str(work / "table.toml"), "--out", str(out), *FAST]
+    assert main(args) == EX_DATAERR
+    assert "pass fs" in capsys.readouterr().err
+    assert main([*args, "--fs", str(FS)]) == 0
+    manifest = json.loads((out / files.MANIFEST).read_text())
+    assert manifest["read_options"] == {"fs": FS} and manifest["sample_rate_hz"] == FS
