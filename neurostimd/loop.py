@@ -242,6 +242,13 @@ class ClosedLoop:
         (and the operator told so once)."""
         b, s = self.bundle, self.source
         model, mine = b.channel_names, s.declared_channel_names
+        needs_names = b.settings.front_end.input_names()
+        if needs_names is not None and mine is None:
+            # Picks and bipolar pairs are channels by name: by position they could pair the wrong electrodes.
+            raise BundleError(f"model bundle {b.path} takes the channels {needs_names} by name (its front end picks "
+                              f"or pairs them), but the {s.kind} source names no channels, so they cannot be found; "
+                              f"use a source that labels its channels (an LSL stream's desc/channels, an EEG "
+                              f"channel list), or a bundle trained without --channels / bipolar --reference")
         if model is None or mine is None:
             log.warning("montage_unchecked", n_channels=s.n_channels, source=s.kind,
                         reason="the source names no channels" if mine is None else

@@ -214,7 +214,8 @@ def block_samples(settings: FeatureSettings, fs: float, block_s: float) -> int:
 
 
 def segments(recordings: list[LabelledRecording], settings: FeatureSettings, block_s: float) -> list[Segment]:
-    """Split every recording into its never-to-be-divided segments."""
+    """Split every recording into its never-to-be-divided segments: epochs, or time blocks of `block_s` that never
+    span a gap in the recording's time."""
     out: list[Segment] = []
     for si, rec in enumerate(recordings):
         epoch_starts = rec.recording.segment_starts
@@ -226,12 +227,19 @@ def segments(recordings: list[LabelledRecording], settings: FeatureSettings, blo
         else:
             n = len(rec.data)
             size = block_samples(settings, rec.fs, block_s)
-            starts = list(range(0, n, size))
-            # A short tail joins the block before it rather than making a block too short for one window.
-            if len(starts) > 1 and n - starts[-1] < size // 2:
-                starts.pop()
-            for i, s0 in enumerate(starts):
-                s1 = starts[i + 1] if i + 1 < len(starts) else n
+            starts: list[int] = []
+            # A gap in the recording's time (an XDF timestamp jump, an MNE skip, a session's lost samples) ends a
+            # block: the filters and windows never run across it, as the daemon's do not (its ring flags the gap).
+            steps = np.diff(rec.recording.times_s())
+            cuts = [0, *(np.flatnonzero(steps > 1.5 / rec.fs) + 1).tolist(), n]
+            for r0, r1 in itertools.pairwise(cuts):
+                run = list(range(r0, r1, size))
+                # A short tail joins the block before it rather than making a block too short for one window.
+                if len(run) > 1 and r1 - run[-1] < size // 2:
+                    run.pop()
+                starts += run
+            ends = [*starts[1:], n]
+            for i, (s0, s1) in enumerate(zip(starts, ends, strict=True)):
                 if np.any(rec.labels[s0:s1] >= 0):
                     out.append(Segment(si, i, rec.data[s0:s1], rec.labels[s0:s1], start_sample=s0))
     return out

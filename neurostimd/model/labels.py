@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from neurostimd.core.markers import parse_marker
 from neurostimd.errors import ConfigError, DataFormatError
 from neurostimd.sources.recordings import Annotation, Recording
 
@@ -189,12 +190,33 @@ def _number(p: Path, line: int, column: str, text: str, *, allow_na: bool) -> fl
     return v
 
 
+def description_key(description: str, codes: dict[str, int] | set[str]) -> str:
+    """What --classes matches a description by: the description (stripped); for a neurostimd marker that does not
+    match whole (`state:active index=1 confidence=0.93`, from a session's Markers stream, docs/lsl-outputs.md), its
+    tag (`state:active`), so that `--classes "rest=state:quiet,active=state:activated"` maps a recorded session."""
+    d = description.strip()
+    if d in codes or " " not in d:
+        return d
+    try:
+        tag, _fields = parse_marker(d)
+    except ValueError:
+        return d
+    return ":".join(tag)
+
+
 # --- annotations → samples --------------------------------------------------------------------------------------------
 def annotation_labels(annotations: list[Annotation], n_samples: int, fs: float, cmap: ClassMap,
-                      where: str) -> tuple[npt.NDArray[np.int64], dict[str, Any]]:
-    """Per-sample class indices from annotations (see the module's docstring), and what happened to them."""
-    counts = Counter(a.description.strip() for a in annotations)
-    mapped = [(a, cmap.codes[a.description.strip()]) for a in annotations if a.description.strip() in cmap.codes]
+                      where: str, times_s: npt.NDArray[np.float64] | None = None
+                      ) -> tuple[npt.NDArray[np.int64], dict[str, Any]]:
+    """Per-sample class indices from annotations (see the module's docstring), and what happened to them.
+
+    Onsets are seconds on the recording's time axis, gaps included (`times_s`: each sample's time from the first,
+    Recording.times_s(); None = i / fs, a recording without gaps): an onset labels from the first sample whose time is
+    not more than half a period before it, so that a label after a gap (an XDF timestamp jump, an MNE skip) lands on
+    the samples recorded at that time, not on the ones the gap's length later."""
+    keys = [description_key(a.description, cmap.codes) for a in annotations]
+    counts = Counter(keys)
+    mapped = [(a, cmap.codes[k]) for a, k in zip(annotations, keys, strict=True) if k in cmap.codes]
     unmapped = {d: c for d, c in counts.items() if d not in cmap.codes}
     if not any(c >= 0 for _, c in mapped):
         found = ", ".join(f"{d!r} ×{c}" for d, c in sorted(counts.items())) or "none"
@@ -202,16 +224,24 @@ def annotation_labels(annotations: list[Annotation], n_samples: int, fs: float, 
                               f"--classes {cmap.text!r} asks for {cmap.class_names} (as {sorted(cmap.codes)}); "
                               f"fix --classes ({CLASSES_SYNTAX})")
     labels = np.full(n_samples, UNLABELLED, dtype=np.int64)
-    instants = sorted((round(a.onset_s * fs), c) for a, c in mapped if a.duration_s <= 0)
+    times = np.arange(n_samples, dtype=np.float64) / fs if times_s is None else np.asarray(times_s, np.float64)
+    if times.shape[0] != n_samples:
+        raise ValueError(f"times_s has {times.shape[0]} entries for {n_samples} samples")
+    half = 0.5 / fs
+
+    def sample_at(t_s: float) -> int:
+        return int(np.searchsorted(times, t_s - half, side="left"))
+
+    instants = sorted((sample_at(a.onset_s), c) for a, c in mapped if a.duration_s <= 0)
     for k, (s0, c) in enumerate(instants):
         s1 = instants[k + 1][0] if k + 1 < len(instants) else n_samples
         labels[max(0, s0):max(0, min(s1, n_samples))] = c
     spans = np.full(n_samples, _NONE, dtype=np.int64)
     outside = 0
     for a, c in mapped:
-        s0 = max(0, round(a.onset_s * fs))
-        s1 = min(n_samples, round((a.onset_s + a.duration_s) * fs))
-        if a.onset_s < 0 or round(a.onset_s * fs) >= n_samples:
+        s0 = sample_at(a.onset_s)
+        s1 = min(n_samples, sample_at(a.onset_s + a.duration_s))
+        if a.onset_s < -half or s0 >= n_samples:
             outside += 1
         if a.duration_s <= 0 or s1 <= s0:
             continue
@@ -299,7 +329,7 @@ def apply_labels(rec: Recording, source: LabelSource, cmap: ClassMap | None, whe
                           f"(found: {descs}); use {CLASSES_SYNTAX}")
     anns = _annotations(rec, source, where, info)
     labels, extra = annotation_labels(anns, rec.n_samples, rec.fs, cmap, where if source.kind == "annotations"
-                                      else f"{where} with events {source.path}")
+                                      else f"{where} with events {source.path}", times_s=rec.times_s())
     info.update(extra)
     info["classes"] = cmap.describe()
     return _summarised(Labelled(rec, labels, list(cmap.class_names), info), where)

@@ -57,7 +57,7 @@ import numpy.typing as npt
 import structlog
 
 from neurostimd.core.units import UnitError, scales_to_uv, uv_per_unit
-from neurostimd.errors import DataFormatError
+from neurostimd.errors import ConfigError, DataFormatError
 
 log = structlog.get_logger(__name__)
 
@@ -192,7 +192,7 @@ def read_recording(path: str | Path, *, fs: float | None = None, units: str | No
     given = [k for k, v in xdf_only.items() if v is not None]
     suffix = _suffix(p)
     if given and suffix != ".xdf":
-        raise DataFormatError(f"{p}: {', '.join(given)} choose{'s' if len(given) == 1 else ''} streams of an XDF "
+        raise ConfigError(f"{p}: {', '.join(given)} choose{'s' if len(given) == 1 else ''} streams of an XDF "
                               f"file, but this is not one; remove {' and '.join(given)} from [source] (or the "
                               f"command line) for it")
     if p.is_dir() and suffix not in _MNE_FOLDERS:
@@ -613,9 +613,11 @@ def _import_mne(p: Path, suffix: str) -> Any:
     return mne
 
 
-def _read_mne(p: Path, suffix: str, units: str | None, *, epochs: bool = False) -> Recording:
+def _read_mne(p: Path, suffix: str, units: str | None, *, epochs: bool = False,
+              label_channel: str | None = None) -> Recording:
     """A raw recording (or, with `epochs`, an -epo.fif epoch set) through MNE: its voltage channels in µV, its
-    annotations, and skipped acquisition (BAD_ACQ_SKIP) as a gap in `sample_index`."""
+    annotations, and skipped acquisition (BAD_ACQ_SKIP) as a gap in `sample_index`. `label_channel` names a channel
+    kept as stored whatever its type (a stim channel of event codes), last, for the label sources to take out."""
     mne = _import_mne(p, suffix)
     is_epochs = p.name.lower().endswith(_MNE_EPOCHS)
     if is_epochs and not epochs:
@@ -660,6 +662,14 @@ def _read_mne(p: Path, suffix: str, units: str | None, *, epochs: bool = False) 
         return Recording(data.astype(np.float32), fs, kept_names, labels, class_names, units=how,
                          segment_starts=starts)
     data = (obj.get_data(picks=keep).T * factors).astype(np.float32)
+    if label_channel is not None:
+        li = next((i for i, n in enumerate(names) if n == label_channel), None)
+        if li is None:
+            li = next((i for i, n in enumerate(names) if n.lower() == label_channel.lower()), None)
+        if li is not None and li not in keep:  # a voltage channel named as the label channel stays as read
+            codes = obj.get_data(picks=[li]).T.astype(np.float32)  # codes as stored: no unit to scale
+            data = np.hstack([data, codes])
+            kept_names = [*kept_names, names[li]]
     annotations, keep_rows, index = _mne_annotations(obj, data.shape[0], fs)
     if keep_rows is not None:
         data = data[keep_rows]
@@ -799,6 +809,16 @@ def read_recording_with_label_channel(path: str | Path, label_channel: str, *, f
     if p.is_file() and p.suffix.lower() in (".edf", ".bdf"):
         try:
             rec = _read_edf(p, fs, units, label_channel=label_channel)
+        except UnitError as err:
+            raise DataFormatError(f"{p}: {err}") from err
+        if fs is not None:
+            rec.fs = float(fs)
+        return _validated(rec, str(p))
+    suffix = _suffix(p)
+    if p.exists() and suffix not in (".npz", ".csv", ".xdf", ".arff") and suffix in _mne_suffixes() \
+            and not p.name.lower().endswith(_MNE_EPOCHS):
+        try:
+            rec = _read_mne(p, suffix, units, label_channel=label_channel)
         except UnitError as err:
             raise DataFormatError(f"{p}: {err}") from err
         if fs is not None:

@@ -226,3 +226,15 @@ def test_a_source_lacking_a_pick_is_refused_naming_it(trained: tuple[Path, Path]
     other = _recording(tmp_path / "noc4.npz", ["F3", "C3", "F4", "Pz"], seed=6, duration_s=5.0)
     msg = _refusal(_replay_cfg(tmp_path, trained[0], other))
     assert "missing: 'C4'" in msg
+
+
+def test_a_source_that_names_no_channels_is_refused_for_a_bundle_that_picks_by_name(trained: tuple[Path, Path],
+                                                                                    tmp_path: Path) -> None:
+    """Four unnamed channels (an .npz without channel_names): the count fits, but the bundle's picks are names, and
+    by position they could be other electrodes — exit 78 saying the source names no channels."""
+    rec: dict[str, Any] = dict(generate_recording(5.0, 4, FS, seed=7))
+    rec.pop("channel_names", None)
+    unnamed = tmp_path / "unnamed.npz"
+    np.savez(unnamed, **rec)
+    msg = _refusal(_replay_cfg(tmp_path, trained[0], unnamed))
+    assert "takes the channels ['F3', 'C3', 'F4', 'C4'] by name" in msg and "names no channels" in msg

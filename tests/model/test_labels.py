@@ -251,3 +251,89 @@ def test_unlabelled_blocks_are_no_segments_and_unlabelled_windows_are_dropped(tm
     tr, va, te = split_segments(segs, 0.3, 0.2, seed=1)
     assert not set(tr) & set(te) and not set(tr) & set(va) and sorted(tr + va + te) == list(range(len(segs)))
     assert {segs[i].majority_label for i in tr} == {0, 1}
+
+
+# --- labels on the recording's time axis (gaps) -----------------------------------------------------------------------
+def test_an_onset_after_a_gap_labels_the_samples_recorded_at_that_time() -> None:
+    """With a 2 s gap in the samples' times, a span at 5–6 s labels the samples stamped 5–6 s, not those 2 s later
+    (an onset is a time, and after a gap sample i is no longer at i / fs)."""
+    times = np.arange(600) / FS
+    times[200:] += 2.0  # samples 200.. were recorded from 4.0 s on
+    anns = [Annotation(0.0, 0.0, "rest"), Annotation(5.0, 1.0, "active")]
+    y, info = annotation_labels(anns, 600, FS, parse_classes("rest,active"), "rec", times_s=times)
+    active = np.flatnonzero(y == 1)
+    assert times[active[0]] == pytest.approx(5.0) and times[active[-1]] == pytest.approx(5.99)
+    assert active.size == 100 and (y[:300] == 0).all() and info["outside_recording"] == 0
+
+
+def test_xdf_markers_after_a_timestamp_gap_label_the_right_samples(tmp_path: Path) -> None:
+    """An XDF whose stamps jump by 5 s: the marker stream's labels land on the samples recorded at the markers'
+    times."""
+    from tests.sources.xdf_files import marker_stream, write_xdf
+
+    n = 2000
+    ts = 50.0 + np.arange(n) / FS
+    ts[1000:] += 5.0  # 5 s of nothing after sample 1000 (t = 10 s)
+    data = np.random.default_rng(0).normal(0, 10, (n, 2)).astype(np.float32)
+    marks = marker_stream("events", [50.0, 50.0 + 16.0], ["rest", "active"])
+    p = tmp_path / "gap.xdf"
+    write_xdf(p, data, FS, ["C3", "C4"], ["microvolts"] * 2, timestamps=ts, markers=[marks])
+    rec = load_recording(p, "annotations", "rest,active")
+    first_active = int(np.flatnonzero(rec.labels == 1)[0])
+    assert first_active == 1100  # 16 s = 10 s before the gap + 5 s gap + 1 s (100 samples) after it
+
+
+def test_fif_annotations_after_skipped_acquisition_and_a_stim_channel_as_labels(tmp_path: Path) -> None:
+    """MNE's BAD_ACQ_SKIP drops 2 s; a span annotated at 5–6 s labels the samples recorded then; and the file's stim
+    channel (not a voltage channel, left out of the signal) serves as --labels channel:NAME."""
+    import mne
+
+    fs = 100.0
+    n = 1000
+    rng = np.random.default_rng(1)
+    stim = np.zeros(n)
+    stim[500:] = 2.0
+    info = mne.create_info(["C3", "C4", "STI"], fs, ["eeg", "eeg", "stim"])
+    raw = mne.io.RawArray(np.vstack([rng.normal(0, 1e-5, (2, n)), stim[None]]), info, verbose="error")
+    raw.set_annotations(mne.Annotations([0.0, 2.0, 5.0], [2.0, 2.0, 1.0], ["rest", "BAD_ACQ_SKIP", "active"]))
+    p = tmp_path / "skip_raw.fif"
+    raw.save(p, verbose="error")
+    rec = load_recording(p, "annotations", "rest,active")
+    assert rec.data.shape[0] == n - 200 and rec.channel_names == ["C3", "C4"]
+    active = np.flatnonzero(rec.labels == 1)
+    assert active[0] == 300 and active.size == 100  # 5 s = row 300 once the 2 s skip is gone
+    by_channel = load_recording(p, "channel:STI", "rest=0,active=2")
+    assert by_channel.channel_names == ["C3", "C4"]
+    assert (by_channel.labels[:300] == 0).all() and (by_channel.labels[300:] == 1).all()  # code 2 from 5 s on
+
+
+def test_training_blocks_never_span_a_gap_in_the_recordings_time() -> None:
+    """A continuous recording with a timestamp gap is cut there: no segment's samples straddle the gap, so the
+    training filters and windows never run across it; without a gap the blocks are as before."""
+    from neurostimd.model.dataset import LabelledRecording
+    from neurostimd.sources.recordings import Recording
+
+    n = 6000
+    ts = np.arange(n) / FS
+    ts[2500:] += 3.0
+    data = np.zeros((n, 1), np.float32)
+    labels = np.zeros(n, np.int64)
+    settings = FeatureSettings()
+    gapped = LabelledRecording(Recording(data, FS, ["C3"], timestamps=ts), labels, ["rest"], "x")
+    segs = segments([gapped], settings, block_s=20.0)
+    assert [s.start_sample for s in segs] == [0, 2500, 4500]  # a 500-sample tail joins its block; none spans 2500
+    plain = LabelledRecording(Recording(data, FS, ["C3"]), labels, ["rest"], "x")
+    assert [s.start_sample for s in segments([plain], settings, block_s=20.0)] == [0, 2000, 4000]
+
+
+def test_a_sessions_own_state_markers_map_by_their_tag() -> None:
+    """Markers as the Markers stream writes them (`state:<class> index=… confidence=…`) map through --classes by
+    their tag, whatever their fields; a description that matches whole still matches whole."""
+    anns = [Annotation(0.0, 0.0, "state:quiet index=0 confidence=0.91"),
+            Annotation(1.0, 0.0, "state:activated index=1 confidence=0.77"),
+            Annotation(2.0, 0.0, "stim:on frequency_hz=130 amplitude_ma=2 pulse_width_us=60"),
+            Annotation(3.0, 0.0, "rest now")]
+    y, info = annotation_labels(anns, 400, FS, parse_classes("rest=state:quiet,active=state:activated,"
+                                                              "rest=rest now"), "rec")
+    assert (y[:100] == 0).all() and (y[100:300] == 1).all() and (y[300:] == 0).all()
+    assert info["unmapped"] == {"stim:on": 1}

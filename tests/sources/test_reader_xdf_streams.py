@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neurostimd.errors import DataFormatError
+from neurostimd.errors import ConfigError, DataFormatError
 from neurostimd.sources.recordings import Annotation, read_recording
 from tests.sources.test_readers import sine_data
 from tests.sources.xdf_files import XdfStream, marker_stream, write_xdf, write_xdf_streams
@@ -119,10 +119,11 @@ def test_only_the_chosen_streams_are_loaded(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_stream_choices_on_a_file_that_is_not_xdf_are_refused(tmp_path: Path) -> None:
-    """stream_name given for an .npz is a mistake in the config, refused naming the setting."""
+    """stream_name given for an .npz is a mistake in the config (ConfigError: exit 78, not a data error), refused
+    naming the setting."""
     p = tmp_path / "r.npz"
     np.savez(p, data=sine_data(100, 2, FS), fs=FS)
-    with pytest.raises(DataFormatError, match=r"r\.npz: stream_name chooses streams of an XDF file"):
+    with pytest.raises(ConfigError, match=r"r\.npz: stream_name chooses streams of an XDF file"):
         read_recording(p, stream_name="EEG")
 
 
