@@ -62,10 +62,20 @@ def read_signal(args: argparse.Namespace) -> Playable:
     from neurostimd.sources.recordings import read_recording
 
     try:
-        return read_recording(args.signal, fs=args.signal_rate, units=args.signal_units,
-                              stream_name=args.signal_stream, stream_type=args.signal_stream_type)
+        rec = read_recording(args.signal, fs=args.signal_rate, units=args.signal_units,
+                             stream_name=args.signal_stream, stream_type=args.signal_stream_type)
     except DataFormatError as err:
         raise ValueError(f"cannot read the --signal recording: {err}") from err
+    steps = np.diff(rec.times_s())
+    gaps = int(np.count_nonzero(steps > 1.5 / rec.fs))
+    if gaps:
+        # A device streams without pauses: the gaps' samples are not there to send, and it sends what follows at
+        # once. `neurostimd replay` replays gaps as gaps (the ring's gap flag); the simulator cannot.
+        log.warning("signal_gaps_played_continuous", signal=str(args.signal), gaps=gaps,
+                    missing_s=round(float(np.sum(steps[steps > 1.5 / rec.fs]) - gaps / rec.fs), 3),
+                    detail="the simulated device plays the recording's gaps as continuous signal; use "
+                           "`neurostimd replay` to replay them as gaps")
+    return rec
 
 
 def parser() -> argparse.ArgumentParser:

@@ -764,8 +764,8 @@ def read_session(folder: str | Path) -> Recording:
     data = raw[: n * n_ch].reshape(n, n_ch).astype(np.float32)
     if n == 0:
         raise DataFormatError(f"{d}: the session holds no complete sample")
-    # The live ring flagged a gap exactly where its index jumped: a replay follows the index, not the (jittery)
-    # timestamps, so that it sees the gaps the live run saw and no others.
+    # The ring index jumps where the recorder lost samples; a gap in the live stream shows in the timestamps only.
+    # A replay steps by whichever of the two skips more (neurostimd.sources.replay).
     index = idx[:n].astype(np.int64) if idx is not None else None
     # The recorder writes ch0, ch1, ... when its source named no channels: those are not a montage.
     declared = names != [f"ch{i}" for i in range(n_ch)]

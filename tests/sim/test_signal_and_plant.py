@@ -222,3 +222,21 @@ def test_the_simulators_signal_reader_chooses_an_xdf_stream(tmp_path: Path) -> N
     src = _signal(tmp_path / "two.xdf", "--signal-stream", "amp")
     assert src.channel_names == ["C3", "C4"] and np.array_equal(src.read(200, None), eeg)
     assert _signal(tmp_path / "two.xdf", "--signal-stream-type", "Gaze").channel_names == ["x", "y", "p"]
+
+
+def test_the_simulator_says_when_it_plays_a_recordings_gaps_as_continuous(tmp_path: Path) -> None:
+    """A device streams without pauses, so --signal on a recording whose stamps jump plays the gap's neighbours
+    back to back: the simulator says so (signal_gaps_played_continuous, with the count), and says nothing for a
+    recording without gaps."""
+    from structlog.testing import capture_logs
+
+    fs = 100.0
+    ts = np.arange(500) / fs
+    ts[250:] += 2.0
+    np.savez(tmp_path / "gap.npz", data=np.zeros((500, 2), np.float32), fs=fs, timestamps=ts)
+    np.savez(tmp_path / "plain.npz", data=np.zeros((500, 2), np.float32), fs=fs)
+    with capture_logs() as logs:
+        _signal(tmp_path / "gap.npz")
+        _signal(tmp_path / "plain.npz")
+    warned = [e for e in logs if e["event"] == "signal_gaps_played_continuous"]
+    assert len(warned) == 1 and warned[0]["gaps"] == 1 and warned[0]["missing_s"] == pytest.approx(2.0)
