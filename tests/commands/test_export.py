@@ -230,7 +230,6 @@ def _gap_ticks(decisions: list[dict[str, Any]]) -> list[float]:
     return [d["t_data_s"] for d in decisions if "quality_gap" in d["faults"]]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("to", ["fif", "edf", "bdf", "bids"])
 def test_the_exported_file_itself_replays_the_gap_and_the_decisions(to: str, session: Path, tmp_path: Path,
                                                                     session_replay: list[dict[str, Any]]) -> None:
