@@ -11,7 +11,8 @@ with its onset in seconds from the first sample:
 - `fault:<cause>` while a decision lists that cause (decisions.jsonl);
 - `BAD_ACQ_SKIP` over each gap: a step of the timestamps longer than 1.5 sample periods (plus the jitter allowed) or
   an index jump. MNE's Raw is continuous, so the samples a gap stands for are written as zeros under the annotation
-  (MNE's own convention for acquisition skips); a reader that honours BAD_ACQ_SKIP gets the gap back.
+  (MNE's own convention for acquisition skips); a reader that honours BAD_ACQ_SKIP gets the gap back, as
+  neurostimd.sources.recordings does for FIF and EDF/BDF.
 
 Onsets come from the decisions' and commands' `t_data_s` (the source's time of its newest sample, seconds from its
 first sample, gaps included), which is the session's time axis as exported. A recording other than a session gives
@@ -25,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,10 @@ STIM_PREFIX = "stim "
 STIM_UNACKNOWLEDGED = "stim_unacknowledged"
 CH_TYPES = ("eeg", "ecog", "seeg", "dbs", "emg", "eog", "ecg")  # MNE's voltage channel types
 MAX_GAP_FILL_S = 3600.0  # a gap filled with zeros longer than this is refused (a session of hours of nothing)
+# An EDF/BDF physical range is the converter's rails to a reader (ours flags a sample on them as saturation): the
+# range written reaches this share of the span beyond the samples, so that no sample sits on a rail. It costs 0.2 %
+# of the resolution.
+RANGE_MARGIN = 1e-3
 LAB_EXTRA = "pip install 'neurostimd[lab]'"
 
 
@@ -95,7 +101,9 @@ def load_export_input(path: str | Path, *, fs: float | None = None, units: str |
     rec = read_recording(p, fs=fs, units=units)
     if rec.segment_starts is not None:
         raise DataFormatError(f"{p} is an epoch set, which has no continuous time to export")
-    indices = _session_indices(p, rec.n_samples) if p.is_dir() else None
+    # A session's ring indices; a file's skipped acquisition (FIF/EDF BAD_ACQ_SKIP, dropped by the reader) is its
+    # sample index: both are written back as gaps.
+    indices = _session_indices(p, rec.n_samples) if p.is_dir() else rec.sample_index
     counter = _counter(rec, indices, timestamp_jitter_ms / 1000.0)
     n_total = int(counter[-1]) + 1
     missing = n_total - rec.n_samples
@@ -336,14 +344,53 @@ def write_fif(raw: Any, out: Path, *, overwrite: bool = False, fmt: str = "doubl
     return out
 
 
+def physical_ranges_uv(raw: Any) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Per channel (min, max) µV to write as the EDF/BDF physical range: the samples' extremes widened by
+    RANGE_MARGIN of their span (by 1 µV for a flat channel), so that a reader sees no sample on the rails."""
+    x = raw.get_data() * 1e6
+    lo, hi = x.min(axis=1), x.max(axis=1)
+    pad = np.where(hi > lo, (hi - lo) * RANGE_MARGIN, 1.0)
+    return lo - pad, hi + pad
+
+
+def _header_bounds(lo: npt.NDArray[np.float64], hi: npt.NDArray[np.float64]) -> tuple[list[float], list[float]]:
+    """Each (lo, hi) as the EDF header will state it: edfio rounds a physical range outwards to the header's 8
+    characters (asked through edfio itself), and MNE scales the samples by the range it is given, so the range given
+    must be one that edfio writes unchanged. Rounding again can move a bound by a last digit (float arithmetic):
+    repeated until it holds, else whole µV, which edfio keeps."""
+    import edfio
+
+    out_lo, out_hi = [], []
+    for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
+        for _ in range(4):
+            sig = edfio.EdfSignal(np.array([a, b]), 1.0, physical_range=(a, b))
+            if (sig.physical_min, sig.physical_max) == (a, b):
+                break
+            a, b = float(sig.physical_min), float(sig.physical_max)
+        else:
+            a, b = float(math.floor(a)), float(math.ceil(b))
+        out_lo.append(a)
+        out_hi.append(b)
+    return out_lo, out_hi
+
+
 def write_edf(raw: Any, out: Path, *, fmt: str = "edf", overwrite: bool = False) -> Path:
-    """`mne.export.export_raw` (edfio): 16-bit EDF+ or 24-bit BDF+, the physical range per channel."""
+    """`mne.export.export_raw` (edfio): 16-bit EDF+ or 24-bit BDF+, the physical range per channel
+    (physical_ranges_uv)."""
     mne = _mne()
     _edf_labels(raw.ch_names, out)
+    # MNE's public choices are one range for all channels or each channel's bare extremes (which a reader takes for
+    # the rails); its "orig" choice writes the per-channel range a Raw read from an EDF carries in _raw_extras, so
+    # that is where ours goes (checked by tests/commands/test_export.py, which reads the header back).
     try:
-        mne.export.export_raw(out, raw, fmt=fmt, physical_range="channelwise", overwrite=overwrite, verbose="error")
+        lo, hi = _header_bounds(*physical_ranges_uv(raw))
+        raw._raw_extras[0].update(physical_min=lo, physical_max=hi)
+        mne.export.export_raw(out, raw, fmt=fmt, physical_range="orig", overwrite=overwrite, verbose="error")
     except ImportError as err:
         raise ConfigError(f"writing {fmt.upper()} needs edfio: {LAB_EXTRA}") from err
+    finally:
+        for key in ("physical_min", "physical_max"):
+            raw._raw_extras[0].pop(key, None)
     return out
 
 
@@ -373,8 +420,12 @@ def write_bids(raw: Any, root: Path, *, subject: str, task: str, session: str | 
         _edf_labels(raw.ch_names, root)
     path = mne_bids.BIDSPath(subject=subject, session=session, task=task, run=run, root=root)
     try:
+        # one physical range for all channels (mne-bids takes no per-channel one), wide enough that no sample sits
+        # on it; BrainVision has none
+        lo, hi = physical_ranges_uv(raw)
         path = mne_bids.write_raw_bids(raw, path, format=fmt, allow_preload=True, overwrite=overwrite,
-                                       verbose="error")
+                                       physical_range=(float(lo.min()), float(hi.max())) if fmt != "BrainVision"
+                                       else "auto", verbose="error")
     except FileExistsError as err:
         raise ConfigError(f"{root} already holds {path.basename} ({err}); pass --force to replace it, or give "
                           f"another --subject, --session, --task or --run") from err

@@ -12,7 +12,9 @@ instant annotations, onset from the signal's first timestamp, a multi-channel ma
 `marker_streams` narrows them by name.
 
 MNE formats. The channels of a voltage type (MNE_SIGNAL_TYPES) in µV, the others dropped and logged;
-raw.annotations with onsets from the first sample; BAD_ACQ_SKIP spans are dropped as a gap in `sample_index`.
+raw.annotations with onsets from the first sample. BAD_ACQ_SKIP (MNE's skipped acquisition) is not signal, in
+these formats and in EDF/BDF: its samples are dropped, a skip inside the recording as a jump of `sample_index` (a
+gap a replay honours), one at the end (MNE's padding of an EDF's last data record) as the recording's end.
 
 Units. Files that declare units are scaled from them (neurostimd.core.units): an XDF stream's channel units
 (`desc/channels/channel/unit`, "microvolts" by the XDF EEG convention), an EDF/BDF signal's physical dimension. A
@@ -408,17 +410,26 @@ def _read_edf(p: Path, fs: float | None, units: str | None = None, *, label_chan
     declared = all(labels)
     names = [lab if lab else f"ch{i}" for i, lab in enumerate(labels)]
     how = "declared (EDF physical dimension)" if units is None else f"{units} where the EDF header declares none"
-    return Recording(np.stack(cols, axis=1).astype(np.float32), rate, names, channel_names_declared=declared,
+    data = np.stack(cols, axis=1).astype(np.float32)
+    # BAD_ACQ_SKIP (MNE's export: a session's gaps, and its padding of the last data record) is not signal.
+    annotations, keep_rows, index = _acquisition_skips(p, _edf_annotations(p, edf), n, rate)
+    if keep_rows is not None:
+        data = data[keep_rows]
+        log.info("edf_acquisition_skips", path=str(p), skipped_samples=int((~keep_rows).sum()))
+    return Recording(data, rate, names, channel_names_declared=declared,
                      range_uv=(np.array(lo, dtype=np.float32), np.array(hi, dtype=np.float32)), units=how,
-                     annotations=_edf_annotations(p, edf))
+                     annotations=annotations, sample_index=index)
 
 
 def _edf_annotations(p: Path, edf: Any) -> list[Annotation]:
     """EDF+/BDF+ annotations, onsets in seconds from the first sample (edfio takes off a subsecond start). A
-    discontinuous EDF+D's onsets are on its own clock, not on the samples laid end to end: they are not read."""
+    discontinuous EDF+D's onsets are on its own clock, not on the samples laid end to end: they are not read. A file
+    whose header says EDF+C (BDF+C) is continuous by the EDF+ specification: edfio's check of the data records' time
+    stamps is not asked then, since it compares them exactly and edfio itself writes them with float noise after a
+    subsecond start time (e.g. +1.1735470000000001 for the second record)."""
     try:
         anns = [Annotation(float(a.onset), float(a.duration or 0.0), str(a.text)) for a in edf.annotations]
-        continuous = bool(edf.is_continuous)
+        continuous = str(edf.reserved).strip().upper() in ("EDF+C", "BDF+C") or bool(edf.is_continuous)
     except Exception as err:  # edfio raises ValueError and others on a malformed annotations signal
         raise DataFormatError(f"{p}: its EDF+ annotations cannot be read ({err}); repair the file or drop its "
                               f"annotations signal") from err
@@ -670,38 +681,45 @@ def _read_mne(p: Path, suffix: str, units: str | None, *, epochs: bool = False,
             codes = obj.get_data(picks=[li]).T.astype(np.float32)  # codes as stored: no unit to scale
             data = np.hstack([data, codes])
             kept_names = [*kept_names, names[li]]
-    annotations, keep_rows, index = _mne_annotations(obj, data.shape[0], fs)
+    # raw.annotations are on the measurement's time axis; the first sample sits at raw.first_time on it.
+    marked = [Annotation(float(a["onset"]) - float(obj.first_time), float(a["duration"]), str(a["description"]))
+              for a in obj.annotations]
+    annotations, keep_rows, index = _acquisition_skips(p, marked, data.shape[0], fs)
     if keep_rows is not None:
         data = data[keep_rows]
         log.info("mne_acquisition_skips", path=str(p), skipped_samples=int((~keep_rows).sum()))
     return Recording(data, fs, kept_names, units=how, annotations=annotations, sample_index=index)
 
 
-def _mne_annotations(raw: Any, n: int, fs: float) -> tuple[list[Annotation], npt.NDArray[np.bool_] | None,
-                                                           npt.NDArray[np.int64] | None]:
-    """raw.annotations as Annotations (onset from the first sample), and where BAD_ACQ_SKIP spans lie: the samples
-    to keep and their sample index (None, None without skips)."""
+def _acquisition_skips(p: Path, marked: Sequence[Annotation], n: int, fs: float) -> tuple[
+        list[Annotation], npt.NDArray[np.bool_] | None, npt.NDArray[np.int64] | None]:
+    """Split a file's annotations (onsets from its first sample) into the BAD_ACQ_SKIP spans and the rest: the
+    other annotations in onset order, the samples to keep and their sample index (None where nothing is skipped, or
+    the index where the kept samples are consecutive: a skip at the start or the end, such as MNE's padding of an
+    EDF's last data record). A skip inside the recording is a jump of the index by the samples it covers; the
+    annotations stay on `Recording.times_s()` (shifted where the file starts with a skip)."""
     out: list[Annotation] = []
     skipped = np.zeros(n, dtype=bool)
-    # raw.annotations are on the measurement's time axis; the first sample sits at raw.first_time on it.
-    for a in raw.annotations:
-        onset = float(a["onset"]) - float(raw.first_time)
-        duration = float(a["duration"])
-        if str(a["description"]) == MNE_GAP:
-            lo, hi = max(0, round(onset * fs)), min(n, round((onset + duration) * fs))
+    for a in marked:
+        if a.description == MNE_GAP:
+            lo, hi = max(0, round(a.onset_s * fs)), min(n, round((a.onset_s + a.duration_s) * fs))
             skipped[lo:hi] = True
-            continue
-        out.append(Annotation(onset, duration, str(a["description"])))
+        else:
+            out.append(a)
     out.sort(key=lambda x: x.onset_s)
     if not skipped.any():
         return out, None, None
     keep = ~skipped
     index = np.flatnonzero(keep).astype(np.int64)
-    if index.size and index[0] > 0:  # a skip before the first kept sample: time starts at that sample
+    if index.size == 0:
+        raise DataFormatError(f"{p}: every sample lies under a {MNE_GAP} annotation (skipped acquisition), so there "
+                              f"is no signal to read; remove or shorten those annotations")
+    if index[0] > 0:  # a skip before the first kept sample: time starts at that sample
         shift = float(index[0]) / fs
-        out = [Annotation(x.onset_s - shift, x.duration_s, x.description) for x in out]
+        out = [Annotation(x.onset_s - shift, x.duration_s, x.description, x.stream) for x in out]
         index -= index[0]
-    return out, keep, index
+    consecutive = int(index[-1]) == index.size - 1
+    return out, keep, None if consecutive else index
 
 
 # --- ARFF -------------------------------------------------------------------------------------------------------------

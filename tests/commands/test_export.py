@@ -220,6 +220,60 @@ def test_bids_round_trip_reads_back_with_mne_bids(session: Path, tmp_path: Path)
                    "--line-freq", "60", "--force") == 0
 
 
+@pytest.fixture(scope="module")
+def session_replay(session: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """The decisions of replaying the session itself: what every exported file must replay to."""
+    return replay_decisions(session, tmp_path_factory.mktemp("r_session"))
+
+
+def _gap_ticks(decisions: list[dict[str, Any]]) -> list[float]:
+    return [d["t_data_s"] for d in decisions if "quality_gap" in d["faults"]]
+
+
+@pytest.mark.parametrize("to", ["fif", "edf", "bdf", "bids"])
+def test_the_exported_file_itself_replays_the_gap_and_the_decisions(to: str, session: Path, tmp_path: Path,
+                                                                    session_replay: list[dict[str, Any]]) -> None:
+    """`neurostimd replay` of the exported file itself (the one reader, no test-side handling of BAD_ACQ_SKIP)
+    faults quality_gap on exactly the ticks the session's replay does, and ends where the session ends (MNE's
+    padding of the last EDF record is not signal): a FIF decides exactly as the session, an EDF/BDF (16/24 bit)
+    with the same state and applied parameters on at least 95 % of ticks (no sample sits on the physical range's
+    rails, which the reader would take for saturation, and each sample is within half a step of the range its header
+    states)."""
+    if to == "bids":
+        assert _export(str(session), "--to", "bids", str(tmp_path / "bids"), "--subject", "07", "--task", "rest",
+                       "--line-freq", "50") == 0
+        out = tmp_path / "bids" / "sub-07" / "eeg" / "sub-07_task-rest_eeg.edf"
+    else:
+        out = tmp_path / ("sess_raw.fif" if to == "fif" else f"sess.{to}")
+        assert _export(str(session), "--to", to, str(out)) == 0
+    got = replay_decisions(out, tmp_path / "r_out")
+    gaps = _gap_ticks(session_replay)
+    assert gaps and all(GAP_AT / FS <= t < GAP_AT / FS + GAP_S + 1.0 for t in gaps)  # the control: the gap faults
+    assert _gap_ticks(got) == gaps
+    assert len(got) == len(session_replay)
+    if to == "fif":
+        assert got == session_replay
+        return
+    if to != "bids":  # each channel's physical range reaches just beyond its samples: none is on the rails
+        import edfio
+
+        exp = mx.load_export_input(session).data.astype(np.float64)
+        signals: list[Any] = list((edfio.read_bdf(out) if to == "bdf" else edfio.read_edf(out)).signals)
+        lo, hi = np.array([s.physical_min for s in signals]), np.array([s.physical_max for s in signals])
+        span = exp.max(axis=0) - exp.min(axis=0)
+        assert (lo < exp.min(axis=0)).all() and (hi > exp.max(axis=0)).all()
+        assert np.allclose(hi - lo, span * (1 + 2 * mx.RANGE_MARGIN), rtol=1e-4)
+        for k, sig in enumerate(signals):  # scaled by the range the header states: within half its digital step
+            half_step = 0.5 * (sig.physical_max - sig.physical_min) / (sig.digital_max - sig.digital_min)
+            assert np.abs(sig.data[: exp.shape[0]] - exp[:, k]).max() <= half_step * (1 + 1e-6)
+    pairs = list(zip(got, session_replay, strict=True))
+    same_state = np.mean([x["state"] == y["state"] for x, y in pairs])
+    same_applied = np.mean([x["applied"] == y["applied"] for x, y in pairs])
+    print(f"{to} replayed vs session: {len(got)} decisions, same state {same_state:.4f}, same applied "
+          f"{same_applied:.4f}")
+    assert same_state >= 0.95 and same_applied >= 0.95
+
+
 # --- hand-made sessions (the real Recorder) ---------------------------------------------------------------------------
 def make_session(folder: Path, data: np.ndarray, timestamps: np.ndarray, *, indices: np.ndarray | None = None,
                  decisions: list[dict[str, Any]] = (), commands: list[dict[str, Any]] = (),  # type: ignore[assignment]
@@ -299,6 +353,21 @@ def test_timestamp_and_index_gaps_become_zeros_under_bad_acq_skip(tmp_path: Path
     s2 = make_session(tmp_path / "s2", data, jitter)
     assert mx.load_export_input(s2).gap_samples == 1
     assert mx.load_export_input(s2, timestamp_jitter_ms=5.0).gap_samples == 0
+
+
+def test_an_exported_edf_with_a_gap_exports_again_with_the_gap(tmp_path: Path) -> None:
+    """A session with a gap → EDF → FIF: the EDF's BAD_ACQ_SKIP is read as a gap and written back as one, at the
+    same place and length, and the EDF's padding of its last record is not carried over."""
+    n = 650
+    data = np.arange(1, n + 1, dtype=np.float64)[:, None] * 0.1
+    ts = np.arange(n) / 100.0
+    ts[200:] += 0.05  # 5 samples missing
+    s = make_session(tmp_path / "s", data, ts)
+    assert _export(str(s), "--to", "edf", str(tmp_path / "s.edf")) == 0
+    assert _export(str(tmp_path / "s.edf"), "--to", "fif", str(tmp_path / "again_raw.fif")) == 0
+    raw = mne.io.read_raw(tmp_path / "again_raw.fif", verbose="error")
+    assert raw.n_times == n + 5
+    assert [(round(o, 6), round(d, 6), t) for o, d, t in _annotations(raw)] == [(2.0, 0.05, mx.GAP_DESCRIPTION)]
 
 
 def test_a_board_counter_that_did_not_start_at_zero_is_realigned(tmp_path: Path) -> None:
