@@ -605,6 +605,34 @@ def _xdf_markers(p: Path, streams: list[dict[str, Any]], ts: npt.NDArray[np.floa
 
 
 # --- MNE formats (FIF, BrainVision, EEGLAB, GDF, CNT, ...) ----------------------------------------------------------
+def _bids_events(p: Path) -> list[Annotation] | None:
+    """The annotations of a BIDS recording `<entities>_<datatype>.<ext>` from its `<entities>_events.tsv` (onset
+    and duration in seconds from the first sample, trial_type the description); None when there is no such file.
+    DataFormatError for an events file that cannot be read."""
+    stem, _, _datatype = p.stem.rpartition("_")
+    events = p.with_name(f"{stem}_events.tsv") if stem else None
+    if events is None or not events.is_file():
+        return None
+    try:
+        with events.open(newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataFormatError(f"{events}: the BIDS events file beside {p.name} cannot be read ({err})") from err
+    out = []
+    for i, row in enumerate(rows, start=2):
+        try:
+            onset = float(row["onset"])
+            dur_text = (row.get("duration") or "0").strip()
+            duration = 0.0 if dur_text.lower() in ("n/a", "") else float(dur_text)
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataFormatError(f"{events}: line {i}: onset/duration is not a number of seconds ({err})") from err
+        text = (row.get("trial_type") or row.get("value") or "").strip()
+        if math.isfinite(onset) and math.isfinite(duration) and text and text.lower() != "n/a":
+            out.append(Annotation(onset, max(0.0, duration), text))
+    log.info("bids_events_read", path=str(events), n=len(out))
+    return out
+
+
 def _mne_suffixes() -> set[str]:
     """The suffixes read through MNE: MNE's own list when it is installed, else the one this module keeps."""
     try:
@@ -684,6 +712,11 @@ def _read_mne(p: Path, suffix: str, units: str | None, *, epochs: bool = False,
     # raw.annotations are on the measurement's time axis; the first sample sits at raw.first_time on it.
     marked = [Annotation(float(a["onset"]) - float(obj.first_time), float(a["duration"]), str(a["description"]))
               for a in obj.annotations]
+    bids_events = _bids_events(p) if suffix == ".vhdr" else None
+    if bids_events is not None:
+        # mne-bids writes a BrainVision marker file of event codes only: the descriptions and durations (a gap's
+        # BAD_ACQ_SKIP among them) are in the dataset's events.tsv beside it.
+        marked = bids_events
     annotations, keep_rows, index = _acquisition_skips(p, marked, data.shape[0], fs)
     if keep_rows is not None:
         data = data[keep_rows]

@@ -230,7 +230,7 @@ def _gap_ticks(decisions: list[dict[str, Any]]) -> list[float]:
     return [d["t_data_s"] for d in decisions if "quality_gap" in d["faults"]]
 
 
-@pytest.mark.parametrize("to", ["fif", "edf", "bdf", "bids"])
+@pytest.mark.parametrize("to", ["fif", "edf", "bdf", "bids", "bids-brainvision"])
 def test_the_exported_file_itself_replays_the_gap_and_the_decisions(to: str, session: Path, tmp_path: Path,
                                                                     session_replay: list[dict[str, Any]]) -> None:
     """`neurostimd replay` of the exported file itself (the one reader, no test-side handling of BAD_ACQ_SKIP)
@@ -239,10 +239,11 @@ def test_the_exported_file_itself_replays_the_gap_and_the_decisions(to: str, ses
     with the same state and applied parameters on at least 95 % of ticks (no sample sits on the physical range's
     rails, which the reader would take for saturation, and each sample is within half a step of the range its header
     states)."""
-    if to == "bids":
+    if to.startswith("bids"):
+        fmt = ["--bids-format", "brainvision"] if to == "bids-brainvision" else []
         assert _export(str(session), "--to", "bids", str(tmp_path / "bids"), "--subject", "07", "--task", "rest",
-                       "--line-freq", "50") == 0
-        out = tmp_path / "bids" / "sub-07" / "eeg" / "sub-07_task-rest_eeg.edf"
+                       "--line-freq", "50", *fmt) == 0
+        out = tmp_path / "bids" / "sub-07" / "eeg" / f"sub-07_task-rest_eeg.{'vhdr' if fmt else 'edf'}"
     else:
         out = tmp_path / ("sess_raw.fif" if to == "fif" else f"sess.{to}")
         assert _export(str(session), "--to", to, str(out)) == 0
@@ -251,10 +252,10 @@ def test_the_exported_file_itself_replays_the_gap_and_the_decisions(to: str, ses
     assert gaps and all(GAP_AT / FS <= t < GAP_AT / FS + GAP_S + 1.0 for t in gaps)  # the control: the gap faults
     assert _gap_ticks(got) == gaps
     assert len(got) == len(session_replay)
-    if to == "fif":
+    if to == "fif":  # float64 volts: the same samples, the same decisions
         assert got == session_replay
         return
-    if to != "bids":  # each channel's physical range reaches just beyond its samples: none is on the rails
+    if to in ("edf", "bdf"):  # each channel's physical range reaches just beyond its samples: none is on the rails
         import edfio
 
         exp = mx.load_export_input(session).data.astype(np.float64)
