@@ -55,7 +55,7 @@ def test_the_registry_and_the_device_config_name_the_same_plants() -> None:
     assert set(typing.get_args(hints["plant"])) == set(PLANTS)
     assert VirtualDeviceConfig(kind="virtual", plant="beta").plant == "beta"
     with pytest.raises(ValidationError, match="plant"):
-        VirtualDeviceConfig(kind="virtual", plant="epileptor")
+        VirtualDeviceConfig.model_validate({"kind": "virtual", "plant": "epileptor"})
     with pytest.raises(ValueError, match="unknown plant 'nope'; the plants are markov, beta"):
         make_plant("nope", 8, FS)
 
