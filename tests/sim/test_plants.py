@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import time
 import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from neurostimd.devices import VirtualDeviceConfig
-from neurostimd.drivers.types import StimParams
+from neurostimd.drivers.types import SampleBlock, StimParams
 from neurostimd.firmware_sim.__main__ import build_parser, make_source
 from neurostimd.firmware_sim.generate import generate_plant_recording
 from neurostimd.firmware_sim.generator import SyntheticSource
@@ -219,3 +220,57 @@ def test_the_beta_plant_runs_much_faster_than_real_time() -> None:
     for _ in range(200):
         p.step(50, DBS_130)
     assert 10.0 / (time.perf_counter() - t0) > 5.0
+
+
+def test_dbs_through_the_virtual_board_suppresses_beta_and_stopping_lets_it_back() -> None:
+    """Through the real driver and protocol: in the beta-prone regime, SET_STIM 130 Hz / 60 µs / 2.5 mA takes the
+    plant to beta_low within 3 s, delivers 390 pulses of 0.15 µC, and after STOP beta comes back."""
+    from neurostimd.clock import VirtualClock
+
+    clock = VirtualClock()
+    d = VirtualBoardDriver(n_channels=8, seed=4, plant="beta", clock=clock, initial_state=1, sample_format="float32")
+    d.open()
+    plant = d.plant_model
+    assert isinstance(plant, BetaPlant)
+
+    def run(seconds: float) -> int:
+        end = clock.now_ns() + int(seconds * 1e9)
+        n = 0
+        while clock.now_ns() < end:
+            n += sum(len(b.data) for b in d.read_samples(0.05))
+            d.service(clock.now_ns())
+        return n
+
+    try:
+        assert run(3.0) == 3000 and plant.state == 1
+        d.set_stimulation(StimParams(130.0, 2.5, 60.0, 50.0))
+        run(3.0)
+        assert plant.state == 0 and plant.biomarker < 0.2 * plant.params.beta_threshold
+        assert plant.charge_delivered_uc == pytest.approx(390 * 0.15, abs=0.15)
+        d.stop()
+        run(2.0)
+        assert plant.state == 1 and plant.charge_delivered_uc == pytest.approx(390 * 0.15, abs=0.15)
+    finally:
+        d.close()
+
+
+def test_the_simulator_process_streams_the_beta_plant(tmp_path: Path) -> None:
+    """`neurostimd-sim --pty --plant beta` announces 8 channels at 1 kHz and streams, under its sample counter, the
+    samples the same plant makes in process for the same seed."""
+    from neurostimd.drivers.neurostim_board.driver import SerialBoardDriver
+    from tests.sim.simproc import running_sim
+
+    with running_sim(tmp_path, "--plant", "beta", "--seed", "9", "--format", "float32") as sim, \
+            SerialBoardDriver(port=sim.path, ack_timeout_ms=250.0, retries=3) as d:
+        info = d.info()
+        assert info.n_channels == 8 and info.sample_rate_hz == 1000.0
+        blocks: list[SampleBlock] = []
+        deadline = time.monotonic() + 10
+        while len(blocks) < 20 and time.monotonic() < deadline:
+            blocks += d.read_samples(0.2)
+    assert len(blocks) >= 20
+    last = max(b.first_index + len(b.data) for b in blocks)
+    ref = BetaPlant(8, FS, 9)
+    expected = np.concatenate([ref.step(10, None) for _ in range((last + 9) // 10)])
+    for b in blocks:
+        np.testing.assert_allclose(b.data, expected[b.first_index:b.first_index + len(b.data)], atol=1e-3)
