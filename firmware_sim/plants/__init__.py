@@ -10,7 +10,8 @@ I/O and has no clock of its own: `step(n_samples, delivered)` advances it by n_s
              driven by pulsatile DBS into the STN, integrated at the sample rate (docs/plants.md)
 
 Besides the samples, a plant says what evaluation needs: `state` (an index into `state_names`), `in_target` (the
-state is `target_state`), `biomarker` (a float in `biomarker_unit`), `charge_delivered_uc` and `time_s`.
+state is `target_state`), `biomarker` (a float in `biomarker_unit`), `charge_delivered_uc`, `time_s`, and `truth`
+(the hidden variables by name, for traces).
 Every plant is also a SampleSource (`read` is `step`), so the simulated board streams it as is.
 """
 
@@ -54,6 +55,11 @@ class PlantModel(Protocol):
 
     @property
     def time_s(self) -> float: ...
+
+    @property
+    def truth(self) -> dict[str, float]:
+        """The plant's hidden variables now, by name (for traces and figures; the host never sees them)."""
+        ...
 
 
 PlantFactory = Callable[..., PlantModel]

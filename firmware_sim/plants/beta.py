@@ -194,6 +194,12 @@ class BetaPlant:
         return self._time_s
 
     @property
+    def truth(self) -> dict[str, float]:
+        """Biomarker, coupling scale, regime (0 healthy, 1 beta-prone) and the two rates, now."""
+        return {"biomarker": self.biomarker, "kappa": self.kappa, "regime": float(self.regime),
+                "stn_rate_hz": self._s, "gpe_rate_hz": self._g}
+
+    @property
     def stn_rate_hz(self) -> float:
         return self._s
 

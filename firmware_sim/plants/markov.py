@@ -44,3 +44,7 @@ class MarkovPlant(SyntheticSource):
     @property
     def time_s(self) -> float:
         return float(self.plant.time_s)
+
+    @property
+    def truth(self) -> dict[str, float]:
+        return {"state": float(self.plant.state), "habituation": float(self.plant.habituation)}

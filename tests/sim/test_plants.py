@@ -72,6 +72,7 @@ def test_every_plant_implements_the_interface() -> None:
         assert 0 <= plant.state < len(plant.state_names)
         assert plant.in_target == (plant.state == plant.target_state)
         assert plant.time_s == pytest.approx(0.025)
+        assert plant.truth and all(isinstance(v, float) for v in plant.truth.values())
 
 
 def test_the_markov_plant_streams_byte_identical_samples_to_the_synthetic_source() -> None:
