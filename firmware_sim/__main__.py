@@ -1,11 +1,12 @@
 """The simulated stimulator board as a process behind a pseudo-terminal (or a real serial port).
 
-    python -m neurostimd.firmware_sim --pty [--pty-link PATH] [--log EVENTS.jsonl]
+    python -m neurostimd.firmware_sim --pty [--pty-link PATH] [--log EVENTS.jsonl] [--plant markov|beta]
 
 The simulator imports no host code, so it reads no recording files itself: `main(read_signal=...)` takes the reader
 from its caller. `neurostimd-sim` (neurostimd.commands.simulator) is this program with `--signal RECORDING` read by
 neurostimd's recording reader, and SimulatorProcess there is the one way host code and tests start it; run bare,
-this module plays the synthetic signal only.
+this module plays the synthetic signal only. `--plant` names the simulated tissue behind it
+(neurostimd.firmware_sim.plants: the Markov plant by default, or the STN–GPe beta model; docs/plants.md).
 
 With --pty it prints `PTY <path>` as its first stdout line; a host opens that path as a serial port. The loop
 sleeps on select() until the next absolute deadline (next sample block, dead-man deadline) or until the host writes.

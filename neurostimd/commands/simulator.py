@@ -1,7 +1,8 @@
 """`neurostimd-sim`: the simulated board (neurostimd.firmware_sim) as a process, and `SimulatorProcess`, the one way
 host code and tests start it.
 
-    neurostimd-sim --pty [--signal synthetic|RECORDING] [--signal-rate HZ] [--signal-units UNIT] [board options]
+    neurostimd-sim --pty [--plant markov|beta] [--signal synthetic|RECORDING] [--signal-rate HZ] [--signal-units UNIT]
+                   [board options]
     neurostimd-sim --device pulsepal|stimjim --pty [--log F] [that device's options]
 
 The simulator imports no host code, so it reads no files: this entry point reads `--signal` with the one recording
