@@ -28,21 +28,26 @@ def _fixed(kappa: float, **kw: float) -> BetaParams:
     return BetaParams(kappa_low=kappa, kappa_high=kappa, kappa_jitter_sd=0.0, **kw)
 
 
-def _run(params: BetaParams, stim: StimParams | None, seconds: float, seed: int) -> tuple[float, float, float]:
-    """(mean biomarker, STN rate sd, STN rate spectral peak in Hz) over the run after its first 2 s."""
+def _run(params: BetaParams, stim: StimParams | None, seconds: float, seed: int) -> tuple[float, float, float, float]:
+    """(mean biomarker, STN rate sd, STN rate spectral peak in Hz, LFP channel 0 13–30 Hz rms in µV) over the run
+    after its first 2 s."""
     plant = BetaPlant(1, FS, seed, params=params)
-    bio, rate = [], []
+    bio, rate, lfp = [], [], []
     for i in range(int(seconds * FS)):
-        plant.step(1, stim)
+        x = plant.step(1, stim)
         if i >= 2 * FS:
             rate.append(plant.stn_rate_hz)
+            lfp.append(float(x[0, 0]))
             if i % 50 == 49:
                 bio.append(plant.biomarker)
     s = np.asarray(rate)
     spec = np.abs(np.fft.rfft((s - s.mean()) * np.hanning(len(s)))) ** 2
     f = np.fft.rfftfreq(len(s), 1 / FS)
     band = (f >= 4) & (f <= 100)
-    return float(np.mean(bio)), float(s.std()), float(f[band][np.argmax(spec[band])])
+    v = np.asarray(lfp) - np.mean(lfp)
+    lspec = np.abs(np.fft.rfft(v)) ** 2 * 2 / len(v) ** 2  # one-sided power per bin, µV²
+    beta = (f >= 13) & (f <= 30)
+    return float(np.mean(bio)), float(s.std()), float(f[band][np.argmax(spec[band])]), float(np.sqrt(lspec[beta].sum()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,15 +62,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     n, sec = args.seed, args.seconds
     print("coupling kappa (noise-free): STN rate sd [spikes/s], spectral peak [Hz]")
     for kappa in (0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 1.0, 1.2):
-        _, sd, peak = _run(_fixed(kappa, noise_sd=0.0), None, sec, n)
+        _, sd, peak, _ = _run(_fixed(kappa, noise_sd=0.0), None, sec, n)
         print(f"  kappa {kappa:4.2f}: sd {sd:6.2f}  peak {peak:5.1f}")
-    print("beta-prone regime (kappa 1, with noise): biomarker [spikes/s]")
+    healthy = _run(_fixed(0.45), None, sec, n)
+    print(f"healthy regime (kappa 0.45, with noise): biomarker {healthy[0]:6.2f} spikes/s, LFP ch00 13-30 Hz "
+          f"{healthy[3]:5.2f} uV rms")
+    print("beta-prone regime (kappa 1, with noise): biomarker [spikes/s]; LFP ch00 13-30 Hz rms [uV]")
     beta = _fixed(1.0)
-    off = _run(beta, None, sec, n)[0]
-    print(f"  no stimulation: {off:6.2f}")
+    off, _, _, off_lfp = _run(beta, None, sec, n)
+    print(f"  no stimulation: {off:6.2f}  LFP {off_lfp:5.2f}")
     for amp in (0.5, 1.0, 1.5, 1.75, 2.0, 2.5, 3.0):
-        b = _run(beta, StimParams(130.0, amp, 60.0), sec, n)[0]
-        print(f"  130 Hz, 60 us, {amp:4.2f} mA: {b:6.2f}  ({100 * (1 - b / off):5.1f} % below off)")
+        b, _, _, lfp = _run(beta, StimParams(130.0, amp, 60.0), sec, n)
+        print(f"  130 Hz, 60 us, {amp:4.2f} mA: {b:6.2f}  ({100 * (1 - b / off):5.1f} % below off)  LFP {lfp:5.2f}")
     for freq in (20.0, 60.0, 90.0, 130.0, 180.0):
         b = _run(beta, StimParams(freq, 2.5, 60.0), sec, n)[0]
         print(f"  {freq:5.0f} Hz, 60 us, 2.5 mA: {b:6.2f}")
