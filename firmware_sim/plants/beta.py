@@ -22,8 +22,10 @@ Ours (not the paper's; docs/plants.md has the table):
   Fleming et al. 2020;
 * white noise on the STN input (sd 15 in input units per 1 ms), so that the healthy regime shows small,
   noise-driven beta and the beta-prone one waxing and waning oscillations;
-* DBS enters as a pulsatile input to the STN, as in the mean-field studies that add a stimulation term to the STN's
-  input: each delivered pulse adds dbs_gain · amplitude_ma · pulse_width_us / 60 µs to the STN input during one
+* DBS enters as a pulsatile excitatory input to the STN (the 2010 paper has no stimulation; population models of
+  the subthalamo-pallidal loop add DBS to the STN's input, and Alavi et al. 2022, Sci Rep,
+  doi:10.1038/s41598-022-10084-4, found that an excitatory one quenches beta where an inhibitory one does not):
+  each delivered pulse adds dbs_gain · amplitude_ma · pulse_width_us / 60 µs to the STN input during one
   integration step (the 60 µs pulse is not resolved; its charge is kept). High-frequency trains drive the STN rate
   at the stimulation frequency, move it off the steep part of its sigmoid and so cut the loop gain: beta falls
   once the amplitude passes a threshold (about 1.6 mA at 130 Hz, 60 µs, in the beta-prone regime; 20 Hz trains
