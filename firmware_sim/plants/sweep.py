@@ -61,11 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--seconds must be above 3 (the first 2 s are discarded)")
     n, sec = args.seed, args.seconds
     print("coupling kappa (noise-free): STN rate sd [spikes/s], spectral peak [Hz]")
-    for kappa in (0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 1.0, 1.2):
+    for kappa in (0.3, 0.4, 0.45, 0.5, 0.6, 0.8, 1.0, 1.2):
         _, sd, peak, _ = _run(_fixed(kappa, noise_sd=0.0), None, sec, n)
         print(f"  kappa {kappa:4.2f}: sd {sd:6.2f}  peak {peak:5.1f}")
-    healthy = _run(_fixed(0.45), None, sec, n)
-    print(f"healthy regime (kappa 0.45, with noise): biomarker {healthy[0]:6.2f} spikes/s, LFP ch00 13-30 Hz "
+    low = BetaParams().kappa_low
+    healthy = _run(_fixed(low), None, sec, n)
+    print(f"healthy regime (kappa {low:g}, with noise): biomarker {healthy[0]:6.2f} spikes/s, LFP ch00 13-30 Hz "
           f"{healthy[3]:5.2f} uV rms")
     print("beta-prone regime (kappa 1, with noise): biomarker [spikes/s]; LFP ch00 13-30 Hz rms [uV]")
     beta = _fixed(1.0)
