@@ -1,11 +1,12 @@
 """The simulated stimulator board as a process behind a pseudo-terminal (or a real serial port).
 
-    python -m neurostimd.firmware_sim --pty [--pty-link PATH] [--log EVENTS.jsonl]
+    python -m neurostimd.firmware_sim --pty [--pty-link PATH] [--log EVENTS.jsonl] [--plant markov|beta]
 
 The simulator imports no host code, so it reads no recording files itself: `main(read_signal=...)` takes the reader
 from its caller. `neurostimd-sim` (neurostimd.commands.simulator) is this program with `--signal RECORDING` read by
 neurostimd's recording reader, and SimulatorProcess there is the one way host code and tests start it; run bare,
-this module plays the synthetic signal only.
+this module plays the synthetic signal only. `--plant` names the simulated tissue behind it
+(neurostimd.firmware_sim.plants: the Markov plant by default, or the STN–GPe beta model; docs/plants.md).
 
 With --pty it prints `PTY <path>` as its first stdout line; a host opens that path as a serial port. The loop
 sleeps on select() until the next absolute deadline (next sample block, dead-man deadline) or until the host writes.
@@ -39,7 +40,8 @@ import structlog
 from neurostimd.drivers.neurostim_board.codec import SampleFormat
 from neurostimd.drivers.types import BoardLimits
 from neurostimd.firmware_sim.board import DEFAULT_LIMITS, Board, EventLog
-from neurostimd.firmware_sim.generator import FileSource, Playable, SampleSource, SyntheticSource
+from neurostimd.firmware_sim.generator import FileSource, Playable, SampleSource
+from neurostimd.firmware_sim.plants import DEFAULT_PLANT, PLANTS, make_plant
 
 log = structlog.get_logger("firmware_sim")
 
@@ -72,6 +74,9 @@ def build_parser(prog: str = "python -m neurostimd.firmware_sim") -> argparse.Ar
     p.add_argument("--loop", action="store_true", help="loop the recording instead of going quiet at its end")
     p.add_argument("--impedance-ohm", type=float, default=None, help="electrode impedance the board reports")
     p.add_argument("--initial-state", type=int, default=0, choices=[0, 1, 2], help="plant state at start")
+    p.add_argument("--plant", default=DEFAULT_PLANT, choices=list(PLANTS),
+                   help="the simulated tissue behind the synthetic signal (default markov; beta: the STN-GPe model "
+                        "of docs/plants.md, 8 channels by default)")
     faulty = p.add_argument_group("emulating a faulty or unsafe board (for testing the host)")
     faulty.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
                         help="report and enforce this hard limit instead of the default (e.g. max_frequency_hz=0)")
@@ -99,9 +104,13 @@ def parse_limits(items: Sequence[str], watchdog_ms: int) -> BoardLimits:
 
 def make_source(args: argparse.Namespace, read_signal: SignalReader | None = None) -> SampleSource:
     """The synthetic signal, or the --signal recording read by `read_signal`; ValueError naming the problem."""
+    plant = getattr(args, "plant", DEFAULT_PLANT)
     if args.signal == "synthetic":
-        return SyntheticSource(args.channels or 32, args.rate or 1000.0, args.seed,
-                               initial_state=args.initial_state)
+        default_channels = 8 if plant == "beta" else 32
+        return make_plant(plant, args.channels or default_channels, args.rate or 1000.0, args.seed,
+                          initial_state=args.initial_state)
+    if plant != DEFAULT_PLANT:
+        raise ValueError(f"--plant {plant} makes the synthetic signal; a --signal recording has no plant (drop one)")
     if read_signal is None:
         raise ValueError(f"--signal {args.signal}: this entry point plays only the synthetic signal (the simulator "
                          f"imports no host code, so it reads no files); play a recording with neurostimd-sim "

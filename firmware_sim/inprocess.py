@@ -20,6 +20,8 @@ from neurostimd.drivers.types import BoardLimits
 from neurostimd.firmware_sim.board import Board, EventLog
 from neurostimd.firmware_sim.generator import FileSource, Playable, SampleSource, SyntheticSource
 from neurostimd.firmware_sim.plant import Plant, PlantParams
+from neurostimd.firmware_sim.plants import DEFAULT_PLANT, PlantModel, make_plant
+from neurostimd.firmware_sim.plants.markov import MarkovPlant
 
 
 class Clock(Protocol):
@@ -96,6 +98,8 @@ class VirtualBoardDriver(SerialBoardDriver):
     closed-loop evaluation access to its state. With `signal` (a recording the caller has read, e.g. with
     neurostimd.sources.recordings.read_recording) the board streams that recording
     instead of the synthetic generator; with stream_samples=False it streams nothing (replay reads its file itself).
+    `plant` names the simulated tissue behind the synthetic signal (neurostimd.firmware_sim.plants.PLANTS; the
+    default, "markov", is the SyntheticSource as before, and streams the same samples).
     """
 
     # the driver's, whatever the board streams: with stream_samples=False read_samples() returns no blocks
@@ -108,17 +112,25 @@ class VirtualBoardDriver(SerialBoardDriver):
                  signal: Playable | None = None, loop_signal: bool = False, initial_state: int = 0,
                  plant_params: PlantParams | None = None, ack_timeout_ms: float = 100.0, retries: int = 2,
                  heartbeat_ms: float = 100.0, reconnect_interval_ms: float = 500.0, max_watchdog_ms: float = 500.0,
-                 check_session: bool = True) -> None:
+                 check_session: bool = True, plant: str = DEFAULT_PLANT) -> None:
         self.clock: Clock = clock if clock is not None else _Monotonic()
         source: SampleSource
         if signal is not None:
+            if plant != DEFAULT_PLANT:
+                raise DriverError(f"virtual board: plant {plant!r} makes the synthetic signal; a recording has none")
             try:
                 source = FileSource(signal, loop=loop_signal)
             except ValueError as err:
                 raise DriverError(f"virtual board cannot play the recording: {err}") from err
+        elif plant == DEFAULT_PLANT:
+            # the Markov plant: SyntheticSource itself, with the plant interface on top (the same samples)
+            source = MarkovPlant(n_channels, sample_rate_hz, seed, initial_state=initial_state,
+                                 plant_params=plant_params)
         else:
-            source = SyntheticSource(n_channels, sample_rate_hz, seed, initial_state=initial_state,
-                                     plant_params=plant_params)
+            try:
+                source = make_plant(plant, n_channels, sample_rate_hz, seed, initial_state=initial_state)
+            except ValueError as err:
+                raise DriverError(f"virtual board: {err}") from err
         self.event_log = EventLog(log_path)
         self.board = Board(source=source, block_size=block_size, sample_format=sample_format,
                            watchdog_ms=round(watchdog_ms), limits=limits, impedance_ohm=impedance_ohm,
@@ -131,8 +143,14 @@ class VirtualBoardDriver(SerialBoardDriver):
 
     @property
     def plant(self) -> Plant | None:
-        """The simulated tissue when the signal is synthetic, else None."""
+        """The Markov plant when the signal is the default synthetic one, else None."""
         return self.board.source.plant if isinstance(self.board.source, SyntheticSource) else None
+
+    @property
+    def plant_model(self) -> PlantModel | None:
+        """The plant the board streams (firmware_sim.plants), None when it plays a recording."""
+        src = self.board.source
+        return src if isinstance(src, PlantModel) else None
 
     def _close(self) -> None:
         super()._close()

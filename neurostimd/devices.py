@@ -127,6 +127,9 @@ class VirtualDeviceConfig(_BoardLinkConfig):
     sample_rate_hz: float = Field(1000.0, gt=0)
     watchdog_ms: float = Field(250.0, gt=0)
     seed: int = 0
+    # The simulated tissue behind the board's synthetic signal (neurostimd.firmware_sim.plants; docs/plants.md):
+    # "markov" (the quick three-state plant, the default) or "beta" (the STN–GPe beta model).
+    plant: Literal["markov", "beta"] = "markov"
 
     def build(self, ctx: DeviceContext) -> Driver:
         from neurostimd.firmware_sim.inprocess import VirtualBoardDriver
@@ -134,7 +137,7 @@ class VirtualDeviceConfig(_BoardLinkConfig):
         return VirtualBoardDriver(n_channels=self.n_channels, sample_rate_hz=self.sample_rate_hz,
                                   watchdog_ms=self.watchdog_ms, seed=self.seed, clock=ctx.clock,
                                   stream_samples=ctx.stream_samples, heartbeat_ms=self.heartbeat_ms,
-                                  max_watchdog_ms=self.max_watchdog_ms)
+                                  max_watchdog_ms=self.max_watchdog_ms, plant=self.plant)
 
     def watchdog_bound(self) -> tuple[float, str]:
         return self.watchdog_ms, "the board's dead-man timer is"

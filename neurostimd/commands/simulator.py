@@ -1,7 +1,7 @@
 """`neurostimd-sim`: the simulated board (neurostimd.firmware_sim) as a process, and `SimulatorProcess`, the one way
 host code and tests start it.
 
-    neurostimd-sim --pty [--signal synthetic|RECORDING] [--signal-rate HZ] [--signal-units UNIT]
+    neurostimd-sim --pty [--plant markov|beta] [--signal synthetic|RECORDING] [--signal-rate HZ] [--signal-units UNIT]
                    [--signal-stream NAME] [--signal-stream-type TYPE] [board options]
     neurostimd-sim --device pulsepal|stimjim --pty [--log F] [that device's options]
 
