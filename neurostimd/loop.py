@@ -287,12 +287,18 @@ class ClosedLoop:
 
     def _make_controller(self, cfg: Config, table: TableInForce, limits: Any, prior_daily_stim_s: float = 0.0
                          ) -> Controller:
-        feature_names = self.bundle.manifest.get("feature_names")
         policy = make_policy(cfg.policy, table.table, class_names=list(self.bundle.class_names),
-                             feature_names=list(feature_names) if isinstance(feature_names, list) else None)
+                             feature_names=self._feature_names())
         return Controller(policy, cfg.safety, stale_after_ms=cfg.loop.stale_after_ms,
                           board_limits=limits, prior_daily_stim_s=prior_daily_stim_s,
                           deliverable=None if self.driver is None else self.driver.deliverable)
+
+    def _feature_names(self) -> list[str] | None:
+        """The names of the model's input features (as training wrote them), for a law on a feature biomarker."""
+        channels = self.bundle.manifest.get("channel_names")
+        if not isinstance(channels, list):
+            return None
+        return list(self.bundle.settings.feature_names([str(c) for c in channels], self.bundle.sample_rate_hz))
 
     def _log_table(self, limits: Any) -> None:
         t = self.table

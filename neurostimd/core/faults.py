@@ -67,6 +67,7 @@ MODE_HOLD: Mode = "hold"
 MODE_FALLBACK: Mode = "fallback"
 MODE_OFF: Mode = "off"
 _SEVERITY = {MODE_HOLD: 0, MODE_FALLBACK: 1, MODE_OFF: 2}
+_SLACK_S = 1e-9  # float noise of summed tick times: a 1 s hold ends at the tick 1 s later, not one tick after
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ class FaultMonitor:
             else:
                 if self._hold_since_s is None:
                     self._hold_since_s = t_s
-                if t_s - self._hold_since_s >= self.cfg.on_fault.hold_max_s:
+                if t_s - self._hold_since_s >= self.cfg.on_fault.hold_max_s - _SLACK_S:
                     self._enter_safe(t_s, MODE_OFF if self.cfg.on_fault.after_hold == "off" else MODE_FALLBACK)
                     escalated = ESCALATED_HOLD
                 else:
@@ -224,7 +225,7 @@ class FaultMonitor:
             mode = self._safe_mode
             persist_s = self.cfg.on_fault.persist_s
             since = self._safe_since_s
-            if persist_s is not None and since is not None and t_s - since >= persist_s:
+            if persist_s is not None and since is not None and t_s - since >= persist_s - _SLACK_S:
                 mode = MODE_OFF if self.cfg.on_fault.after_persist == "off" else MODE_FALLBACK
                 if mode != self._mode:
                     escalated = escalated or ESCALATED_PERSIST

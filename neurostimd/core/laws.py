@@ -115,6 +115,8 @@ class Biomarker:
             flat = np.asarray(arr, dtype=np.float64).ravel()
             if i >= flat.size or not math.isfinite(float(flat[i])):
                 return None
+            if src == "p" and not np.all(np.isfinite(flat)):
+                return None  # a classifier output with a NaN anywhere is no output
             total += w * float(flat[i])
         return total if math.isfinite(total) else None
 
@@ -124,7 +126,8 @@ class Biomarker:
         if v is not None:
             self._values.append((t_s, v))
         horizon = t_s - self.cfg.averaging_ms / 1000.0
-        while self._values and (self._values[0][0] < horizon if self.cfg.averaging_ms > 0
+        # the window is (t − averaging, t]: a boxcar of averaging_ms
+        while self._values and (self._values[0][0] <= horizon if self.cfg.averaging_ms > 0
                                 else self._values[0][0] < t_s):
             self._values.popleft()
         if not self._values:
@@ -175,6 +178,7 @@ class DualThresholdConfig(BiomarkerConfig):
     termination_ms: float = Field(1200.0, ge=0)  # below lower this long before going low
     blanking_ms: float = Field(2000.0, ge=0)  # no change after a change (Percept DT default 2 s)
     initial: Literal["low", "high"] = "low"
+    target_state: int | None = None  # the state closed-loop control aims for (used by the evaluation)
 
     @model_validator(mode="after")
     def _ordered(self) -> DualThresholdConfig:
@@ -309,6 +313,7 @@ class ProportionalConfig(BiomarkerConfig):
     frequency_hz: float | None = Field(None, gt=0)  # fixed frequency (output = amplitude)
     amplitude_ma: float | None = Field(None, gt=0)  # fixed amplitude (output = frequency)
     pulse_width_us: float = Field(gt=0)
+    target_state: int | None = None  # the state closed-loop control aims for (used by the evaluation)
 
     @model_validator(mode="after")
     def _coherent(self) -> ProportionalConfig:
