@@ -187,12 +187,12 @@ def test_pi_anti_windup_tracks_what_the_gate_lets_through() -> None:
     pol = pi(kp=0.5, ti_s=0.2, setpoint=0.1, output_max=5.0)
     plant_run(pol, b0=0.9, gain=0.01, steps=400, cap_ma=1.0)  # 20 s capped at 1 mA, error large
     assert pol.integral < 2.0
-    applied = StimParams(130.0, 1.0, 60.0)
+    applied: StimParams | None = StimParams(130.0, 1.0, 60.0)
     outs = []
     for i in range(10):
         d = pol.step(20.0 + i * 0.05, Observation(probs(0.0), applied=applied))  # error now negative
         outs.append(amp(d))
-        applied = None if d.desired is None else d.desired
+        applied = d.desired
     assert outs[3] < 1.0
 
 
