@@ -222,3 +222,19 @@ def test_a_law_whose_targets_break_the_gate_is_refused_at_config_load() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config({"policy": pi})
     assert "charge_per_phase" in "\n".join(err.value.errors)
+
+
+def test_the_gate_clamps_what_a_law_asks_for() -> None:
+    """A law built without the config's check (a plugin, a test) that asks for more than [safety] allows is cut by the
+    gate, which names the rule: the gate has the last word whatever the law."""
+    pol = DualThresholdConfig.model_validate({
+        "biomarker": "p:0", "lower": 0.5, "upper": 0.5, "amplitude_low_ma": 0.0, "amplitude_high_ma": 6.0,
+        "frequency_hz": 300.0, "pulse_width_us": 200.0, "onset_ms": 0.0, "termination_ms": 0.0, "blanking_ms": 0.0})
+    ctl = Controller(pol.build(notebook_table()), SafetyConfig.model_validate({"recovery_clean_ms": 0.0,
+                                                                               "ramp_ma_per_s": 100.0}),
+                     stale_after_ms=250.0)
+    _, cmds = run(ctl, 0.0, 10)
+    last = cmds[-1]
+    assert last.requested is not None and last.requested.amplitude_ma == 6.0
+    assert last.applied is not None and last.applied.frequency_hz == 130.0 and last.applied.amplitude_ma <= 5.0
+    assert {"frequency_max", "amplitude_max"} <= set(last.gate.limited_by)
