@@ -98,6 +98,15 @@ class SafetyConfig(Strict):
     recovery_clean_ms: float = Field(2000.0, ge=0)
     on_fault: FaultActions = Field(default_factory=FaultActions)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _ramp_alias(cls, data: object) -> object:
+        # ramp_ma_per_s is the old name of ramp_up_ma_per_s: with only the new name given, the old one follows it, so
+        # whatever still reads ramp_ma_per_s (reports, tools) reads the ramp up in force
+        if isinstance(data, dict) and data.get("ramp_up_ma_per_s") is not None and "ramp_ma_per_s" not in data:
+            data = {**data, "ramp_ma_per_s": data["ramp_up_ma_per_s"]}
+        return data
+
     @property
     def ramp_up_rate_ma_per_s(self) -> float:
         """The ramp up in force: ramp_up_ma_per_s, or its old name ramp_ma_per_s."""
@@ -127,8 +136,7 @@ class SafetyConfig(Strict):
             if broken:
                 raise ValueError(f"[safety.fallback] breaks the gate's own rules ({', '.join(broken)}); the safe "
                                  f"state must pass the gate unclamped — lower its amplitude or pulse width")
-        if self.ramp_up_ma_per_s is not None and "ramp_ma_per_s" in self.model_fields_set \
-                and self.ramp_up_ma_per_s != self.ramp_ma_per_s:
+        if self.ramp_up_ma_per_s is not None and self.ramp_up_ma_per_s != self.ramp_ma_per_s:
             raise ValueError(f"ramp_ma_per_s ({self.ramp_ma_per_s}) is the old name of ramp_up_ma_per_s "
                              f"({self.ramp_up_ma_per_s}); keep only ramp_up_ma_per_s")
         needs = self.on_fault.uses_fallback()
