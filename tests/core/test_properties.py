@@ -254,15 +254,15 @@ def _run_case(case: Case) -> None:
             clean_since, hold_since, recovered = None, None, False
         elif unsure:
             hold_since = t if hold_since is None else hold_since
-            if t - hold_since >= cfg.on_fault.hold_max_s:
+            if t - hold_since >= cfg.on_fault.hold_max_s - 1e-9:  # the monitor's slack for summed tick times
                 clean_since, hold_since, recovered = None, None, False
             else:
                 holding = True
         else:
             hold_since = None
             clean_since = t if clean_since is None else clean_since
-            # recovery is judged at clean decisions (a tolerance either way: the check is one-sided below)
-            recovered = recovered or (t - clean_since) >= cfg.recovery_clean_ms / 1000 + 1e-12
+            # recovery is judged at clean decisions, with the monitor's own comparison (the same floats)
+            recovered = recovered or (t - clean_since) >= cfg.recovery_clean_ms / 1000.0
         must_be_safe = not holding and (
             data_fault or unsure or clean_since is None or (t - clean_since) < cfg.recovery_clean_ms / 1000 - 1e-12)
         if holding:
