@@ -208,7 +208,7 @@ def test_the_controller_runs_any_policy_behind_the_same_monitor_and_gate() -> No
 
 def test_make_policy_refuses_a_kind_that_builds_no_policy() -> None:
     class Broken(PolicyConfig):
-        def build(self, table: StimTable) -> Any:  # type: ignore[override]
+        def build(self, table: StimTable) -> Any:
             return object()
 
     with pytest.raises(ConfigError, match="built a object, which is not a policy"):
