@@ -3,6 +3,7 @@ mne.io.read_raw / mne_bids.read_raw_bids, and replayed through the same pipeline
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -144,10 +145,16 @@ def test_fif_round_trip_keeps_samples_annotations_and_decisions(session: Path, t
     assert applied, "the session stimulated"
     stims = [a for a in ann if mx.parse_stim_description(a[2]) is not None]
     assert len(stims) == len(applied)
+    # each episode lasts until the next acknowledged command, in data time: 0 s when that command went out at a tick
+    # with no new samples (the data clock stood still, e.g. a ramp step just before the gap)
+    acked = [c for c in exp["commands"] if c["ack"] is True]
+    ends = {id(c): nxt["t_data_s"] for c, nxt in itertools.pairwise(acked)}
     for c, a in zip(applied, stims, strict=True):
         assert a[0] == pytest.approx(c["t_data_s"], abs=1e-4)
         assert mx.parse_stim_description(a[2]) == pytest.approx(c["applied"])
-        assert a[1] > 0
+        if id(c) in ends:
+            assert a[0] + a[1] == pytest.approx(ends[id(c)], abs=1e-4)
+        assert a[1] >= 0
     states = [a for a in ann if a[2].startswith(mx.STATE_PREFIX)]
     assert {a[2] for a in states} <= {f"state:{n}" for n in ("quiet", "activated", "pathological")}
     changes = [d for prev, d in zip(exp["decisions"], exp["decisions"][1:], strict=False)
