@@ -105,11 +105,20 @@ _ROUNDING_SLACK = 1e-9  # float noise, not a tolerance: a device may round charg
 
 
 def top_probability(probs: npt.NDArray[np.floating]) -> float:
-    """The classifier's confidence as the fault monitor judges it: the largest class probability; 0 when the output
-    is empty or not finite (the table policy's own reading of the same output)."""
+    """The classifier's confidence as the policies read it: the largest class probability; 0 when the output is
+    empty or not finite (the table policy's own reading of the same output)."""
     p = np.asarray(probs, dtype=np.float64).ravel()
     if p.size == 0 or not np.all(np.isfinite(p)):
         return 0.0
+    return float(p.max())
+
+
+def monitor_confidence(probs: npt.NDArray[np.floating]) -> float:
+    """The classifier's confidence as the fault monitor judges it: the largest class probability, or NaN when the
+    output is empty or not finite — the monitor's `model_output_invalid` fault (garbage is no reason to hold)."""
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    if p.size == 0 or not np.all(np.isfinite(p)):
+        return math.nan
     return float(p.max())
 
 
@@ -144,7 +153,7 @@ class Controller:
         decision = self.policy.step(t_s, inputs.observation(self._running))
         fault = self.monitor.update(t_s, FaultInputs(
             data_age_ms=inputs.data_age_ms, quality_flags=inputs.quality_flags,
-            confidence=None if inputs.probs is None else top_probability(inputs.probs),
+            confidence=None if inputs.probs is None else monitor_confidence(inputs.probs),
             board_ok=inputs.board_ok, last_reply=inputs.last_reply, boundary_causes=inputs.boundary_causes))
         requested = self.monitor.override(decision.desired, held=self._running)
         # the safe state is reached at once; the policy's wish and a hold come down at most at ramp_down_ma_per_s

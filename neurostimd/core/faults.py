@@ -33,6 +33,7 @@ FAULT_BOARD_RESET = "board_reset"  # the board restarted (counter back near 0, i
 FAULT_RATE_MISMATCH = "rate_mismatch"  # samples arrive faster or slower than the declared rate
 FAULT_IMPLAUSIBLE_SIGNAL = "implausible_signal"  # amplitudes far outside anything the model was trained on
 FAULT_AUDIT_UNAVAILABLE = "audit_unavailable"  # the audit log cannot be written: nothing but STOP may be sent
+FAULT_MODEL_OUTPUT = "model_output_invalid"  # the classifier's output is NaN, infinite or empty: a fault, not doubt
 
 # Causes after which the safe state is "off" even when [safety] safe_state = "fallback": the board is not doing what
 # it is told (or is not the board we know), or nothing can be audited — commanding any stimulation would trust it.
@@ -111,8 +112,9 @@ ESCALATED_HOLD = "hold_expired"
 ESCALATED_PERSIST = "persisted"
 
 
-def cause_action(cfg: SafetyConfig, cause: str) -> str:
-    """What `cause` does by the config: "hold", "fallback" or "off" ([safety.on_fault], else [safety] safe_state)."""
+def configured_action(cfg: SafetyConfig, cause: str) -> str | None:
+    """What [safety.on_fault] says for `cause` itself ("hold", "fallback", "off"), "off" for FORCE_OFF_CAUSES, or None
+    when it says nothing (the cause then follows [safety] safe_state)."""
     if cause in FORCE_OFF_CAUSES:
         return MODE_OFF
     acts = cfg.on_fault
@@ -120,7 +122,13 @@ def cause_action(cfg: SafetyConfig, cause: str) -> str:
         return acts.low_confidence
     key = "quality" if cause.startswith(FAULT_QUALITY_PREFIX) else cause
     configured = getattr(acts, key, None) if key in FaultActions.model_fields and key not in _NOT_CAUSES else None
-    return str(configured) if configured is not None else cfg.safe_state
+    return None if configured is None else str(configured)
+
+
+def cause_action(cfg: SafetyConfig, cause: str) -> str:
+    """What `cause` does by the config: "hold", "fallback" or "off" ([safety.on_fault], else [safety] safe_state)."""
+    configured = configured_action(cfg, cause)
+    return configured if configured is not None else cfg.safe_state
 
 
 _NOT_CAUSES = frozenset({"hold_max_s", "after_hold", "persist_s", "after_persist", "low_confidence"})
@@ -156,6 +164,7 @@ class FaultMonitor:
         self._mode: Mode = MODE_OFF if self.cfg.safe_state == "off" else MODE_FALLBACK
         self._safe_since_s: float | None = None
         self._hold_since_s: float | None = None
+        self._hold_clean_since_s: float | None = None  # clean since, while a hold's clock runs
         self._safe_mode: Mode = self._mode  # the safe state's own mode, before persistence
 
     @property
@@ -182,7 +191,9 @@ class FaultMonitor:
             out.append(FAULT_STALE)
         out.extend(FAULT_QUALITY_PREFIX + str(f) for f in sorted(set(inputs.quality_flags)))
         c = inputs.confidence
-        if c is None or not math.isfinite(c) or c < self.confidence_threshold:
+        if c is not None and not math.isfinite(c):
+            out.append(FAULT_MODEL_OUTPUT)  # garbage from the classifier is a fault, never a reason to hold
+        elif c is None or c < self.confidence_threshold:
             out.append(FAULT_LOW_CONFIDENCE)
         out.extend(dict.fromkeys(str(b) for b in inputs.boundary_causes if str(b) not in out))
         return tuple(out)
@@ -197,8 +208,10 @@ class FaultMonitor:
         escalated: str | None = None
         if hard:  # a fault: its safe state at once
             worst: Mode = MODE_OFF if MODE_OFF in hard else MODE_FALLBACK
-            self._enter_safe(t_s, worst)
+            new_hard = any(c in raised and cause_action(self.cfg, c) != MODE_HOLD for c in causes)
+            self._enter_safe(t_s, worst, restart=new_hard)
         elif causes:  # only causes that hold
+            self._hold_clean_since_s = None
             if self._active:
                 self._clean_since_s = None  # recovering: not clean, the safe state stays
             else:
@@ -210,7 +223,14 @@ class FaultMonitor:
                 else:
                     self._mode = MODE_HOLD
         else:
-            self._hold_since_s = None
+            # A hold's clock restarts only after recovery_clean_ms of clean decisions: one confident window now and
+            # then must not let a hold go on for ever.
+            if self._hold_since_s is not None:
+                if self._hold_clean_since_s is None:
+                    self._hold_clean_since_s = t_s
+                if t_s - self._hold_clean_since_s >= self.cfg.recovery_clean_ms / 1000.0 - _SLACK_S:
+                    self._hold_since_s = None
+                    self._hold_clean_since_s = None
             if self._active:
                 if self._clean_since_s is None:
                     self._clean_since_s = t_s
@@ -226,7 +246,12 @@ class FaultMonitor:
             persist_s = self.cfg.on_fault.persist_s
             since = self._safe_since_s
             if persist_s is not None and since is not None and t_s - since >= persist_s - _SLACK_S:
-                mode = MODE_OFF if self.cfg.on_fault.after_persist == "off" else MODE_FALLBACK
+                after: Mode = MODE_OFF if self.cfg.on_fault.after_persist == "off" else MODE_FALLBACK
+                # Persistence may make the safe state more conservative; it moves off to the fallback only when no
+                # cause present says "off" itself (an explicit [safety.on_fault] "off", or a FORCE_OFF cause).
+                explicit_off = any(configured_action(self.cfg, c) == MODE_OFF for c in causes)
+                if _SEVERITY[after] >= _SEVERITY[mode] or not explicit_off:
+                    mode = after
                 if mode != self._mode:
                     escalated = escalated or ESCALATED_PERSIST
             if self._force_off:
@@ -237,17 +262,22 @@ class FaultMonitor:
                            clean_since_s=self._clean_since_s, force_off=self._force_off, mode=self._mode,
                            escalated=escalated)
 
-    def _enter_safe(self, t_s: float, mode: Mode) -> None:
+    def _enter_safe(self, t_s: float, mode: Mode, *, restart: bool = False) -> None:
+        """The safe state in `mode`. `restart`: a new fault cause appeared, so the persistence clock starts again
+        (a new data fault reaches its own safe state at once, whatever an earlier one had persisted into)."""
         if not self._active or self._safe_since_s is None:
             self._safe_since_s = t_s
             self._safe_mode = mode
         else:
+            if restart:
+                self._safe_since_s = t_s
             # a more conservative cause while in the safe state: the safe state follows it (fallback → off)
             if _SEVERITY[mode] > _SEVERITY[self._safe_mode]:
                 self._safe_mode = mode
         self._active = True
         self._clean_since_s = None
         self._hold_since_s = None
+        self._hold_clean_since_s = None
 
     def override(self, desired: StimParams | None, held: StimParams | None = None) -> StimParams | None:
         """What to request from the gate: the policy's wish (mode "normal"), what the board runs (`held`, mode

@@ -43,7 +43,9 @@ class FaultActions(Strict):
     [safety.fallback] setting); unset, it is [safety] safe_state. Low confidence (and a classifier with no opinion)
     is no data fault: by default it HOLDS what the board runs, for at most `hold_max_s` without interruption, then
     `after_hold` is in force until inputs are clean again. A safe state that has lasted `persist_s` without
-    interruption becomes `after_persist` (unset: never). A board that does not do what it is told, or an audit log
+    interruption becomes `after_persist` (default "off"; "fallback" only while no cause present is itself set to
+    "off"; a new cause restarts the clock). A classifier output that is NaN, infinite or empty is the data fault
+    `model_output_invalid`. A board that reports parameters it was not given or is another board, or an audit log
     that cannot be written, is always "off" (not configurable).
     """
 
@@ -61,9 +63,10 @@ class FaultActions(Strict):
     nak: FaultAction | None = None
     missing_ack: FaultAction | None = None
     board_reset: FaultAction | None = None
+    model_output_invalid: FaultAction | None = None  # the classifier's output NaN, infinite or empty
     # persistence
     persist_s: float | None = Field(None, gt=0, le=86_400.0)
-    after_persist: FaultAction = "fallback"
+    after_persist: FaultAction = "off"  # persistence never starts stimulation unless asked to ("fallback")
 
     def uses_fallback(self) -> list[str]:
         """The keys whose action is the fallback (each needs a [safety.fallback] table)."""

@@ -168,7 +168,9 @@ def test_on_fault_fallback_needs_a_fallback_and_low_confidence_off_restores_the_
     with pytest.raises(ValidationError, match="stale_data"):
         SafetyConfig.model_validate({"on_fault": {"stale_data": "fallback"}})
     with pytest.raises(ValidationError, match="after_persist"):
-        SafetyConfig.model_validate({"on_fault": {"persist_s": 5.0}})
+        SafetyConfig.model_validate({"on_fault": {"persist_s": 5.0, "after_persist": "fallback"}})
+    # persist_s alone persists into "off": it never starts stimulation unless asked to
+    assert SafetyConfig.model_validate({"on_fault": {"persist_s": 5.0}}).on_fault.after_persist == "off"
     ctl = controller("table", on_fault={"low_confidence": "off"})
     t, _ = run(ctl, 0.0, 30)
     assert ctl.step(t, inputs(conf=0.4)).applied is None
@@ -238,3 +240,55 @@ def test_the_gate_clamps_what_a_law_asks_for() -> None:
     assert last.requested is not None and last.requested.amplitude_ma == 6.0
     assert last.applied is not None and last.applied.frequency_hz == 130.0 and last.applied.amplitude_ma <= 5.0
     assert {"frequency_max", "amplitude_max"} <= set(last.gate.limited_by)
+
+
+# --- the review's cases: persistence, garbage output, intermittent confidence ----------------------------------------
+def test_persistence_never_turns_a_cause_set_to_off_into_stimulation() -> None:
+    """stale_data = "off" with persist_s and after_persist = "fallback": stale data stays off however long it
+    lasts (an explicit "off" is kept); a cause that follows safe_state persists into the fallback; and a new data
+    fault during a persisted fallback goes to its own safe state at once (the persistence clock restarts)."""
+    explicit = controller("table", on_fault={"persist_s": 2.0, "after_persist": "fallback", "stale_data": "off"},
+                          fallback=FALLBACK)
+    t, _ = run(explicit, 0.0, 30)
+    _, stale = run(explicit, t, 140, lambda: ControlInputs(probs=None, data_age_ms=900.0))
+    assert all(c.applied is None and c.requested is None for c in stale)
+    follows = controller("table", on_fault={"persist_s": 2.0, "after_persist": "fallback"}, fallback=FALLBACK)
+    t, _ = run(follows, 0.0, 30)
+    t, stale = run(follows, t, 60, lambda: ControlInputs(probs=None, data_age_ms=900.0))
+    assert stale[-1].requested is not None  # persisted into the fallback
+    lost = follows.step(t, ControlInputs(probs=None, data_age_ms=900.0, board_ok=False))
+    assert lost.requested is None and "board_lost" in lost.fault.raised  # a new cause: its own safe state, off
+
+
+def test_persist_s_alone_persists_into_off() -> None:
+    """Without after_persist, a persisting fault stays off: persistence never starts stimulation unless asked to."""
+    ctl = controller("table", on_fault={"persist_s": 1.0}, fallback=FALLBACK)
+    t, _ = run(ctl, 0.0, 30)
+    _, stale = run(ctl, t, 80, lambda: ControlInputs(probs=None, data_age_ms=900.0))
+    assert all(c.requested is None for c in stale)
+
+
+@pytest.mark.parametrize("bad", [np.array([np.nan, 0.5, 0.5]), np.array([np.inf, 0.0, 0.0]), np.array([])])
+def test_a_classifier_output_that_is_not_finite_is_a_fault_not_a_hold(bad: np.ndarray) -> None:
+    """NaN, infinite or empty class probabilities on clean data: model_output_invalid, the safe state at once (off
+    by default) — not a hold of what runs, which a doubtful but sane output gets."""
+    ctl = controller("table")
+    t, _ = run(ctl, 0.0, 40)
+    assert ctl.step(t, inputs()).applied is not None
+    cmd = ctl.step(t + DT, ControlInputs(probs=bad, data_age_ms=10.0))
+    assert "model_output_invalid" in cmd.fault.faults and cmd.fault.active and cmd.requested is None
+
+
+def test_one_confident_window_now_and_then_does_not_let_a_hold_last_for_ever() -> None:
+    """Low confidence with a single confident window every 2 s: the hold's clock does not restart on those windows
+    (it needs recovery_clean_ms of clean decisions), so after hold_max_s the hold ends in after_hold (off)."""
+    ctl = controller("table", recovery_clean_ms=1000.0, on_fault={"hold_max_s": 5.0})
+    t, _ = run(ctl, 0.0, 60)
+    assert ctl.step(t, inputs()).applied is not None
+    modes = []
+    for k in range(200):  # 10 s
+        cmd = ctl.step(t, inputs() if k % 40 == 39 else inputs(conf=0.4))
+        ctl.commit(t, cmd.applied, True)
+        modes.append(cmd.fault.mode)
+        t += DT
+    assert "off" in modes[: 5 * 20 + 5] and modes[-1] == "off"

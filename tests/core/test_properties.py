@@ -224,6 +224,7 @@ def _run_case(case: Case) -> None:
     on_time_s = 0.0  # time the board may have been stimulating (test's own count)
     clean_since: float | None = None
     hold_since: float | None = None
+    hold_clean_since: float | None = None
     recovered = False
     last_reply: BoardReply | None = None
     board_ok = True
@@ -245,21 +246,27 @@ def _run_case(case: Case) -> None:
         a = cmd.applied
 
         # Issue 14: low confidence (or no classifier opinion) holds what runs once recovered — for at most
-        # hold_max_s, then the safe state; while recovering it counts as not clean. Data and board faults: at once.
-        unsure = probs is None or cls == -1 or conf < pol.confidence_threshold
+        # hold_max_s, then the safe state; while recovering it counts as not clean. Data and board faults, and a
+        # classifier output that is not finite (model_output_invalid), reach the safe state at once. The hold's clock
+        # restarts only after recovery_clean_ms of clean decisions.
+        unsure = probs is None or (cls != -1 and conf < pol.confidence_threshold)
         data_fault = (age is None or age > STALE_AFTER_MS or flag is not None or not board_ok
-                      or last_reply in ("nak", "timeout"))
+                      or last_reply in ("nak", "timeout") or cls == -1)
         holding = False
         if data_fault or (unsure and not recovered):
-            clean_since, hold_since, recovered = None, None, False
+            clean_since, hold_since, hold_clean_since, recovered = None, None, None, False
         elif unsure:
+            hold_clean_since = None
             hold_since = t if hold_since is None else hold_since
             if t - hold_since >= cfg.on_fault.hold_max_s - 1e-9:  # the monitor's slack for summed tick times
                 clean_since, hold_since, recovered = None, None, False
             else:
                 holding = True
         else:
-            hold_since = None
+            if hold_since is not None:
+                hold_clean_since = t if hold_clean_since is None else hold_clean_since
+                if t - hold_clean_since >= cfg.recovery_clean_ms / 1000.0 - 1e-9:
+                    hold_since = hold_clean_since = None
             clean_since = t if clean_since is None else clean_since
             # recovery is judged at clean decisions, with the monitor's own comparison (the same floats)
             recovered = recovered or (t - clean_since) >= cfg.recovery_clean_ms / 1000.0
