@@ -299,3 +299,13 @@ def test_the_simulator_process_streams_the_beta_plant(tmp_path: Path) -> None:
     expected = np.concatenate([ref.step(10, None) for _ in range((last + 9) // 10)])
     for b in blocks:
         np.testing.assert_allclose(b.data, expected[b.first_index:b.first_index + len(b.data)], atol=1e-3)
+
+
+def test_the_beta_plant_refuses_a_rate_that_would_change_its_integration_step() -> None:
+    """Its DBS input is a 1 ms step per pulse into a saturating sigmoid, so its response to stimulation depends on
+    the step: a rate that is not 1000 Hz divided by a whole number is refused, naming the rule."""
+    for bad in (2000.0, 4000.0, 300.0):
+        with pytest.raises(ValueError, match="integrates in 1 ms steps"):
+            BetaPlant(2, bad, 0)
+    for good in (1000.0, 500.0, 250.0):
+        assert BetaPlant(2, good, 0).dt_s == pytest.approx(1e-3)
