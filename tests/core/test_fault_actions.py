@@ -24,16 +24,18 @@ DT = 0.05
 
 
 def law(kind: str) -> Any:
+    # the biomarker laws default to confidence_threshold 0 (their biomarker is read whatever the top probability);
+    # here they set the table's 0.6, so that a 0.4 window is the low-confidence hold every law must honour
     if kind == "table":
         return PolicyConfig(onset_ms=0.0, termination_ms=0.0, blanking_ms=0.0)
     if kind == "dual_threshold":
         return DualThresholdConfig.model_validate({
             "biomarker": "p:0", "lower": 0.5, "upper": 0.7, "amplitude_low_ma": 0.0, "amplitude_high_ma": 2.0,
             "frequency_hz": 20.0, "pulse_width_us": 200.0, "onset_ms": 0.0, "termination_ms": 0.0,
-            "blanking_ms": 0.0})
+            "blanking_ms": 0.0, "confidence_threshold": 0.6})
     return ProportionalConfig.model_validate({
         "biomarker": "p:0", "setpoint": 0.0, "kp": 2.5, "ti_s": None, "output_max": 2.0, "frequency_hz": 20.0,
-        "pulse_width_us": 200.0})
+        "pulse_width_us": 200.0, "confidence_threshold": 0.6})
 
 
 LAWS = ("table", "dual_threshold", "proportional")
@@ -198,6 +200,36 @@ def test_ramp_up_and_ramp_down_have_their_own_rates() -> None:
     assert old.ramp_up_rate_ma_per_s == 0.7 and old.ramp_down_ma_per_s is None
     with pytest.raises(ValidationError, match="old name"):
         SafetyConfig.model_validate({"ramp_ma_per_s": 0.7, "ramp_up_ma_per_s": 2.0})
+
+
+def test_slow_ramp_down_to_a_longer_pulse_never_gives_more_charge_than_either_command() -> None:
+    """Running 3 mA at 60 µs (0.18 µC), asked 1 mA at 200 µs (0.20 µC) with a 0.1 mA/s ramp down: the gate sends the
+    request at once (it sent 2.995 mA at 200 µs, 0.599 µC per phase, before); with the same pulse width it still
+    ramps down slowly."""
+    cfg = SafetyConfig.model_validate({"ramp_up_ma_per_s": 100.0, "ramp_down_ma_per_s": 0.1, "max_amplitude_ma": 5.0,
+                                       "max_charge_per_phase_uc": 2.0, "max_charge_density_uc_cm2": 1000.0,
+                                       "k_max": 1.85, "electrode_area_cm2": 0.06})
+    gate = SafetyGate(cfg)
+    for t in (0.0, 0.05):
+        r = gate.apply(t, StimParams(130.0, 3.0, 60.0))
+        gate.commit(t, r.applied, True)
+    assert r.applied is not None and r.applied.amplitude_ma == 3.0
+    r = gate.apply(0.10, StimParams(130.0, 1.0, 200.0))
+    assert r.applied is not None
+    assert r.applied.amplitude_ma * r.applied.pulse_width_us / 1000.0 <= 0.2 + 1e-12
+    assert r.applied.amplitude_ma == pytest.approx(1.0) and r.applied.pulse_width_us == 200.0
+    # a longer pulse asking less charge (0.18 µC runs, 0.5 mA · 90 µs = 0.045 µC asked): the slowed amplitude is
+    # capped at the 0.18 µC that runs, 2 mA at 90 µs
+    gate2 = SafetyGate(cfg)
+    for t in (0.0, 0.05):
+        gate2.commit(t, gate2.apply(t, StimParams(130.0, 3.0, 60.0)).applied, True)
+    r = gate2.apply(0.10, StimParams(130.0, 0.5, 90.0))
+    assert r.applied is not None and r.applied.amplitude_ma <= 2.0 + 1e-9 and "ramp" in r.limited_by
+    # once 1 mA at 200 µs runs, a lower amplitude at the same pulse and frequency ramps down slowly as before
+    gate.commit(0.10, StimParams(130.0, 1.0, 200.0, cfg.interphase_gap_us), True)
+    r = gate.apply(0.15, StimParams(130.0, 0.2, 200.0))
+    assert r.applied is not None and r.applied.amplitude_ma == pytest.approx(1.0 - 0.1 * 0.05)
+    assert "ramp" in r.limited_by
 
 
 def test_the_safe_state_is_reached_at_once_whatever_ramp_down_says() -> None:
