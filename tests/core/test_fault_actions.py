@@ -4,6 +4,8 @@ each cause's action comes from [safety.on_fault], and the gate ramps up and down
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -324,3 +326,32 @@ def test_one_confident_window_now_and_then_does_not_let_a_hold_last_for_ever() -
         modes.append(cmd.fault.mode)
         t += DT
     assert "off" in modes[: 5 * 20 + 5] and modes[-1] == "off"
+
+
+@pytest.mark.parametrize("name", ["sim-dual-threshold", "sim-proportional"])
+def test_a_biomarker_held_inside_the_band_for_60_s_never_stops(name: str) -> None:
+    """With the shipped config's law and safety, a class-probability biomarker that goes high and then sits at 0.5
+    (inside dual_threshold's 0.35–0.65 band; top probability 0.5) for 60 s keeps stimulating and is never unsure:
+    no low-confidence hold that would expire into a STOP after hold_max_s."""
+    raw = tomllib.loads((Path(__file__).resolve().parents[2] / "config" / f"{name}.toml").read_text())
+    pol_cfg = (DualThresholdConfig if raw["policy"]["kind"] == "dual_threshold" else ProportionalConfig
+               ).model_validate(raw["policy"])
+    pol = pol_cfg.build(notebook_table())
+    pol.bind(["quiet", "activated", "pathological"], None)
+    ctl = Controller(pol, SafetyConfig.model_validate(raw["safety"]), stale_after_ms=250.0)
+    t = 0.0
+
+    def step(p: list[float]) -> Any:
+        nonlocal t
+        cmd = ctl.step(t, ControlInputs(probs=np.array(p), data_age_ms=10.0, t_data_s=t))
+        ctl.commit(t, cmd.applied, True)
+        t += DT
+        return cmd
+
+    for _ in range(200):  # 10 s pathological: stimulation goes on
+        cmd = step([0.05, 0.05, 0.9])
+    assert amp(cmd) > 0.5
+    for _ in range(int(60.0 / DT)):
+        cmd = step([0.25, 0.25, 0.5])
+        assert cmd.fault.mode == "normal" and not cmd.fault.active and cmd.fault.escalated is None, (t, cmd.fault)
+        assert amp(cmd) > 0.5, t
