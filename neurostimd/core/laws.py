@@ -167,7 +167,9 @@ class DualThresholdConfig(BiomarkerConfig):
     thresholds). Single threshold: lower = upper."""
 
     kind: Literal["dual_threshold"] = "dual_threshold"
-    confidence_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    # 0: the classifier's top probability does not make a decision "unsure" (the biomarker is read whatever it is;
+    # a hold band on a class probability sits where the top probability is low); only a missing output holds
+    confidence_threshold: float = Field(0.0, ge=0.0, le=1.0)
     lower: float
     upper: float
     amplitude_low_ma: float = Field(ge=0)
@@ -301,7 +303,8 @@ class ProportionalConfig(BiomarkerConfig):
     20 ms updates on their model's beta ARV; the gains here are in this biomarker's units)."""
 
     kind: Literal["proportional"] = "proportional"
-    confidence_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    confidence_threshold: float = Field(0.0, ge=0.0, le=1.0)  # 0: as for dual_threshold
+
     output: Literal["amplitude", "frequency"] = "amplitude"
     setpoint: float
     kp: float = Field(gt=0)  # output units (mA or Hz) per biomarker unit
@@ -328,6 +331,11 @@ class ProportionalConfig(BiomarkerConfig):
                 raise ValueError("output = \"frequency\" needs amplitude_ma (the fixed amplitude)")
             if self.output_min <= 0:
                 raise ValueError("output = \"frequency\" needs output_min > 0 Hz (below it the law stops)")
+        if self.ti_s is not None and self.update_ms / 1000.0 > 2.0 * self.ti_s:
+            raise ValueError(f"update_ms ({self.update_ms:g}) is more than twice ti_s ({self.ti_s:g} s): the discrete "
+                             f"integral step Kp·update/Ti can then make a loop the P part alone keeps stable "
+                             f"oscillate; lower update_ms to at most {2000.0 * self.ti_s:g} or raise ti_s to at "
+                             f"least {self.update_ms / 2000.0:g}")
         return self
 
     def build(self, table: StimTable) -> ProportionalPolicy:
@@ -349,10 +357,11 @@ class ProportionalConfig(BiomarkerConfig):
 
 class ProportionalPolicy:
     """A bounded PI law. Every `update_ms`: e = b − setpoint; u = Kp·e + I, clamped to [output_min, output_max];
-    I += Δt·(Kp/Ti·e + (u_run − (Kp·e + I))/Tt): back-calculation toward u_run, the clamped u while the board runs
-    what the law asked for, else what it runs (the gate's clamp or ramp; output_min when nothing runs, e.g. in a safe
-    state), so I cannot wind up against a limit, a ramp or a fault. Between updates and without a biomarker the
-    output holds."""
+    I += Δt·Kp/Ti·e + (1 − exp(−Δt/Tt))·(u_run − (Kp·e + I)): back-calculation toward u_run, the clamped u while the
+    board runs what the law asked for, else what it runs (the gate's clamp or ramp; output_min when nothing runs, e.g.
+    in a safe state), so I cannot wind up against a limit, a ramp or a fault. The tracking term is the exact solution
+    over the step (it never overshoots, whatever Δt/Tt); Δt is the time since the last update, at most update_ms
+    rounded up to whole decisions. Between updates and without a biomarker the output holds."""
 
     def __init__(self, cfg: ProportionalConfig) -> None:
         self.cfg = cfg
@@ -383,14 +392,16 @@ class ProportionalPolicy:
         self._asked: StimParams | None = None
 
     def step(self, t_s: float, observation: Observation) -> PolicyDecision:
+        t_prev = self._t_last
         t_s = self._advance(t_s)
+        tick_s = 0.0 if t_prev is None else t_s - t_prev
         b = self.biomarker.update(t_s, observation)
         reason = REASON_PI_WAIT
         due = self._t_update is None or t_s - self._t_update >= self.cfg.update_ms / 1000.0 - 1e-9
         if b is None:
             reason = REASON_NO_BIOMARKER
         elif due:
-            dt_s = 0.0 if self._t_update is None else min(t_s - self._t_update, 1.0)
+            dt_s = 0.0 if self._t_update is None else min(t_s - self._t_update, self._dt_cap_s(tick_s))
             self._t_update = t_s
             cfg = self.cfg
             e = b - cfg.setpoint
@@ -399,7 +410,10 @@ class ProportionalPolicy:
             if cfg.ti_s is not None:
                 run = self._running(observation.applied, u)
                 tt = cfg.tt_s if cfg.tt_s is not None else cfg.ti_s
-                self._i += dt_s * (cfg.kp / cfg.ti_s * e + (run - u_raw) / tt)
+                # the integral of e over the step, plus the tracking term solved exactly over it: u_raw moves toward
+                # u_run by the fraction 1 − exp(−Δt/Tt) (an Euler step, Δt/Tt, overshoots when Δt > Tt and
+                # oscillates when Δt > 2·Tt)
+                self._i += dt_s * cfg.kp / cfg.ti_s * e + (1.0 - math.exp(-dt_s / tt)) * (run - u_raw)
             else:
                 self._i = 0.0
             self._u = u
@@ -409,6 +423,14 @@ class ProportionalPolicy:
         self._asked = desired
         return PolicyDecision(state=_top_class(observation.probs), confidence=_confidence(observation.probs),
                               desired=desired, changed=False, reason=reason)
+
+    def _dt_cap_s(self, tick_s: float) -> float:
+        """The most time one update integrates: update_ms rounded up to whole decision ticks (the interval an update
+        normally spans), so that after a gap without a biomarker the integral gets one update period, not the gap."""
+        update_s = self.cfg.update_ms / 1000.0
+        if tick_s <= 0.0:
+            return update_s
+        return tick_s * max(1, math.ceil(update_s / tick_s - 1e-6))
 
     def _running(self, applied: StimParams | None, u: float) -> float:
         """The output value to track: `u` while the board runs what this law asked for last (within 1 µA or 1 mHz:

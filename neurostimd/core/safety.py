@@ -2,7 +2,9 @@
 
 Pure code (no clock, no I/O): time is an input in seconds. The gate is independent of the policy — it has its own
 limits (the config's `[safety]` table and the board's own limits) and only ever lowers or stops what it is asked
-for; it never raises a parameter above the request. `python -m neurostimd.commands.safety_table --table`
+for; it never raises a parameter above the request, except that a slow ramp down (`ramp_down_ma_per_s`) keeps the
+amplitude between what runs and what is asked, never with more charge per phase or charge rate than the larger of
+the two. `python -m neurostimd.commands.safety_table --table`
 prints the worked table of docs/safety.md from this code.
 """
 
@@ -303,7 +305,8 @@ class SafetyGate:
     Call `apply` once per decision (also when the request is None) and `commit` after every send attempt with what
     the board actually runs: the ramp starts from it and the dose counts it. Amplitude ramps up at most
     `ramp_up_ma_per_s` (old name `ramp_ma_per_s`); it goes down at once, or at most `ramp_down_ma_per_s` while
-    stimulation continues when that is set. A STOP is never delayed.
+    stimulation continues when that is set (never with more charge per phase or charge rate than the larger of what
+    runs and what is asked). A STOP is never delayed.
 
     `prior_daily_stim_s` is stimulation already delivered today before this gate existed (e.g. summed from the
     audit log by the loop); it counts toward the daily dose for the first 24 h of gate time.
@@ -325,6 +328,9 @@ class SafetyGate:
         self._t_last_apply: float | None = None
         self._t_clock: float | None = None  # latest time seen, for dose accounting
         self._ramp_base_ma = 0.0  # the lowest amplitude the board may be running
+        # the lowest charge per phase [µC] and charge rate [µC/s] the board may be running (bounds a slow ramp down)
+        self._run_charge_uc = 0.0
+        self._run_rate_uc_per_s = 0.0
         self._dose_running = False  # whether the board may be stimulating (amplitude > 0)
         self._dose = _Dose(prior_daily_s=self._prior_daily_stim_s)
 
@@ -435,11 +441,24 @@ class SafetyGate:
     def _ramp_down(self, params: StimParams, rules: list[str], dt_s: float, impedance_ohm: float | None
                    ) -> tuple[StimParams, list[str]]:
         """A decrease of amplitude limited to ramp_down_ma_per_s · Δt below what the board runs (the ramp base);
-        the slower amplitude is clamped by the static rules again (a new pulse width may allow less)."""
+        the slower amplitude is clamped by the static rules again (a new pulse width may allow less).
+
+        With a new pulse width or frequency the slowed amplitude could deliver more charge than either command (3 mA
+        at 60 µs running, 1 mA at 200 µs asked: 2.9 mA at 200 µs is three times either): the slowed command's charge
+        per phase and charge rate are capped at the larger of what runs and what is asked, so a ramp down never
+        gives more of either than one of the two commands; where that cap leaves no room the request goes at once."""
         rate = self.cfg.ramp_down_ma_per_s
         assert rate is not None
         floor_ma = self._ramp_base_ma - rate * dt_s
         if params.amplitude_ma >= floor_ma:
+            return params, rules
+        q_req = charge_per_phase_uc(params.amplitude_ma, params.pulse_width_us)
+        q_cap = max(self._run_charge_uc, q_req)
+        rate_cap = max(self._run_rate_uc_per_s, q_req * params.frequency_hz)
+        cap_ma = min(q_cap, rate_cap / params.frequency_hz) * 1000.0 / params.pulse_width_us
+        if floor_ma > cap_ma:
+            floor_ma = cap_ma * (1.0 - _MARGIN)
+        if floor_ma <= params.amplitude_ma:
             return params, rules
         slowed, more = self.clamp_static(
             StimParams(params.frequency_hz, floor_ma, params.pulse_width_us, params.interphase_gap_us),
@@ -457,11 +476,16 @@ class SafetyGate:
         t_s = self._advance(t_s)
         new_ma = 0.0 if applied is None else applied.amplitude_ma
         new_on = new_ma > 0
+        new_q = 0.0 if applied is None else charge_per_phase_uc(applied.amplitude_ma, applied.pulse_width_us)
+        new_rate = 0.0 if applied is None else new_q * applied.frequency_hz
         if acked:
             self._ramp_base_ma = new_ma
+            self._run_charge_uc, self._run_rate_uc_per_s = new_q, new_rate
             self._dose_running = new_on
         else:
             self._ramp_base_ma = min(self._ramp_base_ma, new_ma)
+            self._run_charge_uc = min(self._run_charge_uc, new_q)
+            self._run_rate_uc_per_s = min(self._run_rate_uc_per_s, new_rate)
             self._dose_running = self._dose_running or new_on
 
     def _advance(self, t_s: float) -> float:

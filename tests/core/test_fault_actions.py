@@ -4,6 +4,8 @@ each cause's action comes from [safety.on_fault], and the gate ramps up and down
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,16 +26,18 @@ DT = 0.05
 
 
 def law(kind: str) -> Any:
+    # the biomarker laws default to confidence_threshold 0 (their biomarker is read whatever the top probability);
+    # here they set the table's 0.6, so that a 0.4 window is the low-confidence hold every law must honour
     if kind == "table":
         return PolicyConfig(onset_ms=0.0, termination_ms=0.0, blanking_ms=0.0)
     if kind == "dual_threshold":
         return DualThresholdConfig.model_validate({
             "biomarker": "p:0", "lower": 0.5, "upper": 0.7, "amplitude_low_ma": 0.0, "amplitude_high_ma": 2.0,
             "frequency_hz": 20.0, "pulse_width_us": 200.0, "onset_ms": 0.0, "termination_ms": 0.0,
-            "blanking_ms": 0.0})
+            "blanking_ms": 0.0, "confidence_threshold": 0.6})
     return ProportionalConfig.model_validate({
         "biomarker": "p:0", "setpoint": 0.0, "kp": 2.5, "ti_s": None, "output_max": 2.0, "frequency_hz": 20.0,
-        "pulse_width_us": 200.0})
+        "pulse_width_us": 200.0, "confidence_threshold": 0.6})
 
 
 LAWS = ("table", "dual_threshold", "proportional")
@@ -200,6 +204,36 @@ def test_ramp_up_and_ramp_down_have_their_own_rates() -> None:
         SafetyConfig.model_validate({"ramp_ma_per_s": 0.7, "ramp_up_ma_per_s": 2.0})
 
 
+def test_slow_ramp_down_to_a_longer_pulse_never_gives_more_charge_than_either_command() -> None:
+    """Running 3 mA at 60 µs (0.18 µC), asked 1 mA at 200 µs (0.20 µC) with a 0.1 mA/s ramp down: the gate sends the
+    request at once (it sent 2.995 mA at 200 µs, 0.599 µC per phase, before); with the same pulse width it still
+    ramps down slowly."""
+    cfg = SafetyConfig.model_validate({"ramp_up_ma_per_s": 100.0, "ramp_down_ma_per_s": 0.1, "max_amplitude_ma": 5.0,
+                                       "max_charge_per_phase_uc": 2.0, "max_charge_density_uc_cm2": 1000.0,
+                                       "k_max": 1.85, "electrode_area_cm2": 0.06})
+    gate = SafetyGate(cfg)
+    for t in (0.0, 0.05):
+        r = gate.apply(t, StimParams(130.0, 3.0, 60.0))
+        gate.commit(t, r.applied, True)
+    assert r.applied is not None and r.applied.amplitude_ma == 3.0
+    r = gate.apply(0.10, StimParams(130.0, 1.0, 200.0))
+    assert r.applied is not None
+    assert r.applied.amplitude_ma * r.applied.pulse_width_us / 1000.0 <= 0.2 + 1e-12
+    assert r.applied.amplitude_ma == pytest.approx(1.0) and r.applied.pulse_width_us == 200.0
+    # a longer pulse asking less charge (0.18 µC runs, 0.5 mA · 90 µs = 0.045 µC asked): the slowed amplitude is
+    # capped at the 0.18 µC that runs, 2 mA at 90 µs
+    gate2 = SafetyGate(cfg)
+    for t in (0.0, 0.05):
+        gate2.commit(t, gate2.apply(t, StimParams(130.0, 3.0, 60.0)).applied, True)
+    r = gate2.apply(0.10, StimParams(130.0, 0.5, 90.0))
+    assert r.applied is not None and r.applied.amplitude_ma <= 2.0 + 1e-9 and "ramp" in r.limited_by
+    # once 1 mA at 200 µs runs, a lower amplitude at the same pulse and frequency ramps down slowly as before
+    gate.commit(0.10, StimParams(130.0, 1.0, 200.0, cfg.interphase_gap_us), True)
+    r = gate.apply(0.15, StimParams(130.0, 0.2, 200.0))
+    assert r.applied is not None and r.applied.amplitude_ma == pytest.approx(1.0 - 0.1 * 0.05)
+    assert "ramp" in r.limited_by
+
+
 def test_the_safe_state_is_reached_at_once_whatever_ramp_down_says() -> None:
     """With a slow ramp down, the policy's lower wish comes down slowly, but a fault's fallback is sent at once."""
     ctl = controller("table", ramp_ma_per_s=10.0, ramp_down_ma_per_s=0.1, safe_state="fallback", fallback=FALLBACK)
@@ -292,3 +326,32 @@ def test_one_confident_window_now_and_then_does_not_let_a_hold_last_for_ever() -
         modes.append(cmd.fault.mode)
         t += DT
     assert "off" in modes[: 5 * 20 + 5] and modes[-1] == "off"
+
+
+@pytest.mark.parametrize("name", ["sim-dual-threshold", "sim-proportional"])
+def test_a_biomarker_held_inside_the_band_for_60_s_never_stops(name: str) -> None:
+    """With the shipped config's law and safety, a class-probability biomarker that goes high and then sits at 0.5
+    (inside dual_threshold's 0.35–0.65 band; top probability 0.5) for 60 s keeps stimulating and is never unsure:
+    no low-confidence hold that would expire into a STOP after hold_max_s."""
+    raw = tomllib.loads((Path(__file__).resolve().parents[2] / "config" / f"{name}.toml").read_text())
+    pol_cfg = (DualThresholdConfig if raw["policy"]["kind"] == "dual_threshold" else ProportionalConfig
+               ).model_validate(raw["policy"])
+    pol = pol_cfg.build(notebook_table())
+    pol.bind(["quiet", "activated", "pathological"], None)
+    ctl = Controller(pol, SafetyConfig.model_validate(raw["safety"]), stale_after_ms=250.0)
+    t = 0.0
+
+    def step(p: list[float]) -> Any:
+        nonlocal t
+        cmd = ctl.step(t, ControlInputs(probs=np.array(p), data_age_ms=10.0, t_data_s=t))
+        ctl.commit(t, cmd.applied, True)
+        t += DT
+        return cmd
+
+    for _ in range(200):  # 10 s pathological: stimulation goes on
+        cmd = step([0.05, 0.05, 0.9])
+    assert amp(cmd) > 0.5
+    for _ in range(int(60.0 / DT)):
+        cmd = step([0.25, 0.25, 0.5])
+        assert cmd.fault.mode == "normal" and not cmd.fault.active and cmd.fault.escalated is None, (t, cmd.fault)
+        assert amp(cmd) > 0.5, t

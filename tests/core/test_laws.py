@@ -215,3 +215,67 @@ def test_pi_settings_are_checked() -> None:
                       ({"output": "frequency", "amplitude_ma": 1.0, "output_min": 0.0}, "output_min > 0")):
         with pytest.raises(ValidationError, match=word):
             pi(**bad)
+
+
+def saturated_outputs(pol: Any, b: float, steps: int, dt_s: float) -> list[float]:
+    """The PI's outputs on a constant biomarker `b`, the board running exactly what the law asks."""
+    applied: StimParams | None = None
+    outs = []
+    for i in range(steps):
+        d = pol.step(i * dt_s, Observation(probs(b), applied=applied))
+        outs.append(amp(d))
+        applied = d.desired
+    return outs
+
+
+def test_pi_tracking_never_overshoots_when_the_update_exceeds_the_tracking_time() -> None:
+    """With an update period 2.5 × the tracking time (Euler back-calculation chattered 2.19 ↔ 2.5 mA there), an
+    output that saturates at output_max stays there: the tracking term is solved exactly over the step."""
+    pol = pi(kp=2.0, ti_s=0.3, tt_s=0.2, update_ms=500.0, setpoint=0.2, output_max=2.5)
+    outs = saturated_outputs(pol, 0.33, 40, 0.5)  # a small steady error of 0.13, one update per call
+    first = outs.index(2.5)
+    assert first < 20 and all(o == 2.5 for o in outs[first:]), outs
+
+
+def test_pi_after_a_biomarker_gap_integrates_one_update_not_the_gap() -> None:
+    """A 1.5 s gap without a biomarker credits the integral with one update period at the next update, not with the
+    gap (the old 1 s cap kicked the integral by 20 updates' worth)."""
+    pol = pi(kp=1.0, ti_s=0.2, update_ms=50.0, setpoint=0.2, output_max=50.0)
+    t, applied = 0.0, None
+    for _ in range(10):
+        applied = pol.step(t, Observation(probs(0.3), applied=applied)).desired
+        t += 0.05
+    i_before = pol.integral
+    for _ in range(30):
+        pol.step(t, Observation(None, applied=applied))
+        t += 0.05
+    assert pol.integral == i_before
+    pol.step(t, Observation(probs(0.3), applied=applied))
+    # one update: Δt·Kp/Ti·e = 0.05 · 1/0.2 · 0.1 (the board runs what was asked: no tracking term)
+    assert pol.integral - i_before == pytest.approx(0.025, rel=1e-6)
+
+
+def test_pi_integrates_real_time_when_update_ms_is_not_a_multiple_of_the_decisions() -> None:
+    """update_ms = 75 on 50 ms decisions recomputes every 100 ms and integrates the 100 ms that passed."""
+    pol = pi(kp=1.0, ti_s=1.0, update_ms=75.0, setpoint=0.2, output_max=50.0)
+    applied: StimParams | None = None
+    for i in range(21):  # 0 … 1.0 s
+        d = pol.step(i * 0.05, Observation(probs(0.3), applied=applied))
+        applied = d.desired
+    # 1 s of integral of e = 0.1 at Kp/Ti = 1: 0.1 (from output_min 0)
+    assert pol.integral == pytest.approx(0.1, rel=1e-6)
+
+
+def test_pi_refuses_an_update_period_longer_than_twice_the_integral_time() -> None:
+    """update_ms / 1000 > 2 · ti_s is refused with the bound to set; exactly twice passes."""
+    with pytest.raises(ValidationError, match=r"update_ms \(500\) is more than twice ti_s \(0.2 s\).*at most 400"):
+        pi(ti_s=0.2, update_ms=500.0)
+    pi(ti_s=0.2, update_ms=400.0)
+    pi(ti_s=None, update_ms=5000.0)  # P only: no integral step
+
+
+def test_biomarker_laws_do_not_treat_a_low_top_probability_as_unsure_by_default() -> None:
+    """dual_threshold and proportional default to confidence_threshold 0: a biomarker in the hold band (where a class
+    probability's top probability is low) is read, not turned into a low-confidence hold."""
+    assert dual().confidence_threshold == 0.0
+    assert pi().confidence_threshold == 0.0

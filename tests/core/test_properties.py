@@ -22,7 +22,7 @@ from neurostimd.core.controller import ControlInputs, Controller
 from neurostimd.core.faults import BoardReply
 from neurostimd.core.laws import DualThresholdConfig, ProportionalConfig
 from neurostimd.core.policy import PolicyConfig
-from neurostimd.core.safety import RAMP_DT_CAP_S, SafetyConfig
+from neurostimd.core.safety import RAMP_DT_CAP_S, SafetyConfig, SafetyGate
 from neurostimd.core.stimtable import StateStim, StimTable, notebook_table
 from neurostimd.drivers.types import BoardLimits, StimParams
 
@@ -195,10 +195,70 @@ def _within_static_limits(a: StimParams, c: SafetyConfig, bl: BoardLimits | None
 
 @dataclass
 class _Board:
-    """What the test knows the board may be running: the lowest and highest possible amplitude."""
+    """What the test knows the board may be running: the lowest and highest possible amplitude, and the lowest
+    possible charge per phase and charge rate."""
 
     lo_ma: float = 0.0
     hi_ma: float = 0.0
+    lo_q_uc: float = 0.0
+    lo_rate_uc_per_s: float = 0.0
+
+    def record(self, a: StimParams | None, acked: bool) -> None:
+        ma = 0.0 if a is None else a.amplitude_ma
+        q = 0.0 if a is None else a.amplitude_ma * a.pulse_width_us / 1000
+        rate = 0.0 if a is None else q * a.frequency_hz
+        if acked:
+            self.lo_ma, self.hi_ma, self.lo_q_uc, self.lo_rate_uc_per_s = ma, ma, q, rate
+        else:
+            self.lo_ma, self.hi_ma = min(self.lo_ma, ma), max(self.hi_ma, ma)
+            self.lo_q_uc, self.lo_rate_uc_per_s = min(self.lo_q_uc, q), min(self.lo_rate_uc_per_s, rate)
+
+
+def _assert_ramp_down_within_both(a: StimParams, req: StimParams, board: _Board) -> None:
+    """A command above the request's amplitude (a slow ramp down) has no more charge per phase and no more charge
+    rate than the larger of the request and what the board may be running."""
+    if a.amplitude_ma <= req.amplitude_ma:
+        return
+    q = a.amplitude_ma * a.pulse_width_us / 1000
+    q_req = req.amplitude_ma * req.pulse_width_us / 1000
+    assert a.amplitude_ma <= board.lo_ma + 1e-9, (a, req, board)
+    assert q <= max(q_req, board.lo_q_uc) * (1 + REL) + 1e-12, ("charge per phase", a, req, board)
+    assert q * a.frequency_hz <= max(q_req * req.frequency_hz, board.lo_rate_uc_per_s) * (1 + REL) + 1e-12, (
+        "charge rate", a, req, board)
+
+
+# One gate step: requested frequency, amplitude, pulse width (None = STOP at amplitude byte 0), Δt, board reply.
+GATE_STEP_BYTES = 5
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.binary(min_size=HEADER_BYTES, max_size=HEADER_BYTES + 12 * GATE_STEP_BYTES))
+def test_a_slow_ramp_down_never_exceeds_the_charge_of_what_runs_or_what_is_asked(data: bytes) -> None:
+    """Over generated configs, board limits and command sequences (frequency and pulse width changing along with the
+    amplitude, ACKed or not), every command the gate sends above the request's amplitude has at most the larger of
+    the request's and the running command's charge per phase and charge rate."""
+    head = _Bits(data[:HEADER_BYTES])
+    cfg = make_safety_config(head)
+    fields = {k: v for k, v in cfg.model_dump().items() if k != "ramp_ma_per_s"}
+    cfg = SafetyConfig.model_validate({**fields, "ramp_down_ma_per_s": head.pick((0.01, 0.1, 0.5, 5.0)),
+                                       "ramp_up_ma_per_s": head.pick((1.0, 10.0, 100.0))})
+    bl = make_board_limits(head)
+    gate = SafetyGate(cfg, bl)
+    board = _Board()
+    tail = _Bits(data[HEADER_BYTES:])
+    t = 0.0
+    for _ in range(max(1, (len(data) - HEADER_BYTES) // GATE_STEP_BYTES)):
+        f, a_ma, pw = tail.f(1.0, 300.0), tail.f(0.0, 8.0), tail.f(10.0, 600.0)
+        t += tail.pick((0.05, 0.01, 0.5, 2.0))
+        acked = tail.pick((True, True, False))
+        req = None if a_ma == 0.0 else StimParams(f, a_ma, pw, cfg.interphase_gap_us)
+        applied = gate.apply(t, req).applied
+        if applied is not None:
+            assert req is not None
+            assert not _within_static_limits(applied, cfg, bl, None)
+            _assert_ramp_down_within_both(applied, req, board)
+        gate.commit(t, applied, acked)
+        board.record(applied, acked)
 
 
 @pytest.mark.slow  # ~20 s of CPU: 10 000 generated sequences (the issue's floor)
@@ -291,9 +351,10 @@ def _run_case(case: Case) -> None:
             req = cmd.requested
             assert req is not None
             assert a.frequency_hz <= req.frequency_hz and a.pulse_width_us <= req.pulse_width_us
-            # the gate never gives more than asked — except a slow ramp down, never above what may be running
-            assert a.amplitude_ma <= req.amplitude_ma or (
-                cfg.ramp_down_ma_per_s is not None and a.amplitude_ma <= board.lo_ma + 1e-9), (a, req, board)
+            # the gate never gives more than asked — except a slow ramp down, never above what may be running and
+            # never with more charge per phase or charge rate than the larger of the two
+            assert a.amplitude_ma <= req.amplitude_ma or cfg.ramp_down_ma_per_s is not None, (a, req, board)
+            _assert_ramp_down_within_both(a, req, board)
             credit_s = 0.0 if t_prev is None else min(RAMP_DT_CAP_S, t - t_prev)
             assert a.amplitude_ma <= board.lo_ma + cfg.ramp_up_rate_ma_per_s * credit_s + 1e-9, "ramp broken"
             if a.amplitude_ma > 0:
@@ -301,12 +362,9 @@ def _run_case(case: Case) -> None:
         t_prev = t
 
         # The board's answer to this command, as the loop would record it.
-        new_ma = 0.0 if a is None else a.amplitude_ma
         board_ok = reply != "lost"
-        if reply == "ack":
-            board.lo_ma = board.hi_ma = new_ma
-        elif reply in ("timeout", "lost"):
-            board.lo_ma, board.hi_ma = min(board.lo_ma, new_ma), max(board.hi_ma, new_ma)
+        if reply != "nak":  # a NAK leaves the board as it was
+            board.record(a, reply == "ack")
         ctl.commit(t, a, acked=reply == "ack")
         replies: dict[str, BoardReply | None] = {"ack": "ack", "nak": "nak", "timeout": "timeout", "lost": None}
         last_reply = replies[reply]
