@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
 from neurostimd.core.policy import Policy, PolicyConfig
-from neurostimd.core.safety import SafetyConfig
+from neurostimd.core.safety import SafetyConfig, limit_violations
 from neurostimd.core.settings import FilePath, Strict
 from neurostimd.core.stimtable import StimTable, StimulationConfig
 from neurostimd.devices import SerialDeviceConfig
+from neurostimd.drivers.types import StimParams
 from neurostimd.errors import ConfigError
 from neurostimd.registry import DEVICES, POLICIES, SOURCES, union_of
 from neurostimd.sources.settings import BoardSourceConfig
@@ -29,7 +31,9 @@ if TYPE_CHECKING:
 
     SourceConfig = BoardSourceConfig | LslSourceConfig | ReplaySourceConfig | BrainFlowSourceConfig
     DeviceConfig = SerialDeviceConfig | VirtualDeviceConfig | NoDeviceConfig
-    PolicySettings = PolicyConfig
+    from neurostimd.core.laws import DualThresholdConfig, ProportionalConfig
+
+    PolicySettings = PolicyConfig | DualThresholdConfig | ProportionalConfig
 else:
     SourceConfig = union_of(SOURCES)
     DeviceConfig = union_of(DEVICES)
@@ -156,6 +160,22 @@ class Config(Strict):
         return self
 
     @model_validator(mode="after")
+    def _policy_passes_the_gate(self) -> Config:
+        # A law's own targets (dual_threshold's two amplitudes, the PI's output bounds) are clinician settings: each
+        # must pass the gate unclamped, like the fallback — a law that can only be reached clamped is a config error.
+        requests = getattr(self.policy, "gate_requests", None)
+        if callable(requests):
+            for p in requests():
+                p = StimParams(p.frequency_hz, p.amplitude_ma, p.pulse_width_us, self.safety.interphase_gap_us)
+                broken = limit_violations(p, self.safety)
+                if broken:
+                    raise ValueError(
+                        f"[policy] kind = {self.policy.kind!r} can ask for {p.frequency_hz:g} Hz, "
+                        f"{p.amplitude_ma:g} mA, {p.pulse_width_us:g} µs, which breaks [safety] "
+                        f"({', '.join(broken)}); lower the policy's amplitude, frequency or pulse width")
+        return self
+
+    @model_validator(mode="after")
     def _watchdog_can_be_fed(self) -> Config:
         bound = self.device.watchdog_bound()
         if bound is not None:
@@ -165,14 +185,19 @@ class Config(Strict):
         return self
 
 
-def make_policy(settings: PolicySettings, table: StimTable) -> Policy:
+def make_policy(settings: PolicySettings, table: StimTable, *, class_names: Sequence[str] | None = None,
+                feature_names: Sequence[str] | None = None) -> Policy:
     """The policy `[policy]` names, built by its settings model (neurostimd.registry.POLICIES) on `table`. ConfigError
-    when what that model builds is not a Policy (a plugin's bug)."""
+    when what that model builds is not a Policy (a plugin's bug). A policy with `bind` (the biomarker laws) is given
+    the model's class and feature names; ConfigError when its biomarker names something the model does not have."""
     policy = settings.build(table)
     if not isinstance(policy, Policy):
         raise ConfigError(f"[policy] kind = {settings.kind!r} ({type(settings).__module__}) built a "
                           f"{type(policy).__name__}, which is not a policy: it needs step(t_s, observation) and "
                           f"confidence_threshold; fix or remove the plugin that provides this kind")
+    bind = getattr(policy, "bind", None)
+    if callable(bind):
+        bind(class_names, feature_names)
     return policy
 
 

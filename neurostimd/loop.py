@@ -294,9 +294,18 @@ class ClosedLoop:
 
     def _make_controller(self, cfg: Config, table: TableInForce, limits: Any, prior_daily_stim_s: float = 0.0
                          ) -> Controller:
-        return Controller(make_policy(cfg.policy, table.table), cfg.safety, stale_after_ms=cfg.loop.stale_after_ms,
+        policy = make_policy(cfg.policy, table.table, class_names=list(self.bundle.class_names),
+                             feature_names=self._feature_names())
+        return Controller(policy, cfg.safety, stale_after_ms=cfg.loop.stale_after_ms,
                           board_limits=limits, prior_daily_stim_s=prior_daily_stim_s,
                           deliverable=None if self.driver is None else self.driver.deliverable)
+
+    def _feature_names(self) -> list[str] | None:
+        """The names of the model's input features (as training wrote them), for a law on a feature biomarker."""
+        channels = self.bundle.manifest.get("channel_names")
+        if not isinstance(channels, list):
+            return None
+        return list(self.bundle.settings.feature_names([str(c) for c in channels], self.bundle.sample_rate_hz))
 
     def _log_table(self, limits: Any) -> None:
         t = self.table
@@ -337,6 +346,7 @@ class ClosedLoop:
         # The dose history carries over, and the new gate ramps from what the board runs now, not from zero.
         current = self._board_applied if isinstance(self._board_applied, StimParams) else None
         ctl.gate.carry_over(self.controller.gate, t_s, current)
+        ctl.commit(t_s, current, current is not None)  # a hold after the reload holds what runs now
         self.controller = ctl
         changed_table = table.sha256 != self.table.sha256
         self.table = table
@@ -369,7 +379,7 @@ class ClosedLoop:
             probs = self._classify(window)
         health = self._check_data(tk)  # sample age, window quality, stream rate and amplitudes, the audit log
         with tk.stage("policy_safety"):
-            cmd = self._decide(tk, probs, health)  # policy → fault monitor → gate
+            cmd = self._decide(tk, probs, health, None if window is None else window[-1])  # policy → faults → gate
         self._last_reply = None
         self._audit_events(cmd)  # fault, fault_cleared, state_change
         with tk.stage("driver"):
@@ -451,11 +461,12 @@ class ClosedLoop:
             tk.boundary.append(FAULT_AUDIT_UNAVAILABLE)
         return _DataHealth(age_ms=age_ms, flags=flags, quality_ok=quality.ok)
 
-    def _decide(self, tk: _Tick, probs: np.ndarray | None, health: _DataHealth) -> Command:
+    def _decide(self, tk: _Tick, probs: np.ndarray | None, health: _DataHealth,
+                features: np.ndarray | None = None) -> Command:
         return self.controller.step(tk.t_s, ControlInputs(
             probs=probs, data_age_ms=health.age_ms, t_data_s=self.source.t_data_s, quality_flags=health.flags,
             board_ok=tk.board_ok, last_reply=self._last_reply, impedance_ohm=self._impedance_ohm,
-            boundary_causes=tk.boundary))
+            boundary_causes=tk.boundary, features=features))
 
     def _send_if_changed(self, tk: _Tick, cmd: Command) -> None:
         # an audit write failed in this tick: whatever the board runs is stopped now, not at the next decision

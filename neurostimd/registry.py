@@ -95,6 +95,8 @@ SOURCES = Registry("source", "neurostimd.sources", {
 
 POLICIES = Registry("policy", "neurostimd.policies", {
     "table": "neurostimd.core.policy:PolicyConfig",
+    "dual_threshold": "neurostimd.core.laws:DualThresholdConfig",
+    "proportional": "neurostimd.core.laws:ProportionalConfig",
 })
 
 

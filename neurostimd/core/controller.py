@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from neurostimd.core.faults import BoardReply, FaultInputs, FaultMonitor, FaultStatus
+from neurostimd.core.faults import MODE_HOLD, MODE_NORMAL, BoardReply, FaultInputs, FaultMonitor, FaultStatus
 from neurostimd.core.policy import Observation, Policy, PolicyDecision
 from neurostimd.core.safety import RULE_DEVICE_ROUNDING, GateResult, SafetyConfig, SafetyGate, limit_violations
 from neurostimd.drivers.types import BoardLimits, StimParams
@@ -53,10 +53,11 @@ class ControlInputs:
     last_reply: BoardReply | None = None
     impedance_ohm: float | None = None
     boundary_causes: Collection[str] = ()
+    features: npt.NDArray[np.floating] | None = None  # the newest frame of the model's input window
 
-    def observation(self) -> Observation:
-        """What the policy sees of these inputs."""
-        return Observation(probs=self.probs)
+    def observation(self, applied: StimParams | None = None) -> Observation:
+        """What the policy sees of these inputs (and of what the board runs)."""
+        return Observation(probs=self.probs, features=self.features, applied=applied)
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,10 @@ class Command:
         """The audit records this decision needs besides the command itself, in order: `fault` (new causes),
         `fault_cleared`, `state_change`. Write them, then the command (`event`, `audit_fields()`), then send."""
         out: list[tuple[str, dict[str, Any]]] = []
-        if self.fault.raised:
+        if self.fault.raised or self.fault.escalated:
             out.append(("fault", {"faults": list(self.fault.faults), "raised": list(self.fault.raised),
-                                  "safe_state": "off" if self.requested is None else "fallback",
-                                  "t_data_s": self.t_data_s}))
+                                  "safe_state": self.fault.mode,
+                                  "escalated": self.fault.escalated, "t_data_s": self.t_data_s}))
         if self.fault.cleared:
             out.append(("fault_cleared", {"clean_since_s": self.fault.clean_since_s, "t_data_s": self.t_data_s}))
         if self.decision.changed:
@@ -135,18 +136,21 @@ class Controller:
         self.gate = SafetyGate(safety_cfg, board_limits, prior_daily_stim_s=prior_daily_stim_s)
         self.safety_cfg = safety_cfg
         self.board_limits = board_limits
+        self._running: StimParams | None = None
         # the device's own rounding (Driver.deliverable): what it will actually run for a command; None: exact
         self.deliverable = deliverable
 
     def step(self, t_s: float, inputs: ControlInputs) -> Command:
-        decision = self.policy.step(t_s, inputs.observation())
+        decision = self.policy.step(t_s, inputs.observation(self._running))
         fault = self.monitor.update(t_s, FaultInputs(
             data_age_ms=inputs.data_age_ms, quality_flags=inputs.quality_flags,
             confidence=None if inputs.probs is None else top_probability(inputs.probs),
             board_ok=inputs.board_ok, last_reply=inputs.last_reply, boundary_causes=inputs.boundary_causes))
-        requested = self.monitor.override(decision.desired)
-        result = self._as_delivered(self.gate.apply(t_s, requested, impedance_ohm=inputs.impedance_ohm),
-                                    inputs.impedance_ohm)
+        requested = self.monitor.override(decision.desired, held=self._running)
+        # the safe state is reached at once; the policy's wish and a hold come down at most at ramp_down_ma_per_s
+        ramp_down = fault.mode in (MODE_NORMAL, MODE_HOLD)
+        result = self._as_delivered(self.gate.apply(t_s, requested, impedance_ohm=inputs.impedance_ohm,
+                                                    ramp_down=ramp_down), inputs.impedance_ohm)
         return Command(t_s=t_s, decision=decision, fault=fault, requested=requested, gate=result,
                        t_data_s=inputs.t_data_s)
 
@@ -173,4 +177,12 @@ class Controller:
         return GateResult(delivered, [*result.limited_by, RULE_DEVICE_ROUNDING], result.refused)
 
     def commit(self, t_s: float, applied: StimParams | None, acked: bool) -> None:
+        """Record a send attempt (see SafetyGate.commit). A hold asks for what was committed with an ACK; after a
+        send without one the board's setting is unknown and a hold asks for STOP."""
         self.gate.commit(t_s, applied, acked)
+        self._running = applied if acked else None
+
+    @property
+    def running(self) -> StimParams | None:
+        """What the board runs as far as the controller knows (the last command committed with an ACK)."""
+        return self._running

@@ -13,7 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
-from neurostimd.core.safety import SafetyConfig, limit_violations
+from neurostimd.core.safety import FaultActions, SafetyConfig, limit_violations
 from neurostimd.drivers.types import BoardLimits, StimParams
 
 # Stable fault names (audit `fault` events and the metrics' `kind` label).
@@ -61,11 +61,22 @@ class FaultInputs:
     boundary_causes: Collection[str] = ()
 
 
+Mode = Literal["normal", "hold", "fallback", "off"]
+MODE_NORMAL: Mode = "normal"
+MODE_HOLD: Mode = "hold"
+MODE_FALLBACK: Mode = "fallback"
+MODE_OFF: Mode = "off"
+_SEVERITY = {MODE_HOLD: 0, MODE_FALLBACK: 1, MODE_OFF: 2}
+_SLACK_S = 1e-9  # float noise of summed tick times: a 1 s hold ends at the tick 1 s later, not one tick after
+
+
 @dataclass(frozen=True)
 class FaultStatus:
-    """`faults`: the causes seen at this decision. `active`: the safe state is in force. `raised`: causes new since
-    the previous decision. `cleared`: the safe state ended at this decision. `force_off`: a cause in FORCE_OFF_CAUSES
-    holds, so the safe state is "off" whatever [safety] safe_state says."""
+    """`faults`: the causes seen at this decision. `active`: the safe state is in force (off or fallback). `raised`:
+    causes new since the previous decision. `cleared`: the safe state ended at this decision. `force_off`: a cause in
+    FORCE_OFF_CAUSES holds, so the safe state is "off" whatever the config says. `mode`: what is requested instead of
+    the policy's wish — "normal" (the policy's), "hold" (what the board runs), "fallback" or "off". `escalated`:
+    why a hold or a safe state changed its mode ("hold_expired", "persisted"), else None."""
 
     active: bool
     faults: tuple[str, ...]
@@ -73,11 +84,17 @@ class FaultStatus:
     cleared: bool
     clean_since_s: float | None
     force_off: bool = False
+    mode: Mode = MODE_OFF
+    escalated: str | None = None
+
+    @property
+    def holding(self) -> bool:
+        return self.mode == MODE_HOLD
 
 
 def fallback_params(cfg: SafetyConfig) -> StimParams | None:
-    """The configured fallback as StimParams (None when the safe state is `off`)."""
-    if cfg.safe_state != "fallback" or cfg.fallback is None:
+    """The configured fallback as StimParams (None when there is none)."""
+    if cfg.fallback is None:
         return None
     fb = cfg.fallback
     return StimParams(frequency_hz=fb.frequency_hz, amplitude_ma=fb.amplitude_ma, pulse_width_us=fb.pulse_width_us,
@@ -90,15 +107,45 @@ def fallback_violations(cfg: SafetyConfig, board_limits: BoardLimits | None = No
     return [] if fb is None else limit_violations(fb, cfg, board_limits=board_limits)
 
 
+ESCALATED_HOLD = "hold_expired"
+ESCALATED_PERSIST = "persisted"
+
+
+def cause_action(cfg: SafetyConfig, cause: str) -> str:
+    """What `cause` does by the config: "hold", "fallback" or "off" ([safety.on_fault], else [safety] safe_state)."""
+    if cause in FORCE_OFF_CAUSES:
+        return MODE_OFF
+    acts = cfg.on_fault
+    if cause == FAULT_LOW_CONFIDENCE:
+        return acts.low_confidence
+    key = "quality" if cause.startswith(FAULT_QUALITY_PREFIX) else cause
+    configured = getattr(acts, key, None) if key in FaultActions.model_fields and key not in _NOT_CAUSES else None
+    return str(configured) if configured is not None else cfg.safe_state
+
+
+_NOT_CAUSES = frozenset({"hold_max_s", "after_hold", "persist_s", "after_persist", "low_confidence"})
+
+
 class FaultMonitor:
-    """Per decision: which faults hold, and whether the safe state is in force. Pure; time is an input."""
+    """Per decision: which faults hold, and what is requested instead of the policy's wish. Pure; time is an input.
+
+    A cause whose action is "hold" (by default low confidence only) does not put the safe state in force: the
+    controller asks for what the board runs, for at most `hold_max_s` without interruption, then `after_hold` is in
+    force like a fault. Any other cause puts its safe state in force at once (the most conservative of the causes
+    present: off before fallback), kept until inputs have been clean for `recovery_clean_ms`; a safe state that lasts
+    `persist_s` becomes `after_persist`. While recovering, low confidence counts as not clean."""
 
     def __init__(self, cfg: SafetyConfig, *, stale_after_ms: float, confidence_threshold: float) -> None:
         self.cfg = cfg
         self.stale_after_ms = stale_after_ms
         self.confidence_threshold = confidence_threshold
-        self.safe_params = fallback_params(cfg)
+        self.fallback = fallback_params(cfg)
         self.reset()
+
+    @property
+    def safe_params(self) -> StimParams | None:
+        """What the safe state in force requests (None: off)."""
+        return self.fallback if self._mode == MODE_FALLBACK else None
 
     def reset(self) -> None:
         """Back to the start: safe state in force until inputs have been clean for `recovery_clean_ms`."""
@@ -106,10 +153,18 @@ class FaultMonitor:
         self._force_off = False
         self._prev: frozenset[str] = frozenset({FAULT_STARTUP})
         self._clean_since_s: float | None = None
+        self._mode: Mode = MODE_OFF if self.cfg.safe_state == "off" else MODE_FALLBACK
+        self._safe_since_s: float | None = None
+        self._hold_since_s: float | None = None
+        self._safe_mode: Mode = self._mode  # the safe state's own mode, before persistence
 
     @property
     def active(self) -> bool:
         return self._active
+
+    @property
+    def mode(self) -> Mode:
+        return self._mode
 
     def causes(self, inputs: FaultInputs) -> tuple[str, ...]:
         """The fault causes in `inputs`, in a stable order."""
@@ -135,24 +190,72 @@ class FaultMonitor:
     def update(self, t_s: float, inputs: FaultInputs) -> FaultStatus:
         causes = self.causes(inputs)
         raised = tuple(c for c in causes if c not in self._prev)
+        # FORCE_OFF_CAUSES stop while they hold (the `force_off` flag) but leave the configured safe state as it is
+        hard = [cause_action(self.cfg, c) if c not in FORCE_OFF_CAUSES else self.cfg.safe_state for c in causes]
+        hard = [a for a in hard if a != MODE_HOLD]
         cleared = False
-        if causes:
-            self._active = True
-            self._clean_since_s = None
-        elif self._active:
-            if self._clean_since_s is None:
-                self._clean_since_s = t_s
-            if t_s - self._clean_since_s >= self.cfg.recovery_clean_ms / 1000.0:
-                self._active = False
-                cleared = True
-        self._prev = frozenset(causes)
+        escalated: str | None = None
+        if hard:  # a fault: its safe state at once
+            worst: Mode = MODE_OFF if MODE_OFF in hard else MODE_FALLBACK
+            self._enter_safe(t_s, worst)
+        elif causes:  # only causes that hold
+            if self._active:
+                self._clean_since_s = None  # recovering: not clean, the safe state stays
+            else:
+                if self._hold_since_s is None:
+                    self._hold_since_s = t_s
+                if t_s - self._hold_since_s >= self.cfg.on_fault.hold_max_s - _SLACK_S:
+                    self._enter_safe(t_s, MODE_OFF if self.cfg.on_fault.after_hold == "off" else MODE_FALLBACK)
+                    escalated = ESCALATED_HOLD
+                else:
+                    self._mode = MODE_HOLD
+        else:
+            self._hold_since_s = None
+            if self._active:
+                if self._clean_since_s is None:
+                    self._clean_since_s = t_s
+                if t_s - self._clean_since_s >= self.cfg.recovery_clean_ms / 1000.0:
+                    self._active = False
+                    self._safe_since_s = None
+                    cleared = True
+            if not self._active:
+                self._mode = MODE_NORMAL
         self._force_off = any(c in FORCE_OFF_CAUSES for c in causes)
+        if self._active:
+            mode = self._safe_mode
+            persist_s = self.cfg.on_fault.persist_s
+            since = self._safe_since_s
+            if persist_s is not None and since is not None and t_s - since >= persist_s - _SLACK_S:
+                mode = MODE_OFF if self.cfg.on_fault.after_persist == "off" else MODE_FALLBACK
+                if mode != self._mode:
+                    escalated = escalated or ESCALATED_PERSIST
+            if self._force_off:
+                mode = MODE_OFF
+            self._mode = mode
+        self._prev = frozenset(causes)
         return FaultStatus(active=self._active, faults=causes, raised=raised, cleared=cleared,
-                           clean_since_s=self._clean_since_s, force_off=self._force_off)
+                           clean_since_s=self._clean_since_s, force_off=self._force_off, mode=self._mode,
+                           escalated=escalated)
 
-    def override(self, desired: StimParams | None) -> StimParams | None:
-        """What to request from the gate: the policy's wish, or the safe state while a fault is in force (off,
-        whatever the configured safe state, while a FORCE_OFF_CAUSES cause holds)."""
-        if self._force_off:
+    def _enter_safe(self, t_s: float, mode: Mode) -> None:
+        if not self._active or self._safe_since_s is None:
+            self._safe_since_s = t_s
+            self._safe_mode = mode
+        else:
+            # a more conservative cause while in the safe state: the safe state follows it (fallback → off)
+            if _SEVERITY[mode] > _SEVERITY[self._safe_mode]:
+                self._safe_mode = mode
+        self._active = True
+        self._clean_since_s = None
+        self._hold_since_s = None
+
+    def override(self, desired: StimParams | None, held: StimParams | None = None) -> StimParams | None:
+        """What to request from the gate: the policy's wish (mode "normal"), what the board runs (`held`, mode
+        "hold"), the fallback, or STOP (always while a FORCE_OFF_CAUSES cause holds)."""
+        if self._force_off or self._mode == MODE_OFF:
             return None
-        return self.safe_params if self._active else desired
+        if self._mode == MODE_FALLBACK:
+            return self.fallback
+        if self._mode == MODE_HOLD:
+            return held
+        return desired

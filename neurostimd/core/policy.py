@@ -30,6 +30,10 @@ class PolicyConfig(Strict):
 
     kind: Literal["table"] = "table"
     confidence_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    # "hold": a low-confidence (or missing) observation keeps the state in effect — a state ends only when another
+    # replaces it (the fault monitor bounds a hold by [safety.on_fault] hold_max_s). "unknown" (before issue 14):
+    # it counts for no state, and the state ends after termination_ms of them.
+    low_confidence: Literal["hold", "unknown"] = "hold"
     onset_ms: float = Field(500.0, ge=0)
     termination_ms: float = Field(500.0, ge=0)
     blanking_ms: float = Field(1000.0, ge=0)
@@ -69,9 +73,14 @@ class PolicyDecision:
 @dataclass(frozen=True)
 class Observation:
     """What a policy sees at one decision. `probs`: the classifier's class probabilities (None: no window this
-    tick). A later input (a biomarker) is a new field with a default, so existing policies keep working."""
+    tick). `features`: the newest frame of the model's input window, scaled as the model sees it (None: none this
+    tick); its names are the bundle's `feature_names`, given to a policy once by `bind`. `applied`: what the board
+    runs as far as the controller knows (the gate's output last committed with an ACK; None: nothing or unknown) —
+    a law with memory (the PI's integrator) tracks it so that the gate's clamps and ramps do not wind it up."""
 
     probs: npt.NDArray[np.floating] | None
+    features: npt.NDArray[np.floating] | None = None
+    applied: StimParams | None = None
 
 
 @runtime_checkable
@@ -133,6 +142,9 @@ class TablePolicy:
         t_s = self._advance(t_s)
         obs, confidence, reason = self._observe(observation.probs)
         if obs is not None and obs == self._active:
+            self._active_last_seen_s = t_s
+        elif obs is None and self.cfg.low_confidence == "hold" and self._active is not None:
+            # not evidence against the state in effect: its termination clock does not run
             self._active_last_seen_s = t_s
         if obs != self._candidate:
             self._candidate, self._candidate_since_s = obs, t_s

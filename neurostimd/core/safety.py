@@ -32,6 +32,47 @@ class FallbackParams(Strict):
     pulse_width_us: float = Field(gt=0)
 
 
+FaultAction = Literal["off", "fallback"]
+LowConfidenceAction = Literal["hold", "off", "fallback"]
+
+
+class FaultActions(Strict):
+    """`[safety.on_fault]`: what each fault cause does (docs/safety.md, "Fault causes and what they do").
+
+    A data or board cause puts the safe state in force at once: "off" (STOP) or "fallback" (the clinician's
+    [safety.fallback] setting); unset, it is [safety] safe_state. Low confidence (and a classifier with no opinion)
+    is no data fault: by default it HOLDS what the board runs, for at most `hold_max_s` without interruption, then
+    `after_hold` is in force until inputs are clean again. A safe state that has lasted `persist_s` without
+    interruption becomes `after_persist` (unset: never). A board that does not do what it is told, or an audit log
+    that cannot be written, is always "off" (not configurable).
+    """
+
+    low_confidence: LowConfidenceAction = "hold"
+    hold_max_s: float = Field(10.0, gt=0, le=3600.0)
+    after_hold: FaultAction = "off"
+    # data causes
+    no_data: FaultAction | None = None
+    stale_data: FaultAction | None = None
+    quality: FaultAction | None = None  # every quality_* cause: nan_inf, flatline, saturation, gap, ...
+    implausible_signal: FaultAction | None = None
+    rate_mismatch: FaultAction | None = None
+    # board causes
+    board_lost: FaultAction | None = None
+    nak: FaultAction | None = None
+    missing_ack: FaultAction | None = None
+    board_reset: FaultAction | None = None
+    # persistence
+    persist_s: float | None = Field(None, gt=0, le=86_400.0)
+    after_persist: FaultAction = "fallback"
+
+    def uses_fallback(self) -> list[str]:
+        """The keys whose action is the fallback (each needs a [safety.fallback] table)."""
+        keys = [k for k, v in self if v == "fallback" and k != "after_persist"]
+        if self.persist_s is not None and self.after_persist == "fallback":
+            keys.append("after_persist")
+        return keys
+
+
 class SafetyConfig(Strict):
     """The daemon's safety gate. Every limit here is a hard limit: the gate clamps toward it or refuses."""
 
@@ -44,7 +85,9 @@ class SafetyConfig(Strict):
     min_pulse_width_us: float = Field(20.0, gt=0)
     max_pulse_width_us: float = Field(500.0, gt=0)
     interphase_gap_us: float = Field(50.0, ge=0)
-    ramp_ma_per_s: float = Field(1.0, gt=0)
+    ramp_ma_per_s: float = Field(1.0, gt=0)  # the old name of ramp_up_ma_per_s (kept: old configs say it)
+    ramp_up_ma_per_s: float | None = Field(None, gt=0)  # unset: ramp_ma_per_s
+    ramp_down_ma_per_s: float | None = Field(None, gt=0)  # unset: a lower amplitude is sent at once (as before)
     max_charge_per_phase_uc: float = Field(2.0, gt=0)
     max_charge_density_uc_cm2: float = Field(25.0, gt=0)  # RNS's 25 µC/cm²/phase
     compliance_v_max: float = Field(12.0, gt=0)
@@ -53,6 +96,21 @@ class SafetyConfig(Strict):
     safe_state: Literal["off", "fallback"] = "off"
     fallback: FallbackParams | None = None
     recovery_clean_ms: float = Field(2000.0, ge=0)
+    on_fault: FaultActions = Field(default_factory=FaultActions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ramp_alias(cls, data: object) -> object:
+        # ramp_ma_per_s is the old name of ramp_up_ma_per_s: with only the new name given, the old one follows it, so
+        # whatever still reads ramp_ma_per_s (reports, tools) reads the ramp up in force
+        if isinstance(data, dict) and data.get("ramp_up_ma_per_s") is not None and "ramp_ma_per_s" not in data:
+            data = {**data, "ramp_ma_per_s": data["ramp_up_ma_per_s"]}
+        return data
+
+    @property
+    def ramp_up_rate_ma_per_s(self) -> float:
+        """The ramp up in force: ramp_up_ma_per_s, or its old name ramp_ma_per_s."""
+        return self.ramp_up_ma_per_s if self.ramp_up_ma_per_s is not None else self.ramp_ma_per_s
 
     @field_validator("k_max")
     @classmethod
@@ -78,6 +136,13 @@ class SafetyConfig(Strict):
             if broken:
                 raise ValueError(f"[safety.fallback] breaks the gate's own rules ({', '.join(broken)}); the safe "
                                  f"state must pass the gate unclamped — lower its amplitude or pulse width")
+        if self.ramp_up_ma_per_s is not None and self.ramp_up_ma_per_s != self.ramp_ma_per_s:
+            raise ValueError(f"ramp_ma_per_s ({self.ramp_ma_per_s}) is the old name of ramp_up_ma_per_s "
+                             f"({self.ramp_up_ma_per_s}); keep only ramp_up_ma_per_s")
+        needs = self.on_fault.uses_fallback()
+        if needs and self.fallback is None:
+            raise ValueError(f"[safety.on_fault] {', '.join(needs)} = \"fallback\" needs a [safety.fallback] table "
+                             f"(frequency_hz, amplitude_ma, pulse_width_us), or set them to \"off\"")
         if self.max_session_stim_s > self.max_daily_stim_s:
             raise ValueError("max_session_stim_s is above max_daily_stim_s")
         if not math.isfinite(self.electrode_area_cm2):
@@ -234,7 +299,8 @@ class SafetyGate:
 
     Call `apply` once per decision (also when the request is None) and `commit` after every send attempt with what
     the board actually runs: the ramp starts from it and the dose counts it. Amplitude ramps up at most
-    `ramp_ma_per_s`; it goes down (and stops) at once — stopping is never delayed.
+    `ramp_up_ma_per_s` (old name `ramp_ma_per_s`); it goes down at once, or at most `ramp_down_ma_per_s` while
+    stimulation continues when that is set. A STOP is never delayed.
 
     `prior_daily_stim_s` is stimulation already delivered today before this gate existed (e.g. summed from the
     audit log by the loop); it counts toward the daily dose for the first 24 h of gate time.
@@ -331,8 +397,13 @@ class SafetyGate:
                     rules.append(rule)
         return StimParams(frequency_hz=f, amplitude_ma=a, pulse_width_us=pw, interphase_gap_us=ipg), rules
 
-    def apply(self, t_s: float, requested: StimParams | None, *, impedance_ohm: float | None = None) -> GateResult:
-        """Clamp or refuse `requested` at time `t_s`; None (stop) always passes unchanged."""
+    def apply(self, t_s: float, requested: StimParams | None, *, impedance_ohm: float | None = None,
+              ramp_down: bool = True) -> GateResult:
+        """Clamp or refuse `requested` at time `t_s`; None (stop) always passes unchanged.
+
+        With `ramp_down_ma_per_s` set, a lower amplitude while stimulation continues comes down at most at that rate
+        (never above what ran, never above a static limit); `ramp_down=False` (the safe state) and a STOP go down at
+        once."""
         t_s = self._advance(t_s)
         dt_s = 0.0 if self._t_last_apply is None else min(RAMP_DT_CAP_S, max(0.0, t_s - self._t_last_apply))
         self._t_last_apply = t_s
@@ -345,16 +416,34 @@ class SafetyGate:
         params, rules = self.clamp_static(requested, impedance_ohm=impedance_ohm)
         if params is None:
             return GateResult(applied=None, limited_by=rules, refused=True)
-        ramp_cap_ma = self._ramp_base_ma + self.cfg.ramp_ma_per_s * dt_s
+        ramp_cap_ma = self._ramp_base_ma + self.cfg.ramp_up_rate_ma_per_s * dt_s
         if params.amplitude_ma > ramp_cap_ma:
             params = StimParams(params.frequency_hz, ramp_cap_ma, params.pulse_width_us, params.interphase_gap_us)
             rules.append(RULE_RAMP)
+        elif ramp_down and self.cfg.ramp_down_ma_per_s is not None and self._ramp_base_ma > 0.0:
+            params, rules = self._ramp_down(params, rules, dt_s, impedance_ohm)
         # Last word: the output is checked against the rules themselves, not against the clamping arithmetic.
         broken = limit_violations(params, self.cfg, board_limits=self.board_limits, impedance_ohm=impedance_ohm,
                                   check_amplitude_min=False)
         if broken:
             return GateResult(applied=None, limited_by=rules + [r for r in broken if r not in rules], refused=True)
         return GateResult(applied=params, limited_by=rules, refused=False)
+
+    def _ramp_down(self, params: StimParams, rules: list[str], dt_s: float, impedance_ohm: float | None
+                   ) -> tuple[StimParams, list[str]]:
+        """A decrease of amplitude limited to ramp_down_ma_per_s · Δt below what the board runs (the ramp base);
+        the slower amplitude is clamped by the static rules again (a new pulse width may allow less)."""
+        rate = self.cfg.ramp_down_ma_per_s
+        assert rate is not None
+        floor_ma = self._ramp_base_ma - rate * dt_s
+        if params.amplitude_ma >= floor_ma:
+            return params, rules
+        slowed, more = self.clamp_static(
+            StimParams(params.frequency_hz, floor_ma, params.pulse_width_us, params.interphase_gap_us),
+            impedance_ohm=impedance_ohm)
+        if slowed is None or slowed.amplitude_ma <= params.amplitude_ma:
+            return params, rules
+        return slowed, rules + [r for r in [*more, RULE_RAMP] if r not in rules]
 
     def commit(self, t_s: float, applied: StimParams | None, acked: bool) -> None:
         """Record a send attempt: `applied` was sent (None = STOP) and the board did (acked) or may not have run it.

@@ -41,15 +41,30 @@ def test_starts_in_safe_state_until_clean_for_recovery_time() -> None:
     assert not st.active and st.cleared and m.override(desired) == desired
 
 
-@pytest.mark.parametrize("name", sorted(FAULTY))
+@pytest.mark.parametrize("name", sorted(set(FAULTY) - {"low_confidence"}))
 def test_each_fault_forces_safe_state_at_once(name: str) -> None:
-    """Every fault cause puts the safe state in force at the same decision and is named."""
+    """Every data or board fault cause puts the safe state in force at the same decision and is named."""
     m = monitor(recovery_clean_ms=0.0)
     m.update(0.0, CLEAN)
     assert not m.active
     st = m.update(0.05, FAULTY[name])
-    assert st.active and name in st.faults and name in st.raised
+    assert st.active and name in st.faults and name in st.raised and st.mode == "off"
     assert m.override(StimParams(20.0, 1.0, 100.0)) is None
+
+
+def test_low_confidence_holds_by_default_and_stops_when_configured_off() -> None:
+    """Issue 14 changes this contract deliberately: low confidence holds what runs (it used to force the safe state);
+    `[safety.on_fault] low_confidence = "off"` restores the old behaviour, named and at once."""
+    running = StimParams(20.0, 1.0, 100.0)
+    m = monitor(recovery_clean_ms=0.0)
+    m.update(0.0, CLEAN)
+    st = m.update(0.05, FAULTY["low_confidence"])
+    assert not st.active and st.holding and "low_confidence" in st.raised
+    assert m.override(StimParams(50.0, 3.0, 100.0), held=running) == running
+    m_off = monitor(recovery_clean_ms=0.0, on_fault={"low_confidence": "off"})
+    m_off.update(0.0, CLEAN)
+    st = m_off.update(0.05, FAULTY["low_confidence"])
+    assert st.active and st.mode == "off" and m_off.override(running, held=running) is None
 
 
 def test_recovery_restarts_on_any_fault() -> None:

@@ -88,9 +88,22 @@ def test_termination_keeps_the_old_state() -> None:
     assert pol.step(0.40, Observation(one_hot(1))).state == 1
 
 
-def test_low_confidence_long_enough_ends_the_state() -> None:
-    """With only unsure outputs for termination_ms, the state ends and stimulation stops."""
+def test_low_confidence_holds_the_state_by_default() -> None:
+    """Issue 14: unsure outputs are no evidence against the state in effect — it holds (stimulation goes on) for as
+    long as they last; the fault monitor bounds the hold (hold_max_s), not the table law."""
     pol = policy(termination_ms=200.0)
+    pol.step(0.0, Observation(one_hot(0)))
+    for i in range(1, 40):
+        d = pol.step(0.1 * i, Observation(one_hot(0, conf=0.4) if i % 5 else None))
+        assert d.state == 0 and d.desired is not None and not d.changed
+    d = pol.step(4.0, Observation(one_hot(1)))
+    assert d.state == 0 and d.reason == "termination_pending"  # the hold counted as the state being seen
+
+
+def test_low_confidence_long_enough_ends_the_state() -> None:
+    """With low_confidence = "unknown" (the law before issue 14), only unsure outputs for termination_ms end the state
+    and stimulation stops."""
+    pol = policy(termination_ms=200.0, low_confidence="unknown")
     pol.step(0.0, Observation(one_hot(0)))
     assert pol.step(0.1, Observation(one_hot(0, conf=0.4))).state == 0
     d = pol.step(0.2, Observation(one_hot(0, conf=0.4)))

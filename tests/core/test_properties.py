@@ -1,6 +1,7 @@
 """Property tests: over generated configs, stimulation tables, classifier outputs, data health and board replies, no
-command the controller emits breaks a limit, the ramp, the charge rules, the period rule or the dose, and every fault
-puts the safe state in force at the same decision.
+command the controller emits breaks a limit, the ramp, the charge rules, the period rule or the dose, whatever the
+control law (table, dual_threshold, proportional), every data or board fault puts the safe state in force at the same
+decision, and low confidence holds what runs (never more) for at most hold_max_s.
 
 The limits are re-checked here with the formulas written out again (not the gate's own helpers), so an error in the
 gate's arithmetic cannot hide behind the same error in the check.
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from neurostimd.core.controller import ControlInputs, Controller
 from neurostimd.core.faults import BoardReply
+from neurostimd.core.laws import DualThresholdConfig, ProportionalConfig
 from neurostimd.core.policy import PolicyConfig
 from neurostimd.core.safety import RAMP_DT_CAP_S, SafetyConfig
 from neurostimd.core.stimtable import StateStim, StimTable, notebook_table
@@ -70,7 +72,8 @@ def make_safety_config(b: _Bits) -> SafetyConfig:
         "max_pulse_width_us": max_pw, "interphase_gap_us": ipg, "ramp_ma_per_s": b.f(0.05, 20.0),
         "max_charge_per_phase_uc": q_max, "max_charge_density_uc_cm2": d_max, "compliance_v_max": b.f(1.0, 20.0),
         "max_session_stim_s": session, "max_daily_stim_s": b.f(session, 120.0),
-        "recovery_clean_ms": b.f(0.0, 1500.0),
+        "recovery_clean_ms": b.f(0.0, 1500.0), "ramp_down_ma_per_s": b.pick((None, None, 0.5, 5.0)),
+        "on_fault": {"hold_max_s": b.pick((10.0, 0.5, 2.0))},
     }
     pw, f, frac = b.f(min_pw, max_pw), b.f(min_f, max_f), b.u()
     if b.pick((False, True)):
@@ -96,11 +99,31 @@ def make_board_limits(b: _Bits) -> BoardLimits | None:
     return None if b.pick((True, False)) else bl
 
 
-def make_policy(b: _Bits) -> PolicyConfig:
+def make_policy(b: _Bits) -> PolicyConfig | DualThresholdConfig | ProportionalConfig:
+    kind = b.pick(("table", "table", "dual_threshold", "proportional"))
+    threshold = b.pick((0.6, 0.3, 0.9))
+    if kind == "dual_threshold":
+        lower = b.f(0.0, 1.0)
+        lo_ma = b.f(0.0, 12.0)
+        return DualThresholdConfig.model_validate({
+            "confidence_threshold": threshold, "biomarker": b.pick(("p:0", "p:1", "p:2")), "lower": lower,
+            "upper": b.f(lower, 1.0), "amplitude_low_ma": lo_ma, "amplitude_high_ma": b.f(lo_ma, 20.0),
+            "frequency_hz": b.f(0.2, 3000.0), "pulse_width_us": b.f(5.0, 2000.0), "onset_ms": b.pick((0.0, 100.0)),
+            "termination_ms": b.pick((0.0, 100.0)), "blanking_ms": b.pick((0.0, 200.0)),
+            "averaging_ms": b.pick((0.0, 150.0)), "initial": b.pick(("low", "high"))})
+    if kind == "proportional":
+        out = b.pick(("amplitude", "frequency"))
+        lo = b.f(0.0, 5.0) if out == "amplitude" else b.f(0.2, 100.0)
+        return ProportionalConfig.model_validate({
+            "confidence_threshold": threshold, "biomarker": b.pick(("p:0", "p:1", "p:2")), "output": out,
+            "setpoint": b.f(0.0, 1.0), "kp": b.f(0.01, 50.0), "ti_s": b.pick((0.2, None, 2.0)),
+            "update_ms": b.pick((50.0, 20.0, 200.0)), "output_min": lo,
+            "output_max": b.f(lo, 20.0 if out == "amplitude" else 3000.0) + 0.01,
+            "frequency_hz": b.f(0.2, 3000.0), "amplitude_ma": b.f(0.01, 20.0), "pulse_width_us": b.f(5.0, 2000.0)})
     return PolicyConfig.model_validate({
-        "confidence_threshold": b.pick((0.6, 0.3, 0.9)), "onset_ms": b.pick((0.0, 100.0)),
+        "confidence_threshold": threshold, "onset_ms": b.pick((0.0, 100.0)),
         "termination_ms": b.pick((0.0, 100.0)), "blanking_ms": b.pick((0.0, 200.0)),
-        "use_state_durations": b.pick((False, True))})
+        "use_state_durations": b.pick((False, True)), "low_confidence": b.pick(("hold", "unknown"))})
 
 
 # One decision: (dt_s, classifier class (None = no output, -1 = NaN output), its confidence, data age in ms (None =
@@ -124,7 +147,7 @@ cases = st.binary(min_size=HEADER_BYTES, max_size=HEADER_BYTES + MAX_STEPS * len
 class Case:
     cfg: SafetyConfig
     table: StimTable
-    pol: PolicyConfig
+    pol: PolicyConfig | DualThresholdConfig | ProportionalConfig
     bl: BoardLimits | None
     steps: list[tuple[Any, ...]]
 
@@ -200,6 +223,8 @@ def _run_case(case: Case) -> None:
     t_prev: float | None = None
     on_time_s = 0.0  # time the board may have been stimulating (test's own count)
     clean_since: float | None = None
+    hold_since: float | None = None
+    recovered = False
     last_reply: BoardReply | None = None
     board_ok = True
     for dt, cls, conf, age, flag, reply, z in case.steps:
@@ -219,10 +244,31 @@ def _run_case(case: Case) -> None:
         cmd = ctl.step(t, inputs)
         a = cmd.applied
 
-        faulty = (probs is None or cls == -1 or conf < pol.confidence_threshold or age is None
-                  or age > STALE_AFTER_MS or flag is not None or not board_ok or last_reply in ("nak", "timeout"))
-        clean_since = None if faulty else (t if clean_since is None else clean_since)
-        must_be_safe = faulty or clean_since is None or (t - clean_since) < cfg.recovery_clean_ms / 1000 - 1e-12
+        # Issue 14: low confidence (or no classifier opinion) holds what runs once recovered — for at most
+        # hold_max_s, then the safe state; while recovering it counts as not clean. Data and board faults: at once.
+        unsure = probs is None or cls == -1 or conf < pol.confidence_threshold
+        data_fault = (age is None or age > STALE_AFTER_MS or flag is not None or not board_ok
+                      or last_reply in ("nak", "timeout"))
+        holding = False
+        if data_fault or (unsure and not recovered):
+            clean_since, hold_since, recovered = None, None, False
+        elif unsure:
+            hold_since = t if hold_since is None else hold_since
+            if t - hold_since >= cfg.on_fault.hold_max_s - 1e-9:  # the monitor's slack for summed tick times
+                clean_since, hold_since, recovered = None, None, False
+            else:
+                holding = True
+        else:
+            hold_since = None
+            clean_since = t if clean_since is None else clean_since
+            # recovery is judged at clean decisions, with the monitor's own comparison (the same floats)
+            recovered = recovered or (t - clean_since) >= cfg.recovery_clean_ms / 1000.0
+        must_be_safe = not holding and (
+            data_fault or unsure or clean_since is None or (t - clean_since) < cfg.recovery_clean_ms / 1000 - 1e-12)
+        if holding:
+            assert cmd.fault.mode == "hold" and not cmd.fault.active, cmd.fault
+            # a hold asks for what the board runs: never more amplitude than it may be running
+            assert a is None or a.amplitude_ma <= board.hi_ma + 1e-9, (a, board)
         if must_be_safe:
             assert cmd.fault.active
             if cfg.safe_state == "off" or cfg.fallback is None:
@@ -237,10 +283,12 @@ def _run_case(case: Case) -> None:
             assert not _within_static_limits(a, cfg, bl, z), (a, _within_static_limits(a, cfg, bl, z))
             req = cmd.requested
             assert req is not None
-            assert a.frequency_hz <= req.frequency_hz and a.amplitude_ma <= req.amplitude_ma
-            assert a.pulse_width_us <= req.pulse_width_us
+            assert a.frequency_hz <= req.frequency_hz and a.pulse_width_us <= req.pulse_width_us
+            # the gate never gives more than asked — except a slow ramp down, never above what may be running
+            assert a.amplitude_ma <= req.amplitude_ma or (
+                cfg.ramp_down_ma_per_s is not None and a.amplitude_ma <= board.lo_ma + 1e-9), (a, req, board)
             credit_s = 0.0 if t_prev is None else min(RAMP_DT_CAP_S, t - t_prev)
-            assert a.amplitude_ma <= board.lo_ma + cfg.ramp_ma_per_s * credit_s + 1e-9, "ramp broken"
+            assert a.amplitude_ma <= board.lo_ma + cfg.ramp_up_rate_ma_per_s * credit_s + 1e-9, "ramp broken"
             if a.amplitude_ma > 0:
                 assert on_time_s < cfg.max_session_stim_s + 1e-9, "session dose exceeded"
         t_prev = t
