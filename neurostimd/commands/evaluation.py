@@ -13,6 +13,7 @@ every block the board produces (one plant step), the plant's state, its biomarke
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -56,8 +57,8 @@ TEED_LOAD_OHM = 1000.0
 DEFAULT_WARMUP_S = 60.0
 # Per-arm metrics reported as {"mean", "ci95", "per_seed"}; the paired comparison against continuous covers these.
 REPORTED = ("time_in_target_pct", "charge_uc", "energy_uj", "stim_on_pct", "switches_per_hour",
-            "onoff_switches_per_hour", "undone_switches", "low_confidence_switches", "biomarker_error", "biomarker_error_reduction_pct",
-            "power_reduction_pct", "charge_reduction_pct")
+            "onoff_switches_per_hour", "undone_switches", "low_confidence_switches", "biomarker_error",
+            "biomarker_error_reduction_pct", "power_reduction_pct", "charge_reduction_pct")
 _NS = 1_000_000_000
 
 
@@ -701,10 +702,8 @@ def _versions() -> dict[str, str]:
 
     v = {"python": platform.python_version(), "numpy": np.__version__}
     for pkg in ("neurostimd", "ai-edge-litert", "scipy"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             v[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
     try:
         import subprocess
 
@@ -755,19 +754,21 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"mean [95 % t-interval] over seeds. Laws tuned on seeds {results['tuning_seeds'] or 'none stated'}.",
         "",
         "| arm | time in target (%) | charge (µC) | energy, TEED (µJ) | stim on (%) | switches / h (steady) "
-        "| of which on/off | undone | low-conf. switches | biomarker error | error reduction vs none (%) | power reduction vs "
-        "continuous (%) |",
+        "| of which on/off | undone | low-conf. switches | biomarker error | error reduction vs none (%) "
+        "| power reduction vs continuous (%) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for arm, s in results["arms"].items():
         lines.append(
             f"| {arm} | {_ci(s.get('time_in_target_pct'))} | {_ci(s.get('charge_uc'), 0)} "
             f"| {_ci(s.get('energy_uj'), 0)} | {_ci(s.get('stim_on_pct'))} | {_ci(s.get('switches_per_hour'))} "
-            f"| {_ci(s.get('onoff_switches_per_hour'))} | {_ci(s.get('undone_switches'))} | {_ci(s.get('low_confidence_switches'))} "
+            f"| {_ci(s.get('onoff_switches_per_hour'))} | {_ci(s.get('undone_switches'))} "
+            f"| {_ci(s.get('low_confidence_switches'))} "
             f"| {_ci(s.get('biomarker_error'), 2)} | {_ci(s.get('biomarker_error_reduction_pct'))} "
             f"| {_ci(s.get('power_reduction_pct'))} |")
     lines += ["", "Paired against continuous (arm − continuous, per seed; mean [95 % t-interval]):", "",
-              "| arm | Δ time in target (pp) | Δ charge (µC) | Δ energy (µJ) | Δ switches / h |", "|---|---:|---:|---:|---:|"]
+              "| arm | Δ time in target (pp) | Δ charge (µC) | Δ energy (µJ) | Δ switches / h |",
+              "|---|---:|---:|---:|---:|"]
     for arm, p in results["paired_vs_continuous"].items():
         lines.append(f"| {arm} | {_ci(p.get('time_in_target_pct'))} | {_ci(p.get('charge_uc'), 0)} "
                      f"| {_ci(p.get('energy_uj'), 0)} | {_ci(p.get('switches_per_hour'))} |")
@@ -885,8 +886,11 @@ def cmd_closed_loop_eval(args: argparse.Namespace) -> int:
     configure_logging("error", "console")
     spec_path = Path(args.arms) if args.arms else default_spec_path(args.plant)
     seeds = [args.seed + i for i in range(n_seeds)]
-    command = "neurostimd closed-loop-eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
-        if len(sys.argv) > 2 and sys.argv[1] == "closed-loop-eval" else None
+    if len(sys.argv) > 2 and sys.argv[1] == "closed-loop-eval":
+        command = "neurostimd closed-loop-eval " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    else:  # called in process (tests): the equivalent command line
+        command = (f"neurostimd closed-loop-eval --plant {args.plant} --seed {args.seed} --seeds {n_seeds} "
+                   f"--duration {duration:g} --out {shlex.quote(str(args.out))}")
     t0 = time.perf_counter()
     try:
         spec = load_spec(spec_path, args.plant)
