@@ -58,7 +58,8 @@ DEFAULT_WARMUP_S = 60.0
 # Per-arm metrics reported as {"mean", "ci95", "per_seed"}; the paired comparison against continuous covers these.
 REPORTED = ("time_in_target_pct", "charge_uc", "energy_uj", "stim_on_pct", "switches_per_hour",
             "onoff_switches_per_hour", "undone_switches", "low_confidence_switches", "biomarker_error",
-            "biomarker_error_reduction_pct", "power_reduction_pct", "charge_reduction_pct")
+            "biomarker_error_reduction_pct", "power_reduction_pct", "charge_reduction_pct",
+            "plant_regime_changes_per_hour")
 _NS = 1_000_000_000
 
 
@@ -78,6 +79,7 @@ class PlantTrace:
     frequency_hz: list[float] = field(default_factory=list)
     amplitude_ma: list[float] = field(default_factory=list)
     pulse_width_us: list[float] = field(default_factory=list)
+    regime: list[int] = field(default_factory=list)  # the beta plant's hidden regime (0 healthy, 1 beta-prone)
 
     def arrays(self, duration_s: float) -> dict[str, npt.NDArray[Any]]:
         """The steps that end within the first `duration_s` seconds, as arrays (plus `t_s`, each step's start)."""
@@ -92,6 +94,7 @@ class PlantTrace:
             "frequency_hz": np.asarray(self.frequency_hz[:keep], dtype=np.float64),
             "amplitude_ma": np.asarray(self.amplitude_ma[:keep], dtype=np.float64),
             "pulse_width_us": np.asarray(self.pulse_width_us[:keep], dtype=np.float64),
+            "regime": np.asarray(self.regime[:keep], dtype=np.int64),
         }
 
 
@@ -119,6 +122,7 @@ class TracingSource:
         t.frequency_hz.append(stim.frequency_hz if stim is not None else 0.0)
         t.amplitude_ma.append(stim.amplitude_ma if stim is not None else 0.0)
         t.pulse_width_us.append(stim.pulse_width_us if stim is not None else 0.0)
+        t.regime.append(int(getattr(self.inner, "regime", -1)))
         return out
 
 
@@ -255,6 +259,8 @@ def switch_metrics(commands: Sequence[AppliedCommand], duration_s: float, *, war
     ramp_steps = 0
     low_conf = 0
     for c in commands:
+        if c.applied == running:
+            continue  # not a change of what runs (e.g. a 0 mA command while off)
         if not in_change:
             before = running
         if c.ramp_step:
@@ -397,6 +403,10 @@ def run_arm(arm: str, cfg: Config, plant: str, bundle: Any, seed: int, duration_
                                   warmup_s=min(warmup_s, duration_s / 4), undo_window_s=undo_s))
     metrics["undo_window_s"] = undo_s
     metrics["state_transitions"] = int(np.count_nonzero(np.diff(trace["state"])))
+    if len(trace["regime"]) and trace["regime"][0] >= 0 and duration_s > 0:
+        # how often the plant's hidden regime itself changes: the floor for a law that follows it
+        metrics["plant_regime_changes_per_hour"] = float(np.count_nonzero(np.diff(trace["regime"]))
+                                                         / (duration_s / 3600.0))
     metrics.update(extra)
     return ArmRun(arm=arm, seed=seed, metrics=metrics, trace=trace if keep_trace else None, wall_s=wall)
 
@@ -505,7 +515,10 @@ def audit_commands(path: Path) -> tuple[list[AppliedCommand], dict[str, Any]]:
         if r.get("reason") == "end_of_evaluation" or r.get("t_data_s") is None:
             continue
         a = r.get("applied")
-        applied = None if not a else (float(a["frequency_hz"]), float(a["amplitude_ma"]), float(a["pulse_width_us"]))
+        # a 0 mA command is a stop (docs/control-laws.md): it counts as "off"
+        applied = None
+        if a and float(a["amplitude_ma"]) > 0:
+            applied = (float(a["frequency_hz"]), float(a["amplitude_ma"]), float(a["pulse_width_us"]))
         commands.append(AppliedCommand(float(r["t_data_s"]), applied, tuple(r.get("limited_by") or ()),
                                        tuple(r.get("faults") or ())))
     return commands, {"faults_raised": dict(sorted(faults.items()))}

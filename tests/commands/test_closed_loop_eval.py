@@ -65,6 +65,7 @@ def test_quick_run_writes_the_schema_the_issue_asks_for(quick_run: tuple[Path, d
     assert "neurostimd" in res["versions"] and res["command"].startswith("neurostimd closed-loop-eval")
     assert res["arms"]["none"]["charge_uc"]["mean"] == 0.0
     assert res["arms"]["continuous"]["power_reduction_pct"]["per_seed"] == [0.0, 0.0]
+    assert res["arms"]["none"]["plant_regime_changes_per_hour"]["mean"] >= 0.0
     table = (out / "results.md").read_text()
     assert all(f"| {arm} |" in table for arm in ARMS) and "Targets" in table
     assert (out / "closed_loop.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -136,6 +137,13 @@ def test_a_switch_with_low_confidence_as_its_only_fault_is_counted() -> None:
     cmds = [_cmd(10.0, 2.0), _cmd(20.0, None, faults=("low_confidence",)),
             _cmd(30.0, 2.0), _cmd(40.0, None, faults=("low_confidence", "stale_data"))]
     assert switch_metrics(cmds, 600.0, warmup_s=0.0, undo_window_s=1.0)["low_confidence_switches"] == 1
+
+
+def test_a_command_that_changes_nothing_is_not_a_switch() -> None:
+    """A repeated setting (or a stop while off) is no parameter change: neither a switch nor a ramp step."""
+    cmds = [_cmd(1.0, None), _cmd(10.0, 2.0), _cmd(10.05, 2.0), _cmd(20.0, None), _cmd(20.05, None)]
+    m = switch_metrics(cmds, 600.0, warmup_s=0.0, undo_window_s=1.0)
+    assert m["switches"] == 2 and m["ramp_steps"] == 0
 
 
 def test_charge_energy_and_time_in_target_on_a_constructed_trace() -> None:
