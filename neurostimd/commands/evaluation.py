@@ -869,7 +869,7 @@ def plot_results(results: dict[str, Any], runs: list[ArmRun], path: Path) -> Pat
         ax_amp.set_ylabel("amplitude (mA)", fontsize=8, color=COLORS[run.arm])
         m = run.metrics
         ax.set_title(f"{run.arm}, seed {run.seed}: biomarker (black), true state not in target (red shade), "
-                     f"amplitude ({COLORS[run.arm]}) — in target {m['time_in_target_pct']:.0f} %, "
+                     f"amplitude (coloured, right axis) — in target {m['time_in_target_pct']:.0f} %, "
                      f"{m['charge_uc'] / 1000:.1f} mC, {m['switches']} switches", fontsize=9)
         if i == len(runs) - 1:
             ax.set_xlabel("simulated time (s)")
