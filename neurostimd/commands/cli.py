@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl = sub.add_parser("closed-loop-eval", help="none / continuous / the three control laws on a simulated plant")
     cl.add_argument("--plant", choices=("markov", "beta"), default="markov", help="the simulated plant")
     cl.add_argument("--arms", default=None,
-                    help="evaluation file: the base config and each law arm (default config/eval-PLANT.toml)")
+                    help="evaluation file: the base config and each law arm (default config/eval/PLANT.toml)")
     cl.add_argument("--duration", type=float, default=600.0, help="simulated seconds per arm")
     cl.add_argument("--seed", type=int, default=0, help="first plant seed")
     cl.add_argument("--seeds", type=int, default=10, help="number of seeds (seed, seed+1, ...)")

@@ -5,7 +5,7 @@ ClosedLoop: classifier → law → fault monitor → safety gate → board). Eve
 through the virtual board (the real serial driver and protocol) with the plant named by `--plant`
 (firmware_sim/plants), so a 600 s arm takes seconds to minutes and the same seeds give the same numbers.
 
-The arms come from an evaluation file (config/eval-beta.toml, config/eval-markov.toml): a base daemon config and,
+The arms come from an evaluation file (config/eval/beta.toml, config/eval/markov.toml): a base daemon config and,
 per law arm, the tables merged over it. The truth comes from the board: a thin wrapper around the plant records, for
 every block the board produces (one plant step), the plant's state, its biomarker and the stimulation delivered.
 """
@@ -165,8 +165,8 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_spec_path(plant: str) -> Path:
-    """config/eval-<plant>.toml of the project."""
-    return Path(__file__).resolve().parents[2] / "config" / f"eval-{plant}.toml"
+    """config/eval/<plant>.toml of the project."""
+    return Path(__file__).resolve().parents[2] / "config" / "eval" / f"{plant}.toml"
 
 
 def load_spec(path: Path, plant: str | None = None) -> EvalSpec:
@@ -187,7 +187,7 @@ def load_spec(path: Path, plant: str | None = None) -> EvalSpec:
     base_name = ev.get("base_config")
     if not isinstance(base_name, str):
         raise EvaluationError(f"{path}: [evaluation] base_config (the daemon config the arms start from) is missing")
-    base_path = (config_base_dir(path) / base_name).resolve()
+    base_path = (path.parent / base_name).resolve()  # relative to the evaluation file
     try:
         base = tomllib.loads(base_path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as err:

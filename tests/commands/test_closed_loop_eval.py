@@ -29,7 +29,7 @@ from neurostimd.commands.evaluation import (
 from neurostimd.model.runtime import load_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
-BETA_SPEC = ROOT / "config" / "eval-beta.toml"
+BETA_SPEC = ROOT / "config" / "eval" / "beta.toml"
 QUICK_S = 30.0
 PER_ARM_KEYS = ("time_in_target_pct", "charge_uc", "energy_uj", "stim_on_pct", "switches_per_hour",
                 "biomarker_error_reduction_pct", "power_reduction_pct")
@@ -187,12 +187,12 @@ def test_evaluation_files_are_checked(tmp_path: Path) -> None:
     with pytest.raises(EvaluationError, match="is for plant 'beta'"):
         load_spec(BETA_SPEC, "markov")
     bad = tmp_path / "bad.toml"
-    text = BETA_SPEC.read_text().replace('"config/sim-beta.toml"', f'"{ROOT / "config" / "sim-beta.toml"}"')
+    text = BETA_SPEC.read_text().replace('"../sim-beta.toml"', f'"{ROOT / "config" / "sim-beta.toml"}"')
     bad.write_text(text.replace('kind = "proportional"', 'kind = "table"'))
     with pytest.raises(EvaluationError, match=r"bad.toml: \[arms.proportional.policy\] kind"):
         load_spec(bad, "beta")
     nobase = tmp_path / "nobase.toml"
-    nobase.write_text(BETA_SPEC.read_text().replace('"config/sim-beta.toml"', '"missing.toml"'))
+    nobase.write_text(BETA_SPEC.read_text().replace('"../sim-beta.toml"', '"missing.toml"'))
     with pytest.raises(EvaluationError, match="base_config"):
         load_spec(nobase, "beta")
 
