@@ -140,17 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state-file", default=None)
     s.add_argument("--json", action="store_true")
 
-    cl = sub.add_parser("closed-loop-eval", help="adaptive vs continuous vs no stimulation on the simulated plant")
-    cl.add_argument("--config", default="config/sim.toml")
+    cl = sub.add_parser("closed-loop-eval", help="none / continuous / the three control laws on a simulated plant")
+    cl.add_argument("--plant", choices=("markov", "beta"), default="markov", help="the simulated plant")
+    cl.add_argument("--arms", default=None,
+                    help="evaluation file: the base config and each law arm (default config/eval/PLANT.toml)")
     cl.add_argument("--duration", type=float, default=600.0, help="simulated seconds per arm")
     cl.add_argument("--seed", type=int, default=0, help="first plant seed")
-    cl.add_argument("--seeds", type=int, default=5, help="number of seeds (seed, seed+1, ...); mean ± sd over them")
-    cl.add_argument("--bundle", default=None, help="model bundle; overrides [model] bundle of the config")
-    cl.add_argument("--continuous-state", type=int, default=1,
-                    help="the table entry the continuous arm runs, through the safety gate (default 1)")
-    cl.add_argument("--initial-state", type=int, default=0, help="the plant's state at t = 0 (default 0)")
+    cl.add_argument("--seeds", type=int, default=10, help="number of seeds (seed, seed+1, ...)")
+    cl.add_argument("--quick", action="store_true", help="2 seeds x 30 s (overrides --seeds and --duration)")
+    cl.add_argument("--continuous-amplitude", type=float, default=None,
+                    help="mA of the continuous arm (default: the evaluation file's [continuous])")
+    cl.add_argument("--arm", action="append", default=None,
+                    choices=("none", "continuous", "table", "dual_threshold", "proportional"),
+                    help="run only this arm (repeatable)")
+    cl.add_argument("--jobs", type=int, default=1, help="worker processes (arms x seeds in parallel)")
     cl.add_argument("--block", type=int, default=50,
                     help="samples per board block, i.e. per plant step (default 50: one 50 ms tick)")
+    cl.add_argument("--no-plot", action="store_true", help="skip the figure")
     cl.add_argument("--out", required=True)
     from neurostimd.commands.export import add_parser as add_export_parser
 
