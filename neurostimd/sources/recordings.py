@@ -854,25 +854,22 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 def read_recording_with_label_channel(path: str | Path, label_channel: str, *, fs: float | None = None,
                                       units: str | None = None, epochs: bool = False,
                                       stream_name: str | None = None, stream_type: str | None = None) -> Recording:
-    """read_recording, but an EDF/BDF signal named `label_channel` is read as stored (class codes have no voltage
-    unit); the label sources take it out of the channels. Other formats read as read_recording reads them."""
+    """read_recording, but the channel named `label_channel` of an EDF/BDF file or an MNE-read raw file (a stim
+    channel) is kept and read as stored (class codes have no voltage unit); the label sources take it out of the
+    channels. Other formats read as read_recording reads them."""
     p = Path(path)
-    if p.is_file() and p.suffix.lower() in (".edf", ".bdf"):
-        try:
-            rec = _read_edf(p, fs, units, label_channel=label_channel)
-        except UnitError as err:
-            raise DataFormatError(f"{p}: {err}") from err
-        if fs is not None:
-            rec.fs = float(fs)
-        return _validated(rec, str(p))
     suffix = _suffix(p)
-    if p.exists() and suffix not in (".npz", ".csv", ".xdf", ".arff") and suffix in _mne_suffixes() \
-            and not p.name.lower().endswith(_MNE_EPOCHS):
-        try:
+    try:
+        if p.is_file() and suffix in (".edf", ".bdf"):
+            rec = _read_edf(p, fs, units, label_channel=label_channel)
+        elif p.exists() and suffix not in (".npz", ".csv", ".xdf", ".arff") and suffix in _mne_suffixes() \
+                and not p.name.lower().endswith(_MNE_EPOCHS):
             rec = _read_mne(p, suffix, units, label_channel=label_channel)
-        except UnitError as err:
-            raise DataFormatError(f"{p}: {err}") from err
-        if fs is not None:
-            rec.fs = float(fs)
-        return _validated(rec, str(p))
-    return read_recording(p, fs=fs, units=units, epochs=epochs, stream_name=stream_name, stream_type=stream_type)
+        else:  # no label channel of its own to keep: the plain reader
+            return read_recording(p, fs=fs, units=units, epochs=epochs, stream_name=stream_name,
+                                  stream_type=stream_type)
+    except UnitError as err:
+        raise DataFormatError(f"{p}: {err}") from err
+    if fs is not None:
+        rec.fs = float(fs)
+    return _validated(rec, str(p))
