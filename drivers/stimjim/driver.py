@@ -5,7 +5,10 @@ The device has no watchdog, reports no limits and streams nothing. So:
 - the limits are configured (amplitude at most ±3.33 mA: the Teensy firmware does not clamp, its DAC code wraps and
   the polarity flips), and `watchdog_ms` in info() is `deadman_ms`, the length of the trains this driver programs;
 - every train is FINITE (at most deadman_ms, whole pulses) and service(now_ns) re-arms it once it is half spent, so
-  stimulation goes on while the host calls service() and stops within deadman_ms when the host dies;
+  stimulation goes on while the host calls service() and stops within deadman_ms when the host dies; a restart
+  pulses at once, so a re-arm is written only between half a period after a pulse and a guard before the next one
+  (no pulse pair closer than half a period while the write's latency stays under that guard; where the window
+  cannot be met the train may run out instead, which is off);
 - a running train is never edited in place (the Teensy's timer reads the slot live and can cut a biphasic pulse):
   a new train is defined in the idle one of two slots and then started, which restarts the engine.
 Every reply is read and classified; a line that is not the expected answer or a known asynchronous report (a train
@@ -69,6 +72,14 @@ MAX_AMPLITUDE_MA = 3.33
 MIN_PHASE_US = 20  # README: "pulse width down to 0.02 ms"; the RP2354B warns below 20 µs
 MAX_PULSE_WIDTH_US = 5000
 MAX_FREQUENCY_HZ = 1000.0
+# A re-arm is written in the window [P/2, P - guard] of a period P after the last pulse, guard = min(P/4, _GUARD_NS):
+# the room it leaves before the next pulse is what the write's latency (the pty, the host's scheduler) may take
+# without the restart landing just after that pulse (a pulse pair closer than P/2).
+_GUARD_NS = 4_000_000
+# The longest service() waits for that window: a short wait at any call, a long one when the next call might come
+# after the train's end. Past it the re-arm waits for a later call (and a train may run out: off, never a short pair).
+_SHORT_WAIT_NS = 1_000_000
+_MAX_ALIGN_WAIT_NS = 12_000_000
 # Reports the device prints on its own; swallowed (and acted on) wherever they arrive. The offsets are part of the
 # boot banner (the RP2354B prints it when the host connects, which can cross the driver's own D).
 _ASYNC = (Blank, Banner, TrainComplete, ChannelTerminated, Summary, TeensyOffsets, RpOffsets)
@@ -95,7 +106,8 @@ class StimJimDriver(Driver):
     def __init__(self, port: str | None = None, *, baudrate: int = 115200, channel: int = 1,
                  deadman_ms: int = 250, max_amplitude_ma: float = MAX_AMPLITUDE_MA, slots: tuple[int, int] = (98, 99),
                  reply_timeout_ms: float = 250.0, link_factory: LinkFactory | None = None,
-                 now_ns: Callable[[], int] = time.monotonic_ns) -> None:
+                 now_ns: Callable[[], int] = time.monotonic_ns,
+                 sleep_ns: Callable[[int], None] = lambda ns: time.sleep(ns / 1e9)) -> None:
         super().__init__()
         if baudrate in FORBIDDEN_BAUDS:
             raise DriverError(f"baud rate {baudrate} is refused: on a Teensy-based StimJim {baudrate} baud reboots "
@@ -121,6 +133,7 @@ class StimJimDriver(Driver):
         self.reply_timeout_ns = int(reply_timeout_ms * 1e6)
         self._factory: LinkFactory = link_factory or (lambda: SerialLink(port or "", baudrate))
         self._now_ns = now_ns
+        self._sleep_ns = sleep_ns
         self._link: ByteLink | None = None
         self._decoder = LineDecoder()
         self._lines: deque[Reply] = deque()
@@ -137,6 +150,7 @@ class StimJimDriver(Driver):
         self._train: TrainDef | None = None
         self._armed_ns = 0
         self._ends_ns = 0
+        self._phase_ref_ns = 0  # the host's best estimate of the running train's first pulse
         self._device_running = False  # the device's own word: a start confirmed and no end reported since
         self._last_service_ns: int | None = None
 
@@ -314,11 +328,12 @@ class StimJimDriver(Driver):
         return BoardStatus(stimulating=p is not None, params=p, impedance_ohm=None, fault_flags=0)
 
     def service(self, now_ns: int) -> None:
-        """Drain the replies; re-arm the running train once half of it is spent, at a call in the second half of a
-        period, or at any call after which the next (as far off as the last) might come too late. The caller must
-        call more often than once per train length (which is above deadman_ms / 2). A train that ran out, because
-        service() came too late, stays off: only set_stimulation starts one again. A lost link is reconnected from
-        here, backing off between attempts (the device is identified again; a new session runs nothing)."""
+        """Drain the replies; re-arm the running train once half of it is spent, or earlier when the next call (as
+        far off as the last) might come after its end, in the window after a pulse that keeps the shortened interval
+        within [P/2, P - guard] (see _rearm). The caller must call more often than once per train length (which is
+        above deadman_ms / 2). A train that ran out, because service() came too late or the window could not be met,
+        stays off: only set_stimulation starts one again. A lost link is reconnected from here, backing off between
+        attempts (the device is identified again; a new session runs nothing)."""
         self._require_open()
         if (self._link is None or self._lost) and not self._reconnect_when_due(now_ns):
             return
@@ -332,15 +347,37 @@ class StimJimDriver(Driver):
             self._clear_run()
             return
         # A restart pulses at once, so the interval before it is the time since the last pulse: re-arm once half
-        # the train is spent, in the second half of a period (that interval is then at least half a period), or
-        # whatever the phase when the next call, as far apart as the last two, might come too late.
+        # the train is spent, or earlier when the next call, as far apart as the last two, might come too late.
         assert self._train is not None
         elapsed = now_ns - self._armed_ns
         length = self._ends_ns - self._armed_ns
-        period_ns = self._train.period_us * 1000
-        if (elapsed >= length // 2 and elapsed % period_ns >= period_ns // 2) or elapsed + 2 * gap >= length:
-            self._start(self._active_slot)
-            self._counters.extra["rearms"] = self._counters.extra.get("rearms", 0) + 1
+        urgent = elapsed + 2 * gap >= length
+        if elapsed >= length // 2 or urgent:
+            self._rearm(_MAX_ALIGN_WAIT_NS if urgent else _SHORT_WAIT_NS)
+
+    def _rearm(self, max_wait_ns: int) -> None:
+        """Restart the running train in the window [P/2, P - guard] after its last pulse, on the clock as it reads
+        now (not the tick's time, which the drain has aged): at once when in it, after a sleep of at most
+        `max_wait_ns` when it opens within that, else not (a later call tries again). The shortened interval is
+        then at least P/2 and a write late by up to the guard still lands before the next pulse."""
+        assert self._train is not None and self._active_slot is not None
+        period = self._train.period_us * 1000
+        opens, closes = period // 2, period - min(period // 4, _GUARD_NS)
+        now = self._now_ns()
+        phase = (now - self._phase_ref_ns) % period
+        if not opens <= phase <= closes:
+            wait = opens - phase if phase < opens else period - phase + opens
+            if wait > max_wait_ns or now + wait > self._ends_ns - period + closes:
+                self._counters.extra["rearm_deferred"] = self._counters.extra.get("rearm_deferred", 0) + 1
+                return
+            self._sleep_ns(wait)
+            now = self._now_ns()
+            phase = (now - self._phase_ref_ns) % period
+            if not opens <= phase <= closes or now >= self._ends_ns:  # slept too long (the scheduler): next call
+                self._counters.extra["rearm_deferred"] = self._counters.extra.get("rearm_deferred", 0) + 1
+                return
+        self._start(self._active_slot)
+        self._counters.extra["rearms"] = self._counters.extra.get("rearms", 0) + 1
 
     @property
     def counters(self) -> DriverCounters:
@@ -348,8 +385,9 @@ class StimJimDriver(Driver):
 
     @property
     def max_exchange_ms(self) -> float:
-        # the longest exchange: a re-arm on the RP2354B (cancel, its end report, start), each waiting a reply
-        return 3 * self.reply_timeout_ns / 1e6
+        # the longest exchange: a re-arm on the RP2354B (cancel, its end report, start), each waiting a reply, after
+        # the longest wait for the re-arm's window
+        return 3 * self.reply_timeout_ns / 1e6 + _MAX_ALIGN_WAIT_NS / 1e6
 
     @property
     def lost(self) -> bool:
@@ -436,6 +474,7 @@ class StimJimDriver(Driver):
         self._write(encode_start("T", slot))
         sent_ns = self._now_ns()
         line = self._expect(sent_ns + self.reply_timeout_ns, f"T{slot}", Started)
+        got_ns = self._now_ns()
         assert isinstance(line, Started)
         if line.slot != slot or line.engine not in ("T", None):
             raise BadReply(f"the StimJim started {line.text!r} when asked for T{slot}")
@@ -445,6 +484,9 @@ class StimJimDriver(Driver):
         self._device_running = True
         self._armed_ns = sent_ns
         self._ends_ns = sent_ns + n * self._train.period_us * 1000
+        # the device started (and pulsed) between the write and its reply: the re-arm's phase counts from midway,
+        # which halves the error a late read on either side (the pty, the scheduler) puts into it
+        self._phase_ref_ns = sent_ns + (got_ns - sent_ns) // 2
 
     def _cancel_rp(self, *, wait_end: bool) -> None:
         running = self._device_running

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -94,13 +95,27 @@ class TestStimJimRp2354bOverPty(TestStimJimTeensyOverPty):
 
 @pytest.mark.parametrize("firmware", ["teensy", "rp2354b"])
 def test_rearm_discontinuity_over_a_pty_in_real_time(firmware: str, tmp_path: Path) -> None:
-    """service() every ~10 ms of real time for 3 s at 50 Hz: every inter-pulse interval the device logs is at most
-    one period (+1 ms of scheduling), and the ones shortened by a re-arm are at least a third of a period (the
-    driver aims at half; host and device clocks differ by the pty's latency). Closing the driver stops the output
-    with the device's own command (host_stop)."""
+    """service() every ~10 ms of real time for 3 s at 50 Hz. The device restarts a train with a pulse at once, so
+    each re-arm makes one interval: from the last pulse to the restart. Every such interval is at least a third of
+    a period (the driver aims at [P/2, P - guard]; host and device clocks differ by the pty's latency) and at most
+    one period + 1 ms (no gap). Host and device share the monotonic clock, so the test also measures each re-arm's
+    delivery: a write the scheduler held back longer than the driver's guard (the machine under load; the pty's
+    own latency here is tens of µs) is the machine's doing, not the driver's: it is reported and left out, and
+    the rest (at least 10) must all hold. The driver's logic under late writes is tested on a virtual clock in
+    tests/drivers/test_stimjim_driver.py. Closing the driver stops the output with the device's own command."""
+    from neurostimd.drivers.stimjim.driver import _GUARD_NS
+    from neurostimd.drivers.transport import ManipulatedLink, SerialLink
+
     sim = StimJimProcess(tmp_path / "sim.jsonl", "--firmware", firmware, "--log-pulses")
+    writes: list[tuple[int, bytes]] = []  # (host time just before the write, the bytes)
+
+    def stamp(b: bytes) -> list[bytes]:
+        writes.append((time.monotonic_ns(), b))
+        return [b]
+
     try:
-        with StimJimDriver(port=sim.path, reply_timeout_ms=500.0) as drv:
+        link = lambda: ManipulatedLink(SerialLink(sim.path, 115200), on_write=stamp)  # noqa: E731
+        with StimJimDriver(link_factory=link, reply_timeout_ms=500.0) as drv:
             drv.set_stimulation(StimParams(frequency_hz=50.0, amplitude_ma=0.5, pulse_width_us=100.0))
             end = time.monotonic() + 3.0
             while time.monotonic() < end:
@@ -111,14 +126,28 @@ def test_rearm_discontinuity_over_a_pty_in_real_time(firmware: str, tmp_path: Pa
     finally:
         sim.stop()
     events = sim.events()
-    pulses = [e["t_mono_ns"] for e in events if e["event"] == "pulse"]
-    intervals = [b - a for a, b in itertools.pairwise(pulses)]
     period = 20_000_000
-    off_grid = sorted(x for x in intervals if x != period)
-    print(f"{firmware}: {rearms} re-arms, {len(pulses)} pulses, re-arm intervals / period: "
-          f"min {off_grid[0] / period:.3f} median {off_grid[len(off_grid) // 2] / period:.3f} "
-          f"max {off_grid[-1] / period:.3f}")
-    assert rearms >= 15 and len(off_grid) <= rearms
-    assert max(intervals) <= period + 1_000_000, "a re-arm left a gap"
-    assert min(off_grid) >= period // 3
+    pulses = [e["t_mono_ns"] for e in events if e["event"] == "pulse"]
+    starts = [e["t_mono_ns"] for e in events if e["event"] in ("rearm", "stim_applied")]
+    stops = [e["t_mono_ns"] for e in events if e["event"] == "stim_off"]
+    start_writes = [t for t, b in writes if re.fullmatch(rb"T\d+\n", b)]
+    cancel_writes = [t for t, b in writes if b == b"X\n"]
+    assert len(starts) == len(start_writes) == rearms + 1, (len(starts), len(start_writes), rearms)
+    assert rearms >= 15
+    on_time, late = [], []
+    for k in range(1, len(starts)):
+        delay = starts[k] - start_writes[k]  # the start's own trip
+        if firmware == "rp2354b":  # cancel, its end report, start: the device is idle from the cancel to the start
+            x = max(i for i, t in enumerate(cancel_writes) if t < start_writes[k])
+            cancelled = min(t for t in stops if t >= cancel_writes[x])
+            delay = max(delay, cancelled - cancel_writes[x], starts[k] - cancelled)
+        interval = starts[k] - max(t for t in pulses if t < starts[k])
+        (on_time if delay <= _GUARD_NS else late).append((interval, delay))
+    print(f"{firmware}: {rearms} re-arms; on time {len(on_time)}, intervals / period min "
+          f"{min(i for i, _ in on_time) / period:.3f} max {max(i for i, _ in on_time) / period:.3f}; held back by "
+          f"the scheduler beyond the {_GUARD_NS / 1e6:.0f} ms guard: "
+          f"{[(round(i / period, 3), round(d / 1e6, 1)) for i, d in late]} (interval / period, delay ms)")
+    assert len(on_time) >= 10
+    assert all(period // 3 <= i <= period + 1_000_000 for i, _ in on_time), on_time
+    assert max(b - a for a, b in itertools.pairwise(pulses)) <= period + 1_000_000 or late, "a re-arm left a gap"
     assert any(e["event"] == "stim_off" and e["reason"] == "host_stop" for e in events)

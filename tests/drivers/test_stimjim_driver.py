@@ -29,7 +29,7 @@ def make(personality: str = "teensy", *, wrap: object = None, **kw: object) -> t
         link: ByteLink = StimJimLink(dev, clock)
         return wrap(link) if callable(wrap) else link  # type: ignore[no-any-return]
 
-    drv = StimJimDriver(link_factory=factory, now_ns=clock.now_ns,
+    drv = StimJimDriver(link_factory=factory, now_ns=clock.now_ns, sleep_ns=clock.advance,
                         **{k: v for k, v in kw.items() if k not in ("legacy_stop", "current_offsets")})  # type: ignore[arg-type]
     return drv, dev, clock
 
@@ -194,8 +194,8 @@ def test_the_rearm_discontinuity_is_one_shortened_interval_of_at_least_half_a_pe
 
 def test_a_slow_caller_still_rearms_before_the_train_ends() -> None:
     """10 Hz in a 250 ms dead-man: each train is two periods (200 ms). service() every 70 ms comes at 140 ms, in the
-    first half of a period: the driver re-arms there anyway, because the next call (at 210 ms) would come after the
-    train's end."""
+    first half of a period: the next call (at 210 ms) would come after the train's end, so the driver waits there
+    for the re-arm's window (10 ms, to half a period) rather than leave it to that call."""
     drv, dev, clock = make(deadman_ms=250)
     with drv:
         drv.set_stimulation(StimParams(frequency_hz=10.0, amplitude_ma=0.5, pulse_width_us=100.0))
@@ -206,6 +206,38 @@ def test_a_slow_caller_still_rearms_before_the_train_ends() -> None:
     pulses = [e["t_mono_ns"] for e in events(dev, "pulse")]
     assert max(b - a for a, b in itertools.pairwise(pulses)) <= 100 * MS
     assert not [e for e in events(dev, "stim_off") if e["reason"] == "train_end"]
+
+
+@pytest.mark.parametrize("personality", ["teensy", "rp2354b"])
+@pytest.mark.parametrize("tick_ms", [7, 70])
+def test_a_late_write_or_a_slow_caller_never_makes_a_pulse_pair_closer_than_half_a_period(
+        personality: str, tick_ms: int) -> None:
+    """Each write reaches the device 1.5 ms after the driver decided to send it (the pty and the scheduler under
+    load). A re-arm decided late in a period would land after the next pulse and restart the train just behind it
+    (a pair 0.4 ms apart was seen on a loaded CI machine); one decided at any phase because the next call might come
+    too late (70 ms ticks in 240 ms trains) likewise. Neither happens: every shortened interval is in [P/2, P), no
+    interval is longer than P, and stimulation goes on."""
+    clock_box: list[VirtualClock] = []
+
+    def late(b: bytes) -> list[bytes]:
+        clock_box[0].advance(1_500_000)
+        return [b]
+
+    drv, dev, clock = make(personality, deadman_ms=250, wrap=lambda link: ManipulatedLink(link, on_write=late))
+    clock_box.append(clock)
+    period = 20 * MS
+    with drv:
+        drv.set_stimulation(StimParams(frequency_hz=50.0, amplitude_ma=0.5, pulse_width_us=100.0))
+        for _ in range(4000 // tick_ms):
+            clock.advance(tick_ms * MS)
+            drv.service(clock.now_ns())
+        assert drv.status().stimulating
+        assert drv.counters.extra["rearms"] >= 15 and not drv.counters.extra.get("trains_ran_out")
+    pulses = [e["t_mono_ns"] for e in events(dev, "pulse")]
+    intervals = [b - a for a, b in itertools.pairwise(pulses)]
+    assert max(intervals) <= period
+    short = [x for x in intervals if x != period]
+    assert short and all(period // 2 <= x < period for x in short), (min(short) / period, max(short) / period)
 
 
 def test_a_lost_link_is_reported_and_reconnect_rechecks_the_firmware() -> None:
@@ -229,7 +261,7 @@ def test_a_lost_link_is_reported_and_reconnect_rechecks_the_firmware() -> None:
     def factory() -> ByteLink:
         return Cable(devices["now"], clock)
 
-    drv = StimJimDriver(link_factory=factory, now_ns=clock.now_ns)
+    drv = StimJimDriver(link_factory=factory, now_ns=clock.now_ns, sleep_ns=clock.advance)
     with drv:
         drv.set_stimulation(SAFE)
         epoch = drv.session_epoch
@@ -268,7 +300,7 @@ def test_service_reconnects_a_lost_link_when_its_back_off_allows() -> None:
                 raise BoardLost("cable pulled")
             super().write(data)
 
-    drv = StimJimDriver(link_factory=lambda: Cable(device, clock), now_ns=clock.now_ns)
+    drv = StimJimDriver(link_factory=lambda: Cable(device, clock), now_ns=clock.now_ns, sleep_ns=clock.advance)
     with drv:
         drv.set_stimulation(SAFE)
         epoch = drv.session_epoch
