@@ -99,11 +99,11 @@ def test_rearm_discontinuity_over_a_pty_in_real_time(firmware: str, tmp_path: Pa
     each re-arm makes one interval: from the last pulse to the restart. Every such interval is at least a third of
     a period (the driver aims at [P/2, P - guard]; host and device clocks differ by the pty's latency) and at most
     one period + 1 ms (no gap). Host and device share the monotonic clock, so the test also measures each re-arm's
-    delivery: a write the scheduler held back longer than the driver's guard (the machine under load; the pty's
-    own latency here is tens of µs) is the machine's doing, not the driver's: it is reported and left out, and
-    the rest (at least 10) must all hold. The driver's logic under late writes is tested on a virtual clock in
-    tests/drivers/test_stimjim_driver.py. Closing the driver stops the output with the device's own command."""
-    from neurostimd.drivers.stimjim.driver import _GUARD_NS
+    delivery: a write the scheduler held back by more than 1 ms (the machine under load; the pty's own latency here
+    is about 0.1 ms), or whose previous start was (the driver's phase counts from it), is the machine's doing, not
+    the driver's: it is reported and left out, and the rest (at least 5) must all hold. The driver's logic under
+    late writes is tested on a virtual clock in tests/drivers/test_stimjim_driver.py. Closing the driver stops the
+    output with the device's own command."""
     from neurostimd.drivers.transport import ManipulatedLink, SerialLink
 
     sim = StimJimProcess(tmp_path / "sim.jsonl", "--firmware", firmware, "--log-pulses")
@@ -134,20 +134,21 @@ def test_rearm_discontinuity_over_a_pty_in_real_time(firmware: str, tmp_path: Pa
     cancel_writes = [t for t, b in writes if b == b"X\n"]
     assert len(starts) == len(start_writes) == rearms + 1, (len(starts), len(start_writes), rearms)
     assert rearms >= 15
+    held_back_ns = 1_000_000
     on_time, late = [], []
     for k in range(1, len(starts)):
-        delay = starts[k] - start_writes[k]  # the start's own trip
+        delay = max(starts[k] - start_writes[k], starts[k - 1] - start_writes[k - 1])  # this start's and the last
         if firmware == "rp2354b":  # cancel, its end report, start: the device is idle from the cancel to the start
             x = max(i for i, t in enumerate(cancel_writes) if t < start_writes[k])
             cancelled = min(t for t in stops if t >= cancel_writes[x])
             delay = max(delay, cancelled - cancel_writes[x], starts[k] - cancelled)
         interval = starts[k] - max(t for t in pulses if t < starts[k])
-        (on_time if delay <= _GUARD_NS else late).append((interval, delay))
+        (on_time if delay <= held_back_ns else late).append((interval, delay))
     print(f"{firmware}: {rearms} re-arms; on time {len(on_time)}, intervals / period min "
           f"{min(i for i, _ in on_time) / period:.3f} max {max(i for i, _ in on_time) / period:.3f}; held back by "
-          f"the scheduler beyond the {_GUARD_NS / 1e6:.0f} ms guard: "
+          f"the scheduler by more than 1 ms: "
           f"{[(round(i / period, 3), round(d / 1e6, 1)) for i, d in late]} (interval / period, delay ms)")
-    assert len(on_time) >= 10
+    assert len(on_time) >= 5
     assert all(period // 3 <= i <= period + 1_000_000 for i, _ in on_time), on_time
     assert max(b - a for a, b in itertools.pairwise(pulses)) <= period + 1_000_000 or late, "a re-arm left a gap"
     assert any(e["event"] == "stim_off" and e["reason"] == "host_stop" for e in events)
