@@ -6,8 +6,9 @@ decides *what to ask for*; the safety gate decides what may be sent. `Policy` is
 neurostimd.registry.POLICIES, whose settings model builds it on the stimulation table in force.
 
 `TablePolicy` (kind "table", the default) is the research notebook's law: the accepted state's row of the table.
-Like the detectors of embedded adaptive-DBS systems it debounces: a new state must persist for its onset time, the
-old one must be absent for its termination time, and a blanking period follows every change.
+Like the detectors of embedded adaptive-DBS systems it debounces, with the Percept's meaning of the two delays: a
+new state whose stimulation is stronger (more charge per second) must persist for the onset time, one whose
+stimulation is weaker or none for the termination time, and a blanking period follows every change.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ class PolicyConfig(Strict):
     # replaces it (the fault monitor bounds a hold by [safety.on_fault] hold_max_s). "unknown" (before issue 14):
     # it counts for no state, and the state ends after termination_ms of them.
     low_confidence: Literal["hold", "unknown"] = "hold"
-    onset_ms: float = Field(500.0, ge=0)
-    termination_ms: float = Field(500.0, ge=0)
+    onset_ms: float = Field(500.0, ge=0)  # a state with stronger stimulation: observed this long before it applies
+    termination_ms: float = Field(500.0, ge=0)  # one with weaker (or no) stimulation: observed this long
     blanking_ms: float = Field(1000.0, ge=0)
     use_state_durations: bool = False  # end a state's stimulation after its table `duration_min`
     target_state: int | None = None  # the state closed-loop control aims for (used by the evaluation)
@@ -101,9 +102,12 @@ class TablePolicy:
 
     Class index i of the classifier is state i of the table. An observation counts only when its top probability is
     at or above `confidence_threshold`; below it the observation is "unknown" (it does not count for any state).
-    The state in effect is left when it has not been observed for `termination_ms`; it is replaced by a new state
-    that has been observed without interruption for `onset_ms` (so a switch takes max(onset, termination)); with
-    nothing established the policy asks for no stimulation. No change happens within `blanking_ms` after a change.
+    A new state replaces the one in effect once it has been observed without interruption for `onset_ms` when its
+    stimulation is stronger (charge per second, amplitude × pulse width × frequency; no stimulation is 0; equal
+    counts as stronger), for `termination_ms` when it is weaker: a law can start stimulating quickly and stop
+    slowly, as the Percept's onset and termination durations do. With nothing established the first state needs
+    `onset_ms`. With `low_confidence = "unknown"`, the state in effect also ends (no state, no stimulation) after
+    `termination_ms` without being observed. No change happens within `blanking_ms` after a change.
     With `use_state_durations`, a state stops asking for stimulation once it has stimulated for its table
     `duration_min` in total during this session (`reset()` starts a new session).
     """
@@ -152,12 +156,11 @@ class TablePolicy:
         changed = False
         blanking = t_s < self._blank_until_s
         if obs is not None and obs != self._active:
-            onset_ok = t_s - (self._candidate_since_s if self._candidate_since_s is not None else t_s) \
-                >= self.cfg.onset_ms / 1000.0
-            if not onset_ok:
-                reason = REASON_ONSET_PENDING
-            elif not self._terminated(t_s):
-                reason = REASON_TERMINATION_PENDING
+            stronger = self._active is None or self._rate(obs) >= self._rate(self._active)
+            need_s = (self.cfg.onset_ms if stronger else self.cfg.termination_ms) / 1000.0
+            since = self._candidate_since_s if self._candidate_since_s is not None else t_s
+            if t_s - since < need_s:
+                reason = REASON_ONSET_PENDING if stronger else REASON_TERMINATION_PENDING
             elif blanking:
                 reason = REASON_BLANKING
             else:
@@ -213,6 +216,13 @@ class TablePolicy:
         if confidence < self.cfg.confidence_threshold:
             return None, confidence, REASON_LOW_CONFIDENCE
         return idx, confidence, REASON_HOLDING
+
+    def _rate(self, state: int) -> float:
+        """The charge per second state `state`'s row asks for (0: no row, no stimulation)."""
+        entry = self._states.get(state)
+        if entry is None:
+            return 0.0
+        return entry.amplitude_ma * entry.pulse_width_us * entry.frequency_hz
 
     def _terminated(self, t_s: float) -> bool:
         if self._active is None or self._active_last_seen_s is None:

@@ -80,24 +80,47 @@ def test_interrupted_onset_restarts() -> None:
 
 
 def test_termination_keeps_the_old_state() -> None:
-    """The state in effect is left only after it has been absent for termination_ms."""
+    """A state with weaker stimulation (state 0 of the notebook's table after state 1) replaces the one in effect
+    only after it has been observed for termination_ms."""
     pol = policy(termination_ms=400.0)
-    pol.step(0.0, Observation(one_hot(0)))
-    ds = run(pol, DT, 0.35, one_hot(1))
-    assert all(d.state == 0 for d in ds) and ds[-1].reason == "termination_pending"
-    assert pol.step(0.40, Observation(one_hot(1))).state == 1
+    pol.step(0.0, Observation(one_hot(1)))
+    ds = run(pol, DT, 0.35, one_hot(0))
+    assert all(d.state == 1 for d in ds) and ds[-1].reason == "termination_pending"
+    assert pol.step(0.40, Observation(one_hot(0))).state == 1
+    assert pol.step(0.45, Observation(one_hot(0))).state == 0
+
+
+def test_onset_delays_stronger_stimulation_and_termination_weaker() -> None:
+    """Issue 14 (the Percept's meaning): onset is how long a state that stimulates more must persist, termination one
+    that stimulates less; a quick onset is not held back by a slow termination (it was: a switch took the longer of
+    the two), and a slow termination still keeps the stronger state through a short dip."""
+    pol = policy(onset_ms=200.0, termination_ms=2000.0)
+    assert pol.step(0.0, Observation(one_hot(0))).reason == "onset_pending"
+    assert pol.step(0.2, Observation(one_hot(0))).state == 0  # nothing established: onset
+    pol.step(0.3, Observation(one_hot(2)))
+    assert pol.step(0.45, Observation(one_hot(2))).state == 0
+    d = pol.step(0.5, Observation(one_hot(2)))
+    assert d.state == 2 and d.changed  # stronger after onset_ms, not after termination_ms
+    for t in (1.0, 2.0, 2.9):  # weaker (state 1) for 1.9 s: still 2
+        d = pol.step(t, Observation(one_hot(1)))
+        assert d.state == 2 and d.reason == "termination_pending"
+    assert pol.step(3.0, Observation(one_hot(1))).state == 1  # 2 s after it was first seen
 
 
 def test_low_confidence_holds_the_state_by_default() -> None:
     """Issue 14: unsure outputs are no evidence against the state in effect — it holds (stimulation goes on) for as
-    long as they last; the fault monitor bounds the hold (hold_max_s), not the table law."""
+    long as they last; the fault monitor bounds the hold (hold_max_s), not the table law. An unsure output also
+    interrupts a candidate: the weaker state must then be seen for termination_ms again."""
     pol = policy(termination_ms=200.0)
-    pol.step(0.0, Observation(one_hot(0)))
+    pol.step(0.0, Observation(one_hot(1)))
     for i in range(1, 40):
-        d = pol.step(0.1 * i, Observation(one_hot(0, conf=0.4) if i % 5 else None))
-        assert d.state == 0 and d.desired is not None and not d.changed
-    d = pol.step(4.0, Observation(one_hot(1)))
-    assert d.state == 0 and d.reason == "termination_pending"  # the hold counted as the state being seen
+        d = pol.step(0.1 * i, Observation(one_hot(1, conf=0.4) if i % 5 else None))
+        assert d.state == 1 and d.desired is not None and not d.changed
+    assert pol.step(4.0, Observation(one_hot(0))).reason == "termination_pending"
+    pol.step(4.1, Observation(one_hot(0, conf=0.4)))
+    assert pol.step(4.25, Observation(one_hot(0))).state == 1
+    assert pol.step(4.4, Observation(one_hot(0))).state == 1
+    assert pol.step(4.45, Observation(one_hot(0))).state == 0
 
 
 def test_low_confidence_long_enough_ends_the_state() -> None:
