@@ -313,6 +313,9 @@ class ProportionalConfig(BiomarkerConfig):
     update_ms: float = Field(50.0, gt=0, le=60_000.0)
     output_min: float = Field(0.0, ge=0)  # mA or Hz
     output_max: float = Field(gt=0)
+    # a hold band on the command (mA or Hz): the command moves only once the PI output is this far from it, or
+    # reaches output_min or output_max; 0: every update moves it (each move is a parameter change, a "switch")
+    output_step: float = Field(0.0, ge=0)
     frequency_hz: float | None = Field(None, gt=0)  # fixed frequency (output = amplitude)
     amplitude_ma: float | None = Field(None, gt=0)  # fixed amplitude (output = frequency)
     pulse_width_us: float = Field(gt=0)
@@ -324,6 +327,10 @@ class ProportionalConfig(BiomarkerConfig):
             raise ValueError("setpoint must be a finite number")
         if self.output_min > self.output_max:
             raise ValueError(f"output_min ({self.output_min}) is above output_max ({self.output_max})")
+        if self.output_step > (self.output_max - self.output_min) / 2:
+            raise ValueError(f"output_step ({self.output_step:g}) is more than half the output range "
+                             f"[{self.output_min:g}, {self.output_max:g}]: the command could hardly move; use a "
+                             f"step of at most {(self.output_max - self.output_min) / 2:g}")
         if self.output == "amplitude" and self.frequency_hz is None:
             raise ValueError("output = \"amplitude\" needs frequency_hz (the fixed frequency)")
         if self.output == "frequency":
@@ -361,7 +368,9 @@ class ProportionalPolicy:
     board runs what the law asked for, else what it runs (the gate's clamp or ramp; output_min when nothing runs, e.g.
     in a safe state), so I cannot wind up against a limit, a ramp or a fault. The tracking term is the exact solution
     over the step (it never overshoots, whatever Δt/Tt); Δt is the time since the last update, at most update_ms
-    rounded up to whole decisions. Between updates and without a biomarker the output holds."""
+    rounded up to whole decisions. Between updates and without a biomarker the output holds. With `output_step`, the
+    command (what the board is asked to run) follows u only once u is that far from it or at a bound: the integral
+    goes on tracking u, so the hold band delays a move by at most one step's worth of error, never winds up."""
 
     def __init__(self, cfg: ProportionalConfig) -> None:
         self.cfg = cfg
@@ -387,6 +396,7 @@ class ProportionalPolicy:
         self.biomarker.reset()
         self._i = self.cfg.output_min
         self._u = self.cfg.output_min
+        self._u_cmd = self.cfg.output_min  # the output value commanded (u within the hold band of output_step)
         self._t_update: float | None = None
         self._t_last: float | None = None
         self._asked: StimParams | None = None
@@ -417,9 +427,12 @@ class ProportionalPolicy:
             else:
                 self._i = 0.0
             self._u = u
+            at_bound = u in (cfg.output_min, cfg.output_max)
+            if abs(u - self._u_cmd) >= cfg.output_step or (at_bound and u != self._u_cmd):
+                self._u_cmd = u
             reason = REASON_PI_UPDATE
         # `changed` stays False: the output moves every update, which is no state change (no state_change record)
-        desired = self.cfg.command(self._u)
+        desired = self.cfg.command(self._u_cmd)
         self._asked = desired
         return PolicyDecision(state=_top_class(observation.probs), confidence=_confidence(observation.probs),
                               desired=desired, changed=False, reason=reason)
@@ -434,8 +447,8 @@ class ProportionalPolicy:
 
     def _running(self, applied: StimParams | None, u: float) -> float:
         """The output value to track: `u` while the board runs what this law asked for last (within 1 µA or 1 mHz:
-        device rounding), else what it runs — the gate's clamp or ramp, or output_min when nothing runs (a safe
-        state) — never outside the output range."""
+        device rounding; the hold band's offset from u is not a limit to track), else what it runs — the gate's
+        clamp or ramp, or output_min when nothing runs (a safe state) — never outside the output range."""
         asked = self._asked
         if applied is None and asked is None:
             return u

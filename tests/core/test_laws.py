@@ -3,6 +3,8 @@ response, update period, output bounds and anti-windup; the biomarker's terms an
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -179,6 +181,35 @@ def test_pi_step_response_reaches_the_setpoint_where_p_alone_leaves_an_offset() 
     p_only = plant_run(pi(kp=0.5, ti_s=None, setpoint=0.4), b0=0.9, gain=0.3, steps=400)
     assert abs(with_i[-1] - 0.4) < 0.005
     assert p_only[-1] - 0.4 > 0.05
+
+
+def test_pi_output_step_is_a_hold_band_on_the_command() -> None:
+    """With output_step the command moves only once the PI output is that far from it (or at a bound): on the
+    first-order plant the law asks for far fewer distinct amplitudes (each a switch), every move is at least a
+    step unless it reaches a bound, and the biomarker still settles within the band's worth of error."""
+    def moves(pol: Any) -> tuple[list[float], list[float]]:
+        applied: StimParams | None = None
+        u, cmds, trace = 0.0, [], []
+        for i in range(800):
+            b = 0.9 - 0.3 * u + 0.02 * math.sin(i / 7.0)  # a slowly wandering plant
+            trace.append(b)
+            d = pol.step(i * 0.05, Observation(probs(min(max(b, 0.0), 1.0)), applied=applied))
+            u = amp(d)
+            if not cmds or u != cmds[-1]:
+                cmds.append(u)
+            applied = d.desired
+        return cmds, trace
+
+    free, _ = moves(pi(kp=0.5, ti_s=0.2, setpoint=0.4))
+    banded, trace = moves(pi(kp=0.5, ti_s=0.2, setpoint=0.4, output_step=0.25))
+    assert len(banded) * 10 < len(free)
+    assert all(abs(b - a) >= 0.25 or b in (0.0, 3.0) for a, b in itertools.pairwise(banded))
+    assert abs(np.mean(trace[-200:]) - 0.4) < 0.3 * 0.25 + 0.02
+
+
+def test_pi_output_step_wider_than_half_the_range_is_refused() -> None:
+    with pytest.raises(ValidationError, match="output_step"):
+        pi(output_step=2.0, output_max=3.0)
 
 
 def test_pi_anti_windup_tracks_what_the_gate_lets_through() -> None:
