@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from neurostimd.core.faults import policy_target_violations
 from neurostimd.core.policy import Policy, PolicyConfig
-from neurostimd.core.safety import SafetyConfig, limit_violations
+from neurostimd.core.safety import SafetyConfig
 from neurostimd.core.settings import FilePath, Strict
 from neurostimd.core.stimtable import StimTable, StimulationConfig
 from neurostimd.devices import SerialDeviceConfig
-from neurostimd.drivers.types import StimParams
 from neurostimd.errors import ConfigError
 from neurostimd.registry import DEVICES, POLICIES, SOURCES, union_of
 from neurostimd.sources.settings import BoardSourceConfig
@@ -163,16 +163,11 @@ class Config(Strict):
     def _policy_passes_the_gate(self) -> Config:
         # A law's own targets (dual_threshold's two amplitudes, the PI's output bounds) are clinician settings: each
         # must pass the gate unclamped, like the fallback — a law that can only be reached clamped is a config error.
-        requests = getattr(self.policy, "gate_requests", None)
-        if callable(requests):
-            for p in requests():
-                p = StimParams(p.frequency_hz, p.amplitude_ma, p.pulse_width_us, self.safety.interphase_gap_us)
-                broken = limit_violations(p, self.safety)
-                if broken:
-                    raise ValueError(
-                        f"[policy] kind = {self.policy.kind!r} can ask for {p.frequency_hz:g} Hz, "
-                        f"{p.amplitude_ma:g} mA, {p.pulse_width_us:g} µs, which breaks [safety] "
-                        f"({', '.join(broken)}); lower the policy's amplitude, frequency or pulse width")
+        for p, broken in policy_target_violations(self.policy, self.safety):
+            raise ValueError(
+                f"[policy] kind = {self.policy.kind!r} can ask for {p.frequency_hz:g} Hz, "
+                f"{p.amplitude_ma:g} mA, {p.pulse_width_us:g} µs, which breaks [safety] "
+                f"({', '.join(broken)}); lower the policy's amplitude, frequency or pulse width")
         return self
 
     @model_validator(mode="after")

@@ -28,6 +28,7 @@ from neurostimd.core.faults import (
     FAULT_STARTUP,
     BoardReply,
     fallback_violations,
+    policy_target_violations,
 )
 from neurostimd.core.ringbuffer import RingBuffer, Window
 from neurostimd.core.safety import table_warnings
@@ -188,6 +189,7 @@ class ClosedLoop:
         if bad_fallback:
             raise ConfigError(f"[safety.fallback] would be cut by {', '.join(bad_fallback)} on this board "
                               f"(its limits: {limits}); lower the fallback parameters or use safe_state = \"off\"")
+        _check_policy_targets(cfg, limits)
         self.table = stim_table_in_force(cfg, bundle)
         self.controller = self._make_controller(cfg, self.table, limits, prior_daily_stim_s)
         # the audit log at the boundary: down (nothing but STOP is sent) until a write succeeds again
@@ -328,6 +330,7 @@ class ClosedLoop:
         bad_fallback = fallback_violations(cfg.safety, limits)
         if bad_fallback:
             raise ConfigError(f"[safety.fallback] would be cut by {', '.join(bad_fallback)} on this board")
+        _check_policy_targets(cfg, limits, reload=True)
         needs_restart = [k for k in type(cfg).model_fields
                          if k not in self.LIVE_SECTIONS and getattr(cfg, k) != getattr(self.cfg, k)]
         loop_upd = {k: getattr(cfg.loop, k) for k in self.LIVE_LOOP_KEYS}
@@ -871,3 +874,16 @@ class ClosedLoop:
                 break
             if end is not None and deadline > end:
                 break
+
+
+def _check_policy_targets(cfg: Config, limits: Any, *, reload: bool = False) -> None:
+    """ConfigError when a law's own targets (a clinician's settings, like the fallback) would be cut on this board:
+    the config check at load knows only [safety], not the board's limits."""
+    bad = policy_target_violations(cfg.policy, cfg.safety, limits)
+    if bad:
+        p, broken = bad[0]
+        raise ConfigError(
+            f"[policy] kind = {cfg.policy.kind!r} can ask for {p.frequency_hz:g} Hz, {p.amplitude_ma:g} mA, "
+            f"{p.pulse_width_us:g} µs, which this board cuts ({', '.join(broken)}; its limits: {limits}); lower the "
+            f"policy's amplitude, frequency or pulse width"
+            + ("; the reload is refused and the running config kept" if reload else ""))

@@ -108,6 +108,23 @@ def fallback_violations(cfg: SafetyConfig, board_limits: BoardLimits | None = No
     return [] if fb is None else limit_violations(fb, cfg, board_limits=board_limits)
 
 
+def policy_target_violations(policy: object, cfg: SafetyConfig,
+                             board_limits: BoardLimits | None = None) -> list[tuple[StimParams, list[str]]]:
+    """The targets a law's settings can ask for (`gate_requests()`: dual_threshold's two amplitudes, the PI's output
+    bounds) that the gate would cut on this board, each with the rules broken. The config check at load knows only
+    [safety]; the board's own limits (its INFO) are known once it is open."""
+    requests = getattr(policy, "gate_requests", None)
+    if not callable(requests):
+        return []
+    out = []
+    for p in requests():
+        p = StimParams(p.frequency_hz, p.amplitude_ma, p.pulse_width_us, cfg.interphase_gap_us)
+        broken = limit_violations(p, cfg, board_limits=board_limits)
+        if broken:
+            out.append((p, broken))
+    return out
+
+
 ESCALATED_HOLD = "hold_expired"
 ESCALATED_PERSIST = "persisted"
 

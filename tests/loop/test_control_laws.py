@@ -90,3 +90,27 @@ def test_a_feature_biomarker_reads_the_models_band_power(bundle: Any, tmp_path: 
     amps = {r["requested"]["amplitude_ma"] for r in read_audit(tmp_path / "audit.jsonl").records
             if r["event"] == "stim_command" and r["requested"] is not None}
     assert len(amps) > 3
+
+
+@pytest.mark.parametrize("kind", ["dual_threshold", "proportional"])
+def test_a_law_target_the_board_would_cut_stops_the_start_and_a_reload(kind: str, bundle: Any, tmp_path: Path) -> None:
+    """The config check knows only [safety]; a board whose own limits (its INFO) are below a law's target would clamp
+    the clinician's setting on every command. The loop refuses to start (the daemon exits 78), naming the target, the
+    rule and the board's limits; a SIGHUP reload to such a target is refused and the running config kept."""
+    import dataclasses
+
+    from neurostimd.firmware_sim.board import DEFAULT_LIMITS
+
+    cfg = law_config(tmp_path, POLICIES[kind])  # 2.5 mA at most, inside [safety]
+    with pytest.raises(ConfigError, match=r"can ask for 100 Hz, 2\.5 mA, 200 µs, which this board cuts \(board_limit"):
+        board_loop(cfg, bundle, tmp_path / "a", limits=dataclasses.replace(DEFAULT_LIMITS, max_amplitude_ma=2.0))
+    loop, drv, audit, _ = board_loop(cfg, bundle, tmp_path / "b",
+                                     limits=dataclasses.replace(DEFAULT_LIMITS, max_amplitude_ma=2.5))
+    try:
+        high = {"amplitude_high_ma": 3.0} if kind == "dual_threshold" else {"output_max": 3.0}
+        with pytest.raises(ConfigError, match=r"3 mA.*this board cuts.*the reload is refused"):
+            loop.reload(law_config(tmp_path, {**POLICIES[kind], **high}))
+        assert loop.cfg.policy == cfg.policy
+    finally:
+        audit.close()
+        drv.close()
