@@ -213,3 +213,18 @@ def test_markov_plant_runs_the_law_arms(tmp_path: Path) -> None:
     assert list(res["arms"]) == ["none", "table"] and res["plant"] == "markov"
     m = res["arms"]["none"]["per_seed_metrics"][0]
     assert m["simulated_s"] == pytest.approx(5.0) and 0.0 <= m["time_in_target_pct"] <= 100.0
+
+
+@pytest.mark.parametrize(("arm", "config"), [("dual_threshold", "sim-dual-threshold.toml"),
+                                            ("proportional", "sim-proportional.toml")])
+def test_the_markov_evaluation_runs_the_shipped_law_configs(arm: str, config: str) -> None:
+    """config/eval/markov.toml says its law arms take the policies, ramps and fault actions of the shipped
+    configs: they must stay the same (its confidence thresholds had drifted to 0.6 from the configs' 0)."""
+    from neurostimd.config import load_config
+
+    spec = load_spec(BETA_SPEC.parent / "markov.toml", "markov")
+    shipped = load_config(BETA_SPEC.parents[1] / config)
+    ran = spec.arm_config(arm)
+    assert ran.policy == shipped.policy
+    for key in ("ramp_up_ma_per_s", "ramp_down_ma_per_s", "on_fault"):
+        assert getattr(ran.safety, key) == getattr(shipped.safety, key), key
