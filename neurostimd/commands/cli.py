@@ -23,6 +23,7 @@ _COMMANDS = {
     "closed-loop-eval": "neurostimd.commands.evaluation:cmd_closed_loop_eval",
     "audit": "neurostimd.commands.audit:cmd_audit",
     "export": "neurostimd.commands.export:cmd_export",
+    "tune-stim": "neurostimd.commands.tune_stim:cmd_tune_stim",
 }
 
 _VERIFY_EPILOG = """\
@@ -158,6 +159,31 @@ def build_parser() -> argparse.ArgumentParser:
                     help="samples per board block, i.e. per plant step (default 50: one 50 ms tick)")
     cl.add_argument("--no-plot", action="store_true", help="skip the figure")
     cl.add_argument("--out", required=True)
+    t = sub.add_parser(
+        "tune-stim", help="tune a law's stimulation or gains on a simulated plant by feedback (Optuna)",
+        description="Tune a control law's stimulation (table) or gains (dual threshold, PI) on a simulated "
+                    "plant, one closed-loop episode per trial and plant seed, with Optuna's TPE sampler; every "
+                    "proposal is mapped into the safety gate's envelope before it is tried (docs/tune-stim.md)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example: neurostimd tune-stim --plant beta --law dual_threshold --trials 30 --episode-s 300 "
+               "--plant-seeds 100,101 --grid 7 --out runs/tune")
+    t.add_argument("--plant", choices=("markov", "beta"), default="beta", help="the simulated plant")
+    t.add_argument("--arms", default=None, help="evaluation file (default config/eval/PLANT.toml): the base "
+                                                 "config, the continuous reference and the law's base settings")
+    t.add_argument("--law", choices=("table", "dual_threshold", "proportional"), required=True, help="the law tuned")
+    t.add_argument("--space", action="append", default=[], metavar="NAME=LO:HI[:log]|NAME=unit",
+                   help="a searched setting (repeatable); default: dual_threshold amplitude_high_ma (unit) and "
+                        "termination_ms; proportional kp and setpoint; table each stimulating row's amplitude. "
+                        "state<N>.<field> names a table row's field")
+    t.add_argument("--trials", type=int, default=30, help="search trials (episodes per plant seed)")
+    t.add_argument("--plant-seeds", default="100,101", help="plant seeds each trial runs (use tuning seeds)")
+    t.add_argument("--episode-s", type=float, default=300.0, help="simulated seconds per episode")
+    t.add_argument("--charge-weight", type=float, default=0.5, help="score = in target %% − W × charge %%")
+    t.add_argument("--max-charge-pct", type=float, default=None,
+                   help="constraint: charge at most this %% of continuous")
+    t.add_argument("--grid", type=int, default=0, help="also run the exhaustive grid, N points per dimension")
+    t.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    t.add_argument("--out", required=True)
     from neurostimd.commands.export import add_parser as add_export_parser
 
     add_export_parser(sub)

@@ -1,0 +1,130 @@
+"""neurostimd tune-stim: every proposal inside the gate's envelope by construction, a short search end to end on
+the beta plant (history, summary, plot, tuned config that the daemon's config check accepts), and the search
+reproducible from its seed."""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from neurostimd.commands import tune_stim
+from neurostimd.commands.cli import main
+from neurostimd.commands.evaluation import load_spec
+from neurostimd.config import parse_config
+from neurostimd.core.safety import SafetyConfig, limit_violations
+from neurostimd.drivers.types import BoardLimits, StimParams
+from neurostimd.firmware_sim.board import DEFAULT_LIMITS
+
+pytest.importorskip("optuna", reason="tune-stim needs the train extra (optuna)")
+
+ROOT = Path(__file__).resolve().parents[2]
+TIGHT = SafetyConfig(max_amplitude_ma=6.0, max_charge_per_phase_uc=0.15, max_pulse_width_us=500.0,
+                     max_frequency_hz=200.0, electrode_area_cm2=0.01)
+
+
+@settings(max_examples=60, deadline=None)
+@given(f=st.floats(5.0, 200.0), pw=st.floats(20.0, 400.0), board_max=st.floats(0.5, 6.0))
+def test_the_largest_amplitude_passes_the_gate_and_a_little_more_does_not(f: float, pw: float,
+                                                                          board_max: float) -> None:
+    """The map from the optimiser's unit number to an amplitude ends at the gate's envelope: the amplitude it
+    returns breaks no static rule ([safety], charge, density, Shannon k, the board's limits) and 10 µA more breaks
+    one (unless it is the configured maximum itself)."""
+    board = BoardLimits(**{**DEFAULT_LIMITS.__dict__, "max_amplitude_ma": board_max})
+    gap = TIGHT.interphase_gap_us
+    if 2 * pw + gap >= 1e6 / f:
+        return  # no amplitude fits this period at all
+    a = tune_stim.max_amplitude_ma(f, pw, TIGHT, board, gap)
+    assert not limit_violations(StimParams(f, a, pw, gap), TIGHT, board_limits=board, check_amplitude_min=False)
+    if a < min(TIGHT.max_amplitude_ma, board_max):
+        assert limit_violations(StimParams(f, a + 0.01, pw, gap), TIGHT, board_limits=board,
+                                check_amplitude_min=False)
+
+
+def test_a_short_search_writes_its_history_and_a_tuned_config_the_daemon_accepts(tmp_path: Path) -> None:
+    """3 trials and a 2 × 2 grid of 20 s episodes: every trial's amplitude is inside [safety] unclamped, no episode
+    had a command cut by the gate, the best trial is the best of the history, and tuned-policy.toml merged into
+    the base config passes the daemon's config check; tuned-eval.toml is an evaluation file."""
+    out = tmp_path / "tune"
+    rc = main(["tune-stim", "--plant", "beta", "--law", "dual_threshold", "--trials", "3", "--episode-s", "20",
+               "--plant-seeds", "300", "--grid", "2", "--out", str(out)])
+    assert rc == 0
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    grid = [json.loads(line) for line in (out / "grid.jsonl").read_text().splitlines()]
+    assert len(trials) == 3 and len(grid) == 4
+    spec = load_spec(ROOT / "config" / "eval" / "beta.toml", "beta")
+    safety = spec.arm_config("dual_threshold").safety
+    for r in trials + grid:
+        p = r["policy"]
+        req = StimParams(p["frequency_hz"], p["amplitude_high_ma"], p["pulse_width_us"], safety.interphase_gap_us)
+        assert not limit_violations(req, safety, board_limits=DEFAULT_LIMITS), r
+        assert r["gate_cuts"] == []
+        assert math.isclose(r["score"], r["time_in_target_pct"] - 0.5 * r["charge_pct"])
+    # the grid's corners: no stimulation at u = 0, the gate's largest amplitude at u = 1
+    assert sorted({r["policy"]["amplitude_high_ma"] for r in grid}) == [0.0, safety.max_amplitude_ma]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["best"]["score"] == max(r["score"] for r in trials) and s["gate_cuts"] == 0
+    assert s["grid"]["episodes"] == 4
+    tuned = tomllib.loads((out / "tuned-policy.toml").read_text())
+    assert tuned["policy"] == s["best"]["policy"]
+    base = tomllib.loads((ROOT / "config" / "sim-beta.toml").read_text())
+    cfg = parse_config({**base, "policy": tuned["policy"]}, base_dir=ROOT / "config")
+    assert cfg.policy.kind == "dual_threshold"
+    assert load_spec(out / "tuned-eval.toml", "beta").arms["dual_threshold"]["policy"] == tuned["policy"]
+    assert (out / "convergence.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_search_is_reproducible_from_its_seed_and_honours_the_charge_constraint(tmp_path: Path,
+                                                                                    monkeypatch: Any) -> None:
+    """The same --seed proposes the same points; with a charge constraint the best reported trial is a feasible
+    one even where an infeasible one scored higher. (Episodes replaced by a cheap stand-in: the proposals are the
+    sampler's.)"""
+    def fake(prob: Any, xs: list[float]) -> dict[str, Any]:
+        charge = 100.0 * xs[0]
+        tit = 50.0 + 50.0 * xs[0] - 10.0 * (xs[1] - 0.3) ** 2
+        return {"x": list(xs), "policy": {}, "stimulation": None, "per_seed": [], "time_in_target_pct": tit,
+                "charge_pct": charge, "score": tit - 0.1 * charge, "gate_cuts": [],
+                "feasible": charge <= prob.max_charge_pct}
+
+    monkeypatch.setattr(tune_stim, "run_point", fake)
+
+    class P:
+        def __init__(self) -> None:
+            self.dims = [tune_stim.Dim("a", 0.0, 1.0, kind="unit"), tune_stim.Dim("b", 0.0, 1.0)]
+            self.max_charge_pct = 40.0
+
+    a = tune_stim.search(P(), 12, 7, tmp_path)  # type: ignore[arg-type]
+    b = tune_stim.search(P(), 12, 7, tmp_path)  # type: ignore[arg-type]
+    assert [r["x"] for r in a] == [r["x"] for r in b]
+    best = tune_stim._best(a)
+    assert best is not None and best["charge_pct"] <= 40.0
+    assert best["score"] == max(r["score"] for r in a if r["feasible"])
+    assert a[-1]["best_so_far"] == best["score"]
+
+
+def test_a_setting_the_law_does_not_have_is_refused(tmp_path: Path, capsys: Any) -> None:
+    rc = main(["tune-stim", "--plant", "beta", "--law", "proportional", "--space", "gain=0:1", "--trials", "1",
+               "--out", str(tmp_path)])
+    assert rc == 78
+    assert "has no setting 'gain'" in capsys.readouterr().err
+
+
+def test_the_table_law_searches_each_stimulating_rows_amplitude(tmp_path: Path) -> None:
+    """For the table law the default space is the amplitude of each row that stimulates (models/beta's `dbs` row);
+    the tuned table keeps the bundle's classes and rows and stays inside [safety]."""
+    out = tmp_path / "tune"
+    assert main(["tune-stim", "--plant", "beta", "--law", "table", "--trials", "2", "--episode-s", "10",
+                 "--plant-seeds", "300", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert [d["name"] for d in s["dims"]] == ["state1.amplitude_ma"]
+    table = tomllib.loads((out / "tuned-policy.toml").read_text())["stimulation"]
+    assert table["classes"] == ["beta_low", "beta_high"]
+    off, dbs = table["states"]
+    assert off["amplitude_ma"] == 0.0 and 0.0 <= dbs["amplitude_ma"] <= 3.5
+    assert (dbs["frequency_hz"], dbs["pulse_width_us"]) == (130.0, 60.0)
