@@ -7,8 +7,8 @@ The device has no watchdog, reports no limits and streams nothing. So:
 - every train is FINITE (at most deadman_ms, whole pulses) and service(now_ns) re-arms it once it is half spent, so
   stimulation goes on while the host calls service() and stops within deadman_ms when the host dies; a restart
   pulses at once, so a re-arm is written only between half a period after a pulse and a guard before the next one
-  (no pulse pair closer than half a period while the write's latency stays under that guard; where the window
-  cannot be met the train may run out instead, which is off);
+  (no pulse pair closer than half a period while the write's latency stays under that guard); where the window
+  cannot be met before the train would run out, the re-arm is written off the window (`rearm_off_window`);
 - a running train is never edited in place (the Teensy's timer reads the slot live and can cut a biphasic pulse):
   a new train is defined in the idle one of two slots and then started, which restarts the engine.
 Every reply is read and classified; a line that is not the expected answer or a known asynchronous report (a train
@@ -76,10 +76,12 @@ MAX_FREQUENCY_HZ = 1000.0
 # the room it leaves before the next pulse is what the write's latency (the pty, the host's scheduler) may take
 # without the restart landing just after that pulse (a pulse pair closer than P/2).
 _GUARD_NS = 4_000_000
-# The longest service() waits for that window: a short wait at any call, a long one when the next call might come
-# after the train's end. Past it the re-arm waits for a later call (and a train may run out: off, never a short pair).
+# The longest service() waits for that window: a short wait at any call (past it a later call tries again), a long
+# one when the next call might come after the train's end. When even that cannot reach the window (a long period,
+# a caller whose calls keep landing at the same phase), the re-arm is written at once, off the window, rather than
+# letting the train run out (stimulation would stop without the host asking): counted as `rearm_off_window`.
 _SHORT_WAIT_NS = 1_000_000
-_MAX_ALIGN_WAIT_NS = 12_000_000
+_MAX_ALIGN_WAIT_NS = 20_000_000
 # Reports the device prints on its own; swallowed (and acted on) wherever they arrive. The offsets are part of the
 # boot banner (the RP2354B prints it when the host connects, which can cross the driver's own D).
 _ASYNC = (Blank, Banner, TrainComplete, ChannelTerminated, Summary, TeensyOffsets, RpOffsets)
@@ -353,29 +355,35 @@ class StimJimDriver(Driver):
         length = self._ends_ns - self._armed_ns
         urgent = elapsed + 2 * gap >= length
         if elapsed >= length // 2 or urgent:
-            self._rearm(_MAX_ALIGN_WAIT_NS if urgent else _SHORT_WAIT_NS)
+            self._rearm(_MAX_ALIGN_WAIT_NS if urgent else _SHORT_WAIT_NS, urgent=urgent)
 
-    def _rearm(self, max_wait_ns: int) -> None:
+    def _rearm(self, max_wait_ns: int, *, urgent: bool = False) -> None:
         """Restart the running train in the window [P/2, P - guard] after its last pulse, on the clock as it reads
         now (not the tick's time, which the drain has aged): at once when in it, after a sleep of at most
-        `max_wait_ns` when it opens within that, else not (a later call tries again). The shortened interval is
-        then at least P/2 and a write late by up to the guard still lands before the next pulse."""
+        `max_wait_ns` when it opens within that, else not (a later call tries again) — unless `urgent` (the next
+        call may come after the train's end): then at once, off the window. In the window the shortened interval
+        is at least P/2, and a start (on the RP2354B: its cancel) late by up to the guard still lands before the
+        next pulse."""
         assert self._train is not None and self._active_slot is not None
         period = self._train.period_us * 1000
         opens, closes = period // 2, period - min(period // 4, _GUARD_NS)
         now = self._now_ns()
+        if now >= self._ends_ns:
+            return  # ran out meanwhile: service() reports it at the next call
         phase = (now - self._phase_ref_ns) % period
         if not opens <= phase <= closes:
             wait = opens - phase if phase < opens else period - phase + opens
-            if wait > max_wait_ns or now + wait > self._ends_ns - period + closes:
-                self._counters.extra["rearm_deferred"] = self._counters.extra.get("rearm_deferred", 0) + 1
-                return
-            self._sleep_ns(wait)
-            now = self._now_ns()
-            phase = (now - self._phase_ref_ns) % period
-            if not opens <= phase <= closes or now >= self._ends_ns:  # slept too long (the scheduler): next call
-                self._counters.extra["rearm_deferred"] = self._counters.extra.get("rearm_deferred", 0) + 1
-                return
+            reachable = wait <= max_wait_ns and now + wait <= self._ends_ns - period + closes
+            if reachable:
+                self._sleep_ns(wait)
+                now = self._now_ns()
+                phase = (now - self._phase_ref_ns) % period
+                reachable = opens <= phase <= closes and now < self._ends_ns  # else slept too long (the scheduler)
+            if not reachable:
+                if not urgent or now >= self._ends_ns:
+                    self._counters.extra["rearm_deferred"] = self._counters.extra.get("rearm_deferred", 0) + 1
+                    return
+                self._counters.extra["rearm_off_window"] = self._counters.extra.get("rearm_off_window", 0) + 1
         self._start(self._active_slot)
         self._counters.extra["rearms"] = self._counters.extra.get("rearms", 0) + 1
 

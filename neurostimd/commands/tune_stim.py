@@ -200,7 +200,8 @@ def run_point(prob: Problem, xs: Sequence[float]) -> dict[str, Any]:
     charge = sum(s["charge_pct"] for s in per_seed) / len(per_seed)
     return {"x": list(xs), "policy": pol, "stimulation": table, "per_seed": per_seed, "time_in_target_pct": tit,
             "charge_pct": charge, "score": tit - prob.charge_weight * charge, "gate_cuts": cuts,
-            "feasible": prob.max_charge_pct is None or charge <= prob.max_charge_pct}
+            # a trial the gate had to cut is never the best, whatever it scored
+            "feasible": not cuts and (prob.max_charge_pct is None or charge <= prob.max_charge_pct)}
 
 
 def make_problem(args: argparse.Namespace) -> Problem:
@@ -291,6 +292,7 @@ def search(prob: Problem, trials: int, seed: int, out: Path,
             r["trial"] = k
             if prob.max_charge_pct is not None:
                 trial.set_constraint("charge_pct", r["charge_pct"] - prob.max_charge_pct)
+            trial.set_constraint("gate_cuts", float(len(r["gate_cuts"])))  # every trial: the same keys
             study.tell(trial, r["score"])
             if r["feasible"]:
                 best = max(best, r["score"])
@@ -455,7 +457,7 @@ def cmd_tune_stim(args: argparse.Namespace) -> int:
     (out / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(s))
     plot(trials, grid_results, s, out / "convergence.png")
-    if s["best"] is not None:
+    if s["best"] is not None and not s["gate_cuts"]:
         write_tuned(prob, s["best"], out)
     print(summary_markdown(s))
     if s["gate_cuts"]:

@@ -218,9 +218,13 @@ class TablePolicy:
         return idx, confidence, REASON_HOLDING
 
     def _rate(self, state: int) -> float:
-        """The charge per second state `state`'s row asks for (0: no row, no stimulation)."""
+        """The charge per second state `state`'s row asks for (0: no row, no stimulation, or its table duration
+        already used up with use_state_durations)."""
         entry = self._states.get(state)
         if entry is None:
+            return 0.0
+        if self.cfg.use_state_durations and entry.duration_min \
+                and self._used_s.get(state, 0.0) >= entry.duration_min * 60.0:
             return 0.0
         return entry.amplitude_ma * entry.pulse_width_us * entry.frequency_hz
 

@@ -240,6 +240,27 @@ def test_a_late_write_or_a_slow_caller_never_makes_a_pulse_pair_closer_than_half
     assert short and all(period // 2 <= x < period for x in short), (min(short) / period, max(short) / period)
 
 
+@pytest.mark.parametrize("personality", ["teensy", "rp2354b"])
+@pytest.mark.parametrize(("frequency_hz", "tick_ms"), [(20.0, 50), (40.0, 50), (50.0, 20), (25.0, 40), (5.0, 50)])
+def test_calls_at_a_multiple_of_the_period_keep_stimulating(personality: str, frequency_hz: float,
+                                                            tick_ms: int) -> None:
+    """The loop's cadence a multiple of the period (the shipped 50 ms loop at 20 Hz): every call lands at the same
+    phase, so the re-arm's window may never come within a wait. The train must not run out (it did, found in
+    review): the driver re-arms off the window when the next call would come too late, and no interval is ever
+    longer than a period."""
+    drv, dev, clock = make(personality, deadman_ms=250)
+    with drv:
+        drv.set_stimulation(StimParams(frequency_hz=frequency_hz, amplitude_ma=0.5, pulse_width_us=100.0))
+        for _ in range(3000 // tick_ms):
+            clock.advance(tick_ms * MS)
+            drv.service(clock.now_ns())
+        assert drv.status().stimulating and not drv.counters.extra.get("trains_ran_out")
+    period = round(1e6 / frequency_hz) * 1000
+    pulses = [e["t_mono_ns"] for e in events(dev, "pulse")]
+    assert max(b - a for a, b in itertools.pairwise(pulses)) <= period
+    assert not [e for e in events(dev, "stim_off") if e["reason"] == "train_end"]
+
+
 def test_a_lost_link_is_reported_and_reconnect_rechecks_the_firmware() -> None:
     """A link that fails is BoardLost (lost, nothing believed running); reconnect() handshakes again and refuses a
     device that now runs the other firmware."""
