@@ -50,6 +50,7 @@ from neurostimd.commands.evaluation import (
 )
 from neurostimd.core.safety import SafetyConfig, limit_violations
 from neurostimd.drivers.types import BoardLimits, StimParams
+from neurostimd.service.exitcodes import EX_CONFIG, EX_DATAERR, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
 
 # What the gate may change on a command without having cut it for a limit.
 BENIGN_LIMITS = frozenset({"ramp", "device_rounding"})
@@ -439,7 +440,7 @@ def cmd_tune_stim(args: argparse.Namespace) -> int:
     except ImportError as err:
         print(f"neurostimd tune-stim: {err.name} is missing; install the train extra: pip install "
               f"'neurostimd[train]'", file=sys.stderr)
-        return 69
+        return EX_UNAVAILABLE
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -452,7 +453,7 @@ def cmd_tune_stim(args: argparse.Namespace) -> int:
         grid_results = grid(prob, args.grid, out) if args.grid else None
     except EvaluationError as err:
         print(f"neurostimd tune-stim: {err}", file=sys.stderr)
-        return 65 if "cannot read" in str(err) else 78
+        return EX_DATAERR if "cannot read" in str(err) else EX_CONFIG
     s = summarise(prob, trials, grid_results, args)
     (out / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(s))
@@ -463,5 +464,5 @@ def cmd_tune_stim(args: argparse.Namespace) -> int:
     if s["gate_cuts"]:
         print(f"neurostimd tune-stim: the gate cut {s['gate_cuts']} command(s) for a limit (see trials.jsonl): the "
               f"feasible-set mapping missed a rule; report it", file=sys.stderr)
-        return 70
-    return 0 if s["best"] is not None else 1
+        return EX_SOFTWARE
+    return EX_OK if s["best"] is not None else 1
