@@ -34,6 +34,13 @@ def make(personality: str = "teensy", *, wrap: object = None, **kw: object) -> t
     return drv, dev, clock
 
 
+def serve_for(drv: StimJimDriver, clock: VirtualClock, total_ms: int, tick_ms: int) -> None:
+    """The host's loop on the virtual clock: service() every tick_ms for total_ms."""
+    for _ in range(total_ms // tick_ms):
+        clock.advance(tick_ms * MS)
+        drv.service(clock.now_ns())
+
+
 def events(dev: StimJimDevice, name: str) -> list[dict]:  # type: ignore[type-arg]
     return [e for e in dev.events.events if e["event"] == name]
 
@@ -181,9 +188,7 @@ def test_the_rearm_discontinuity_is_one_shortened_interval_of_at_least_half_a_pe
     drv, dev, clock = make(personality, deadman_ms=250)
     with drv:
         drv.set_stimulation(StimParams(frequency_hz=frequency_hz, amplitude_ma=0.5, pulse_width_us=100.0))
-        for _ in range(5000 // tick_ms):
-            clock.advance(tick_ms * MS)
-            drv.service(clock.now_ns())
+        serve_for(drv, clock, 5000, tick_ms)
         rearms = drv.counters.extra["rearms"]
     period = round(1e6 / frequency_hz) * 1000
     pulses = [e["t_mono_ns"] for e in events(dev, "pulse")]
@@ -228,9 +233,7 @@ def test_a_late_write_or_a_slow_caller_never_makes_a_pulse_pair_closer_than_half
     period = 20 * MS
     with drv:
         drv.set_stimulation(StimParams(frequency_hz=50.0, amplitude_ma=0.5, pulse_width_us=100.0))
-        for _ in range(4000 // tick_ms):
-            clock.advance(tick_ms * MS)
-            drv.service(clock.now_ns())
+        serve_for(drv, clock, 4000, tick_ms)
         assert drv.status().stimulating
         assert drv.counters.extra["rearms"] >= 15 and not drv.counters.extra.get("trains_ran_out")
     pulses = [e["t_mono_ns"] for e in events(dev, "pulse")]
@@ -251,9 +254,7 @@ def test_calls_at_a_multiple_of_the_period_keep_stimulating(personality: str, fr
     drv, dev, clock = make(personality, deadman_ms=250)
     with drv:
         drv.set_stimulation(StimParams(frequency_hz=frequency_hz, amplitude_ma=0.5, pulse_width_us=100.0))
-        for _ in range(3000 // tick_ms):
-            clock.advance(tick_ms * MS)
-            drv.service(clock.now_ns())
+        serve_for(drv, clock, 3000, tick_ms)
         assert drv.status().stimulating and not drv.counters.extra.get("trains_ran_out")
     period = round(1e6 / frequency_hz) * 1000
     pulses = [e["t_mono_ns"] for e in events(dev, "pulse")]
