@@ -185,7 +185,13 @@ def run_point(prob: Problem, xs: Sequence[float]) -> dict[str, Any]:
     """One trial: the law at unit point `xs` on every plant seed; its score, metrics and gate cuts."""
     pol, table = prob.settings(xs)
     spec = prob.arm_spec(pol, table)
-    cfg = spec.arm_config(prob.law)  # validated as the daemon validates a config (EvaluationError otherwise)
+    try:
+        cfg = spec.arm_config(prob.law)  # validated as the daemon validates a config
+    except EvaluationError as err:
+        # a point the config check refuses (e.g. lower above upper) is an infeasible trial, not the end of the run
+        return {"x": list(xs), "policy": pol, "stimulation": table, "per_seed": [], "time_in_target_pct": None,
+                "charge_pct": None, "score": None, "gate_cuts": [], "feasible": False,
+                "refused": str(err).rpartition("is not a valid config: ")[2] or str(err)}
     per_seed = []
     cuts: list[dict[str, Any]] = []
     for seed in prob.seeds:
@@ -202,7 +208,8 @@ def run_point(prob: Problem, xs: Sequence[float]) -> dict[str, Any]:
     return {"x": list(xs), "policy": pol, "stimulation": table, "per_seed": per_seed, "time_in_target_pct": tit,
             "charge_pct": charge, "score": tit - prob.charge_weight * charge, "gate_cuts": cuts,
             # a trial the gate had to cut is never the best, whatever it scored
-            "feasible": not cuts and (prob.max_charge_pct is None or charge <= prob.max_charge_pct)}
+            "feasible": not cuts and (prob.max_charge_pct is None or charge <= prob.max_charge_pct),
+            "refused": None}
 
 
 def make_problem(args: argparse.Namespace) -> Problem:
@@ -267,6 +274,8 @@ def _eta(t0: float, done: int, total: int) -> str:
 
 
 def _line(tag: str, k: int, n: int, r: dict[str, Any], best: float, t0: float) -> str:
+    if r.get("refused"):
+        return f"[{tag} {k}/{n}] refused by the config check: {r['refused']}  best {best:7.2f}  ETA {_eta(t0, k, n)}"
     return (f"[{tag} {k}/{n}] score {r['score']:7.2f} (in target {r['time_in_target_pct']:5.1f} %, charge "
             f"{r['charge_pct']:5.1f} %) best {best:7.2f}  ETA {_eta(t0, k, n)}")
 
@@ -291,13 +300,18 @@ def search(prob: Problem, trials: int, seed: int, out: Path,
             xs = [trial.suggest_float(f"x{i}:{d.name}", 0.0, 1.0) for i, d in enumerate(prob.dims)]
             r = run_point(prob, xs)
             r["trial"] = k
+            refused = bool(r.get("refused"))
             if prob.max_charge_pct is not None:
-                trial.set_constraint("charge_pct", r["charge_pct"] - prob.max_charge_pct)
+                trial.set_constraint("charge_pct", 0.0 if refused else r["charge_pct"] - prob.max_charge_pct)
             trial.set_constraint("gate_cuts", float(len(r["gate_cuts"])))  # every trial: the same keys
-            study.tell(trial, r["score"])
+            trial.set_constraint("refused", 1.0 if refused else 0.0)
+            # a refused point has no score: the sampler ranks it among the infeasible by its constraint; the value
+            # it is told (the worst score so far) only keeps the study's values finite
+            scores = [q["score"] for q in results if q["score"] is not None]
+            study.tell(trial, r["score"] if not refused else (min(scores) if scores else 0.0))
             if r["feasible"]:
                 best = max(best, r["score"])
-            r["best_so_far"] = best
+            r["best_so_far"] = best if math.isfinite(best) else None  # None until a trial is feasible
             results.append(r)
             fh.write(json.dumps(r) + "\n")
             fh.flush()
@@ -329,6 +343,25 @@ def _best(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return max(ok, key=lambda r: r["score"]) if ok else None
 
 
+def importances(dims: Sequence[Dim], results: Sequence[dict[str, Any]], seed: int) -> dict[str, float] | None:
+    """Each searched setting's share of the score's variance over the scored points (Optuna's fANOVA on the
+    history, seeded); None with one dimension or fewer than 4 scored points (nothing to apportion)."""
+    import optuna
+    from optuna.distributions import BaseDistribution, FloatDistribution
+
+    scored = [r for r in results if r["score"] is not None]
+    if len(dims) < 2 or len(scored) < 4:
+        return None
+    study = optuna.create_study(direction="maximize")
+    dist: dict[str, BaseDistribution] = {d.name: FloatDistribution(0.0, 1.0) for d in dims}
+    for r in scored:
+        study.add_trial(optuna.trial.create_trial(params=dict(zip(dist, r["x"], strict=True)), distributions=dist,
+                                                  value=r["score"]))
+    imp = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+    return {d.name: float(imp.get(d.name, 0.0)) for d in dims}
+
+
 def summarise(prob: Problem, trials: list[dict[str, Any]], grid_results: list[dict[str, Any]] | None,
               args: argparse.Namespace) -> dict[str, Any]:
     best = _best(trials)
@@ -339,13 +372,16 @@ def summarise(prob: Problem, trials: list[dict[str, Any]], grid_results: list[di
         "charge_weight": prob.charge_weight, "max_charge_pct": prob.max_charge_pct, "search_seed": args.seed,
         "continuous_charge_uc": prob.continuous_charge, "trials": len(trials),
         "best": best, "gate_cuts": sum(len(r["gate_cuts"]) for r in trials + (grid_results or [])),
+        "refused": sum(1 for r in trials if r.get("refused")),
+        "importance": importances(prob.dims, trials + (grid_results or []), args.seed),
     }
     if grid_results:
         g = _best(grid_results)
         s["grid"] = {"points_per_dim": args.grid, "episodes": len(grid_results), "best": g}
         if g is not None and best is not None:
             tol = 0.1 * abs(g["score"])
-            reach = next((r["trial"] + 1 for r in trials if r["best_so_far"] >= g["score"] - tol), None)
+            reach = next((r["trial"] + 1 for r in trials
+                          if r["best_so_far"] is not None and r["best_so_far"] >= g["score"] - tol), None)
             s["grid"]["search_minus_grid_best"] = best["score"] - g["score"]
             s["grid"]["trials_to_within_10pct"] = reach
     return s
@@ -381,6 +417,13 @@ def summary_markdown(s: dict[str, Any]) -> str:
                   f"{g.get('search_minus_grid_best', float('nan')):+.2f} "
                   f"from it; within 10 % of it after "
                   + (f"{reach} trials." if reach is not None else "no trial.")]
+    if s.get("refused"):
+        lines += ["", f"{s['refused']} of {s['trials']} trials proposed settings the config check refuses (no "
+                  f"episode run; counted infeasible)."]
+    if s.get("importance"):
+        lines += ["", "Importance of each setting (fANOVA over the scored points): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in sorted(s["importance"].items(), key=lambda kv: -kv[1]))
+                  + "."]
     lines += ["", f"Gate cuts in every episode (a command the gate cut for a limit, not the ramp): {s['gate_cuts']}.",
               "", f"Command: `{s['command']}`", ""]
     return "\n".join(lines)
@@ -393,10 +436,20 @@ def plot(trials: list[dict[str, Any]], grid_results: list[dict[str, Any]] | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), constrained_layout=True)
-    ks = [r["trial"] + 1 for r in trials]
-    ax.plot(ks, [r["score"] for r in trials], "o", color="0.6", ms=4, label="trial")
-    ax.step(ks, [r["best_so_far"] for r in trials], where="post", color="tab:blue", label="best so far")
+    imp = s.get("importance")
+    fig, axes = plt.subplots(1, 2 if imp else 1, figsize=(11.5 if imp else 7.5, 4.2), constrained_layout=True,
+                             squeeze=False, width_ratios=[2, 1] if imp else None)
+    ax = axes[0][0]
+    scored = [r for r in trials if r["score"] is not None]
+    ks = [r["trial"] + 1 for r in scored]
+    ax.plot(ks, [r["score"] for r in scored], "o", color="0.6", ms=4, label="trial")
+    for r in trials:
+        if r["score"] is None:
+            ax.axvline(r["trial"] + 1, color="tab:red", alpha=0.25, lw=1)
+    if len(scored) < len(trials):
+        ax.plot([], [], color="tab:red", alpha=0.5, label="refused by the config check")
+    best_so_far = [math.nan if r["best_so_far"] is None else r["best_so_far"] for r in trials]
+    ax.step([r["trial"] + 1 for r in trials], best_so_far, where="post", color="tab:blue", label="best so far")
     g = (s.get("grid") or {}).get("best")
     if g is not None:
         ax.axhline(g["score"], color="tab:green", ls="--", label=f"grid best ({s['grid']['episodes']} episodes)")
@@ -406,6 +459,13 @@ def plot(trials: list[dict[str, Any]], grid_results: list[dict[str, Any]] | None
     ax.set_ylabel(f"score: in target % − {s['charge_weight']:g} × charge %")
     ax.set_title(f"tune-stim: {s['law']} on the {s['plant']} plant")
     ax.legend(fontsize=8)
+    if imp:
+        bx = axes[0][1]
+        names = sorted(imp, key=lambda k: imp[k])
+        bx.barh(names, [imp[k] for k in names], color="tab:blue")
+        bx.set_xlim(0, 1)
+        bx.set_xlabel("share of the score's variance (fANOVA)")
+        bx.set_title("which setting mattered")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

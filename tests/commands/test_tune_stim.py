@@ -128,3 +128,56 @@ def test_the_table_law_searches_each_stimulating_rows_amplitude(tmp_path: Path) 
     off, dbs = table["states"]
     assert off["amplitude_ma"] == 0.0 and 0.0 <= dbs["amplitude_ma"] <= 3.5
     assert (dbs["frequency_hz"], dbs["pulse_width_us"]) == (130.0, 60.0)
+
+
+def _strict(text: str) -> Any:
+    def bad(name: str) -> None:
+        raise AssertionError(f"{name} in the history: not JSON")
+    return json.loads(text, parse_constant=bad)
+
+
+def test_a_proposal_the_config_check_refuses_is_an_infeasible_trial_not_the_end_of_the_run(tmp_path: Path) -> None:
+    """`lower` searched over 0.5–0.9 with the evaluation file's upper at 0.7: the points above 0.7 are refused by the
+    daemon's config check. They are recorded as refused, infeasible trials with the check's reason (no episode
+    run), the search goes on, and the best is a point the check accepts. (Before, the first refused point ended the
+    whole run with exit 78.)"""
+    out = tmp_path / "tune"
+    rc = main(["tune-stim", "--plant", "beta", "--law", "dual_threshold", "--space", "lower=0.5:0.9",
+               "--space", "amplitude_high_ma=unit", "--trials", "5", "--episode-s", "10", "--plant-seeds", "300",
+               "--grid", "2", "--out", str(out)])
+    assert rc == 0
+    trials = [_strict(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    grid = [_strict(line) for line in (out / "grid.jsonl").read_text().splitlines()]
+    assert len(trials) == 5 and len(grid) == 4
+    for r in trials + grid:
+        if r["policy"]["lower"] > 0.7:
+            assert r["refused"] and "lower" in r["refused"] and "upper" in r["refused"], r
+            assert r["score"] is None and not r["feasible"] and r["per_seed"] == []
+        else:
+            assert r["refused"] is None and r["score"] is not None
+    assert sum(1 for r in grid if r["refused"]) == 2  # the grid's lower = 0.9 column
+    s = json.loads((out / "summary.json").read_text())
+    assert s["refused"] == sum(1 for r in trials if r["refused"])
+    assert s["best"]["refused"] is None and s["best"]["policy"]["lower"] <= 0.7
+    assert s["best"]["score"] == max(r["score"] for r in trials if r["score"] is not None)
+    assert "refuses" in (out / "summary.md").read_text()
+    assert (out / "tuned-policy.toml").exists()
+
+
+def test_importance_apportions_the_score_to_the_setting_that_moves_it() -> None:
+    """fANOVA over the history: a score that moves with `a` 100 times more than with `b` gives `a` most of the
+    importance; one dimension or too few scored points give none; refused points are left out."""
+    import random
+
+    rnd = random.Random(3)
+    dims = [tune_stim.Dim("a", 0.0, 1.0), tune_stim.Dim("b", 0.0, 1.0)]
+    hist: list[dict[str, Any]] = []
+    for _ in range(30):
+        x = [rnd.random(), rnd.random()]
+        hist.append({"x": x, "score": 10.0 * x[0] + 0.1 * x[1]})
+    hist.append({"x": [0.5, 0.5], "score": None})
+    imp = tune_stim.importances(dims, hist, seed=0)
+    assert imp is not None and set(imp) == {"a", "b"}
+    assert imp["a"] > 0.9 > 0.1 > imp["b"]
+    assert tune_stim.importances(dims[:1], hist, seed=0) is None
+    assert tune_stim.importances(dims, hist[:3], seed=0) is None
