@@ -14,7 +14,7 @@ $(BIN)/python:
 
 # Stamp file: reinstall when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e '.[train,dev,lab]'
+	$(BIN)/pip install -e '.[train,dev,lab,scale]'
 	touch $@
 
 venv: $(VENV)/.installed

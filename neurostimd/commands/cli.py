@@ -50,6 +50,16 @@ exit status: 0 done, 2 bad arguments, 65 bad data (recording, labels), 78 bad co
 """
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 def _label_arguments(p: argparse.ArgumentParser, evaluate: bool = False) -> None:
     p.add_argument("--labels", default=None,
                    help="where the labels are: annotations, channel:NAME or an events file (default: the file's own "
@@ -183,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="constraint: charge at most this %% of continuous")
     t.add_argument("--grid", type=int, default=0, help="also run the exhaustive grid, N points per dimension")
     t.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    t.add_argument("--jobs", type=_positive_int, default=1,
+                   help="trials asked and run at a time; above 1 they run in parallel on Ray (the scale extra), "
+                        "one by one without it. The history depends on --seed and --jobs only")
+    t.add_argument("--address", default=None,
+                   help="a Ray cluster's address (ray://host:10001 or host:6379); default a local Ray instance")
+    t.add_argument("--no-ray", action="store_true", help="run the trials of each batch one by one in this process")
     t.add_argument("--out", required=True)
     from neurostimd.commands.export import add_parser as add_export_parser
 

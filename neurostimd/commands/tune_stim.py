@@ -30,10 +30,12 @@ import argparse
 import copy
 import itertools
 import json
+import logging
 import math
 import sys
 import time
 import tomllib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +140,18 @@ class Problem:
     continuous_charge: dict[int, float] = field(default_factory=dict)
     bundle: Any = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # a loaded bundle holds LiteRT interpreters: a worker (Ray) loads its own from the config's path
+        return {**self.__dict__, "bundle": None}
+
+    def loaded_bundle(self) -> Any:
+        if self.bundle is None:
+            from neurostimd.model.runtime import load_bundle
+
+            cfg = self.spec.arm_config(self.law)
+            self.bundle = load_bundle(cfg.model.bundle, verify=cfg.model.verify_on_load)
+        return self.bundle
+
     def settings(self, xs: Sequence[float]) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The [policy] settings and (table law) the [stimulation] table for the unit point `xs`; every amplitude
         inside the gate's static envelope."""
@@ -181,8 +195,10 @@ def _gate_cuts(log_dir: Path, law: str, seed: int) -> list[dict[str, Any]]:
             if set(c.limited_by) - BENIGN_LIMITS]
 
 
-def run_point(prob: Problem, xs: Sequence[float]) -> dict[str, Any]:
-    """One trial: the law at unit point `xs` on every plant seed; its score, metrics and gate cuts."""
+def run_point(prob: Problem, xs: Sequence[float], slot: int = 0) -> dict[str, Any]:
+    """One trial: the law at unit point `xs` on every plant seed; its score, metrics and gate cuts. Trials run at
+    once write their audit logs in their own slot's folder."""
+    log_dir = prob.log_dir if slot == 0 else prob.log_dir / f"slot{slot}"
     pol, table = prob.settings(xs)
     spec = prob.arm_spec(pol, table)
     try:
@@ -195,14 +211,14 @@ def run_point(prob: Problem, xs: Sequence[float]) -> dict[str, Any]:
     per_seed = []
     cuts: list[dict[str, Any]] = []
     for seed in prob.seeds:
-        run = run_arm(prob.law, cfg, spec.plant, prob.bundle, seed, prob.episode_s, prob.log_dir,
+        run = run_arm(prob.law, cfg, spec.plant, prob.loaded_bundle(), seed, prob.episode_s, log_dir,
                       setpoint=spec.biomarker_setpoint, block_size=prob.block_size)
         m = run.metrics
         charge_pct = 100.0 * m["charge_uc"] / prob.continuous_charge[seed] if prob.continuous_charge[seed] else 0.0
         per_seed.append({"seed": seed, "time_in_target_pct": m["time_in_target_pct"], "charge_uc": m["charge_uc"],
                          "charge_pct": charge_pct, "switches_per_hour": m.get("switches_per_hour"),
                          "stim_on_pct": m.get("stim_on_pct")})
-        cuts += [{"seed": seed, **c} for c in _gate_cuts(prob.log_dir, prob.law, seed)]
+        cuts += [{"seed": seed, **c} for c in _gate_cuts(log_dir, prob.law, seed)]
     tit = sum(s["time_in_target_pct"] for s in per_seed) / len(per_seed)
     charge = sum(s["charge_pct"] for s in per_seed) / len(per_seed)
     return {"x": list(xs), "policy": pol, "stimulation": table, "per_seed": per_seed, "time_in_target_pct": tit,
@@ -266,6 +282,73 @@ def measure_continuous(prob: Problem) -> None:
         prob.continuous_charge[seed] = float(run.metrics["charge_uc"])
 
 
+class SerialRunner:
+    """Trials one after the other in this process."""
+
+    description = "one by one in this process"
+
+    def map(self, prob: Problem, points: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
+        return [run_point(prob, xs, slot) for slot, xs in enumerate(points)]
+
+    def close(self) -> None:
+        pass
+
+
+def _ray_point(prob: Problem, xs: Sequence[float], slot: int) -> dict[str, Any]:
+    from neurostimd.service.logs import configure_logging
+
+    configure_logging("error", "console")  # a worker logs as tune-stim itself does: errors only
+    return run_point(prob, xs, slot)
+
+
+class RayRunner:
+    """Trials of one batch at once as Ray tasks (one CPU each): a local Ray instance on this machine's cores, or the
+    cluster at `address` (every node needs neurostimd installed and the evaluation file's paths)."""
+
+    def __init__(self, jobs: int, address: str | None) -> None:
+        import ray
+
+        self._ray = ray
+        self._owns = not ray.is_initialized()
+        if self._owns:
+            kw: dict[str, Any] = {"address": address} if address else {"num_cpus": jobs}
+            ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True, **kw)
+        self._task = ray.remote(num_cpus=1)(_ray_point)
+        self._prob_ref: Any = None
+        self._prob_id = 0
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        self.description = f"{jobs} at once on {where} ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+
+    def map(self, prob: Problem, points: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
+        if self._prob_ref is None or self._prob_id != id(prob):
+            self._prob_ref, self._prob_id = self._ray.put(prob), id(prob)
+        refs = [self._task.remote(self._prob_ref, list(xs), slot) for slot, xs in enumerate(points)]
+        return list(self._ray.get(refs))
+
+    def close(self) -> None:
+        if self._owns:
+            self._ray.shutdown()
+
+
+def make_runner(jobs: int, address: str | None, no_ray: bool) -> SerialRunner | RayRunner:
+    """Ray when asked for parallel trials (or a cluster) and installed; one by one otherwise (said on stderr)."""
+    if no_ray or (jobs <= 1 and not address):
+        return SerialRunner()
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        if address:
+            raise RunnerUnavailable("--address needs Ray: pip install 'neurostimd[scale]'") from None
+        print(f"tune-stim: Ray is not installed (pip install 'neurostimd[scale]'): the {jobs} trials of each batch "
+              f"run one by one, with the same results", file=sys.stderr, flush=True)
+        return SerialRunner()
+    return RayRunner(jobs, address)
+
+
+class RunnerUnavailable(RuntimeError):
+    """Ray was asked for and is not there."""
+
+
 def _eta(t0: float, done: int, total: int) -> str:
     if done == 0:
         return "?"
@@ -281,60 +364,80 @@ def _line(tag: str, k: int, n: int, r: dict[str, Any], best: float, t0: float) -
 
 
 def search(prob: Problem, trials: int, seed: int, out: Path,
-           on_trial: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """The constrained TPE search over the unit cube of `prob.dims`."""
+           on_trial: Callable[[dict[str, Any]], None] | None = None, jobs: int = 1,
+           runner: SerialRunner | RayRunner | None = None) -> list[dict[str, Any]]:
+    """The constrained TPE search over the unit cube of `prob.dims`, `jobs` trials asked at a time and run by
+    `runner` (one by one by default). The history depends on the seed and `jobs`, not on the runner."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     # TPE with constraints: a trial's constraint (set_constraint, > 0 infeasible) steers the sampler away from the
     # infeasible region (Optuna >= 5)
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(8, max(1, trials // 3)))
+    # constant liar (trials of a batch asked before any is told): the sampler does not propose one point k times
+    kw: dict[str, Any] = {"constant_liar": True} if jobs > 1 else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                             n_startup_trials=min(8, max(1, trials // 3)), **kw)
     study = optuna.create_study(direction="maximize", sampler=sampler)
+    runner = runner or SerialRunner()
     results: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     best = -math.inf
     with (out / "trials.jsonl").open("w") as fh:
-        for k in range(trials):
-            trial = study.ask()
-            xs = [trial.suggest_float(f"x{i}:{d.name}", 0.0, 1.0) for i, d in enumerate(prob.dims)]
-            r = run_point(prob, xs)
-            r["trial"] = k
-            refused = bool(r.get("refused"))
-            if prob.max_charge_pct is not None:
-                trial.set_constraint("charge_pct", 0.0 if refused else r["charge_pct"] - prob.max_charge_pct)
-            trial.set_constraint("gate_cuts", float(len(r["gate_cuts"])))  # every trial: the same keys
-            trial.set_constraint("refused", 1.0 if refused else 0.0)
-            # a refused point has no score: the sampler ranks it among the infeasible by its constraint; the value
-            # it is told (the worst score so far) only keeps the study's values finite
-            scores = [q["score"] for q in results if q["score"] is not None]
-            study.tell(trial, r["score"] if not refused else (min(scores) if scores else 0.0))
-            if r["feasible"]:
-                best = max(best, r["score"])
-            r["best_so_far"] = best if math.isfinite(best) else None  # None until a trial is feasible
-            results.append(r)
-            fh.write(json.dumps(r) + "\n")
-            fh.flush()
-            print(_line("trial", k + 1, trials, r, best, t0), file=sys.stderr, flush=True)
-            if on_trial is not None:
-                on_trial(r)
+        k = 0
+        while k < trials:
+            batch = [study.ask() for _ in range(min(max(1, jobs), trials - k))]
+            points = [[t.suggest_float(f"x{i}:{d.name}", 0.0, 1.0) for i, d in enumerate(prob.dims)]
+                      for t in batch]
+            for trial, r in zip(batch, runner.map(prob, points), strict=True):
+                k = _tell(study, trial, r, k, prob, results)
+                if r["feasible"]:
+                    best = max(best, r["score"])
+                r["best_so_far"] = best if math.isfinite(best) else None  # None until a trial is feasible
+                results.append(r)
+                fh.write(json.dumps(r) + "\n")
+                fh.flush()
+                print(_line("trial", k, trials, r, best, t0), file=sys.stderr, flush=True)
+                if on_trial is not None:
+                    on_trial(r)
     return results
 
 
-def grid(prob: Problem, n: int, out: Path) -> list[dict[str, Any]]:
+def _tell(study: Any, trial: Any, r: dict[str, Any], k: int, prob: Problem, results: list[dict[str, Any]]) -> int:
+    """Tell the sampler trial k's result with its constraints (every trial sets the same keys); the count told."""
+    r["trial"] = k
+    refused = bool(r.get("refused"))
+    if prob.max_charge_pct is not None:
+        trial.set_constraint("charge_pct", 0.0 if refused else r["charge_pct"] - prob.max_charge_pct)
+    trial.set_constraint("gate_cuts", float(len(r["gate_cuts"])))
+    trial.set_constraint("refused", 1.0 if refused else 0.0)
+    # a refused point has no score: the sampler ranks it among the infeasible by its constraint; the value it is
+    # told (the worst score so far) only keeps the study's values finite
+    scores = [q["score"] for q in results if q["score"] is not None]
+    study.tell(trial, r["score"] if not refused else (min(scores) if scores else 0.0))
+    return k + 1
+
+
+def grid(prob: Problem, n: int, out: Path, jobs: int = 1,
+         runner: SerialRunner | RayRunner | None = None) -> list[dict[str, Any]]:
+    """The exhaustive grid, n points per dimension on the same unit map, `jobs` points at a time."""
     points = list(itertools.product(*[[i / (n - 1) for i in range(n)] for _ in prob.dims]))
+    runner = runner or SerialRunner()
     results: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     best = -math.inf
+    step = max(1, jobs)
     with (out / "grid.jsonl").open("w") as fh:
-        for k, xs in enumerate(points):
-            r = run_point(prob, xs)
-            if r["feasible"]:
-                best = max(best, r["score"])
-            results.append(r)
-            fh.write(json.dumps(r) + "\n")
-            fh.flush()
-            print(_line("grid", k + 1, len(points), r, best, t0), file=sys.stderr, flush=True)
+        for start in range(0, len(points), step):
+            for r in runner.map(prob, points[start:start + step]):
+                if r["feasible"]:
+                    best = max(best, r["score"])
+                results.append(r)
+                fh.write(json.dumps(r) + "\n")
+                fh.flush()
+                print(_line("grid", len(results), len(points), r, best, t0), file=sys.stderr, flush=True)
     return results
 
 
@@ -416,7 +519,7 @@ def summary_markdown(s: dict[str, Any]) -> str:
                   f"{gb['charge_pct']:.1f} %). The search's best is "
                   f"{g.get('search_minus_grid_best', float('nan')):+.2f} "
                   f"from it; within 10 % of it after "
-                  + (f"{reach} trials." if reach is not None else "no trial.")]
+                  + (f"{reach} trial{'s' if reach != 1 else ''}." if reach is not None else "no trial.")]
     if s.get("refused"):
         lines += ["", f"{s['refused']} of {s['trials']} trials proposed settings the config check refuses (no "
                   f"episode run; counted infeasible)."]
@@ -509,12 +612,23 @@ def cmd_tune_stim(args: argparse.Namespace) -> int:
               f"({', '.join(d.name for d in prob.dims)}), seeds {prob.seeds}, {prob.episode_s:g} s episodes",
               file=sys.stderr, flush=True)
         measure_continuous(prob)
-        trials = search(prob, args.trials, args.seed, out)
-        grid_results = grid(prob, args.grid, out) if args.grid else None
+        runner = make_runner(args.jobs, args.address, args.no_ray)
     except EvaluationError as err:
         print(f"neurostimd tune-stim: {err}", file=sys.stderr)
         return EX_DATAERR if "cannot read" in str(err) else EX_CONFIG
+    except RunnerUnavailable as err:
+        print(f"neurostimd tune-stim: {err}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    print(f"tune-stim: trials run {runner.description}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    try:
+        trials = search(prob, args.trials, args.seed, out, jobs=args.jobs, runner=runner)
+        grid_results = grid(prob, args.grid, out, jobs=args.jobs, runner=runner) if args.grid else None
+    finally:
+        runner.close()
+    wall_s = time.perf_counter() - t0
     s = summarise(prob, trials, grid_results, args)
+    s["runner"] = {"jobs": args.jobs, "how": runner.description, "wall_s": round(wall_s, 1)}
     (out / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(s))
     plot(trials, grid_results, s, out / "convergence.png")

@@ -85,7 +85,7 @@ def test_the_search_is_reproducible_from_its_seed_and_honours_the_charge_constra
     """The same --seed proposes the same points; with a charge constraint the best reported trial is a feasible
     one even where an infeasible one scored higher. (Episodes replaced by a cheap stand-in: the proposals are the
     sampler's.)"""
-    def fake(prob: Any, xs: list[float]) -> dict[str, Any]:
+    def fake(prob: Any, xs: list[float], slot: int = 0) -> dict[str, Any]:
         charge = 100.0 * xs[0]
         tit = 50.0 + 50.0 * xs[0] - 10.0 * (xs[1] - 0.3) ** 2
         return {"x": list(xs), "policy": {}, "stimulation": None, "per_seed": [], "time_in_target_pct": tit,
@@ -181,3 +181,53 @@ def test_importance_apportions_the_score_to_the_setting_that_moves_it() -> None:
     assert imp["a"] > 0.9 > 0.1 > imp["b"]
     assert tune_stim.importances(dims[:1], hist, seed=0) is None
     assert tune_stim.importances(dims, hist[:3], seed=0) is None
+
+
+def _history(path: Path) -> list[dict[str, Any]]:
+    return [_strict(line) for line in path.read_text().splitlines()]
+
+
+def test_trials_on_a_local_ray_instance_give_the_history_of_the_same_batches_run_one_by_one(tmp_path: Path) -> None:
+    """--jobs 2 runs each batch's two trials as Ray tasks on a local Ray instance (their audit logs in their own
+    slot folders); the history equals the one `--no-ray` gives with the same --seed and --jobs, episode for
+    episode, grid included."""
+    pytest.importorskip("ray", reason="the scale extra (Ray) is not installed")
+    common = ["tune-stim", "--plant", "beta", "--law", "dual_threshold", "--trials", "4", "--episode-s", "10",
+              "--plant-seeds", "300", "--grid", "2", "--jobs", "2"]
+    assert main([*common, "--out", str(tmp_path / "ray")]) == 0
+    assert main([*common, "--no-ray", "--out", str(tmp_path / "serial")]) == 0
+    for name in ("trials.jsonl", "grid.jsonl"):
+        on_ray, serial = _history(tmp_path / "ray" / name), _history(tmp_path / "serial" / name)
+        assert len(on_ray) == 4
+        assert on_ray == serial
+    s = json.loads((tmp_path / "ray" / "summary.json").read_text())
+    assert "local Ray instance" in s["runner"]["how"] and s["runner"]["jobs"] == 2
+    assert "one by one" in json.loads((tmp_path / "serial" / "summary.json").read_text())["runner"]["how"]
+    assert (tmp_path / "ray" / "logs" / "slot1" / "dual_threshold-seed300.audit.jsonl").exists()
+    # the two trials of a batch are two different points (constant liar), not one point twice
+    xs = [r["x"] for r in _history(tmp_path / "ray" / "trials.jsonl")]
+    assert xs[0] != xs[1] and xs[2] != xs[3]
+
+
+def test_without_ray_parallel_trials_run_one_by_one_and_a_cluster_is_refused(tmp_path: Path, capsys: Any,
+                                                                            monkeypatch: Any) -> None:
+    """Ray missing: --jobs 2 says so and runs the batches one by one (exit 0); --address, which needs Ray, is
+    refused with exit 69 naming the extra, before any trial runs."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    common = ["tune-stim", "--plant", "beta", "--law", "dual_threshold", "--trials", "2", "--episode-s", "5",
+              "--plant-seeds", "300"]
+    assert main([*common, "--jobs", "2", "--out", str(tmp_path / "a")]) == 0
+    assert "Ray is not installed" in capsys.readouterr().err
+    assert len(_history(tmp_path / "a" / "trials.jsonl")) == 2
+    assert main([*common, "--address", "ray://127.0.0.1:10001", "--out", str(tmp_path / "b")]) == 69
+    err = capsys.readouterr().err
+    assert "--address needs Ray" in err and "neurostimd[scale]" in err
+    assert not (tmp_path / "b" / "trials.jsonl").exists()
+
+
+def test_jobs_below_one_is_refused(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["tune-stim", "--law", "table", "--jobs", "0", "--out", "x"])
+    assert exc.value.code == 2 and "at least 1" in capsys.readouterr().err
