@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     t.add_argument("--jobs", type=_positive_int, default=1,
                    help="trials asked and run at a time; above 1 they run in parallel on Ray (the scale extra), "
-                        "one by one without it. The history depends on --seed and --jobs only")
+                        "one by one without it. The history does not depend on where the trials run")
     t.add_argument("--address", default=None,
                    help="a Ray cluster's address (ray://host:10001 or host:6379); default a local Ray instance")
     t.add_argument("--no-ray", action="store_true", help="run the trials of each batch one by one in this process")

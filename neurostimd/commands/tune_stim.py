@@ -256,6 +256,10 @@ def make_problem(args: argparse.Namespace) -> Problem:
     if not dims:
         raise EvaluationError(f"nothing to search for the {law} law: give --space NAME=LO:HI")
     known = set(type(cfg.policy).model_fields)
+    names = [d.name for d in dims]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise EvaluationError(f"--space names a setting twice: {', '.join(twice)}")
     for d in dims:
         if not d.name.startswith("state") and d.name not in known:
             raise EvaluationError(f"--space {d.name}: the {law} law has no setting {d.name!r} "
@@ -267,7 +271,8 @@ def make_problem(args: argparse.Namespace) -> Problem:
         raise EvaluationError("--plant-seeds: give at least one seed")
     return Problem(spec=spec, law=law, dims=dims, seeds=seeds, episode_s=float(args.episode_s),
                    charge_weight=float(args.charge_weight), max_charge_pct=args.max_charge_pct, board=board,
-                   log_dir=Path(args.out) / "logs", base_policy=base_policy, base_table=base_table, bundle=bundle)
+                   log_dir=(Path(args.out) / "logs").resolve(), base_policy=base_policy, base_table=base_table,
+                   bundle=bundle)
 
 
 def measure_continuous(prob: Problem) -> None:
@@ -280,6 +285,9 @@ def measure_continuous(prob: Problem) -> None:
         run = run_arm("continuous", cont_cfg, prob.spec.plant, prob.bundle, seed, prob.episode_s, prob.log_dir,
                       continuous=fixed, setpoint=prob.spec.biomarker_setpoint, block_size=prob.block_size)
         prob.continuous_charge[seed] = float(run.metrics["charge_uc"])
+
+
+REFUSED_VIOLATION = 1e6
 
 
 class SerialRunner:
@@ -310,14 +318,20 @@ class RayRunner:
 
         self._ray = ray
         self._owns = not ray.is_initialized()
-        if self._owns:
-            kw: dict[str, Any] = {"address": address} if address else {"num_cpus": jobs}
-            ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True, **kw)
-        self._task = ray.remote(num_cpus=1)(_ray_point)
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        try:
+            if self._owns:
+                kw: dict[str, Any] = {"address": address} if address else {"num_cpus": jobs}
+                ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True, **kw)
+            self._task = ray.remote(num_cpus=1)(_ray_point)
+            cpus = int(ray.cluster_resources().get("CPU", 0))
+        except Exception as err:
+            self.close()
+            raise RunnerUnavailable(f"could not start or reach {where}: {err}. Check --address (ray://HEAD:10001 "
+                                    f"or HEAD:6379), or run without --address (local) or with --no-ray") from err
         self._prob_ref: Any = None
         self._prob_id = 0
-        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        self.description = f"{jobs} at once on {where} ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+        self.description = f"{jobs} at once on {where} ({cpus} CPUs)"
 
     def map(self, prob: Problem, points: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
         if self._prob_ref is None or self._prob_id != id(prob):
@@ -326,12 +340,14 @@ class RayRunner:
         return list(self._ray.get(refs))
 
     def close(self) -> None:
-        if self._owns:
+        if self._owns and self._ray.is_initialized():
             self._ray.shutdown()
 
 
 def make_runner(jobs: int, address: str | None, no_ray: bool) -> SerialRunner | RayRunner:
     """Ray when asked for parallel trials (or a cluster) and installed; one by one otherwise (said on stderr)."""
+    if no_ray and address:
+        raise RunnerUnavailable("--no-ray and --address contradict each other: give one")
     if no_ray or (jobs <= 1 and not address):
         return SerialRunner()
     try:
@@ -412,7 +428,9 @@ def _tell(study: Any, trial: Any, r: dict[str, Any], k: int, prob: Problem, resu
     if prob.max_charge_pct is not None:
         trial.set_constraint("charge_pct", 0.0 if refused else r["charge_pct"] - prob.max_charge_pct)
     trial.set_constraint("gate_cuts", float(len(r["gate_cuts"])))
-    trial.set_constraint("refused", 1.0 if refused else 0.0)
+    # TPE ranks infeasible trials by their summed violations: a refused point (no result at all) ranks below any
+    # trial that ran, whatever its charge excess or cuts
+    trial.set_constraint("refused", REFUSED_VIOLATION if refused else 0.0)
     # a refused point has no score: the sampler ranks it among the infeasible by its constraint; the value it is
     # told (the worst score so far) only keeps the study's values finite
     scores = [q["score"] for q in results if q["score"] is not None]
@@ -455,13 +473,19 @@ def importances(dims: Sequence[Dim], results: Sequence[dict[str, Any]], seed: in
     scored = [r for r in results if r["score"] is not None]
     if len(dims) < 2 or len(scored) < 4:
         return None
+    if len({d.name for d in dims}) < len(dims):
+        return None
     study = optuna.create_study(direction="maximize")
     dist: dict[str, BaseDistribution] = {d.name: FloatDistribution(0.0, 1.0) for d in dims}
     for r in scored:
         study.add_trial(optuna.trial.create_trial(params=dict(zip(dist, r["x"], strict=True)), distributions=dist,
                                                   value=r["score"]))
-    imp = optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+    try:
+        imp = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+    except (RuntimeError, ValueError, ImportError) as err:  # e.g. every point scored the same: no variance
+        print(f"tune-stim: no importance ({err})", file=sys.stderr)
+        return None
     return {d.name: float(imp.get(d.name, 0.0)) for d in dims}
 
 
@@ -611,8 +635,12 @@ def cmd_tune_stim(args: argparse.Namespace) -> int:
         print(f"tune-stim: {prob.law} on {prob.spec.plant}, {len(prob.dims)} dimension(s) "
               f"({', '.join(d.name for d in prob.dims)}), seeds {prob.seeds}, {prob.episode_s:g} s episodes",
               file=sys.stderr, flush=True)
-        measure_continuous(prob)
-        runner = make_runner(args.jobs, args.address, args.no_ray)
+        runner = make_runner(args.jobs, args.address, args.no_ray)  # before any episode: a refusal costs nothing
+        try:
+            measure_continuous(prob)
+        except BaseException:
+            runner.close()
+            raise
     except EvaluationError as err:
         print(f"neurostimd tune-stim: {err}", file=sys.stderr)
         return EX_DATAERR if "cannot read" in str(err) else EX_CONFIG
@@ -624,6 +652,9 @@ def cmd_tune_stim(args: argparse.Namespace) -> int:
     try:
         trials = search(prob, args.trials, args.seed, out, jobs=args.jobs, runner=runner)
         grid_results = grid(prob, args.grid, out, jobs=args.jobs, runner=runner) if args.grid else None
+    except EvaluationError as err:  # e.g. the virtual board failed during an episode (a Ray task's error too)
+        print(f"neurostimd tune-stim: {err}", file=sys.stderr)
+        return EX_DATAERR if "cannot read" in str(err) else EX_CONFIG
     finally:
         runner.close()
     wall_s = time.perf_counter() - t0
