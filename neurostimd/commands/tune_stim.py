@@ -383,14 +383,15 @@ def search(prob: Problem, trials: int, seed: int, out: Path,
            on_trial: Callable[[dict[str, Any]], None] | None = None, jobs: int = 1,
            runner: SerialRunner | RayRunner | None = None) -> list[dict[str, Any]]:
     """The constrained TPE search over the unit cube of `prob.dims`, `jobs` trials asked at a time and run by
-    `runner` (one by one by default). The history depends on the seed and `jobs`, not on the runner."""
+    `runner` (one by one by default). The history does not depend on the runner."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     # TPE with constraints: a trial's constraint (set_constraint, > 0 infeasible) steers the sampler away from the
     # infeasible region (Optuna >= 5)
-    # constant liar (trials of a batch asked before any is told): the sampler does not propose one point k times
+    # constant liar (trials of a batch asked before any is told): a running point counts as a poor result, which
+    # pushes a batch's points apart
     kw: dict[str, Any] = {"constant_liar": True} if jobs > 1 else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
