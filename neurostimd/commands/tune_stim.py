@@ -618,6 +618,11 @@ def write_tuned(prob: Problem, best: dict[str, Any], out: Path) -> None:
                                          + tomli_w.dumps(data), encoding="utf-8")
 
 
+def _refused(err: EvaluationError) -> int:
+    print(f"neurostimd tune-stim: {err}", file=sys.stderr)
+    return EX_DATAERR if "cannot read" in str(err) else EX_CONFIG
+
+
 def cmd_tune_stim(args: argparse.Namespace) -> int:
     from neurostimd.service.logs import configure_logging
 
@@ -643,8 +648,7 @@ def cmd_tune_stim(args: argparse.Namespace) -> int:
             runner.close()
             raise
     except EvaluationError as err:
-        print(f"neurostimd tune-stim: {err}", file=sys.stderr)
-        return EX_DATAERR if "cannot read" in str(err) else EX_CONFIG
+        return _refused(err)
     except RunnerUnavailable as err:
         print(f"neurostimd tune-stim: {err}", file=sys.stderr)
         return EX_UNAVAILABLE
@@ -654,8 +658,7 @@ def cmd_tune_stim(args: argparse.Namespace) -> int:
         trials = search(prob, args.trials, args.seed, out, jobs=args.jobs, runner=runner)
         grid_results = grid(prob, args.grid, out, jobs=args.jobs, runner=runner) if args.grid else None
     except EvaluationError as err:  # e.g. the virtual board failed during an episode (a Ray task's error too)
-        print(f"neurostimd tune-stim: {err}", file=sys.stderr)
-        return EX_DATAERR if "cannot read" in str(err) else EX_CONFIG
+        return _refused(err)
     finally:
         runner.close()
     wall_s = time.perf_counter() - t0
