@@ -121,6 +121,10 @@ def parse_dim(text: str) -> Dim:
     return Dim(name.strip(), low, high, log=log)
 
 
+# bundles a worker process has loaded, by (path, verified): what Problem.loaded_bundle reuses across tasks
+_WORKER_BUNDLES: dict[tuple[str, bool], Any] = {}
+
+
 @dataclass
 class Problem:
     """The law, its base settings, the dimensions searched and what a trial needs to run."""
@@ -149,7 +153,10 @@ class Problem:
             from neurostimd.model.runtime import load_bundle
 
             cfg = self.spec.arm_config(self.law)
-            self.bundle = load_bundle(cfg.model.bundle, verify=cfg.model.verify_on_load)
+            key = (str(cfg.model.bundle), bool(cfg.model.verify_on_load))
+            if key not in _WORKER_BUNDLES:  # a Ray worker unpickles a fresh Problem per task: load once per process
+                _WORKER_BUNDLES[key] = load_bundle(cfg.model.bundle, verify=cfg.model.verify_on_load)
+            self.bundle = _WORKER_BUNDLES[key]
         return self.bundle
 
     def settings(self, xs: Sequence[float]) -> tuple[dict[str, Any], dict[str, Any] | None]:
