@@ -131,6 +131,26 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "input channels) or bipolar pairs F3-C3,F4-C4")
     t.add_argument("--notch", type=int, choices=[50, 60], default=None,
                    help="mains notch at 50 or 60 Hz and its harmonics below 0.45 fs, before the band filters")
+    # search (docs/classifier.md, "Search")
+    t.add_argument("--search", action="store_true",
+                   help="choose the front end (features, hop, frame, T) and the model (BiLSTM, CNN or linear; "
+                        "sizes, dropout, learning rate) by cross-validation over whole training segments, then "
+                        "train the best --ensemble models and average them; --features/--hop-ms/--frame-hops/"
+                        "--frames given are kept, not searched")
+    t.add_argument("--folds", type=int, default=3, help="--search: cross-validation folds of whole segments")
+    t.add_argument("--front-end-trials", type=int, default=24,
+                   help="--search: front-end candidates (each scored in seconds by a linear proxy)")
+    t.add_argument("--search-trials", type=int, default=8,
+                   help="--search: model candidates (each trained once per fold)")
+    t.add_argument("--ensemble", type=int, default=3, help="--search: average the best K models (1 = one model)")
+    t.add_argument("--search-epochs", type=int, default=20, help="--search: epochs at most per fold fit")
+    t.add_argument("--max-windows", type=int, default=6000,
+                   help="--search: training windows per fit at most (every Nth overlapping window beyond)")
+    t.add_argument("--max-window-s", type=float, default=5.0,
+                   help="--search: longest model window (s) a candidate may take (the decision's latency)")
+    t.add_argument("--archs", default="bilstm,cnn,linear", help="--search: architectures that compete")
+    t.add_argument("--search-report", default=None,
+                   help="--search: folder for summary.json, trials.csv and search.png (default: OUT-search)")
 
     e = sub.add_parser("evaluate", help="evaluate a bundle on held-out data and write a report", epilog=_LABELS_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

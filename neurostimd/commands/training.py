@@ -44,8 +44,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         front_end = front_end_options(args.channels, args.reference, args.notch)
         if front_end is not None:
             overrides["front_end"] = front_end
-        settings = FeatureSettings(**overrides)
         table = StimTable.from_file(args.table) if args.table else None
+        if args.search:
+            return _search(args, overrides, table)
+        settings = FeatureSettings(**overrides)
         train_bundle(args.data, args.out, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
                      settings=settings, table=table, val_fraction=args.val_fraction,
                      test_fraction=args.test_fraction, block_s=args.block_s, stride=args.stride,
@@ -53,6 +55,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (NeurostimError, ValueError, OSError) as err:
         print(f"neurostimd train: {err}", file=sys.stderr)
         return exit_code(err)
+    return EX_OK
+
+
+def _search(args: argparse.Namespace, overrides: dict[str, Any], table: Any) -> int:
+    from neurostimd.core.features import FeatureSettings
+    from neurostimd.model.search import SearchOptions, search_bundle
+
+    if args.stride != 1:
+        raise ValueError("--stride does not apply to --search, which caps each fit's windows with --max-windows")
+    opts = SearchOptions(folds=args.folds, front_end_trials=args.front_end_trials, model_trials=args.search_trials,
+                         ensemble=args.ensemble, search_epochs=args.search_epochs, max_windows=args.max_windows,
+                         max_window_s=args.max_window_s,
+                         archs=tuple(a.strip() for a in args.archs.split(",") if a.strip()))
+    base = FeatureSettings(**({"front_end": overrides["front_end"]} if "front_end" in overrides else {}))
+    fixed: dict[str, Any] = {k: overrides[k] for k in ("kind", "hop_ms", "frame_hops", "n_frames") if k in overrides}
+    report = args.search_report or f"{str(args.out).rstrip('/')}-search"
+    search_bundle(args.data, args.out, report, opts=opts, epochs=args.epochs, seed=args.seed,
+                  batch_size=args.batch_size, base=base, fixed=fixed, table=table, val_fraction=args.val_fraction,
+                  test_fraction=args.test_fraction, block_s=args.block_s, labels=args.labels, classes=args.classes,
+                  reading=_reading(args))
     return EX_OK
 
 

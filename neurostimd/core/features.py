@@ -154,6 +154,10 @@ class FeatureSettings(BaseModel):
         default=None, description="band edges; None = DEFAULT_BANDS_HZ that fit below 0.45 fs")
     filter_order: int = Field(default=2, ge=1, le=8, description="Butterworth order of each band-pass")
     line_length: bool = True
+    slow_hz: float | None = Field(
+        default=None, gt=0, le=4.0,
+        description="bandpower only: add each channel's signed signal low-passed below this frequency (the slow / DC "
+                    "potential, mean over the frame; None: no slow feature)")
     scaler: Literal["standard", "minmax"] = "standard"
     front_end: FrontEnd = Field(default_factory=FrontEnd, description="channel picks, re-referencing, mains notch")
 
@@ -162,6 +166,9 @@ class FeatureSettings(BaseModel):
         for lo, hi in self.bands_hz or []:
             if not 0 < lo < hi:
                 raise ValueError(f"band ({lo}, {hi}) Hz: need 0 < low < high")
+        if self.slow_hz is not None and self.kind != "bandpower":
+            raise ValueError(f"slow_hz applies to bandpower features; kind {self.kind!r} is already the low-passed "
+                             f"signal (leave slow_hz unset)")
         return self
 
     def hop_samples(self, fs: float) -> int:
@@ -185,7 +192,8 @@ class FeatureSettings(BaseModel):
         n = self.front_end.n_derived(n_channels)
         if self.kind == "raw":
             return n
-        return n * (len(self.resolve_bands(fs)) + (1 if self.line_length else 0))
+        return n * (len(self.resolve_bands(fs)) + (1 if self.slow_hz is not None else 0)
+                    + (1 if self.line_length else 0))
 
     def window_samples(self, fs: float) -> int:
         """Raw samples one model window depends on (ignoring the IIR filters' fading memory)."""
@@ -197,6 +205,8 @@ class FeatureSettings(BaseModel):
         if self.kind == "raw":
             return [f"{c}:lowpass" for c in channel_names]
         names = [f"{c}:logpow_{lo:g}-{hi:g}Hz" for lo, hi in self.resolve_bands(fs) for c in channel_names]
+        if self.slow_hz is not None:
+            names += [f"{c}:slow_below_{self.slow_hz:g}Hz" for c in channel_names]
         if self.line_length:
             names += [f"{c}:log_line_length" for c in channel_names]
         return names
@@ -261,8 +271,14 @@ def design_filters(settings: FeatureSettings, fs: float) -> list[np.ndarray]:
 
     nyq = fs / 2.0
     if settings.kind == "bandpower":
-        return [np.asarray(signal.butter(settings.filter_order, [lo / nyq, hi / nyq], btype="bandpass",
-                                         output="sos")) for lo, hi in settings.resolve_bands(fs)]
+        sos = [np.asarray(signal.butter(settings.filter_order, [lo / nyq, hi / nyq], btype="bandpass",
+                                        output="sos")) for lo, hi in settings.resolve_bands(fs)]
+        if settings.slow_hz is not None:
+            # The slow potential: the signed signal below slow_hz, after the bands (FrameEngine neither squares nor
+            # logs it).
+            sos.append(np.asarray(signal.butter(settings.filter_order, settings.slow_hz / nyq, btype="low",
+                                                output="sos")))
+        return sos
     # Anti-alias low-pass at 80 % of the frame rate's Nyquist before averaging over each hop.
     cutoff = 0.8 * (fs / settings.hop_samples(fs)) / 2.0
     return [np.asarray(signal.butter(settings.filter_order, min(cutoff / nyq, 0.99), btype="low", output="sos"))]
@@ -422,6 +438,14 @@ class FrameEngine:
         self._bank = _bank(sos)
         self.n_features = settings.n_features(n_channels, fs)
         self._n_filt = self._bank.n_out * self.n_derived
+        # Columns of the filter outputs that are powers (squared, then logged): all but the slow potential's.
+        self._n_pow = self._n_filt - (self.n_derived if settings.kind == "bandpower" and settings.slow_hz is not None
+                                      else 0)
+        if settings.kind == "bandpower" and self._bank.n_out != len(settings.resolve_bands(fs)) + (
+                settings.slow_hz is not None):
+            raise ValueError(f"{self._bank.n_out} filters were given but the settings need "
+                             f"{len(settings.resolve_bands(fs))} bands"
+                             f"{' and the slow low-pass' if settings.slow_hz is not None else ''}")
         self._n_contrib = self._n_filt + (
             self.n_derived if settings.kind == "bandpower" and settings.line_length else 0)
         self.reset()
@@ -465,7 +489,8 @@ class FrameEngine:
         # (bands, n, ch) -> (n, bands*ch), band-major like feature_names().
         filt = y.transpose(1, 0, 2).reshape(n, self._n_filt)
         if self.settings.kind == "bandpower":
-            np.square(filt, out=contrib[:, :self._n_filt])
+            np.square(filt[:, :self._n_pow], out=contrib[:, :self._n_pow])
+            contrib[:, self._n_pow:self._n_filt] = filt[:, self._n_pow:]
         else:
             contrib[:, :self._n_filt] = filt
         if self._n_contrib > self._n_filt:
@@ -495,7 +520,12 @@ class FrameEngine:
             return np.zeros((0, self.n_features))
         out = np.asarray(frames)
         if self.settings.kind == "bandpower":
-            out = np.log(np.maximum(out, _LOG_FLOOR))
+            logged = np.log(np.maximum(out, _LOG_FLOOR))
+            if self._n_pow == self._n_filt:
+                return logged
+            # The slow potential stays signed (its mean over the frame); powers and line length are logged.
+            logged[:, self._n_pow:self._n_filt] = out[:, self._n_pow:self._n_filt]
+            return logged
         return out
 
 

@@ -30,11 +30,13 @@ import numpy as np
 import structlog
 
 from neurostimd.errors import BundleError
+from neurostimd.model import architectures
 
 log = structlog.get_logger(__name__)
 
 LSTM_FUSED = "fused"
 LSTM_UNROLLED = "unrolled"
+NO_LSTM = "none"  # a model without recurrent layers (CNN, linear): converted as it is
 FUSED_LSTM_OP = "UNIDIRECTIONAL_SEQUENCE_LSTM"
 # Same bound as the runtime's check of a bundle against its stored Keras outputs.
 EXPORT_TOLERANCE = 1e-4
@@ -49,16 +51,8 @@ def build_model(n_frames: int, n_features: int, n_classes: int, *, unroll: bool 
                 batch_size: int | None = None) -> Any:
     """The notebook's architecture: BiLSTM(64, seq) → Dropout(0.3) → BiLSTM(32) → Dropout(0.3) → Dense(16, relu)
     → Dense(n_classes, softmax)."""
-    import keras
-
-    inp = keras.Input((n_frames, n_features), batch_size=batch_size, name="window")
-    x = keras.layers.Bidirectional(keras.layers.LSTM(64, return_sequences=True, unroll=unroll), name="bilstm_64")(inp)
-    x = keras.layers.Dropout(0.3, name="dropout_1")(x)
-    x = keras.layers.Bidirectional(keras.layers.LSTM(32, unroll=unroll), name="bilstm_32")(x)
-    x = keras.layers.Dropout(0.3, name="dropout_2")(x)
-    x = keras.layers.Dense(16, activation="relu", name="dense_16")(x)
-    out = keras.layers.Dense(n_classes, activation="softmax", name="probs")(x)
-    return keras.Model(inp, out, name="neurostimd_bilstm")
+    return architectures.build(architectures.NOTEBOOK, n_frames, n_features, n_classes, unroll=unroll,
+                               batch_size=batch_size)
 
 
 def export_tflite(model: Any, *, lstm: str = "auto") -> tuple[bytes, str]:
@@ -68,6 +62,12 @@ def export_tflite(model: Any, *, lstm: str = "auto") -> tuple[bytes, str]:
     `"unrolled"` forces one. Either result is verified against Keras within 1e-4 before it is returned."""
     if lstm not in ("auto", LSTM_FUSED, LSTM_UNROLLED):
         raise ValueError(f"lstm must be 'auto', {LSTM_FUSED!r} or {LSTM_UNROLLED!r}, not {lstm!r}")
+    if not any(_is_recurrent(layer) for layer in _all_layers(model)):
+        if lstm == LSTM_FUSED:
+            raise FusedExportError("the model has no LSTM to fuse")
+        content = to_tflite_unrolled(model)
+        _check_against_keras(model, content, NO_LSTM)
+        return content, NO_LSTM
     if lstm != LSTM_UNROLLED:
         try:
             return to_tflite_fused(model), LSTM_FUSED
@@ -81,20 +81,41 @@ def export_tflite(model: Any, *, lstm: str = "auto") -> tuple[bytes, str]:
 
 
 def to_tflite_unrolled(model: Any) -> bytes:
-    """Convert a trained notebook-architecture model (any batch size, rolled or not) to a batch-1, unrolled,
-    builtin-ops-only flatbuffer."""
+    """Convert a trained model (any batch size, rolled or not; a single model or an ensemble) to a batch-1,
+    builtin-ops-only flatbuffer, its LSTMs unrolled."""
     import tensorflow as tf
 
-    _, n_frames, n_features = model.input_shape
-    n_classes = model.output_shape[-1]
-    fixed = build_model(n_frames, n_features, n_classes, unroll=True, batch_size=1)
-    fixed.set_weights(model.get_weights())
+    fixed = _batch1_unrolled(model)
     conv = tf.lite.TFLiteConverter.from_keras_model(fixed)
     # Builtins only: a Flex op would make the bundle unloadable by ai-edge-litert, so fail the export instead.
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     # The converter prints the traced function's captures on stdout; keep the command's output readable.
     with contextlib.redirect_stdout(io.StringIO()):
         return bytes(conv.convert())
+
+
+def _batch1_unrolled(model: Any) -> Any:
+    """A copy of `model` (nested ensemble members included) with a batch-1 input and every LSTM unrolled, carrying
+    the trained weights."""
+    import keras
+
+    def clone(layer: Any) -> Any:
+        if isinstance(layer, keras.Model):
+            return _batch1_unrolled(layer)
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.LSTM):
+            config["unroll"] = True
+        elif _is_bidirectional(layer):
+            config["layer"]["config"]["unroll"] = True
+            if "backward_layer" in config:
+                config["backward_layer"]["config"]["unroll"] = True
+        return layer.__class__.from_config(config)
+
+    _, n_frames, n_features = model.input_shape
+    inp = keras.Input(batch_shape=(1, n_frames, n_features), name="window")
+    fixed = keras.models.clone_model(model, input_tensors=inp, clone_function=clone)
+    fixed.set_weights(model.get_weights())
+    return fixed
 
 
 def to_tflite_fused(model: Any) -> bytes:
@@ -121,7 +142,7 @@ def to_tflite_fused(model: Any) -> bytes:
         except Exception as err:  # the converter raises its own ConverterError and assorted TF errors
             raise FusedExportError(f"the TFLite converter failed on the fused-LSTM graph: "
                                    f"{type(err).__name__}: {str(err)[:400]}") from err
-    n_lstm = sum(2 if _is_bidirectional(layer) else 1 for layer in model.layers if _is_recurrent(layer))
+    n_lstm = sum(2 if _is_bidirectional(layer) else 1 for layer in _all_layers(model) if _is_recurrent(layer))
     ops = tflite_op_counts(content)
     if ops.get(FUSED_LSTM_OP, 0) != n_lstm:
         raise FusedExportError(f"the converter left the LSTMs unfused: {ops.get(FUSED_LSTM_OP, 0)} "
@@ -159,6 +180,16 @@ def reexport_bundle(bundle_dir: str | Path, *, lstm: str = "auto") -> str:
     return kind
 
 
+def _all_layers(model: Any) -> list[Any]:
+    """The model's layers, an ensemble's members' layers in their place."""
+    import keras
+
+    out: list[Any] = []
+    for layer in model.layers:
+        out += _all_layers(layer) if isinstance(layer, keras.Model) else [layer]
+    return out
+
+
 def _is_recurrent(layer: Any) -> bool:
     import keras
 
@@ -172,8 +203,18 @@ def _is_bidirectional(layer: Any) -> bool:
 
 
 def _fused_forward(model: Any, tf: Any) -> Any:
-    """The model's inference pass as TensorFlow ops on constant weights, each LSTM direction a marked function."""
+    """The model's inference pass as TensorFlow ops on constant weights, each LSTM direction a marked function; an
+    ensemble's is the mean of its members' passes."""
     import keras
+
+    members = architectures.members_of(model)
+    if members:
+        if not any(isinstance(layer, keras.layers.Average) for layer in model.layers):
+            raise FusedExportError(f"model {model.name!r} nests models without averaging them; the fused export "
+                                   f"handles single models and ensembles of averaged members")
+        # Members of another architecture (a CNN's Conv1D) raise FusedExportError here: auto falls back to unrolled.
+        passes = [_fused_forward(m, tf) for m in members]
+        return lambda x: tf.add_n([p(x) for p in passes]) / float(len(passes))
 
     steps: list[Any] = []
     prev = None

@@ -43,18 +43,23 @@ def _plt() -> Any:
     return plt
 
 
-def plot_learning_curves(history: dict[str, list[float]], path: Path) -> None:
+def plot_learning_curves(history: dict[str, Any], path: Path) -> None:
+    """One model's curves, or (a searched ensemble's history: {member: history}) each member's, side by side."""
     plt = _plt()
+    runs = history if history and all(isinstance(v, dict) for v in history.values()) else {"": history}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
-        if key in history:
-            ax.plot(np.arange(1, len(history[key]) + 1), history[key], label=f"train {key}")
-        if f"val_{key}" in history:
-            ax.plot(np.arange(1, len(history[f"val_{key}"]) + 1), history[f"val_{key}"], label=f"validation {key}")
+        for name, h in runs.items():
+            tag = f"{name} " if name else ""
+            if key in h:
+                ax.plot(np.arange(1, len(h[key]) + 1), h[key], label=f"{tag}train {key}")
+            if f"val_{key}" in h:
+                ax.plot(np.arange(1, len(h[f"val_{key}"]) + 1), h[f"val_{key}"], "--" if name else "-",
+                        label=f"{tag}validation {key}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.suptitle("Learning curves (validation = held-out whole segments)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

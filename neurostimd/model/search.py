@@ -1,0 +1,464 @@
+"""`neurostimd train --search`: choose the feature front end and the model by cross-validation on the training
+data only, then train the best K models and write them as one averaged ensemble bundle.
+
+The held-out test segments (`--test-fraction`) are split off first, by the same code as a plain `train`, and the
+search never reads them; `evaluate` scores the bundle on them afterwards. Cross-validation holds out whole segments
+(an epoch, or a time block of `--block-s`), stratified by class, so no window of a held-out segment, nor its
+overlapping neighbours, is trained on.
+
+Two stages, each an Optuna TPE study seeded from `--seed`:
+
+1. Front end: feature kind (band powers or the low-passed raw signal), bands (the default set, or with a slow band
+   of 0.1–1 Hz added), the slow potential below 1 Hz as a signed feature, hop, frame length and window length T.
+   Each candidate is scored by a logistic regression on the window's mean and spread of each feature (the
+   baseline's model): seconds per candidate, where a neural fit would take minutes.
+2. Model on the chosen front end: the notebook's BiLSTM (always tried first, with its own sizes), a 1D CNN, or a
+   linear model on the same features; sizes, dropout and learning rate. Each candidate is trained once per fold,
+   with early stopping on an inner validation split of that fold's training segments, and scored on the fold's
+   held-out segments.
+
+The best K candidates of the winning architecture are retrained on the training segments (early stopping on the
+validation segments, as `train` does) and averaged into one Keras model, exported to one LiteRT model and verified
+against Keras like any bundle. Windows per fit are capped (`max_windows`) by striding through the overlapping
+windows. TensorFlow, scikit-learn and Optuna are imported inside the functions."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neurostimd.core.features import DEFAULT_BANDS_HZ, FeatureSettings, Scaler
+from neurostimd.core.stimtable import StimTable, notebook_table
+from neurostimd.errors import DataFormatError
+from neurostimd.model.architectures import NOTEBOOK, ModelSpec
+from neurostimd.model.dataset import Segment, windows_for
+from neurostimd.model.train import Prepared, fit_model, prepare, write_bundle
+
+Progress = Callable[[str], None]
+SLOW_BAND_HZ = (0.1, 1.0)
+SLOW_HZ = 1.0
+HOPS_MS = (25.0, 50.0, 100.0, 250.0, 500.0)
+FRAME_HOPS = (1, 2, 4, 8)
+N_FRAMES = (5, 10, 20)
+
+
+def _progress(msg: str) -> None:
+    print(f"[search {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """The search's budget and bounds (`neurostimd train --search` options)."""
+
+    folds: int = 3
+    front_end_trials: int = 24
+    model_trials: int = 8
+    ensemble: int = 3
+    search_epochs: int = 20
+    patience: int = 4
+    max_windows: int = 6000
+    max_window_s: float = 5.0
+    archs: tuple[str, ...] = ("bilstm", "cnn", "linear")
+
+    def check(self) -> None:
+        bad = [f"{name} {value} (need >= {least})" for name, value, least in (
+            ("--folds", self.folds, 2), ("--front-end-trials", self.front_end_trials, 1),
+            ("--search-trials", self.model_trials, 1), ("--ensemble", self.ensemble, 1),
+            ("--search-epochs", self.search_epochs, 1), ("--max-windows", self.max_windows, 100))
+            if value < least]
+        if not self.max_window_s > 0:
+            bad.append(f"--max-window-s {self.max_window_s} (need > 0)")
+        unknown = sorted(set(self.archs) - {"bilstm", "cnn", "linear"})
+        if unknown or not self.archs:
+            bad.append(f"--archs {','.join(self.archs)} (choose from bilstm, cnn, linear)")
+        if bad:
+            raise ValueError("train --search: " + "; ".join(bad))
+
+
+def cv_folds(segs: list[Segment], pool: list[int], k: int, seed: int) -> list[list[int]]:
+    """`pool` (segment indices) dealt into k folds of whole segments, stratified by each segment's majority label;
+    DataFormatError when a class has fewer segments than folds would need to appear in every training part."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for i in pool:
+        by_class.setdefault(segs[i].majority_label, []).append(i)
+    if len(pool) < k:
+        raise DataFormatError(f"{len(pool)} training segments cannot make {k} cross-validation folds; give more "
+                              f"data, a shorter --block-s or fewer --folds")
+    folds: list[list[int]] = [[] for _ in range(k)]
+    offset = 0
+    for c in sorted(by_class):
+        for j, i in enumerate(rng.permutation(by_class[c])):
+            folds[(offset + j) % k].append(int(i))
+        offset += len(by_class[c])  # the next class starts where this one ended, so fold sizes stay even
+    return [sorted(f) for f in folds]
+
+
+def _stride_for(n_windows: int, max_windows: int) -> int:
+    return max(1, math.ceil(n_windows / max_windows))
+
+
+def _count_windows(segs: list[Segment], which: list[int], settings: FeatureSettings, fs: float) -> int:
+    w = settings.window_samples(fs)
+    hop = settings.hop_samples(fs)
+    return sum(max(0, (len(segs[i].data) - w) // hop + 1) for i in which)
+
+
+def _windows(p: Prepared, which: list[int], settings: FeatureSettings, max_windows: int | None) -> Any:
+    stride = 1 if max_windows is None else _stride_for(_count_windows(p.segs, which, settings, p.fs), max_windows)
+    return windows_for(p.segs, which, settings, p.fs, stride)
+
+
+def _front_end_space(trial: Any, base: FeatureSettings, fixed: dict[str, Any], fs: float,
+                     max_window_s: float) -> FeatureSettings | None:
+    """The candidate front end of one trial (None when its window is longer than max_window_s); `fixed` holds the
+    settings the user gave on the command line, which are not searched."""
+    kind = fixed.get("kind") or trial.suggest_categorical("kind", ["bandpower", "raw"])
+    hop = fixed.get("hop_ms") or trial.suggest_categorical("hop_ms", list(HOPS_MS))
+    frame_hops = fixed.get("frame_hops") or trial.suggest_categorical("frame_hops", list(FRAME_HOPS))
+    n_frames = fixed.get("n_frames") or trial.suggest_categorical("n_frames", list(N_FRAMES))
+    extra: dict[str, Any] = {}
+    if kind == "bandpower":
+        bands = [b for b in DEFAULT_BANDS_HZ if b[1] < 0.45 * fs]
+        if trial.suggest_categorical("slow_band", [False, True]):
+            bands = [SLOW_BAND_HZ, *bands]
+        extra["bands_hz"] = bands
+        if trial.suggest_categorical("slow_potential", [False, True]):
+            extra["slow_hz"] = SLOW_HZ
+    settings = base.model_copy(update={"kind": kind, "hop_ms": float(hop), "frame_hops": int(frame_hops),
+                                       "n_frames": int(n_frames), **extra})
+    settings = FeatureSettings.model_validate(settings.model_dump())
+    if settings.window_samples(fs) / fs > max_window_s:
+        return None
+    return settings
+
+
+def _moments(x: np.ndarray) -> np.ndarray:
+    # The baseline's features: each feature's mean and spread over the window.
+    return np.concatenate([x.mean(axis=1), x.std(axis=1)], axis=1)
+
+
+def score_front_end(p: Prepared, folds: list[list[int]], settings: FeatureSettings, max_windows: int,
+                    seed: int) -> dict[str, Any]:
+    """Cross-validated window accuracy of a logistic regression on the window moments of these features."""
+    from sklearn.linear_model import LogisticRegression
+
+    accs, n_test = [], 0
+    for k, held in enumerate(folds):
+        train = sorted(i for f in folds[:k] + folds[k + 1:] for i in f)
+        tr = _windows(p, train, settings, max_windows)
+        te = _windows(p, held, settings, None)
+        if len(tr.X) == 0 or len(te.X) == 0 or len(set(tr.y.tolist())) < 2:
+            return {"score": None, "reason": "too few windows per fold for this window length"}
+        scaler = Scaler.fit(settings.scaler, np.concatenate(tr.frames))
+        clf = LogisticRegression(max_iter=500, random_state=seed)
+        clf.fit(_moments(scaler.transform(tr.X)), tr.y)
+        accs.append(float(np.mean(clf.predict(_moments(scaler.transform(te.X))) == te.y)))
+        n_test += len(te.X)
+    return {"score": float(np.mean(accs)), "fold_scores": accs, "n_scored_windows": n_test}
+
+
+def _model_space(trial: Any, archs: tuple[str, ...]) -> ModelSpec:
+    arch = trial.suggest_categorical("arch", list(archs))
+    kw: dict[str, Any] = {"arch": arch, "dropout": trial.suggest_float("dropout", 0.0, 0.5),
+                          "learning_rate": trial.suggest_float("learning_rate", 3e-4, 3e-3, log=True)}
+    if arch != "linear":
+        kw["units"] = trial.suggest_categorical("units", [16, 32, 64])
+        kw["dense"] = trial.suggest_categorical("dense", [0, 16, 32])
+    if arch == "cnn":
+        kw["kernel"] = trial.suggest_categorical("kernel", [3, 5])
+    return ModelSpec(**kw)
+
+
+def score_model(p: Prepared, folds: list[list[int]], settings: FeatureSettings, spec: ModelSpec,
+                opts: SearchOptions, seed: int, batch_size: int, progress: Progress) -> dict[str, Any]:
+    """Cross-validated window accuracy of `spec` on these features: one fit per fold, early stopping on an inner
+    validation split of the fold's training segments (never on the fold it is scored on)."""
+    from neurostimd.model.dataset import split_segments
+
+    accs, seg_accs, epochs = [], [], []
+    n_classes = len(p.class_names)
+    for k, held in enumerate(folds):
+        train = sorted(i for f in folds[:k] + folds[k + 1:] for i in f)
+        sub = [p.segs[i] for i in train]
+        inner_tr, inner_va, _ = split_segments(sub, 0.0, 0.15, seed + k)
+        tr_idx, va_idx = [train[i] for i in inner_tr], [train[i] for i in inner_va]
+        tr = _windows(p, tr_idx, settings, opts.max_windows)
+        va = _windows(p, va_idx, settings, opts.max_windows)
+        te = _windows(p, held, settings, None)
+        if min(len(tr.X), len(va.X), len(te.X)) == 0:
+            return {"score": None, "reason": "too few windows per fold"}
+        scaler = Scaler.fit(settings.scaler, np.concatenate(tr.frames))
+        model, history, _ = fit_model(spec, scaler.transform(tr.X), tr.y, scaler.transform(va.X), va.y, n_classes,
+                                      epochs=opts.search_epochs, batch_size=batch_size, seed=seed + k,
+                                      patience=opts.patience)
+        probs = model.predict(scaler.transform(te.X), batch_size=512, verbose=0)
+        accs.append(float(np.mean(probs.argmax(1) == te.y)))
+        seg_accs.append(_segment_accuracy(probs, te.y, te.segment))
+        epochs.append(len(history["loss"]))
+        progress(f"  fold {k + 1}/{len(folds)}: window accuracy {accs[-1]:.4f}, segment {seg_accs[-1]:.4f} "
+                 f"({epochs[-1]} epochs)")
+    return {"score": float(np.mean(accs)), "fold_scores": accs, "segment_score": float(np.mean(seg_accs)),
+            "epochs": epochs}
+
+
+def _segment_accuracy(probs: np.ndarray, y: np.ndarray, seg: np.ndarray) -> float:
+    """Accuracy of the mean probability per segment against its majority label (evaluate's epoch accuracy)."""
+    right = []
+    for s in np.unique(seg):
+        m = seg == s
+        right.append(int(probs[m].mean(0).argmax() == np.bincount(y[m]).argmax()))
+    return float(np.mean(right))
+
+
+def _eta(t0: float, done: int, total: int) -> str:
+    if done == 0:
+        return "?"
+    left = (time.perf_counter() - t0) / done * (total - done)
+    return f"{left / 60:.1f} min" if left >= 60 else f"{left:.0f} s"
+
+
+def _importance(study: Any, seed: int) -> dict[str, float] | None:
+    import optuna
+
+    done = [t for t in study.trials if t.value is not None]
+    if len(done) < 4 or len({t.value for t in done}) < 2 or len(study.best_params) < 2:
+        return None
+    try:
+        imp = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+    except (RuntimeError, ValueError) as err:  # e.g. a dynamic space whose trials share too few parameters
+        _progress(f"no importance for {study.study_name} ({err})")
+        return None
+    return {k: float(v) for k, v in imp.items()}
+
+
+def _sampler(seed: int, n_trials: int) -> Any:
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, n_trials // 3)))
+
+
+def search_bundle(data: list[str | Path], out: str | Path, report_dir: str | Path, *, opts: SearchOptions,
+                  epochs: int = 100, seed: int = 0, batch_size: int = 32, base: FeatureSettings | None = None,
+                  fixed: dict[str, Any] | None = None, table: StimTable | None = None, val_fraction: float = 0.2,
+                  test_fraction: float = 0.0, block_s: float = 20.0, labels: str | None = None,
+                  classes: str | None = None, reading: dict[str, Any] | None = None,
+                  progress: Progress = _progress) -> dict[str, Any]:
+    """Search, train the ensemble, write the bundle to `out` and the search's report (summary.json, trials.csv,
+    search.png) to `report_dir`; return the summary."""
+    import optuna
+
+    from neurostimd.model.architectures import ensemble
+
+    opts.check()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    base = base or FeatureSettings()
+    fixed = {k: v for k, v in (fixed or {}).items() if v is not None}
+    table = table or notebook_table()
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs ({epochs}) and batch size ({batch_size}) must be >= 1")
+    p = prepare(data, settings=base, table=table, val_fraction=val_fraction, test_fraction=test_fraction,
+                block_s=block_s, seed=seed, labels=labels, classes=classes, reading=reading, progress=progress)
+    pool = sorted(p.train_idx + p.val_idx)  # everything but the held-out test segments
+    folds = cv_folds(p.segs, pool, opts.folds, seed)
+    progress(f"search on {len(pool)} training segments in {opts.folds} folds of whole segments "
+             f"({', '.join(str(len(f)) for f in folds)}); {len(p.test_idx)} test segments are not read")
+    t0 = time.perf_counter()
+
+    # Stage 1: the front end, scored by the linear proxy.
+    fe_study = optuna.create_study(direction="maximize", study_name="front_end",
+                                   sampler=_sampler(seed, opts.front_end_trials))
+    base_fixed = base.model_copy(update=fixed)
+    fe_study.enqueue_trial({"kind": "bandpower", "hop_ms": base_fixed.hop_ms, "frame_hops": base_fixed.frame_hops,
+                            "n_frames": base_fixed.n_frames, "slow_band": False, "slow_potential": False},
+                           skip_if_exists=True)
+    fe_trials: list[dict[str, Any]] = []
+    for n in range(opts.front_end_trials):
+        trial = fe_study.ask()
+        settings = _front_end_space(trial, base, fixed, p.fs, opts.max_window_s)
+        seen = next((t for t in fe_trials if settings is not None and t["settings"] == _settings_json(settings)),
+                    None)
+        if settings is None:
+            result: dict[str, Any] = {"score": None, "reason": f"window longer than {opts.max_window_s:g} s"}
+        elif seen is not None:  # the sampler proposed a front end already scored: the same folds, the same score
+            result = {k: seen[k] for k in ("score", "fold_scores", "n_scored_windows") if k in seen}
+            result["repeat_of"] = seen["trial"]
+        else:
+            result = score_front_end(p, folds, settings, opts.max_windows, seed)
+        # An infeasible candidate (too long a window, too few windows) ranks below any scored one.
+        fe_study.tell(trial, result["score"] if result["score"] is not None else 0.0)
+        fe_trials.append({"trial": n, "params": dict(trial.params), **result,
+                          "window_s": None if settings is None else settings.window_samples(p.fs) / p.fs,
+                          "settings": None if settings is None else _settings_json(settings)})
+        best = max((t["score"] for t in fe_trials if t["score"] is not None), default=None)
+        progress(f"front end {n + 1}/{opts.front_end_trials}: {_short(trial.params)} -> "
+                 f"{_fmt(result['score'])} (best {_fmt(best)}; ETA {_eta(t0, n + 1, opts.front_end_trials)})")
+    scored_fe = [t for t in fe_trials if t["score"] is not None]
+    if not scored_fe:
+        raise DataFormatError("no front-end candidate produced windows in every fold; give longer segments, a "
+                              "larger --max-window-s or fewer --folds")
+    best_fe = max(scored_fe, key=lambda t: t["score"])
+    settings = FeatureSettings.model_validate(best_fe["settings"])
+    progress(f"front end chosen: {_describe_settings(settings, p.fs)} (proxy CV accuracy {best_fe['score']:.4f})")
+
+    # Stage 2: the model on that front end, trained per fold.
+    t1 = time.perf_counter()
+    m_study = optuna.create_study(direction="maximize", study_name="model",
+                                  sampler=_sampler(seed + 1, opts.model_trials))
+    if "bilstm" in opts.archs:
+        m_study.enqueue_trial({"arch": "bilstm", "units": NOTEBOOK.units, "dense": NOTEBOOK.dense,
+                               "dropout": NOTEBOOK.dropout, "learning_rate": NOTEBOOK.learning_rate})
+    m_trials: list[dict[str, Any]] = []
+    for n in range(opts.model_trials):
+        trial = m_study.ask()
+        spec = _model_space(trial, opts.archs)
+        progress(f"model {n + 1}/{opts.model_trials}: {spec.describe()}, lr {spec.learning_rate:.2g}")
+        result = score_model(p, folds, settings, spec, opts, seed, batch_size, progress)
+        m_study.tell(trial, result["score"] if result["score"] is not None else 0.0)
+        m_trials.append({"trial": n, "params": dict(trial.params), "spec": spec.model_dump(mode="json"), **result})
+        best = max((t["score"] for t in m_trials if t["score"] is not None), default=None)
+        progress(f"model {n + 1}/{opts.model_trials}: CV window accuracy {_fmt(result['score'])} (best "
+                 f"{_fmt(best)}; ETA {_eta(t1, n + 1, opts.model_trials)})")
+    scored_m = sorted((t for t in m_trials if t["score"] is not None), key=lambda t: -t["score"])
+    if not scored_m:
+        raise DataFormatError("no model candidate could be scored in every fold; give more data or fewer --folds")
+    arch = scored_m[0]["spec"]["arch"]
+    chosen = [t for t in scored_m if t["spec"]["arch"] == arch][:opts.ensemble]
+    progress(f"model chosen: {arch}, the best {len(chosen)} candidate(s) (trials "
+             f"{', '.join(str(t['trial'] + 1) for t in chosen)}) averaged")
+
+    # Final: each chosen candidate trained on the training segments, early stopping on the validation segments.
+    tr = _windows(p, p.train_idx, settings, opts.max_windows)
+    va = _windows(p, p.val_idx, settings, None)
+    if len(tr.X) == 0 or len(va.X) == 0:
+        raise DataFormatError(f"too little data for the chosen front end: {len(tr.X)} training and {len(va.X)} "
+                              f"validation windows")
+    scaler = Scaler.fit(settings.scaler, np.concatenate(tr.frames))
+    x_tr, x_va = scaler.transform(tr.X), scaler.transform(va.X)
+    members, member_metrics, histories = [], [], {}
+    from neurostimd.model.architectures import build
+
+    for j, t in enumerate(chosen):
+        spec = ModelSpec.model_validate(t["spec"])
+
+        def member_progress(msg: str, j: int = j) -> None:
+            progress(f"  member {j + 1}: {msg}")
+
+        model, history, fit_s = fit_model(spec, x_tr, tr.y, x_va, va.y, len(p.class_names), epochs=epochs,
+                                          batch_size=batch_size, seed=seed + 100 + j, progress=member_progress)
+        acc = float(np.mean(model.predict(x_va, batch_size=512, verbose=0).argmax(1) == va.y))
+        progress(f"member {j + 1}/{len(chosen)}: {len(history['loss'])} epochs in {fit_s:.0f} s, val window "
+                 f"accuracy {acc:.4f}")
+        # Rebuilt under a member name (an ensemble's members must have distinct names) with the trained weights.
+        named = build(spec, x_tr.shape[1], x_tr.shape[2], len(p.class_names), name=f"member_{j}")
+        named.set_weights(model.get_weights())
+        members.append(named)
+        member_metrics.append({"trial": t["trial"], "spec": t["spec"], "cv_score": t["score"],
+                               "val_window_accuracy": acc, "epochs_run": len(history["loss"]),
+                               "fit_seconds": round(fit_s, 1)})
+        histories[f"member_{j}"] = history
+    final = members[0] if len(members) == 1 else ensemble(members)
+    val_acc = float(np.mean(final.predict(x_va, batch_size=512, verbose=0).argmax(1) == va.y))
+    progress(f"{'ensemble' if len(members) > 1 else 'model'} val window accuracy {val_acc:.4f}")
+    summary: dict[str, Any] = {
+        "seed": seed, "folds": [[p.segs[i].index for i in f] for f in folds], "options": opts.__dict__,
+        "fixed_by_user": fixed,
+        "front_end": {"chosen": _settings_json(settings), "description": _describe_settings(settings, p.fs),
+                      "proxy_cv_score": best_fe["score"], "trials": fe_trials,
+                      "importance": _importance(fe_study, seed)},
+        "model": {"architecture": arch, "members": member_metrics, "trials": m_trials,
+                  "importance": _importance(m_study, seed)},
+        "val_window_accuracy": val_acc, "search_seconds": round(time.perf_counter() - t0, 1),
+    }
+    metrics = {"val_window_accuracy": val_acc, "n_train_windows": len(x_tr), "n_val_windows": len(x_va),
+               "members": member_metrics, "cv_window_accuracy": chosen[0]["score"]}
+    training = {"epochs": epochs, "seed": seed, "batch_size": batch_size, "stride": "auto",
+                "max_windows": opts.max_windows,
+                "architecture": (member_metrics and " + ".join(ModelSpec.model_validate(m["spec"]).describe()
+                                                               for m in member_metrics)),
+                "ensemble": len(members), "optimizer": "adam", "loss": "sparse_categorical_crossentropy",
+                "searched": True}
+    compact = {"front_end": summary["front_end"]["description"], "proxy_cv_score": best_fe["score"],
+               "architecture": arch, "members": [m["spec"] for m in member_metrics],
+               "cv_window_accuracy": chosen[0]["score"], "report": str(Path(report_dir).resolve())}
+    write_bundle(out, p, final, settings=settings, scaler=scaler, table=table, x_check=x_va, metrics=metrics,
+                 history=histories, training=training, extra={"search": compact}, progress=progress)
+    write_report(report_dir, summary)
+    progress(f"search report in {report_dir}; whole search {time.perf_counter() - p.t_start:.0f} s")
+    return summary
+
+
+def _settings_json(s: FeatureSettings) -> dict[str, Any]:
+    return s.model_dump(mode="json")
+
+
+def _describe_settings(s: FeatureSettings, fs: float) -> str:
+    if s.kind == "raw":
+        what = "low-passed raw signal"
+    else:
+        bands = ", ".join(f"{lo:g}-{hi:g}" for lo, hi in s.resolve_bands(fs))
+        what = f"band powers {bands} Hz" + (f" + slow potential < {s.slow_hz:g} Hz" if s.slow_hz else "")
+    return (f"{what}; hop {s.hop_ms:g} ms, frames of {s.frame_hops} hops, T = {s.n_frames} "
+            f"({s.window_samples(fs) / fs:.2f} s window)")
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.4f}"
+
+
+def _short(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items())
+
+
+def write_report(report_dir: str | Path, summary: dict[str, Any]) -> None:
+    """summary.json, trials.csv (both stages) and search.png (score per trial, importance per setting)."""
+    d = Path(report_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
+    rows = ["stage,trial,score,params"]
+    for stage in ("front_end", "model"):
+        for t in summary[stage]["trials"]:
+            params = json.dumps(t["params"], sort_keys=True).replace('"', '""')
+            rows.append(f"{stage},{t['trial'] + 1},{'' if t['score'] is None else round(t['score'], 6)},\"{params}\"")
+    (d / "trials.csv").write_text("\n".join(rows) + "\n")
+    _plot(d / "search.png", summary)
+
+
+def _plot(path: Path, summary: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    for col, stage, title in ((0, "front_end", "front end (linear proxy)"), (1, "model", "model (per-fold fits)")):
+        ax = axes[0, col]
+        trials = summary[stage]["trials"]
+        xs = [t["trial"] + 1 for t in trials if t["score"] is not None]
+        ys = [t["score"] for t in trials if t["score"] is not None]
+        ax.plot(xs, ys, "o", color="tab:blue", label="trial")
+        ax.plot(xs, np.maximum.accumulate(ys) if ys else [], "-", color="tab:orange", label="best so far")
+        ax.set(title=f"{title}: CV window accuracy", xlabel="trial", ylabel="accuracy")
+        ax.legend(loc="lower right")
+        imp = summary[stage]["importance"]
+        ax2 = axes[1, col]
+        if imp:
+            names = list(imp)[::-1]
+            ax2.barh(names, [imp[n] for n in names], color="tab:green")
+            ax2.set(title=f"{stage.replace('_', ' ')}: importance (fANOVA)", xlabel="share of variance")
+        else:
+            ax2.text(0.5, 0.5, "importance needs >= 4 scored trials\nwith different scores", ha="center",
+                     va="center", transform=ax2.transAxes)
+            ax2.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
