@@ -68,6 +68,7 @@ def _search(args: argparse.Namespace, overrides: dict[str, Any], table: Any) -> 
                          ensemble=args.ensemble, search_epochs=args.search_epochs, max_windows=args.max_windows,
                          max_window_s=args.max_window_s,
                          archs=tuple(a.strip() for a in args.archs.split(",") if a.strip()))
+    FeatureSettings(**overrides)  # what the user fixed must be valid settings by itself (78 before any data)
     base = FeatureSettings(**({"front_end": overrides["front_end"]} if "front_end" in overrides else {}))
     fixed: dict[str, Any] = {k: overrides[k] for k in ("kind", "hop_ms", "frame_hops", "n_frames") if k in overrides}
     report = args.search_report or f"{str(args.out).rstrip('/')}-search"

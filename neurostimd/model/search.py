@@ -8,8 +8,9 @@ overlapping neighbours, is trained on.
 
 Two stages, each an Optuna TPE study seeded from `--seed`:
 
-1. Front end: feature kind (band powers or the low-passed raw signal), bands (the default set, or with a slow band
-   of 0.1–1 Hz added), the slow potential below 1 Hz as a signed feature, hop, frame length and window length T.
+1. Front end: feature kind (band powers or the low-passed raw signal), bands (the default set or a finer one, with
+   or without a slow band of 0.1–1 Hz), the slow potential below 1 Hz as a signed feature, hop, frame length and
+   window length T.
    Each candidate is scored by a logistic regression on the window's mean and spread of each feature (the
    baseline's model): seconds per candidate, where a neural fit would take minutes.
 2. Model on the chosen front end: the notebook's BiLSTM (always tried first, with its own sizes), a 1D CNN, or a
@@ -24,6 +25,7 @@ windows. TensorFlow, scikit-learn and Optuna are imported inside the functions."
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -39,7 +41,7 @@ from neurostimd.core.features import DEFAULT_BANDS_HZ, FeatureSettings, Scaler
 from neurostimd.core.stimtable import StimTable, notebook_table
 from neurostimd.errors import DataFormatError
 from neurostimd.model.architectures import NOTEBOOK, ModelSpec
-from neurostimd.model.dataset import Segment, windows_for
+from neurostimd.model.dataset import Segment, block_samples, windows_for
 from neurostimd.model.train import Prepared, fit_model, prepare, write_bundle
 
 Progress = Callable[[str], None]
@@ -48,6 +50,9 @@ SLOW_HZ = 1.0
 HOPS_MS = (25.0, 50.0, 100.0, 250.0, 500.0)
 FRAME_HOPS = (1, 2, 4, 8)
 N_FRAMES = (5, 10, 20)
+# The fine band set: the classic bands split in two (about 2-10 Hz wide below 30 Hz), for spectra whose shape, not
+# only their power per classic band, tells the states apart; edges above 0.45 fs are dropped.
+FINE_EDGES_HZ = (1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 13.0, 20.0, 30.0, 45.0, 70.0, 100.0, 150.0, 200.0, 300.0)
 
 
 def _progress(msg: str) -> None:
@@ -84,8 +89,9 @@ class SearchOptions:
 
 
 def cv_folds(segs: list[Segment], pool: list[int], k: int, seed: int) -> list[list[int]]:
-    """`pool` (segment indices) dealt into k folds of whole segments, stratified by each segment's majority label;
-    DataFormatError when a class has fewer segments than folds would need to appear in every training part."""
+    """`pool` (segment indices) dealt into k folds of whole segments, stratified by each segment's majority label
+    (a class with fewer segments than folds is missing from some folds); DataFormatError when the pool has fewer
+    segments than folds."""
     rng = np.random.default_rng(seed)
     by_class: dict[int, list[int]] = {}
     for i in pool:
@@ -117,17 +123,24 @@ def _windows(p: Prepared, which: list[int], settings: FeatureSettings, max_windo
     return windows_for(p.segs, which, settings, p.fs, stride)
 
 
-def _front_end_space(trial: Any, base: FeatureSettings, fixed: dict[str, Any], fs: float,
-                     max_window_s: float) -> FeatureSettings | None:
-    """The candidate front end of one trial (None when its window is longer than max_window_s); `fixed` holds the
-    settings the user gave on the command line, which are not searched."""
-    kind = fixed.get("kind") or trial.suggest_categorical("kind", ["bandpower", "raw"])
-    hop = fixed.get("hop_ms") or trial.suggest_categorical("hop_ms", list(HOPS_MS))
-    frame_hops = fixed.get("frame_hops") or trial.suggest_categorical("frame_hops", list(FRAME_HOPS))
-    n_frames = fixed.get("n_frames") or trial.suggest_categorical("n_frames", list(N_FRAMES))
+def _front_end_space(trial: Any, base: FeatureSettings, fixed: dict[str, Any], fs: float, max_window_s: float,
+                     block_s: float) -> FeatureSettings | None:
+    """The candidate front end of one trial (None when its window is longer than max_window_s, or so long that it
+    would change the time blocks of continuous recordings); `fixed` holds the settings the user gave on the command
+    line, which are not searched."""
+    def pick(name: str, choices: list[Any]) -> Any:
+        return fixed[name] if fixed.get(name) is not None else trial.suggest_categorical(name, choices)
+
+    kind = pick("kind", ["bandpower", "raw"])
+    hop = pick("hop_ms", list(HOPS_MS))
+    frame_hops = pick("frame_hops", list(FRAME_HOPS))
+    n_frames = pick("n_frames", list(N_FRAMES))
     extra: dict[str, Any] = {}
     if kind == "bandpower":
-        bands = [b for b in DEFAULT_BANDS_HZ if b[1] < 0.45 * fs]
+        if trial.suggest_categorical("bands", ["default", "fine"]) == "fine":
+            bands = [(lo, hi) for lo, hi in itertools.pairwise(FINE_EDGES_HZ) if hi < 0.45 * fs]
+        else:
+            bands = [b for b in DEFAULT_BANDS_HZ if b[1] < 0.45 * fs]
         if trial.suggest_categorical("slow_band", [False, True]):
             bands = [SLOW_BAND_HZ, *bands]
         extra["bands_hz"] = bands
@@ -137,6 +150,10 @@ def _front_end_space(trial: Any, base: FeatureSettings, fixed: dict[str, Any], f
                                        "n_frames": int(n_frames), **extra})
     settings = FeatureSettings.model_validate(settings.model_dump())
     if settings.window_samples(fs) / fs > max_window_s:
+        return None
+    if block_samples(settings, fs, block_s) != block_samples(base, fs, block_s):
+        # A long window lengthens a recording's time blocks (at least four windows each): the split, made once
+        # with the base settings, would no longer be the one evaluate cuts from the bundle's settings.
         return None
     return settings
 
@@ -266,8 +283,15 @@ def search_bundle(data: list[str | Path], out: str | Path, report_dir: str | Pat
     table = table or notebook_table()
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs ({epochs}) and batch size ({batch_size}) must be >= 1")
-    p = prepare(data, settings=base, table=table, val_fraction=val_fraction, test_fraction=test_fraction,
+    try:
+        base_fixed = FeatureSettings.model_validate({**base.model_dump(), **fixed})
+    except ValueError as err:
+        raise ValueError(f"train --search: the fixed feature settings {fixed}: {err}") from err
+    p = prepare(data, settings=base_fixed, table=table, val_fraction=val_fraction, test_fraction=test_fraction,
                 block_s=block_s, seed=seed, labels=labels, classes=classes, reading=reading, progress=progress)
+    if not p.val_idx:
+        raise DataFormatError(f"no validation segment: {len(p.segs)} segments leave none for --val-fraction "
+                              f"{val_fraction:g} in any class; give more data or a shorter --block-s")
     pool = sorted(p.train_idx + p.val_idx)  # everything but the held-out test segments
     folds = cv_folds(p.segs, pool, opts.folds, seed)
     progress(f"search on {len(pool)} training segments in {opts.folds} folds of whole segments "
@@ -277,18 +301,19 @@ def search_bundle(data: list[str | Path], out: str | Path, report_dir: str | Pat
     # Stage 1: the front end, scored by the linear proxy.
     fe_study = optuna.create_study(direction="maximize", study_name="front_end",
                                    sampler=_sampler(seed, opts.front_end_trials))
-    base_fixed = base.model_copy(update=fixed)
     fe_study.enqueue_trial({"kind": "bandpower", "hop_ms": base_fixed.hop_ms, "frame_hops": base_fixed.frame_hops,
-                            "n_frames": base_fixed.n_frames, "slow_band": False, "slow_potential": False},
+                            "n_frames": base_fixed.n_frames, "bands": "default", "slow_band": False,
+                            "slow_potential": False},
                            skip_if_exists=True)
     fe_trials: list[dict[str, Any]] = []
     for n in range(opts.front_end_trials):
         trial = fe_study.ask()
-        settings = _front_end_space(trial, base, fixed, p.fs, opts.max_window_s)
+        settings = _front_end_space(trial, base_fixed, fixed, p.fs, opts.max_window_s, block_s)
         seen = next((t for t in fe_trials if settings is not None and t["settings"] == _settings_json(settings)),
                     None)
         if settings is None:
-            result: dict[str, Any] = {"score": None, "reason": f"window longer than {opts.max_window_s:g} s"}
+            result: dict[str, Any] = {"score": None, "reason": f"window longer than {opts.max_window_s:g} s or "
+                                                               f"than a quarter of --block-s {block_s:g} s"}
         elif seen is not None:  # the sampler proposed a front end already scored: the same folds, the same score
             result = {k: seen[k] for k in ("score", "fold_scores", "n_scored_windows") if k in seen}
             result["repeat_of"] = seen["trial"]
@@ -304,6 +329,10 @@ def search_bundle(data: list[str | Path], out: str | Path, report_dir: str | Pat
                  f"{_fmt(result['score'])} (best {_fmt(best)}; ETA {_eta(t0, n + 1, opts.front_end_trials)})")
     scored_fe = [t for t in fe_trials if t["score"] is not None]
     if not scored_fe:
+        if all(t.get("settings") is None for t in fe_trials):
+            raise ValueError(f"train --search: every front-end candidate's window is longer than --max-window-s "
+                             f"{opts.max_window_s:g} s (or a quarter of --block-s {block_s:g} s); raise them or fix "
+                             f"a shorter --frames / --hop-ms")
         raise DataFormatError("no front-end candidate produced windows in every fold; give longer segments, a "
                               "larger --max-window-s or fewer --folds")
     best_fe = max(scored_fe, key=lambda t: t["score"])
@@ -370,7 +399,8 @@ def search_bundle(data: list[str | Path], out: str | Path, report_dir: str | Pat
     val_acc = float(np.mean(final.predict(x_va, batch_size=512, verbose=0).argmax(1) == va.y))
     progress(f"{'ensemble' if len(members) > 1 else 'model'} val window accuracy {val_acc:.4f}")
     summary: dict[str, Any] = {
-        "seed": seed, "folds": [[p.segs[i].index for i in f] for f in folds], "options": opts.__dict__,
+        "seed": seed, "folds": [[p.segs[i].index for i in f] for f in folds],
+        "fold_sources": [[p.segs[i].source for i in f] for f in folds], "options": opts.__dict__,
         "fixed_by_user": fixed,
         "front_end": {"chosen": _settings_json(settings), "description": _describe_settings(settings, p.fs),
                       "proxy_cv_score": best_fe["score"], "trials": fe_trials,

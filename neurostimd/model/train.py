@@ -225,7 +225,9 @@ def write_bundle(out: str | Path, p: Prepared, model: Any, *, settings: FeatureS
     (out_dir / files.MODEL_TFLITE).write_bytes(tflite)
     channel_names = recs[0].channel_names
     (out_dir / files.FEATURES).write_text(json.dumps({
-        "settings": settings.model_dump(mode="json"), "scaler": scaler.to_dict(),
+        # slow_hz only when used: a bundle without it reads in a daemon older than the option.
+        "settings": settings.model_dump(mode="json", exclude={"slow_hz"} if settings.slow_hz is None else None),
+        "scaler": scaler.to_dict(),
         "feature_names": settings.feature_names(channel_names, fs), "channel_names": channel_names,
         "filters": [sos.tolist() for sos in design_filters(settings, fs)],
         **({} if (notch := design_notch(settings, fs)) is None else {"notch_filter": notch.tolist()}),

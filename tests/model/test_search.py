@@ -183,3 +183,51 @@ def test_a_small_search_writes_a_loadable_ensemble_bundle_and_its_report(tmp_pat
     assert len(rows) == 1 + opts.front_end_trials + opts.model_trials
     metrics = evaluate_bundle(out, data, tmp_path / "eval", progress=lambda m: None)
     assert metrics["accuracy"] > 0.6  # three classes: chance is 1/3
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--folds", "1"], "--folds 1 (need >= 2)"),
+    (["--archs", "bilstm,transformer"], "--archs bilstm,transformer (choose from bilstm, cnn, linear)"),
+    (["--stride", "2"], "--stride does not apply to --search"),
+    (["--max-window-s", "0"], "--max-window-s 0.0 (need > 0)"),
+    (["--hop-ms", "0"], "hop_ms"),
+    (["--max-window-s", "0.5", "--frames", "20", "--hop-ms", "100"], "every front-end candidate's window is longer"),
+])
+def test_bad_search_options_exit_78_with_what_to_change(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        extra: list[str], message: str) -> None:
+    from neurostimd.commands.cli import main
+
+    data = _epochs(tmp_path, n_per_class=3, n_samples=512)
+    out = tmp_path / "bundle"
+    assert main(["train", "--data", str(data), "--out", str(out), "--search", *extra]) == 78
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_search_with_too_few_segments_for_its_folds_or_validation_exits_65(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from neurostimd.commands.cli import main
+
+    data = _epochs(tmp_path, n_per_class=3, n_samples=512)  # 9 segments: 3 for validation, 6 for training
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "b"), "--search", "--folds", "10"]) == 65
+    assert "9 training segments cannot make 10 cross-validation folds" in capsys.readouterr().err
+    data = _epochs(tmp_path, n_per_class=2, n_samples=512)  # 2 per class: none for validation
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "b"), "--search"]) == 65
+    assert "no validation segment" in capsys.readouterr().err
+
+
+def test_a_window_that_would_lengthen_the_time_blocks_is_not_a_candidate() -> None:
+    """Time blocks hold at least four windows, so a long window would re-cut a continuous recording: the split made
+    before the search would no longer be the segments evaluate cuts from the bundle (test data trained on). Such a
+    candidate is infeasible; one whose blocks stay the same is kept."""
+    import optuna
+
+    from neurostimd.model.search import _front_end_space
+
+    base = FeatureSettings()
+    params = {"kind": "bandpower", "bands": "default", "slow_band": False, "slow_potential": False}
+    long = optuna.trial.FixedTrial({**params, "hop_ms": 250.0, "frame_hops": 4, "n_frames": 10})  # 3.25 s window
+    assert _front_end_space(long, base, {}, 256.0, max_window_s=5.0, block_s=10.0) is None
+    assert _front_end_space(long, base, {}, 256.0, max_window_s=5.0, block_s=20.0) is not None
+    short = optuna.trial.FixedTrial({**params, "hop_ms": 50.0, "frame_hops": 2, "n_frames": 10})
+    assert _front_end_space(short, base, {}, 256.0, max_window_s=5.0, block_s=10.0) is not None
