@@ -484,7 +484,8 @@ def _plot(path: Path, summary: dict[str, Any]) -> None:
         if imp:
             names = list(imp)[::-1]
             ax2.barh(names, [imp[n] for n in names], color="tab:green")
-            ax2.set(title=f"{stage.replace('_', ' ')}: importance (fANOVA)", xlabel="share of variance")
+            ax2.set(title=f"{stage.replace('_', ' ')}: importance (fANOVA, settings all trials have)",
+                    xlabel="share of variance")
         else:
             ax2.text(0.5, 0.5, "importance needs >= 4 scored trials\nwith different scores", ha="center",
                      va="center", transform=ax2.transAxes)
