@@ -175,7 +175,8 @@ def test_a_small_search_writes_a_loadable_ensemble_bundle_and_its_report(tmp_pat
     b = load_bundle(out)  # hashes, shapes and LiteRT == Keras on the stored check windows
     assert b.settings == chosen
     n_members = len(summary["model"]["members"])
-    assert 1 <= n_members <= 2 and b.manifest["training"]["ensemble"] == n_members
+    assert n_members in (1, 2)  # --ensemble 2: the winning architecture may have had only one candidate
+    assert b.manifest["training"]["ensemble"] == n_members
     assert b.manifest["search"]["architecture"] == summary["model"]["architecture"]
     for name in ("summary.json", "trials.csv", "search.png"):
         assert (report / name).stat().st_size > 0
