@@ -61,8 +61,9 @@ def stream_decisions(b: Bundle, data: np.ndarray, labels: np.ndarray, cadence_ms
     }
 
 
-def _baseline_features(windows: np.ndarray) -> np.ndarray:
-    # Mean and spread of each band power over the window: what a classic band-power classifier sees.
+def window_moments(windows: np.ndarray) -> np.ndarray:
+    """(n, T, F) windows → (n, 2F): each feature's mean and spread over the window, what a classic band-power
+    classifier sees (the baseline's features, and the search's front-end proxy's)."""
     return np.concatenate([windows.mean(axis=1), windows.std(axis=1)], axis=1)
 
 
@@ -144,7 +145,7 @@ def evaluate_bundle(bundle_dir: str | Path, data_path: str | Path, report_dir: s
         "window_s": b.window_samples / b.sample_rate_hz, "labels": rec.label_info,
     }
     if rec.kind == "epochs":
-        ep_true, ep_pred = _per_epoch(probs, y_true, seg_of)
+        ep_true, ep_pred = per_segment(probs, y_true, seg_of)
         metrics["epoch_accuracy"] = float(np.mean(ep_true == ep_pred))
         metrics["n_epochs"] = len(ep_true)
         metrics["epoch_confusion_matrix"] = report.confusion(ep_true, ep_pred, n_cls).tolist()
@@ -170,9 +171,10 @@ def evaluate_bundle(bundle_dir: str | Path, data_path: str | Path, report_dir: s
     return metrics
 
 
-def _per_epoch(probs: np.ndarray, labels: np.ndarray, seg_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def per_segment(probs: np.ndarray, labels: np.ndarray, seg_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each segment's label (its majority label: an epoch's only one) and the class of its mean probability."""
     ids = list(dict.fromkeys(seg_of.tolist()))
-    true = np.array([int(labels[seg_of == s][0]) for s in ids])
+    true = np.array([int(np.bincount(labels[seg_of == s]).argmax()) for s in ids])
     pred = np.array([int(probs[seg_of == s].mean(0).argmax()) for s in ids])
     return true, pred
 
@@ -185,13 +187,13 @@ def _baseline(b: Bundle, segs: list[Any], train_idx: list[int], runs: list[dict[
 
     tr = windows_for(segs, train_idx, b.settings, b.sample_rate_hz, stride=1)
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    clf.fit(_baseline_features(b.scaler.transform(tr.X)), tr.y)
+    clf.fit(window_moments(b.scaler.transform(tr.X)), tr.y)
     probs_list = []
     for r in runs:
         if len(r["windows"]) == 0:
             continue
         p_win = np.zeros((len(r["windows"]), b.n_classes))
-        p_win[:, clf.classes_] = clf.predict_proba(_baseline_features(r["windows"]))
+        p_win[:, clf.classes_] = clf.predict_proba(window_moments(r["windows"]))
         probs_list.append(p_win[r["window_ids"]])
     probs = np.concatenate(probs_list)[known]
     pred = probs.argmax(1)
@@ -203,7 +205,7 @@ def _baseline(b: Bundle, segs: list[Any], train_idx: list[int], runs: list[dict[
         "baseline_confusion_matrix": cm.tolist(), "baseline_n_train_windows": len(tr.X),
     }
     if kind == "epochs":
-        t, p = _per_epoch(probs, labels, seg_of)
+        t, p = per_segment(probs, labels, seg_of)
         out["baseline_epoch_accuracy"] = float(np.mean(t == p))
     return out
 

@@ -41,7 +41,8 @@ from neurostimd.core.features import DEFAULT_BANDS_HZ, FeatureSettings, Scaler
 from neurostimd.core.stimtable import StimTable, notebook_table
 from neurostimd.errors import DataFormatError
 from neurostimd.model.architectures import NOTEBOOK, ModelSpec
-from neurostimd.model.dataset import Segment, block_samples, windows_for
+from neurostimd.model.dataset import Segment, block_samples, split_segments, windows_for
+from neurostimd.model.evaluate import per_segment, window_moments
 from neurostimd.model.train import Prepared, fit_model, prepare, write_bundle
 
 Progress = Callable[[str], None]
@@ -158,11 +159,6 @@ def _front_end_space(trial: Any, base: FeatureSettings, fixed: dict[str, Any], f
     return settings
 
 
-def _moments(x: np.ndarray) -> np.ndarray:
-    # The baseline's features: each feature's mean and spread over the window.
-    return np.concatenate([x.mean(axis=1), x.std(axis=1)], axis=1)
-
-
 def score_front_end(p: Prepared, folds: list[list[int]], settings: FeatureSettings, max_windows: int,
                     seed: int) -> dict[str, Any]:
     """Cross-validated window accuracy of a logistic regression on the window moments of these features."""
@@ -177,8 +173,8 @@ def score_front_end(p: Prepared, folds: list[list[int]], settings: FeatureSettin
             return {"score": None, "reason": "too few windows per fold for this window length"}
         scaler = Scaler.fit(settings.scaler, np.concatenate(tr.frames))
         clf = LogisticRegression(max_iter=500, random_state=seed)
-        clf.fit(_moments(scaler.transform(tr.X)), tr.y)
-        accs.append(float(np.mean(clf.predict(_moments(scaler.transform(te.X))) == te.y)))
+        clf.fit(window_moments(scaler.transform(tr.X)), tr.y)
+        accs.append(float(np.mean(clf.predict(window_moments(scaler.transform(te.X))) == te.y)))
         n_test += len(te.X)
     return {"score": float(np.mean(accs)), "fold_scores": accs, "n_scored_windows": n_test}
 
@@ -199,8 +195,6 @@ def score_model(p: Prepared, folds: list[list[int]], settings: FeatureSettings, 
                 opts: SearchOptions, seed: int, batch_size: int, progress: Progress) -> dict[str, Any]:
     """Cross-validated window accuracy of `spec` on these features: one fit per fold, early stopping on an inner
     validation split of the fold's training segments (never on the fold it is scored on)."""
-    from neurostimd.model.dataset import split_segments
-
     accs, seg_accs, epochs = [], [], []
     n_classes = len(p.class_names)
     for k, held in enumerate(folds):
@@ -219,21 +213,13 @@ def score_model(p: Prepared, folds: list[list[int]], settings: FeatureSettings, 
                                       patience=opts.patience)
         probs = model.predict(scaler.transform(te.X), batch_size=512, verbose=0)
         accs.append(float(np.mean(probs.argmax(1) == te.y)))
-        seg_accs.append(_segment_accuracy(probs, te.y, te.segment))
+        seg_true, seg_pred = per_segment(probs, te.y, te.segment)
+        seg_accs.append(float(np.mean(seg_true == seg_pred)))
         epochs.append(len(history["loss"]))
         progress(f"  fold {k + 1}/{len(folds)}: window accuracy {accs[-1]:.4f}, segment {seg_accs[-1]:.4f} "
                  f"({epochs[-1]} epochs)")
     return {"score": float(np.mean(accs)), "fold_scores": accs, "segment_score": float(np.mean(seg_accs)),
             "epochs": epochs}
-
-
-def _segment_accuracy(probs: np.ndarray, y: np.ndarray, seg: np.ndarray) -> float:
-    """Accuracy of the mean probability per segment against its majority label (evaluate's epoch accuracy)."""
-    right = []
-    for s in np.unique(seg):
-        m = seg == s
-        right.append(int(probs[m].mean(0).argmax() == np.bincount(y[m]).argmax()))
-    return float(np.mean(right))
 
 
 def _eta(t0: float, done: int, total: int) -> str:
@@ -374,8 +360,6 @@ def search_bundle(data: list[str | Path], out: str | Path, report_dir: str | Pat
     scaler = Scaler.fit(settings.scaler, np.concatenate(tr.frames))
     x_tr, x_va = scaler.transform(tr.X), scaler.transform(va.X)
     members, member_metrics, histories = [], [], {}
-    from neurostimd.model.architectures import build
-
     for j, t in enumerate(chosen):
         spec = ModelSpec.model_validate(t["spec"])
 
@@ -387,10 +371,7 @@ def search_bundle(data: list[str | Path], out: str | Path, report_dir: str | Pat
         acc = float(np.mean(model.predict(x_va, batch_size=512, verbose=0).argmax(1) == va.y))
         progress(f"member {j + 1}/{len(chosen)}: {len(history['loss'])} epochs in {fit_s:.0f} s, val window "
                  f"accuracy {acc:.4f}")
-        # Rebuilt under a member name (an ensemble's members must have distinct names) with the trained weights.
-        named = build(spec, x_tr.shape[1], x_tr.shape[2], len(p.class_names), name=f"member_{j}")
-        named.set_weights(model.get_weights())
-        members.append(named)
+        members.append(model)  # ensemble() names the members member_0, member_1, ...
         member_metrics.append({"trial": t["trial"], "spec": t["spec"], "cv_score": t["score"],
                                "val_window_accuracy": acc, "epochs_run": len(history["loss"]),
                                "fit_seconds": round(fit_s, 1)})
