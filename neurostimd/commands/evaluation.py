@@ -18,7 +18,6 @@ import copy
 import dataclasses
 import json
 import math
-import multiprocessing
 import platform
 import shlex
 import sys
@@ -41,7 +40,8 @@ from neurostimd.drivers.types import StimParams
 from neurostimd.errors import ConfigError, NeurostimError
 from neurostimd.firmware_sim.generator import F32
 from neurostimd.listeners import BaseListener, LoopView, TickStats
-from neurostimd.service.exitcodes import EX_CONFIG, EX_USAGE
+from neurostimd.parallel import Runner, RunnerUnavailable, make_runner
+from neurostimd.service.exitcodes import EX_CONFIG, EX_UNAVAILABLE, EX_USAGE
 
 log = structlog.get_logger(__name__)
 
@@ -576,11 +576,17 @@ def _run_job(job: _Job) -> ArmRun:
     return run
 
 
+def _job_item(_shared: None, job: _Job) -> ArmRun:
+    return _run_job(job)
+
+
 def evaluate(spec: EvalSpec, out: Path, *, duration_s: float = 600.0, seeds: Sequence[int] = (0,),
              continuous_amplitude_ma: float | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
              warmup_s: float = DEFAULT_WARMUP_S, jobs: int = 1, arms: Sequence[str] = ARMS, plot: bool = True,
-             progress: bool = True, command: str | None = None) -> dict[str, Any]:
-    """Run every arm on every seed and write results.json, results.md and closed_loop.png into `out`."""
+             progress: bool = True, command: str | None = None, runner: Runner | None = None) -> dict[str, Any]:
+    """Run every arm on every seed and write results.json, results.md and closed_loop.png into `out`; the (arm,
+    seed) jobs run on `runner`, or, without one, `jobs` at a time on a local Ray instance (one by one without
+    Ray)."""
     from neurostimd.firmware_sim.board import DEFAULT_LIMITS
 
     if not (math.isfinite(duration_s) and duration_s > 0):
@@ -612,11 +618,13 @@ def evaluate(spec: EvalSpec, out: Path, *, duration_s: float = 600.0, seeds: Seq
             job_list.append(_Job(str(spec.path), spec.plant, arm, seed, duration_s, str(out / "logs"),
                                  _params_tuple(fixed) or (0.0, 0.0, 0.0), block_size, warmup_s, seed == seeds[0],
                                  progress, f"[{k}/{n_total}] seed {seed} {arm:<14}"))
-    if jobs > 1:
-        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-            runs = pool.map(_run_job, job_list, chunksize=1)
-    else:
-        runs = [_run_job(j) for j in job_list]
+    own = runner is None
+    runner = runner or make_runner(jobs, None, False, "closed-loop-eval")
+    try:
+        runs = runner.map(_job_item, None, job_list)
+    finally:
+        if own:
+            runner.close()
     wall = time.perf_counter() - wall0
     results = summarise(runs, arms, seeds)
     results.update({
@@ -636,7 +644,7 @@ def evaluate(spec: EvalSpec, out: Path, *, duration_s: float = 600.0, seeds: Seq
         "arm_safety": safety,
         "notes": spec.notes,
         "versions": _versions(),
-        "timing": {"wall_s": round(wall, 3), "jobs": jobs,
+        "timing": {"wall_s": round(wall, 3), "jobs": runner.jobs, "runner": runner.description,
                    "arm_wall_s": {a: round(sum(r.wall_s for r in runs if r.arm == a), 3) for a in arms}},
     })
     results["targets"] = targets(results)
@@ -907,12 +915,17 @@ def cmd_closed_loop_eval(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         spec = load_spec(spec_path, args.plant)
-        results = evaluate(spec, Path(args.out), duration_s=duration, seeds=seeds,
-                           continuous_amplitude_ma=args.continuous_amplitude, block_size=int(args.block),
-                           jobs=int(args.jobs), arms=args.arm or ARMS, plot=not args.no_plot, command=command)
+        with make_runner(int(args.jobs), args.address, args.no_ray, "closed-loop-eval") as runner:
+            results = evaluate(spec, Path(args.out), duration_s=duration, seeds=seeds,
+                               continuous_amplitude_ma=args.continuous_amplitude, block_size=int(args.block),
+                               jobs=int(args.jobs), arms=args.arm or ARMS, plot=not args.no_plot, command=command,
+                               runner=runner)
     except NeurostimError as err:
         print(f"neurostimd closed-loop-eval: {err}", file=sys.stderr)
         return EX_CONFIG
+    except RunnerUnavailable as err:
+        print(f"neurostimd closed-loop-eval: {err}", file=sys.stderr)
+        return EX_UNAVAILABLE
     print(results_markdown(results))
     print(f"wrote {args.out}/results.json, results.md{'' if args.no_plot else ', closed_loop.png'} in "
           f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)

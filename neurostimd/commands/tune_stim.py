@@ -30,7 +30,6 @@ import argparse
 import copy
 import itertools
 import json
-import logging
 import math
 import sys
 import time
@@ -52,6 +51,7 @@ from neurostimd.commands.evaluation import (
 )
 from neurostimd.core.safety import SafetyConfig, limit_violations
 from neurostimd.drivers.types import BoardLimits, StimParams
+from neurostimd.parallel import Runner, RunnerUnavailable, SerialRunner, make_runner
 from neurostimd.service.exitcodes import EX_CONFIG, EX_DATAERR, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
 
 # What the gate may change on a command without having cut it for a limit.
@@ -297,79 +297,20 @@ def measure_continuous(prob: Problem) -> None:
 REFUSED_VIOLATION = 1e6
 
 
-class SerialRunner:
-    """Trials one after the other in this process."""
-
-    description = "one by one in this process"
-
-    def map(self, prob: Problem, points: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
-        return [run_point(prob, xs, slot) for slot, xs in enumerate(points)]
-
-    def close(self) -> None:
-        pass
-
-
-def _ray_point(prob: Problem, xs: Sequence[float], slot: int) -> dict[str, Any]:
+def _worker_logging() -> None:
     from neurostimd.service.logs import configure_logging
 
     configure_logging("error", "console")  # a worker logs as tune-stim itself does: errors only
+
+
+def _point(prob: Problem, item: tuple[int, Sequence[float]]) -> dict[str, Any]:
+    slot, xs = item
     return run_point(prob, xs, slot)
 
 
-class RayRunner:
-    """Trials of one batch at once as Ray tasks (one CPU each): a local Ray instance on this machine's cores, or the
-    cluster at `address` (every node needs neurostimd installed and the evaluation file's paths)."""
-
-    def __init__(self, jobs: int, address: str | None) -> None:
-        import ray
-
-        self._ray = ray
-        self._owns = not ray.is_initialized()
-        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        try:
-            if self._owns:
-                kw: dict[str, Any] = {"address": address} if address else {"num_cpus": jobs}
-                ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True, **kw)
-            self._task = ray.remote(num_cpus=1)(_ray_point)
-            cpus = int(ray.cluster_resources().get("CPU", 0))
-        except Exception as err:
-            self.close()
-            raise RunnerUnavailable(f"could not start or reach {where}: {err}. Check --address (ray://HEAD:10001 "
-                                    f"or HEAD:6379), or run without --address (local) or with --no-ray") from err
-        self._prob_ref: Any = None
-        self._prob_id = 0
-        self.description = f"{jobs} at once on {where} ({cpus} CPUs)"
-
-    def map(self, prob: Problem, points: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
-        if self._prob_ref is None or self._prob_id != id(prob):
-            self._prob_ref, self._prob_id = self._ray.put(prob), id(prob)
-        refs = [self._task.remote(self._prob_ref, list(xs), slot) for slot, xs in enumerate(points)]
-        return list(self._ray.get(refs))
-
-    def close(self) -> None:
-        if self._owns and self._ray.is_initialized():
-            self._ray.shutdown()
-
-
-def make_runner(jobs: int, address: str | None, no_ray: bool) -> SerialRunner | RayRunner:
-    """Ray when asked for parallel trials (or a cluster) and installed; one by one otherwise (said on stderr)."""
-    if no_ray and address:
-        raise RunnerUnavailable("--no-ray and --address contradict each other: give one")
-    if no_ray or (jobs <= 1 and not address):
-        return SerialRunner()
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        if address:
-            raise RunnerUnavailable("--address needs Ray: pip install 'neurostimd[scale]'") from None
-        print(f"tune-stim: Ray is not installed (pip install 'neurostimd[scale]'): the {jobs} trials of each batch "
-              f"run one by one, with the same results", file=sys.stderr, flush=True)
-        return SerialRunner()
-    return RayRunner(jobs, address)
-
-
-class RunnerUnavailable(RuntimeError):
-    """Ray was asked for and is not there."""
+def _run_batch(runner: Runner, prob: Problem, points: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
+    """One batch of trials at once (each in its own audit slot)."""
+    return runner.map(_point, prob, [(slot, list(xs)) for slot, xs in enumerate(points)], setup=_worker_logging)
 
 
 def _eta(t0: float, done: int, total: int) -> str:
@@ -388,7 +329,7 @@ def _line(tag: str, k: int, n: int, r: dict[str, Any], best: float, t0: float) -
 
 def search(prob: Problem, trials: int, seed: int, out: Path,
            on_trial: Callable[[dict[str, Any]], None] | None = None, jobs: int = 1,
-           runner: SerialRunner | RayRunner | None = None) -> list[dict[str, Any]]:
+           runner: Runner | None = None) -> list[dict[str, Any]]:
     """The constrained TPE search over the unit cube of `prob.dims`, `jobs` trials asked at a time and run by
     `runner` (one by one by default). The history does not depend on the runner."""
     import optuna
@@ -415,7 +356,7 @@ def search(prob: Problem, trials: int, seed: int, out: Path,
             batch = [study.ask() for _ in range(min(max(1, jobs), trials - k))]
             points = [[t.suggest_float(f"x{i}:{d.name}", 0.0, 1.0) for i, d in enumerate(prob.dims)]
                       for t in batch]
-            for trial, r in zip(batch, runner.map(prob, points), strict=True):
+            for trial, r in zip(batch, _run_batch(runner, prob, points), strict=True):
                 k = _tell(study, trial, r, k, prob, results)
                 if r["feasible"]:
                     best = max(best, r["score"])
@@ -447,7 +388,7 @@ def _tell(study: Any, trial: Any, r: dict[str, Any], k: int, prob: Problem, resu
 
 
 def grid(prob: Problem, n: int, out: Path, jobs: int = 1,
-         runner: SerialRunner | RayRunner | None = None) -> list[dict[str, Any]]:
+         runner: Runner | None = None) -> list[dict[str, Any]]:
     """The exhaustive grid, n points per dimension on the same unit map, `jobs` points at a time."""
     points = list(itertools.product(*[[i / (n - 1) for i in range(n)] for _ in prob.dims]))
     runner = runner or SerialRunner()
@@ -457,7 +398,7 @@ def grid(prob: Problem, n: int, out: Path, jobs: int = 1,
     step = max(1, jobs)
     with (out / "grid.jsonl").open("w") as fh:
         for start in range(0, len(points), step):
-            for r in runner.map(prob, points[start:start + step]):
+            for r in _run_batch(runner, prob, points[start:start + step]):
                 if r["feasible"]:
                     best = max(best, r["score"])
                 results.append(r)
@@ -648,7 +589,8 @@ def cmd_tune_stim(args: argparse.Namespace) -> int:
         print(f"tune-stim: {prob.law} on {prob.spec.plant}, {len(prob.dims)} dimension(s) "
               f"({', '.join(d.name for d in prob.dims)}), seeds {prob.seeds}, {prob.episode_s:g} s episodes",
               file=sys.stderr, flush=True)
-        runner = make_runner(args.jobs, args.address, args.no_ray)  # before any episode: a refusal costs nothing
+        # before any episode: a refusal costs nothing
+        runner = make_runner(args.jobs, args.address, args.no_ray, "tune-stim")
         try:
             measure_continuous(prob)
         except BaseException:
