@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from neurostimd.errors import DataFormatError, NeurostimError
-from neurostimd.service.exitcodes import EX_CONFIG, EX_DATAERR, EX_OK
+from neurostimd.service.exitcodes import EX_CONFIG, EX_DATAERR, EX_OK, EX_UNAVAILABLE
 
 
 def exit_code(err: BaseException) -> int:
@@ -47,6 +47,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         table = StimTable.from_file(args.table) if args.table else None
         if args.search:
             return _search(args, overrides, table)
+        if args.jobs != 1 or args.address or args.no_ray:
+            raise ValueError("--jobs, --address and --no-ray apply to --search (a plain train is one fit)")
         settings = FeatureSettings(**overrides)
         train_bundle(args.data, args.out, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
                      settings=settings, table=table, val_fraction=args.val_fraction,
@@ -61,6 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace, overrides: dict[str, Any], table: Any) -> int:
     from neurostimd.core.features import FeatureSettings
     from neurostimd.model.search import SearchOptions, search_bundle
+    from neurostimd.parallel import RunnerUnavailable, make_runner
 
     if args.stride != 1:
         raise ValueError("--stride does not apply to --search, which caps each fit's windows with --max-windows")
@@ -72,10 +75,18 @@ def _search(args: argparse.Namespace, overrides: dict[str, Any], table: Any) -> 
     base = FeatureSettings(**({"front_end": overrides["front_end"]} if "front_end" in overrides else {}))
     fixed: dict[str, Any] = {k: overrides[k] for k in ("kind", "hop_ms", "frame_hops", "n_frames") if k in overrides}
     report = args.search_report or f"{str(args.out).rstrip('/')}-search"
-    search_bundle(args.data, args.out, report, opts=opts, epochs=args.epochs, seed=args.seed,
-                  batch_size=args.batch_size, base=base, fixed=fixed, table=table, val_fraction=args.val_fraction,
-                  test_fraction=args.test_fraction, block_s=args.block_s, labels=args.labels, classes=args.classes,
-                  reading=_reading(args))
+    try:
+        runner = make_runner(args.jobs, args.address, args.no_ray, "train --search")  # before any data is read
+    except RunnerUnavailable as err:
+        print(f"neurostimd train: {err}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    print(f"train --search: trials run {runner.description}", file=sys.stderr, flush=True)
+    with runner:
+        search_bundle(args.data, args.out, report, opts=opts, epochs=args.epochs, seed=args.seed,
+                      batch_size=args.batch_size, base=base, fixed=fixed, table=table,
+                      val_fraction=args.val_fraction, test_fraction=args.test_fraction, block_s=args.block_s,
+                      labels=args.labels, classes=args.classes, reading=_reading(args), jobs=args.jobs,
+                      runner=runner)
     return EX_OK
 
 

@@ -25,6 +25,7 @@ windows. TensorFlow, scikit-learn and Optuna are imported inside the functions."
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -44,6 +45,8 @@ from neurostimd.model.architectures import NOTEBOOK, ModelSpec
 from neurostimd.model.dataset import Segment, block_samples, split_segments, windows_for
 from neurostimd.model.evaluate import per_segment, window_moments
 from neurostimd.model.train import Prepared, fit_model, prepare, write_bundle
+from neurostimd.parallel import Runner, SerialRunner
+from neurostimd.progress import progress_bar
 
 Progress = Callable[[str], None]
 SLOW_BAND_HZ = (0.1, 1.0)
@@ -216,17 +219,40 @@ def score_model(p: Prepared, folds: list[list[int]], settings: FeatureSettings, 
         seg_true, seg_pred = per_segment(probs, te.y, te.segment)
         seg_accs.append(float(np.mean(seg_true == seg_pred)))
         epochs.append(len(history["loss"]))
-        progress(f"  fold {k + 1}/{len(folds)}: window accuracy {accs[-1]:.4f}, segment {seg_accs[-1]:.4f} "
+        progress(f" fold {k + 1}/{len(folds)}: window accuracy {accs[-1]:.4f}, segment {seg_accs[-1]:.4f} "
                  f"({epochs[-1]} epochs)")
     return {"score": float(np.mean(accs)), "fold_scores": accs, "segment_score": float(np.mean(seg_accs)),
             "epochs": epochs}
 
 
-def _eta(t0: float, done: int, total: int) -> str:
-    if done == 0:
-        return "?"
-    left = (time.perf_counter() - t0) / done * (total - done)
-    return f"{left / 60:.1f} min" if left >= 60 else f"{left:.0f} s"
+def _worker_setup() -> None:
+    from neurostimd.model.train import quiet_tensorflow
+
+    quiet_tensorflow()
+
+
+def _front_end_job(shared: tuple[Prepared, list[list[int]], int, int], settings: dict[str, Any]) -> dict[str, Any]:
+    p, folds, max_windows, seed = shared
+    return score_front_end(p, folds, FeatureSettings.model_validate(settings), max_windows, seed)
+
+
+def _model_job(shared: tuple[Prepared, list[list[int]], dict[str, Any], SearchOptions, int, int],
+               item: tuple[int, dict[str, Any]]) -> dict[str, Any]:
+    p, folds, settings, opts, seed, batch_size = shared
+    n, spec = item
+    return score_model(p, folds, FeatureSettings.model_validate(settings), ModelSpec.model_validate(spec), opts,
+                       seed, batch_size, lambda msg: _progress(f"model {n + 1}{msg}"))
+
+
+def _member_job(shared: tuple[Any, ...], item: tuple[int, dict[str, Any]]) -> dict[str, Any]:
+    """One ensemble member trained on the training segments; its weights, history and seconds (a Keras model is
+    rebuilt from them where the bundle is written)."""
+    x_tr, y_tr, x_va, y_va, n_classes, epochs, batch_size, seed = shared
+    j, spec = item
+    model, history, fit_s = fit_model(ModelSpec.model_validate(spec), x_tr, y_tr, x_va, y_va, n_classes,
+                                      epochs=epochs, batch_size=batch_size, seed=seed + 100 + j,
+                                      progress=lambda msg: _progress(f"  member {j + 1}: {msg}"))
+    return {"weights": model.get_weights(), "history": history, "fit_s": fit_s}
 
 
 def _importance(study: Any, seed: int) -> dict[str, float] | None:
@@ -244,10 +270,17 @@ def _importance(study: Any, seed: int) -> dict[str, float] | None:
     return {k: float(v) for k, v in imp.items()}
 
 
-def _sampler(seed: int, n_trials: int) -> Any:
+def _sampler(seed: int, n_trials: int, jobs: int) -> Any:
+    import warnings
+
     import optuna
 
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, n_trials // 3)))
+    # constant liar (the trials of a batch are asked before any is told): a running trial counts as a poor result,
+    # which pushes a batch's points apart
+    kw: dict[str, Any] = {"constant_liar": True} if jobs > 1 else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, n_trials // 3)), **kw)
 
 
 def search_bundle(data: list[str | Path], out: str | Path, report_dir: str | Path, *, opts: SearchOptions,
@@ -255,14 +288,19 @@ def search_bundle(data: list[str | Path], out: str | Path, report_dir: str | Pat
                   fixed: dict[str, Any] | None = None, table: StimTable | None = None, val_fraction: float = 0.2,
                   test_fraction: float = 0.0, block_s: float = 20.0, labels: str | None = None,
                   classes: str | None = None, reading: dict[str, Any] | None = None,
-                  progress: Progress = _progress) -> dict[str, Any]:
+                  progress: Progress = _progress, jobs: int = 1, runner: Runner | None = None) -> dict[str, Any]:
     """Search, train the ensemble, write the bundle to `out` and the search's report (summary.json, trials.csv,
-    search.png) to `report_dir`; return the summary."""
+    search.png) to `report_dir`; return the summary. `jobs` trials are asked at a time (Optuna's constant liar
+    keeps a batch's points apart) and run by `runner` (one by one by default; the same history either way); the
+    ensemble's members are trained `jobs` at a time."""
     import optuna
 
-    from neurostimd.model.architectures import ensemble
+    from neurostimd.model.architectures import build, ensemble
 
     opts.check()
+    if jobs < 1:
+        raise ValueError(f"train --search: --jobs {jobs} (need >= 1)")
+    runner = runner or SerialRunner()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = base or FeatureSettings()
     fixed = {k: v for k, v in (fixed or {}).items() if v is not None}
@@ -286,33 +324,45 @@ def search_bundle(data: list[str | Path], out: str | Path, report_dir: str | Pat
 
     # Stage 1: the front end, scored by the linear proxy.
     fe_study = optuna.create_study(direction="maximize", study_name="front_end",
-                                   sampler=_sampler(seed, opts.front_end_trials))
+                                   sampler=_sampler(seed, opts.front_end_trials, jobs))
     fe_study.enqueue_trial({"kind": "bandpower", "hop_ms": base_fixed.hop_ms, "frame_hops": base_fixed.frame_hops,
                             "n_frames": base_fixed.n_frames, "bands": "default", "slow_band": False,
                             "slow_potential": False},
                            skip_if_exists=True)
     fe_trials: list[dict[str, Any]] = []
-    for n in range(opts.front_end_trials):
-        trial = fe_study.ask()
-        settings = _front_end_space(trial, base_fixed, fixed, p.fs, opts.max_window_s, block_s)
-        seen = next((t for t in fe_trials if settings is not None and t["settings"] == _settings_json(settings)),
-                    None)
-        if settings is None:
-            result: dict[str, Any] = {"score": None, "reason": f"window longer than {opts.max_window_s:g} s or "
-                                                               f"than a quarter of --block-s {block_s:g} s"}
-        elif seen is not None:  # the sampler proposed a front end already scored: the same folds, the same score
-            result = {k: seen[k] for k in ("score", "fold_scores", "n_scored_windows") if k in seen}
-            result["repeat_of"] = seen["trial"]
-        else:
-            result = score_front_end(p, folds, settings, opts.max_windows, seed)
-        # An infeasible candidate (too long a window, too few windows) ranks below any scored one.
-        fe_study.tell(trial, result["score"] if result["score"] is not None else 0.0)
-        fe_trials.append({"trial": n, "params": dict(trial.params), **result,
-                          "window_s": None if settings is None else settings.window_samples(p.fs) / p.fs,
-                          "settings": None if settings is None else _settings_json(settings)})
-        best = max((t["score"] for t in fe_trials if t["score"] is not None), default=None)
-        progress(f"front end {n + 1}/{opts.front_end_trials}: {_short(trial.params)} -> "
-                 f"{_fmt(result['score'])} (best {_fmt(best)}; ETA {_eta(t0, n + 1, opts.front_end_trials)})")
+    slim = dataclasses.replace(p, recs=[])  # what a job needs: the segments, not the recordings again
+    with progress_bar(opts.front_end_trials, "front end", log=progress) as bar:
+        while len(fe_trials) < opts.front_end_trials:
+            batch = [fe_study.ask() for _ in range(min(jobs, opts.front_end_trials - len(fe_trials)))]
+            cands = [_front_end_space(t, base_fixed, fixed, p.fs, opts.max_window_s, block_s) for t in batch]
+            # each distinct front end not scored before is scored once (the same folds give the same score)
+            todo: list[dict[str, Any]] = []
+            for c in cands:
+                if c is not None and _settings_json(c) not in todo and \
+                        not any(t["settings"] == _settings_json(c) for t in fe_trials):
+                    todo.append(_settings_json(c))
+            scores = runner.map(_front_end_job, (slim, folds, opts.max_windows, seed), todo, setup=_worker_setup)
+            for trial, settings in zip(batch, cands, strict=True):
+                n = len(fe_trials)
+                seen = next((t for t in fe_trials if settings is not None and t["settings"] == _settings_json(
+                    settings) and "repeat_of" not in t), None)
+                if settings is None:
+                    result: dict[str, Any] = {
+                        "score": None, "reason": f"window longer than {opts.max_window_s:g} s or than a quarter of "
+                                                 f"--block-s {block_s:g} s"}
+                elif seen is not None:  # the sampler proposed a front end already scored: the same score
+                    result = {k: seen[k] for k in ("score", "fold_scores", "n_scored_windows") if k in seen}
+                    result["repeat_of"] = seen["trial"]
+                else:
+                    result = scores[todo.index(_settings_json(settings))]
+                # An infeasible candidate (too long a window, too few windows) ranks below any scored one.
+                fe_study.tell(trial, result["score"] if result["score"] is not None else 0.0)
+                fe_trials.append({"trial": n, "params": dict(trial.params), **result,
+                                  "window_s": None if settings is None else settings.window_samples(p.fs) / p.fs,
+                                  "settings": None if settings is None else _settings_json(settings)})
+                best = max((t["score"] for t in fe_trials if t["score"] is not None), default=None)
+                bar.update(f"front end {n + 1}/{opts.front_end_trials}: {_short(trial.params)} -> "
+                           f"{_fmt(result['score'])} (best {_fmt(best)})")
     scored_fe = [t for t in fe_trials if t["score"] is not None]
     if not scored_fe:
         if all(t.get("settings") is None for t in fe_trials):
@@ -326,23 +376,31 @@ def search_bundle(data: list[str | Path], out: str | Path, report_dir: str | Pat
     progress(f"front end chosen: {_describe_settings(settings, p.fs)} (proxy CV accuracy {best_fe['score']:.4f})")
 
     # Stage 2: the model on that front end, trained per fold.
-    t1 = time.perf_counter()
     m_study = optuna.create_study(direction="maximize", study_name="model",
-                                  sampler=_sampler(seed + 1, opts.model_trials))
+                                  sampler=_sampler(seed + 1, opts.model_trials, jobs))
     if "bilstm" in opts.archs:
         m_study.enqueue_trial({"arch": "bilstm", "units": NOTEBOOK.units, "dense": NOTEBOOK.dense,
                                "dropout": NOTEBOOK.dropout, "learning_rate": NOTEBOOK.learning_rate})
     m_trials: list[dict[str, Any]] = []
-    for n in range(opts.model_trials):
-        trial = m_study.ask()
-        spec = _model_space(trial, opts.archs)
-        progress(f"model {n + 1}/{opts.model_trials}: {spec.describe()}, lr {spec.learning_rate:.2g}")
-        result = score_model(p, folds, settings, spec, opts, seed, batch_size, progress)
-        m_study.tell(trial, result["score"] if result["score"] is not None else 0.0)
-        m_trials.append({"trial": n, "params": dict(trial.params), "spec": spec.model_dump(mode="json"), **result})
-        best = max((t["score"] for t in m_trials if t["score"] is not None), default=None)
-        progress(f"model {n + 1}/{opts.model_trials}: CV window accuracy {_fmt(result['score'])} (best "
-                 f"{_fmt(best)}; ETA {_eta(t1, n + 1, opts.model_trials)})")
+    with progress_bar(opts.model_trials, "model", log=progress) as bar:
+        while len(m_trials) < opts.model_trials:
+            batch = [m_study.ask() for _ in range(min(jobs, opts.model_trials - len(m_trials)))]
+            specs = [_model_space(t, opts.archs) for t in batch]
+            first = len(m_trials)
+            for i, spec in enumerate(specs):
+                bar.write(f"model {first + i + 1}/{opts.model_trials}: {spec.describe()}, lr "
+                          f"{spec.learning_rate:.2g}")
+            results = runner.map(_model_job, (slim, folds, _settings_json(settings), opts, seed, batch_size),
+                                 [(first + i, spec.model_dump(mode="json")) for i, spec in enumerate(specs)],
+                                 setup=_worker_setup)
+            for trial, spec, result in zip(batch, specs, results, strict=True):
+                n = len(m_trials)
+                m_study.tell(trial, result["score"] if result["score"] is not None else 0.0)
+                m_trials.append({"trial": n, "params": dict(trial.params), "spec": spec.model_dump(mode="json"),
+                                 **result})
+                best = max((t["score"] for t in m_trials if t["score"] is not None), default=None)
+                bar.update(f"model {n + 1}/{opts.model_trials}: CV window accuracy {_fmt(result['score'])}, "
+                           f"segment {_fmt(result.get('segment_score'))} (best {_fmt(best)})")
     scored_m = sorted((t for t in m_trials if t["score"] is not None), key=lambda t: -t["score"])
     if not scored_m:
         raise DataFormatError("no model candidate could be scored in every fold; give more data or fewer --folds")
@@ -360,21 +418,20 @@ def search_bundle(data: list[str | Path], out: str | Path, report_dir: str | Pat
     scaler = Scaler.fit(settings.scaler, np.concatenate(tr.frames))
     x_tr, x_va = scaler.transform(tr.X), scaler.transform(va.X)
     members, member_metrics, histories = [], [], {}
-    for j, t in enumerate(chosen):
+    fits = runner.map(_member_job, (x_tr, tr.y, x_va, va.y, len(p.class_names), epochs, batch_size, seed),
+                      [(j, t["spec"]) for j, t in enumerate(chosen)], setup=_worker_setup)
+    for j, (t, fit) in enumerate(zip(chosen, fits, strict=True)):
         spec = ModelSpec.model_validate(t["spec"])
-
-        def member_progress(msg: str, j: int = j) -> None:
-            progress(f"  member {j + 1}: {msg}")
-
-        model, history, fit_s = fit_model(spec, x_tr, tr.y, x_va, va.y, len(p.class_names), epochs=epochs,
-                                          batch_size=batch_size, seed=seed + 100 + j, progress=member_progress)
+        model = build(spec, x_tr.shape[1], x_tr.shape[2], len(p.class_names))
+        model.set_weights(fit["weights"])
+        history = fit["history"]
         acc = float(np.mean(model.predict(x_va, batch_size=512, verbose=0).argmax(1) == va.y))
-        progress(f"member {j + 1}/{len(chosen)}: {len(history['loss'])} epochs in {fit_s:.0f} s, val window "
+        progress(f"member {j + 1}/{len(chosen)}: {len(history['loss'])} epochs in {fit['fit_s']:.0f} s, val window "
                  f"accuracy {acc:.4f}")
         members.append(model)  # ensemble() names the members member_0, member_1, ...
         member_metrics.append({"trial": t["trial"], "spec": t["spec"], "cv_score": t["score"],
-                               "val_window_accuracy": acc, "epochs_run": len(history["loss"]),
-                               "fit_seconds": round(fit_s, 1)})
+                               "cv_segment_score": t.get("segment_score"), "val_window_accuracy": acc,
+                               "epochs_run": len(history["loss"]), "fit_seconds": round(fit["fit_s"], 1)})
         histories[f"member_{j}"] = history
     final = members[0] if len(members) == 1 else ensemble(members)
     val_acc = float(np.mean(final.predict(x_va, batch_size=512, verbose=0).argmax(1) == va.y))

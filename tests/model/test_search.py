@@ -232,3 +232,59 @@ def test_a_window_that_would_lengthen_the_time_blocks_is_not_a_candidate() -> No
     assert _front_end_space(long, base, {}, 256.0, max_window_s=5.0, block_s=20.0) is not None
     short = optuna.trial.FixedTrial({**params, "hop_ms": 50.0, "frame_hops": 2, "n_frames": 10})
     assert _front_end_space(short, base, {}, 256.0, max_window_s=5.0, block_s=10.0) is not None
+
+
+_SMALL = ["--folds", "2", "--front-end-trials", "4", "--search-trials", "2", "--ensemble", "2", "--search-epochs",
+          "2", "--epochs", "2", "--max-windows", "300", "--archs", "bilstm,linear", "--hop-ms", "250",
+          "--frame-hops", "2", "--test-fraction", "0.3", "--seed", "3"]
+
+
+def _history(summary: dict[str, Any]) -> dict[str, Any]:
+    """What a search decided and measured, without its wall-clock times."""
+    members = [{k: v for k, v in m.items() if k != "fit_seconds"} for m in summary["model"]["members"]]
+    return {"front_end": summary["front_end"]["trials"], "model": summary["model"]["trials"], "members": members,
+            "chosen": summary["front_end"]["chosen"], "val": summary["val_window_accuracy"]}
+
+
+@pytest.mark.train
+@pytest.mark.slow
+def test_a_search_on_a_local_ray_instance_gives_the_history_of_the_same_batches_run_one_by_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--jobs 2 asks two trials at a time and runs them (and the ensemble's members) as Ray tasks on a local Ray
+    instance; --no-ray runs the same batches in this process. Every trial's proposal and score, the members and the
+    bundle's validation accuracy are the same."""
+    pytest.importorskip("ray", reason="the scale extra (Ray) is not installed")
+    from neurostimd.commands.cli import main
+
+    data = _epochs(tmp_path, n_per_class=10)
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "ray"), "--search", "--jobs", "2",
+                 *_SMALL]) == 0
+    assert "2 at once on a local Ray instance" in capsys.readouterr().err
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "serial"), "--search", "--jobs", "2",
+                 "--no-ray", *_SMALL]) == 0
+    assert "one by one in this process" in capsys.readouterr().err
+    on_ray = json.loads((tmp_path / "ray-search" / "summary.json").read_text())
+    serial = json.loads((tmp_path / "serial-search" / "summary.json").read_text())
+    assert len(on_ray["front_end"]["trials"]) == 4 and len(on_ray["model"]["trials"]) == 2
+    assert _history(on_ray) == _history(serial)
+
+
+def test_parallel_options_belong_to_the_search_and_a_cluster_needs_ray(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain train is one fit: --jobs is refused (78). Without Ray, --address is refused with exit 69 naming the
+    extra before any data is read, and --jobs 2 runs the batches one by one, saying so."""
+    import sys
+
+    from neurostimd.commands.cli import main
+
+    data = _epochs(tmp_path, n_per_class=3, n_samples=512)
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "a"), "--jobs", "2"]) == 78
+    assert "--jobs, --address and --no-ray apply to --search" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    assert main(["train", "--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "b"), "--search",
+                 "--address", "ray://127.0.0.1:10001"]) == 69
+    err = capsys.readouterr().err
+    assert "--address needs Ray" in err and "neurostimd[scale]" in err
+    assert main(["train", "--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "b"), "--search",
+                 "--jobs", "2"]) != 0  # the missing file is reported after the runner is chosen
+    assert "Ray is not installed" in capsys.readouterr().err
