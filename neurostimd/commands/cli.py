@@ -8,6 +8,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from neurostimd.parallel import add_runner_options
 from neurostimd.service.exitcodes import EX_CONFIG
 
 # subcommand -> "module:function"; each function takes the parsed argparse.Namespace and returns an exit code.
@@ -24,6 +25,7 @@ _COMMANDS = {
     "audit": "neurostimd.commands.audit:cmd_audit",
     "export": "neurostimd.commands.export:cmd_export",
     "tune-stim": "neurostimd.commands.tune_stim:cmd_tune_stim",
+    "sweep": "neurostimd.commands.sweep:cmd_sweep",
 }
 
 _VERIFY_EPILOG = """\
@@ -48,16 +50,6 @@ labels (docs/classifier.md, "Labels"):
   samples no label covers are not trained on or scored; `-=DESCRIPTION` marks a description as unlabelled.
 exit status: 0 done, 2 bad arguments, 65 bad data (recording, labels), 78 bad configuration.
 """
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
-    return n
 
 
 def _label_arguments(p: argparse.ArgumentParser, evaluate: bool = False) -> None:
@@ -151,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--archs", default="bilstm,cnn,linear", help="--search: architectures that compete")
     t.add_argument("--search-report", default=None,
                    help="--search: folder for summary.json, trials.csv and search.png (default: OUT-search)")
+    add_runner_options(t, "--search: trials (and ensemble members)")
 
     e = sub.add_parser("evaluate", help="evaluate a bundle on held-out data and write a report", epilog=_LABELS_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -184,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--arm", action="append", default=None,
                     choices=("none", "continuous", "table", "dual_threshold", "proportional"),
                     help="run only this arm (repeatable)")
-    cl.add_argument("--jobs", type=int, default=1, help="worker processes (arms x seeds in parallel)")
+    add_runner_options(cl, "arms x seeds")
     cl.add_argument("--block", type=int, default=50,
                     help="samples per board block, i.e. per plant step (default 50: one 50 ms tick)")
     cl.add_argument("--no-plot", action="store_true", help="skip the figure")
@@ -213,16 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="constraint: charge at most this %% of continuous")
     t.add_argument("--grid", type=int, default=0, help="also run the exhaustive grid, N points per dimension")
     t.add_argument("--seed", type=int, default=0, help="the sampler's seed")
-    t.add_argument("--jobs", type=_positive_int, default=1,
-                   help="trials asked and run at a time; above 1 they run in parallel on Ray (the scale extra), "
-                        "one by one without it. The history does not depend on where the trials run")
-    t.add_argument("--address", default=None,
-                   help="a Ray cluster's address (ray://host:10001 or host:6379); default a local Ray instance")
-    t.add_argument("--no-ray", action="store_true", help="run the trials of each batch one by one in this process")
+    add_runner_options(t, "trials")
     t.add_argument("--out", required=True)
     from neurostimd.commands.export import add_parser as add_export_parser
 
     add_export_parser(sub)
+    from neurostimd.commands.sweep import add_parser as add_sweep_parser
+
+    add_sweep_parser(sub)
     au = sub.add_parser("audit", help="check the audit log")
     au_sub = au.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     v = au_sub.add_parser(
