@@ -52,6 +52,7 @@ from neurostimd.commands.evaluation import (
 from neurostimd.core.safety import SafetyConfig, limit_violations
 from neurostimd.drivers.types import BoardLimits, StimParams
 from neurostimd.parallel import Runner, RunnerUnavailable, SerialRunner, make_runner
+from neurostimd.progress import progress_bar
 from neurostimd.service.exitcodes import EX_CONFIG, EX_DATAERR, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
 
 # What the gate may change on a command without having cut it for a limit.
@@ -313,18 +314,11 @@ def _run_batch(runner: Runner, prob: Problem, points: Sequence[Sequence[float]])
     return runner.map(_point, prob, [(slot, list(xs)) for slot, xs in enumerate(points)], setup=_worker_logging)
 
 
-def _eta(t0: float, done: int, total: int) -> str:
-    if done == 0:
-        return "?"
-    left = (time.perf_counter() - t0) / done * (total - done)
-    return f"{left / 60:.1f} min" if left >= 90 else f"{left:.0f} s"
-
-
-def _line(tag: str, k: int, n: int, r: dict[str, Any], best: float, t0: float) -> str:
+def _line(tag: str, k: int, n: int, r: dict[str, Any], best: float) -> str:
     if r.get("refused"):
-        return f"[{tag} {k}/{n}] refused by the config check: {r['refused']}  best {best:7.2f}  ETA {_eta(t0, k, n)}"
+        return f"[{tag} {k}/{n}] refused by the config check: {r['refused']}  best {best:7.2f}"
     return (f"[{tag} {k}/{n}] score {r['score']:7.2f} (in target {r['time_in_target_pct']:5.1f} %, charge "
-            f"{r['charge_pct']:5.1f} %) best {best:7.2f}  ETA {_eta(t0, k, n)}")
+            f"{r['charge_pct']:5.1f} %) best {best:7.2f}")
 
 
 def search(prob: Problem, trials: int, seed: int, out: Path,
@@ -348,9 +342,8 @@ def search(prob: Problem, trials: int, seed: int, out: Path,
     study = optuna.create_study(direction="maximize", sampler=sampler)
     runner = runner or SerialRunner()
     results: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
     best = -math.inf
-    with (out / "trials.jsonl").open("w") as fh:
+    with (out / "trials.jsonl").open("w") as fh, progress_bar(trials, "tune-stim trials") as bar:
         k = 0
         while k < trials:
             batch = [study.ask() for _ in range(min(max(1, jobs), trials - k))]
@@ -364,7 +357,7 @@ def search(prob: Problem, trials: int, seed: int, out: Path,
                 results.append(r)
                 fh.write(json.dumps(r) + "\n")
                 fh.flush()
-                print(_line("trial", k, trials, r, best, t0), file=sys.stderr, flush=True)
+                bar.update(_line("trial", k, trials, r, best))
                 if on_trial is not None:
                     on_trial(r)
     return results
@@ -393,10 +386,9 @@ def grid(prob: Problem, n: int, out: Path, jobs: int = 1,
     points = list(itertools.product(*[[i / (n - 1) for i in range(n)] for _ in prob.dims]))
     runner = runner or SerialRunner()
     results: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
     best = -math.inf
     step = max(1, jobs)
-    with (out / "grid.jsonl").open("w") as fh:
+    with (out / "grid.jsonl").open("w") as fh, progress_bar(len(points), "tune-stim grid") as bar:
         for start in range(0, len(points), step):
             for r in _run_batch(runner, prob, points[start:start + step]):
                 if r["feasible"]:
@@ -404,7 +396,7 @@ def grid(prob: Problem, n: int, out: Path, jobs: int = 1,
                 results.append(r)
                 fh.write(json.dumps(r) + "\n")
                 fh.flush()
-                print(_line("grid", len(results), len(points), r, best, t0), file=sys.stderr, flush=True)
+                bar.update(_line("grid", len(results), len(points), r, best))
     return results
 
 

@@ -4,6 +4,7 @@ paired comparison, determinism, and that every arm runs the same plant seeds."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -73,13 +74,16 @@ def test_quick_run_writes_the_schema_the_issue_asks_for(quick_run: tuple[Path, d
 
 @pytest.mark.slow
 def test_same_seeds_give_the_same_results_and_every_arm_sees_the_same_plant(tmp_path: Path) -> None:
-    """Two runs with the same seeds give identical per-seed metrics; and the none and table arms of one seed see
-    the same plant: its biomarker is identical until the table arm first stimulates."""
+    """Two runs with the same seeds, the second with its arms as Ray tasks (--jobs 2; one by one where Ray is not
+    installed), give identical per-seed metrics; and the none and table arms of one seed see the same plant: its
+    biomarker is identical until the table arm first stimulates."""
     spec = load_spec(BETA_SPEC, "beta")
     kw: dict[str, Any] = dict(duration_s=10.0, seeds=[7], arms=("none", "continuous", "table"), plot=False,
                               progress=False)
     a = evaluate(spec, tmp_path / "a", **kw)
-    b = evaluate(spec, tmp_path / "b", **kw)
+    b = evaluate(spec, tmp_path / "b", jobs=2, **kw)
+    if importlib.util.find_spec("ray") is not None:
+        assert "local Ray instance" in b["timing"]["runner"]
     for arm in ("none", "continuous", "table"):
         ma, mb = a["arms"][arm]["per_seed_metrics"], b["arms"][arm]["per_seed_metrics"]
         assert [m["seed"] for m in ma] == [7]
