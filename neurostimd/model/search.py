@@ -255,19 +255,42 @@ def _member_job(shared: tuple[Any, ...], item: tuple[int, dict[str, Any]]) -> di
     return {"weights": model.get_weights(), "history": history, "fit_s": fit_s}
 
 
-def _importance(study: Any, seed: int) -> dict[str, float] | None:
+def _importance(study: Any, seed: int, params: list[str] | None = None) -> dict[str, float] | None:
+    """fANOVA importance of `params` (default: the settings every scored trial has); None with fewer than 4
+    scored trials, or with one score for all."""
     import optuna
 
     done = [t for t in study.trials if t.value is not None]
-    if len(done) < 4 or len({t.value for t in done}) < 2 or len(study.best_params) < 2:
+    if len(done) < 4 or len({t.value for t in done}) < 2 or len(params or study.best_params) < 2:
         return None
     try:
         imp = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed), params=params)
     except (RuntimeError, ValueError) as err:  # e.g. a dynamic space whose trials share too few parameters
         _progress(f"no importance for {study.study_name} ({err})")
         return None
     return {k: float(v) for k, v in imp.items()}
+
+
+def _conditional_importance(study: Any, seed: int, root: str) -> dict[str, Any] | None:
+    """The importance within the trials of one value of `root` (kind, arch): the value with the most settings of
+    its own among those with at least 4 scored trials (the bands of band powers, the sizes of a BiLSTM or CNN),
+    which the all-trial importance has to leave out."""
+    import optuna
+
+    done = [t for t in study.trials if t.value is not None and root in t.params]
+    groups: dict[Any, list[Any]] = {}
+    for t in done:
+        groups.setdefault(t.params[root], []).append(t)
+    names = {v: sorted(set.intersection(*(set(t.params) for t in ts)) - {root}) for v, ts in groups.items()}
+    eligible = [v for v, ts in groups.items() if len(ts) >= 4]
+    if not eligible:
+        return None
+    top = max(eligible, key=lambda v: (len(names[v]), len(groups[v])))
+    sub_study = optuna.create_study(direction="maximize", study_name=f"{study.study_name}[{root}={top}]")
+    sub_study.add_trials(groups[top])
+    imp = _importance(sub_study, seed, params=names[top])
+    return None if imp is None else {"where": f"{root} = {top}", "trials": len(groups[top]), "importance": imp}
 
 
 def _sampler(seed: int, n_trials: int, jobs: int) -> Any:
@@ -442,9 +465,11 @@ def search_bundle(data: list[str | Path], out: str | Path, report_dir: str | Pat
         "fixed_by_user": fixed,
         "front_end": {"chosen": _settings_json(settings), "description": _describe_settings(settings, p.fs),
                       "proxy_cv_score": best_fe["score"], "trials": fe_trials,
-                      "importance": _importance(fe_study, seed)},
+                      "importance": _importance(fe_study, seed),
+                      "importance_within": _conditional_importance(fe_study, seed, "kind")},
         "model": {"architecture": arch, "members": member_metrics, "trials": m_trials,
-                  "importance": _importance(m_study, seed)},
+                  "importance": _importance(m_study, seed),
+                  "importance_within": _conditional_importance(m_study, seed, "arch")},
         "val_window_accuracy": val_acc, "search_seconds": round(time.perf_counter() - t0, 1),
     }
     metrics = {"val_window_accuracy": val_acc, "n_train_windows": len(x_tr), "n_val_windows": len(x_va),
@@ -488,7 +513,8 @@ def _short(params: dict[str, Any]) -> str:
 
 
 def write_report(report_dir: str | Path, summary: dict[str, Any]) -> None:
-    """summary.json, trials.csv (both stages) and search.png (score per trial, importance per setting)."""
+    """summary.json, summary.md, trials.csv (both stages) and search.png (score per trial, importance per
+    setting)."""
     d = Path(report_dir)
     d.mkdir(parents=True, exist_ok=True)
     (d / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
@@ -498,7 +524,35 @@ def write_report(report_dir: str | Path, summary: dict[str, Any]) -> None:
             params = json.dumps(t["params"], sort_keys=True).replace('"', '""')
             rows.append(f"{stage},{t['trial'] + 1},{'' if t['score'] is None else round(t['score'], 6)},\"{params}\"")
     (d / "trials.csv").write_text("\n".join(rows) + "\n")
+    (d / "summary.md").write_text(summary_markdown(summary))
     _plot(d / "search.png", summary)
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """What the search chose, every trial of both stages and the importance of each setting, as a table."""
+    fe, m = summary["front_end"], summary["model"]
+    lines = [f"# train --search (seed {summary['seed']}, {summary['search_seconds']:g} s)", "",
+             f"- Front end chosen: {fe['description']} (proxy CV window accuracy {_fmt(fe['proxy_cv_score'])})",
+             f"- Model chosen: {m['architecture']}, {len(m['members'])} member(s) averaged: "
+             + "; ".join(f"trial {x['trial'] + 1} (CV {_fmt(x['cv_score'])})" for x in m["members"]),
+             f"- Validation window accuracy of the bundle: {_fmt(summary['val_window_accuracy'])} (optimistic: the "
+             f"validation segments were in the folds; `evaluate` on the test segments is the figure to quote)", ""]
+    for stage, title, extra in (("front_end", "Front end (linear proxy)", None),
+                                ("model", "Model (per-fold fits)", "segment_score")):
+        lines += [f"## {title}", "", "| trial | CV window accuracy |" + (" CV segment accuracy |" if extra else "")
+                  + " settings |", "|---:|---:|" + ("---:|" if extra else "") + "---|"]
+        for t in summary[stage]["trials"]:
+            score = _fmt(t["score"]) if t["score"] is not None else f"— ({t.get('reason', 'not scored')})"
+            seg = f" {_fmt(t.get(extra))} |" if extra else ""
+            lines.append(f"| {t['trial'] + 1} | {score} |{seg} {_short(t['params'])} |")
+        for key, what in (("importance", "all trials"), ("importance_within", None)):
+            imp = summary[stage].get(key)
+            if imp and key == "importance_within":
+                what, imp = f"the {imp['trials']} trials with {imp['where']}", imp["importance"]
+            if imp:
+                lines += ["", f"Importance (fANOVA, {what}): " + ", ".join(f"{k} {v:.2f}" for k, v in imp.items())]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _plot(path: Path, summary: dict[str, Any]) -> None:
@@ -507,7 +561,7 @@ def _plot(path: Path, summary: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    fig, axes = plt.subplots(3, 2, figsize=(11, 10.5))
     for col, stage, title in ((0, "front_end", "front end (linear proxy)"), (1, "model", "model (per-fold fits)")):
         ax = axes[0, col]
         trials = summary[stage]["trials"]
@@ -517,17 +571,18 @@ def _plot(path: Path, summary: dict[str, Any]) -> None:
         ax.plot(xs, np.maximum.accumulate(ys) if ys else [], "-", color="tab:orange", label="best so far")
         ax.set(title=f"{title}: CV window accuracy", xlabel="trial", ylabel="accuracy")
         ax.legend(loc="lower right")
-        imp = summary[stage]["importance"]
-        ax2 = axes[1, col]
-        if imp:
-            names = list(imp)[::-1]
-            ax2.barh(names, [imp[n] for n in names], color="tab:green")
-            ax2.set(title=f"{stage.replace('_', ' ')}: importance (fANOVA, settings all trials have)",
-                    xlabel="share of variance")
-        else:
-            ax2.text(0.5, 0.5, "importance needs >= 4 scored trials\nwith different scores", ha="center",
-                     va="center", transform=ax2.transAxes)
-            ax2.set_axis_off()
+        within = summary[stage].get("importance_within") or {}
+        for row, imp, what in ((1, summary[stage]["importance"], "settings all trials have"),
+                               (2, within.get("importance"), f"trials with {within.get('where')}")):
+            ax2 = axes[row, col]
+            if imp:
+                names = list(imp)[::-1]
+                ax2.barh(names, [imp[n] for n in names], color="tab:green")
+                ax2.set(title=f"{stage.replace('_', ' ')}: importance (fANOVA, {what})", xlabel="share of variance")
+            else:
+                ax2.text(0.5, 0.5, "importance needs >= 4 scored trials\nwith different scores", ha="center",
+                         va="center", transform=ax2.transAxes)
+                ax2.set_axis_off()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

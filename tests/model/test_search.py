@@ -178,8 +178,10 @@ def test_a_small_search_writes_a_loadable_ensemble_bundle_and_its_report(tmp_pat
     assert n_members in (1, 2)  # --ensemble 2: the winning architecture may have had only one candidate
     assert b.manifest["training"]["ensemble"] == n_members
     assert b.manifest["search"]["architecture"] == summary["model"]["architecture"]
-    for name in ("summary.json", "trials.csv", "search.png"):
+    for name in ("summary.json", "summary.md", "trials.csv", "search.png"):
         assert (report / name).stat().st_size > 0
+    md = (report / "summary.md").read_text()
+    assert summary["front_end"]["description"] in md and md.count("| bandpower") + md.count("kind=") >= 1
     rows = (report / "trials.csv").read_text().splitlines()
     assert len(rows) == 1 + opts.front_end_trials + opts.model_trials
     metrics = evaluate_bundle(out, data, tmp_path / "eval", progress=lambda m: None)
@@ -288,3 +290,30 @@ def test_parallel_options_belong_to_the_search_and_a_cluster_needs_ray(
     assert main(["train", "--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "b"), "--search",
                  "--jobs", "2"]) != 0  # the missing file is reported after the runner is chosen
     assert "Ray is not installed" in capsys.readouterr().err
+
+
+def test_the_settings_only_one_kind_has_get_their_importance_within_that_kind() -> None:
+    """fANOVA over all trials sees only the settings every trial has; the bands exist only for band-power trials.
+    Within the band-power trials, a score that moves 100x more with the bands than with the hop gives the bands
+    > 0.9 of the variance."""
+    import optuna
+
+    from neurostimd.model.search import _conditional_importance, _importance
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", study_name="front_end",
+                                sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(40):
+        t = study.ask()
+        kind = t.suggest_categorical("kind", ["bandpower", "raw"])
+        hop = t.suggest_categorical("hop_ms", [25.0, 50.0, 100.0])
+        score = 0.5 + 0.0001 * hop
+        if kind == "bandpower":
+            score += 0.01 * hop / 100 + (0.4 if t.suggest_categorical("bands", ["default", "fine"]) == "fine" else 0)
+        study.tell(t, score)
+    everywhere = _importance(study, seed=0)
+    assert everywhere is not None and "bands" not in everywhere
+    within = _conditional_importance(study, seed=0, root="kind")
+    assert within is not None and within["where"] == "kind = bandpower"
+    assert within["importance"]["bands"] > 0.9
+    assert within["trials"] == sum(1 for t in study.trials if t.params["kind"] == "bandpower")
