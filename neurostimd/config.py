@@ -115,6 +115,22 @@ class LoggingConfig(Strict):
 
 class RuntimeConfig(Strict):
     state_file: FilePath = Path("neurostimd.state.json")  # what `neurostimd status` reads
+    # The real-time mode (docs/realtime.md): the loop's thread under SCHED_FIFO, memory locked, the garbage
+    # collector out of the tick. Refused at start (exit 78) where the OS does not allow it, never silently ignored.
+    realtime: bool = Field(False, description="run the loop's thread under SCHED_FIFO with memory locked and the "
+                                              "garbage collector only between ticks")
+    rt_priority: int = Field(40, ge=1, le=99, description="SCHED_FIFO priority of the loop (1-99; below the "
+                                                          "kernel's threaded interrupts at 50)")
+    cpu_affinity: list[int] | None = Field(None, description="CPUs the loop runs on (None: wherever it may)")
+    lock_memory: bool = Field(True, description="realtime: mlockall the process, so no page of it is swapped out "
+                                                "or faulted in during a tick")
+
+    @model_validator(mode="after")
+    def _affinity(self) -> RuntimeConfig:
+        if self.cpu_affinity is not None and (not self.cpu_affinity or min(self.cpu_affinity) < 0
+                                              or len(set(self.cpu_affinity)) != len(self.cpu_affinity)):
+            raise ValueError(f"cpu_affinity {self.cpu_affinity}: give distinct CPU numbers >= 0, or leave it out")
+        return self
 
 
 class Config(Strict):

@@ -849,10 +849,12 @@ class ClosedLoop:
         return False
 
     # --- running ---------------------------------------------------------------------------------------------------
-    def run(self, *, should_stop: Callable[[], bool], duration_s: float | None = None) -> None:
+    def run(self, *, should_stop: Callable[[], bool], duration_s: float | None = None,
+            between_ticks: Callable[[], object] | None = None) -> None:
         """Tick on absolute deadlines (next = previous + cadence) until should_stop(), the duration is over, or a
         replay source is exhausted. Overruns are counted and logged, never silently absorbed. After each tick the
-        listeners' `on_tick` gets its statistics, overrun included."""
+        listeners' `on_tick` gets its statistics, overrun included; then `between_ticks` runs (the real-time mode's
+        garbage collection), before the sleep to the next deadline."""
         deadline = self.clock.now_ns()
         end = None if duration_s is None else deadline + int(duration_s * _NS)
         while not should_stop():
@@ -870,6 +872,8 @@ class ClosedLoop:
                             missed_ticks=int(missed), stages_ms={k: round(v, 3) for k, v in stats.stages_ms.items()})
                 deadline += missed * self.cadence_ns
             self.listeners.tick(stats, self.view)
+            if between_ticks is not None:
+                between_ticks()
             if self.source.exhausted:
                 break
             if end is not None and deadline > end:

@@ -40,7 +40,7 @@ log = structlog.get_logger("neurostimd.outputs.audit")
 
 EVENTS = ("stim_command", "stim_stop", "stim_ack", "fault", "fault_cleared", "state_change", "config_reload",
           "startup", "shutdown", "board_ready", "model_loaded", "dose_checkpoint", "audit_segment", "audit_resumed",
-          "board_mismatch", "board_stopped", "output_failed")
+          "board_mismatch", "board_stopped", "output_failed", "realtime")
 
 GENESIS = "0" * 64  # `prev` of the very first record of a log
 SEGMENT_DIGITS = 6  # rotated segments are <name>.000001, <name>.000002, …

@@ -30,6 +30,7 @@ from neurostimd.safe_io import check_regular_or_absent, real_directory
 from neurostimd.service.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE
 from neurostimd.service.logs import configure_logging
 from neurostimd.service.notify import SystemdNotifier
+from neurostimd.service.realtime import RealtimeRefused, TickGC, enter_realtime, leave_realtime, locked_kib
 
 if TYPE_CHECKING:
     from neurostimd.loop import ClosedLoop
@@ -152,7 +153,14 @@ class Daemon:
             log.info("loop_start", cadence_ms=cfg.loop.cadence_ms, shadow=self.shadow, source=cfg.source.kind,
                      device=cfg.device.kind, bundle=str(cfg.model.bundle), classes=bundle.class_names,
                      policy=cfg.policy.kind, stim_table=loop.table.source)
-            loop.run(should_stop=self._should_stop, duration_s=duration_s)
+            tick_gc = self._enter_realtime(audit)
+            try:
+                loop.run(should_stop=self._should_stop, duration_s=duration_s,
+                         between_ticks=None if tick_gc is None else tick_gc.between_ticks)
+            finally:
+                if tick_gc is not None:
+                    leave_realtime()
+                    log.info("realtime_gc", **tick_gc.stats())
             if self._crash is not None:
                 code = EX_SOFTWARE
         except AuditError as err:
@@ -160,7 +168,8 @@ class Daemon:
             # any other; the loop itself never lets one out, so later only a config reload's record can get here.
             log.error("startup_refused" if loop is None else "crashed", error=str(err))
             code = EX_CONFIG if loop is None else EX_SOFTWARE
-        except (BundleError, SourceError, ConfigError, BoardRefused, PortInvalid, DataFormatError) as err:
+        except (BundleError, SourceError, ConfigError, BoardRefused, PortInvalid, DataFormatError,
+                RealtimeRefused) as err:
             log.error("startup_refused", error=str(err), error_type=type(err).__name__)
             try:
                 audit.write("fault", faults=["startup_refused"], detail=str(err))
@@ -388,6 +397,17 @@ class Daemon:
             self.notifier.notify("READY=1")
 
     # --- per tick --------------------------------------------------------------------------------------------------
+    def _enter_realtime(self, audit: AuditLog) -> TickGC | None:
+        """[runtime] realtime: this (the loop's) thread under SCHED_FIFO, memory locked, the collector between
+        ticks; RealtimeRefused (the start refused, exit 78) where the OS does not allow it."""
+        rt = self.cfg.runtime
+        if not rt.realtime:
+            return None
+        report = enter_realtime(rt.rt_priority, rt.cpu_affinity, rt.lock_memory)
+        log.info("realtime_on", **report.as_dict(), locked_kib=locked_kib())
+        audit.write("realtime", **report.as_dict())
+        return TickGC()
+
     def _status_text(self) -> str:
         s = self.loop.state
         a = s.applied

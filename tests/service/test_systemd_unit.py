@@ -39,3 +39,17 @@ def test_unit_contract() -> None:
     for line in ("Type=notify", "WatchdogSec=", "User=neurostimd", "ProtectSystem=strict", "StateDirectory=",
                  "LogsDirectory=", "PrivateNetwork=yes", "SupplementaryGroups=dialout"):
         assert line in text
+
+
+def test_the_unit_gives_the_shipped_config_the_real_time_mode_it_asks_for() -> None:
+    """config/serial.toml (what the README installs as /etc/neurostimd/neurostimd.toml) asks for the real-time mode
+    at the priority the unit sets, and the unit lets the daemon lock its memory: under the unit's system-call filter
+    the daemon cannot set its scheduling itself, so a mismatch would refuse every start."""
+    import tomllib
+
+    cfg = tomllib.loads((UNIT.parents[1] / "config" / "serial.toml").read_text())["runtime"]
+    unit = dict(ln.split("=", 1) for ln in UNIT.read_text().splitlines() if "=" in ln and not ln.startswith("#"))
+    assert cfg["realtime"] is True
+    assert unit["CPUSchedulingPolicy"] == "fifo" and int(unit["CPUSchedulingPriority"]) == cfg["rt_priority"]
+    assert unit["LimitMEMLOCK"] == "infinity"
+    assert "@resources" in unit["SystemCallFilter"]  # the last SystemCallFilter= line: the deny list
