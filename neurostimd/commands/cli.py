@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -254,8 +255,17 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+# Commands that run the closed loop: numpy's OpenBLAS on one thread. Its worker threads busy-wait after each call,
+# and the loop calls it every tick on small arrays, so on a 2-core machine one of them spun at 100 % of a core the
+# whole run (daemon CPU 104 % against 4.4 % with one thread, measured 2026-12-03; docs/realtime.md). Set before numpy
+# is first imported (a command module imports it); an explicit OPENBLAS_NUM_THREADS is kept.
+_LOOP_COMMANDS = ("run", "replay", "sweep", "closed-loop-eval", "tune-stim", "bench")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in _LOOP_COMMANDS:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     module_name, func_name = _COMMANDS[args.command].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     try:

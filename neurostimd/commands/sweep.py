@@ -19,14 +19,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from neurostimd.errors import ConfigError, NeurostimError
 from neurostimd.parallel import Runner, RunnerUnavailable, make_runner
 from neurostimd.progress import progress_bar
 from neurostimd.service.exitcodes import EX_CONFIG, EX_OK, EX_UNAVAILABLE, EX_USAGE
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REPLAY_METRICS = ("decisions", "stim_on_pct", "charge_uc", "state_changes_per_hour", "safe_state_pct", "faults",
                   "label_agreement_pct", "x_realtime")
@@ -195,6 +196,8 @@ def _num(v: Any) -> str:
 
 def by_config(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per config and kind: the mean and standard deviation (n − 1) of each metric over its recordings or seeds."""
+    import numpy as np
+
     out = []
     for kind, metrics in (("replay", REPLAY_METRICS), ("plant", PLANT_METRICS)):
         for cfg in dict.fromkeys(r["config"] for r in rows if r["kind"] == kind):
@@ -248,6 +251,7 @@ def markdown(result: dict[str, Any]) -> str:
 def plot_sweep(rows: list[dict[str, Any]], path: Path) -> Path:
     """One panel per metric: a row per config, a dot per recording or seed, the mean as a bar."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
