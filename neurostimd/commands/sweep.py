@@ -34,7 +34,7 @@ REPLAY_METRICS = ("decisions", "stim_on_pct", "charge_uc", "state_changes_per_ho
 PLANT_METRICS = ("time_in_target_pct", "charge_uc", "stim_on_pct", "switches_per_hour", "biomarker_error")
 UNITS = {"stim_on_pct": "%", "charge_uc": "µC", "state_changes_per_hour": "/h", "safe_state_pct": "%",
          "label_agreement_pct": "%", "x_realtime": "× real time", "time_in_target_pct": "%",
-         "switches_per_hour": "/h", "biomarker_error": "spikes/s above setpoint", "decisions": "", "faults": ""}
+         "switches_per_hour": "/h", "biomarker_error": "biomarker above setpoint", "decisions": "", "faults": ""}
 
 
 @dataclass(frozen=True)
