@@ -21,6 +21,18 @@ class RunnerUnavailable(RuntimeError):
     """Ray was asked for and is not there, or cannot be reached."""
 
 
+class RunnerFailed(RuntimeError):
+    """A job could not finish for a reason of the runner's (a worker killed, e.g. for memory; a lost object) or an
+    unexpected error inside the job; the message names it and what to try."""
+
+
+# Errors a job raises on purpose, which the commands already turn into exit codes: passed on as themselves.
+def _own_error(err: BaseException) -> bool:
+    from neurostimd.errors import NeurostimError
+
+    return isinstance(err, NeurostimError | ValueError | OSError)
+
+
 class SerialRunner:
     """Jobs one after the other in this process."""
 
@@ -39,6 +51,9 @@ class SerialRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_UNSET = object()
 
 
 def _ray_job(setup: Callable[[], None] | None, fn: Callable[[Any, Any], Any], shared: Any, item: Any) -> Any:
@@ -68,7 +83,7 @@ class RayRunner:
             raise RunnerUnavailable(f"could not start or reach {where}: {err}. Check --address (ray://HEAD:10001 "
                                     f"or HEAD:6379), or run without --address (local) or with --no-ray") from err
         self.description = f"{jobs} at once on {where} ({cpus} CPUs)"
-        self._shared: Any = None
+        self._shared: Any = _UNSET  # `shared` is put into the object store once; callers must not mutate it
         self._shared_ref: Any = None
 
     def map(self, fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[Any],
@@ -76,7 +91,15 @@ class RayRunner:
         if self._shared is not shared:  # put into the object store once, for every call that shares it
             self._shared, self._shared_ref = shared, self._ray.put(shared)
         refs = [self._task.remote(setup, fn, self._shared_ref, item) for item in items]
-        return list(self._ray.get(refs))
+        try:
+            return list(self._ray.get(refs))
+        except self._ray.exceptions.RayError as err:
+            cause = getattr(err, "cause", None)
+            if cause is not None and _own_error(cause):
+                raise cause from None
+            raise RunnerFailed(f"a Ray task failed: {type(err).__name__}: {str(err).strip().splitlines()[-1]}. "
+                               f"A worker killed for memory needs fewer --jobs; otherwise run with --no-ray to see "
+                               f"the error in this process") from err
 
     def close(self) -> None:
         if self._owns and self._ray.is_initialized():

@@ -11,7 +11,8 @@ import sys
 from typing import Any
 
 from neurostimd.errors import DataFormatError, NeurostimError
-from neurostimd.service.exitcodes import EX_CONFIG, EX_DATAERR, EX_OK, EX_UNAVAILABLE
+from neurostimd.parallel import RunnerFailed
+from neurostimd.service.exitcodes import EX_CONFIG, EX_DATAERR, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
 
 
 def exit_code(err: BaseException) -> int:
@@ -57,6 +58,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (NeurostimError, ValueError, OSError) as err:
         print(f"neurostimd train: {err}", file=sys.stderr)
         return exit_code(err)
+    except RunnerFailed as err:
+        print(f"neurostimd train: {err}", file=sys.stderr)
+        return EX_SOFTWARE
     return EX_OK
 
 

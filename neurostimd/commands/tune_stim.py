@@ -51,7 +51,7 @@ from neurostimd.commands.evaluation import (
 )
 from neurostimd.core.safety import SafetyConfig, limit_violations
 from neurostimd.drivers.types import BoardLimits, StimParams
-from neurostimd.parallel import Runner, RunnerUnavailable, SerialRunner, make_runner
+from neurostimd.parallel import Runner, RunnerFailed, RunnerUnavailable, SerialRunner, make_runner
 from neurostimd.progress import progress_bar
 from neurostimd.service.exitcodes import EX_CONFIG, EX_DATAERR, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
 
@@ -600,6 +600,9 @@ def cmd_tune_stim(args: argparse.Namespace) -> int:
         grid_results = grid(prob, args.grid, out, jobs=args.jobs, runner=runner) if args.grid else None
     except EvaluationError as err:  # e.g. the virtual board failed during an episode (a Ray task's error too)
         return _refused(err)
+    except RunnerFailed as err:
+        print(f"neurostimd tune-stim: {err}", file=sys.stderr)
+        return EX_SOFTWARE
     finally:
         runner.close()
     wall_s = time.perf_counter() - t0
