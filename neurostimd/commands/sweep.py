@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from neurostimd.errors import ConfigError, NeurostimError
-from neurostimd.parallel import Runner, RunnerUnavailable, make_runner
+from neurostimd.errors import ConfigError
+from neurostimd.parallel import Runner, RunnerFailed, RunnerUnavailable, make_runner
 from neurostimd.progress import progress_bar
 from neurostimd.service.exitcodes import EX_CONFIG, EX_OK, EX_UNAVAILABLE, EX_USAGE
 
@@ -52,10 +52,12 @@ class Cell:
 
 
 def _names(paths: list[str]) -> list[str]:
-    """Short unique names for files: the stem, or the parent/stem where stems repeat."""
+    """Short names for files, unique also as folder names: the stem, or the parent-stem where stems repeat, numbered
+    where even those (or their folder-safe forms) repeat."""
     stems = [Path(p).stem or Path(p).name for p in paths]
     names = [s if stems.count(s) == 1 else f"{Path(p).parent.name}-{s}" for p, s in zip(paths, stems, strict=True)]
-    return [n if names.count(n) == 1 else f"{i + 1}-{n}" for i, n in enumerate(names)]
+    safe = [_safe(n).lower() for n in names]
+    return [n if safe.count(safe[i]) == 1 else f"{i + 1}-{n}" for i, n in enumerate(names)]
 
 
 def _safe(name: str) -> str:
@@ -68,10 +70,11 @@ def plan(configs: list[str], recordings: list[str], plant: str | None, seeds: li
     cells = []
     for cfg, cname in zip(configs, _names(configs), strict=True):
         for rec, rname in zip(recordings, _names(recordings), strict=True):
-            cells.append(Cell("replay", cfg, cname, rec, rname, str(out / "cells" / _safe(cname) / _safe(rname))))
+            cells.append(Cell("replay", cfg, cname, rec, rname, str(out / "cells" / _safe(cname) / "recordings" /
+                                                                _safe(rname))))
         for seed in seeds:
             cells.append(Cell("plant", cfg, cname, str(seed), f"{plant} seed {seed}",
-                              str(out / "cells" / _safe(cname) / f"{plant}-seed{seed}"), plant=plant or "",
+                              str(out / "cells" / _safe(cname) / "plant" / f"{plant}-seed{seed}"), plant=plant or "",
                               duration_s=duration_s))
     return cells
 
@@ -90,33 +93,50 @@ def run_cell(_shared: None, cell: Cell) -> dict[str, Any]:
     try:
         row.update(_replay_cell(cell) if cell.kind == "replay" else _plant_cell(cell))
         row["error"] = None
-    except (NeurostimError, ValueError, OSError) as err:
+    except Exception as err:
         row["error"] = f"{type(err).__name__}: {err}"
     row["wall_s"] = round(time.perf_counter() - t0, 2)
     return row
 
 
 def _replay_cell(cell: Cell) -> dict[str, Any]:
-    from neurostimd.commands.replay import run_replay
+    from neurostimd.clock import VirtualClock
+    from neurostimd.commands.replay import replay_config, run_replay
     from neurostimd.config import load_config
     from neurostimd.outputs.audit import iter_records
-    from neurostimd.sources.recordings import read_recording
+    from neurostimd.sources.replay import ReplaySource
+    from neurostimd.sources.settings import ReplaySourceConfig
 
     cfg = load_config(Path(cell.config))
     out = Path(cell.out)
     summary = run_replay(cfg, Path(cell.target), out, progress=False, plot=False)
     decisions = [json.loads(line) for line in (out / "decisions.jsonl").read_text().splitlines() if line]
     audit = list(iter_records(out / "audit.jsonl"))
-    rec = read_recording(Path(cell.target))
-    return replay_metrics(decisions, audit, cfg.loop.cadence_ms / 1000.0, rec.labels, rec.fs) | {
-        "x_realtime": summary["x_realtime"], "recording_s": summary["recording_s"]}
+    src_cfg = replay_config(cfg, Path(cell.target), "max", out).source
+    assert isinstance(src_cfg, ReplaySourceConfig)
+    source = ReplaySource(Path(cell.target), 1.0, VirtualClock(), units=src_cfg.units, channels=src_cfg.channels,
+                          timestamp_jitter_ms=src_cfg.timestamp_jitter_ms, stream_name=src_cfg.stream_name,
+                          stream_type=src_cfg.stream_type)  # read as the replay read it: the same sample clock
+    rec = source.recording
+    classes = next((r.get("classes") for r in audit if r.get("event") == "model_loaded"), None)
+    labels = rec.labels
+    note = None
+    if labels is not None and rec.class_names is not None and classes is not None and \
+            list(rec.class_names) != list(classes):
+        labels, note = None, f"the recording's classes {list(rec.class_names)} are not the bundle's {classes}"
+    m = replay_metrics(decisions, audit, cfg.loop.cadence_ms / 1000.0, labels, rec.fs, source.sample_positions)
+    return m | {"x_realtime": summary["x_realtime"], "recording_s": summary["recording_s"],
+                **({"label_note": note} if note else {})}
 
 
 def replay_metrics(decisions: list[dict[str, Any]], audit: list[dict[str, Any]], tick_s: float,
-                   labels: np.ndarray | None, fs: float) -> dict[str, Any]:
+                   labels: np.ndarray | None, fs: float, positions: np.ndarray | None = None) -> dict[str, Any]:
     """What a replay delivered and decided: stimulation-on time, charge (µC per phase: I·pw·f·t, over each tick the
     applied setting ran), accepted-state changes per hour, time in the safe state, faults raised, and, where the
-    recording carries labels, how often the classifier's state agreed with the label at that tick's newest sample."""
+    recording carries labels, how often the classifier's state agreed with the label at that tick's newest sample
+    (found by its position on the replay's sample clock, `positions`: 0, 1, 2, … unless the recording skips)."""
+    import numpy as np
+
     n = len(decisions)
     on = charge = safe = 0.0
     agree = known = 0
@@ -127,8 +147,9 @@ def replay_metrics(decisions: list[dict[str, Any]], audit: list[dict[str, Any]],
             charge += a["amplitude_ma"] * a["pulse_width_us"] * 1e-3 * a["frequency_hz"] * tick_s
         safe += bool(d.get("safe_state"))
         if labels is not None and d.get("t_data_s") is not None and d.get("state") is not None:
-            i = min(len(labels) - 1, max(0, round(d["t_data_s"] * fs) - 1))
-            if labels[i] >= 0:
+            pos = round(d["t_data_s"] * fs)
+            i = int(np.searchsorted(positions, pos)) if positions is not None else pos
+            if 0 <= i < len(labels) and (positions is None or positions[i] == pos) and labels[i] >= 0:
                 known += 1
                 agree += int(labels[i] == d["state"])
     hours = n * tick_s / 3600.0
@@ -166,7 +187,13 @@ def sweep(cells: list[Cell], out: Path, runner: Runner, *, command: str | None =
     step = max(1, runner.jobs)
     with progress_bar(len(cells), "sweep") as bar:
         for start in range(0, len(cells), step):
-            for row in runner.map(run_cell, None, cells[start:start + step], setup=_worker_logging):
+            batch = cells[start:start + step]
+            try:
+                done = runner.map(run_cell, None, batch, setup=_worker_logging)
+            except RunnerFailed as err:  # a worker lost (e.g. killed for memory): those cells' rows say so
+                done = [{"kind": c.kind, "config": c.config_name, "target": c.target_name, "config_path": c.config,
+                         "out": c.out, "error": f"RunnerFailed: {err}", "wall_s": None} for c in batch]
+            for row in done:
                 rows.append(row)
                 what = f"error: {row['error']}" if row["error"] else _brief(row)
                 bar.update(f"[{len(rows)}/{len(cells)}] {row['config']} on {row['target']}: {what}")
@@ -323,8 +350,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"neurostimd sweep: --plant-seeds {args.plant_seeds!r}: give whole numbers separated by commas",
               file=sys.stderr)
         return EX_USAGE
-    if args.plant and not seeds:
-        print("neurostimd sweep: --plant-seeds: give at least one seed", file=sys.stderr)
+    if args.plant and (not seeds or len(set(seeds)) != len(seeds)):
+        print(f"neurostimd sweep: --plant-seeds {args.plant_seeds!r}: give at least one seed, each once",
+              file=sys.stderr)
         return EX_USAGE
     missing = [p for p in args.config + args.recording if not Path(p).exists()]
     if missing:

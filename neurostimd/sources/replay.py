@@ -127,6 +127,12 @@ class ReplaySource(Source):
         return self._released
 
     @property
+    def sample_positions(self) -> np.ndarray:
+        """Each sample's position on the replay's sample clock (`t_data_s` × fs of the newest sample released):
+        0, 1, 2, … with jumps where the recording's stamps or sample index skip samples."""
+        return self._counter
+
+    @property
     def t_data_s(self) -> float | None:
         if self._released == 0:
             return None

@@ -53,14 +53,20 @@ def test_replay_metrics_count_charge_agreement_and_the_safe_state() -> None:
     ]
     audit = [{"event": "state_change"}, {"event": "fault", "raised": ["low_confidence", "startup"]},
              {"event": "stim_command"}]
-    labels = np.array([0] * 5 + [1] * 10 + [-1] * 10, dtype=np.int64)  # fs 100: the ticks' newest samples 4, 9, 14, 19
+    labels = np.array([0] * 6 + [1] * 10 + [-1] * 10, dtype=np.int64)  # fs 100: the ticks' newest samples 5, 10, 15, 20
     m = replay_metrics(decisions, audit, 0.05, labels, 100.0)
     assert m["decisions"] == 4
     assert m["stim_on_pct"] == 50.0 and m["safe_state_pct"] == 25.0
     assert m["charge_uc"] == pytest.approx(2 * (2.0 * 50.0 * 1e-3 * 100.0 * 0.05))  # I·pw·f·t, two ticks on
     assert m["faults"] == 2
     assert m["state_changes_per_hour"] == pytest.approx(1 / (4 * 0.05 / 3600))
-    assert m["label_agreement_pct"] == 100.0  # samples 4, 9 and 14 agree; sample 19 is unlabelled
+    assert m["label_agreement_pct"] == 100.0  # samples 5, 10 and 15 agree; sample 20 is unlabelled
+    # a recording that skips samples 8-11: position 15 is array index 11; positions 10 has no sample at all
+    positions = np.concatenate([np.arange(8), np.arange(12, 30)])
+    skip_labels = np.array([0] * 8 + [1] * 18, dtype=np.int64)  # index 11 (position 15) is 1
+    m = replay_metrics(decisions, audit, 0.05, skip_labels, 100.0, positions)
+    # position 5 -> label 0 (state 0: agrees), 10 has no sample, 15 -> 1 (state 1: agrees), 20 -> 1 (state 2: not)
+    assert m["label_agreement_pct"] == pytest.approx(200 / 3)
     m = replay_metrics(decisions, audit, 0.05, np.array([1] * 25, dtype=np.int64), 100.0)
     assert m["label_agreement_pct"] == 50.0  # the two state-1 ticks of four
     assert replay_metrics(decisions, audit, 0.05, None, 100.0)["label_agreement_pct"] is None
