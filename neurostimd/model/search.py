@@ -260,12 +260,16 @@ def _importance(study: Any, seed: int, params: list[str] | None = None) -> dict[
     scored trials, or with one score for all."""
     import optuna
 
-    done = [t for t in study.trials if t.value is not None]
+    # Only the trials that were scored, once each: an infeasible candidate told 0 (too long a window) or a repeat of
+    # one already scored would make the importance measure the feasibility cut-off or count a point twice.
+    done = [t for t in study.trials if t.value is not None and t.user_attrs.get("scored", True)]
     if len(done) < 4 or len({t.value for t in done}) < 2 or len(params or study.best_params) < 2:
         return None
+    scored = optuna.create_study(direction="maximize", study_name=study.study_name)
+    scored.add_trials(done)
     try:
         imp = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed), params=params)
+            scored, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed), params=params)
     except (RuntimeError, ValueError) as err:  # e.g. a dynamic space whose trials share too few parameters
         _progress(f"no importance for {study.study_name} ({err})")
         return None
@@ -278,7 +282,7 @@ def _conditional_importance(study: Any, seed: int, root: str) -> dict[str, Any] 
     which the all-trial importance has to leave out."""
     import optuna
 
-    done = [t for t in study.trials if t.value is not None and root in t.params]
+    done = [t for t in study.trials if t.value is not None and root in t.params and t.user_attrs.get("scored", True)]
     groups: dict[Any, list[Any]] = {}
     for t in done:
         groups.setdefault(t.params[root], []).append(t)
@@ -374,11 +378,12 @@ def search_bundle(data: list[str | Path], out: str | Path, report_dir: str | Pat
                         "score": None, "reason": f"window longer than {opts.max_window_s:g} s or than a quarter of "
                                                  f"--block-s {block_s:g} s"}
                 elif seen is not None:  # the sampler proposed a front end already scored: the same score
-                    result = {k: seen[k] for k in ("score", "fold_scores", "n_scored_windows") if k in seen}
+                    result = {k: seen[k] for k in ("score", "fold_scores", "n_scored_windows", "reason") if k in seen}
                     result["repeat_of"] = seen["trial"]
                 else:
                     result = scores[todo.index(_settings_json(settings))]
                 # An infeasible candidate (too long a window, too few windows) ranks below any scored one.
+                trial.set_user_attr("scored", result["score"] is not None and "repeat_of" not in result)
                 fe_study.tell(trial, result["score"] if result["score"] is not None else 0.0)
                 fe_trials.append({"trial": n, "params": dict(trial.params), **result,
                                   "window_s": None if settings is None else settings.window_samples(p.fs) / p.fs,
@@ -418,6 +423,7 @@ def search_bundle(data: list[str | Path], out: str | Path, report_dir: str | Pat
                                  setup=_worker_setup)
             for trial, spec, result in zip(batch, specs, results, strict=True):
                 n = len(m_trials)
+                trial.set_user_attr("scored", result["score"] is not None)
                 m_study.tell(trial, result["score"] if result["score"] is not None else 0.0)
                 m_trials.append({"trial": n, "params": dict(trial.params), "spec": spec.model_dump(mode="json"),
                                  **result})

@@ -317,3 +317,23 @@ def test_the_settings_only_one_kind_has_get_their_importance_within_that_kind() 
     assert within is not None and within["where"] == "kind = bandpower"
     assert within["importance"]["bands"] > 0.9
     assert within["trials"] == sum(1 for t in study.trials if t.params["kind"] == "bandpower")
+
+
+def test_the_importance_leaves_out_the_candidates_that_were_not_scored() -> None:
+    """Infeasible candidates (told 0) and repeats would make the importance measure the feasibility cut-off: with
+    the scored trials' score depending on `b` only, `a` (which alone decides feasibility) gets almost none."""
+    import optuna
+
+    from neurostimd.model.search import _importance
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=2))
+    for _ in range(60):
+        t = study.ask()
+        a = t.suggest_categorical("a", ["short", "long"])
+        b = t.suggest_float("b", 0.0, 1.0)
+        feasible = a == "short"
+        t.set_user_attr("scored", feasible)
+        study.tell(t, 0.5 + 0.1 * b if feasible else 0.0)
+    imp = _importance(study, seed=0, params=["a", "b"])
+    assert imp is not None and imp["b"] > 0.9
