@@ -30,7 +30,14 @@ from neurostimd.safe_io import check_regular_or_absent, real_directory
 from neurostimd.service.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE
 from neurostimd.service.logs import configure_logging
 from neurostimd.service.notify import SystemdNotifier
-from neurostimd.service.realtime import RealtimeRefused, TickGC, enter_realtime, leave_realtime, locked_kib
+from neurostimd.service.realtime import (
+    RealtimeRefused,
+    TickGC,
+    enter_realtime,
+    freeze_gc,
+    leave_realtime,
+    locked_kib,
+)
 
 if TYPE_CHECKING:
     from neurostimd.loop import ClosedLoop
@@ -404,8 +411,12 @@ class Daemon:
         if not rt.realtime:
             return None
         report = enter_realtime(rt.rt_priority, rt.cpu_affinity, rt.lock_memory)
+        try:
+            audit.write("realtime", **{k: v for k, v in report.as_dict().items() if k != "gc_frozen_objects"})
+        except AuditError as err:  # before the first tick: a refusal to start, like any unwritable log
+            raise RealtimeRefused(f"the audit log could not record the real-time mode: {err}") from err
+        report.gc_frozen = freeze_gc()
         log.info("realtime_on", **report.as_dict(), locked_kib=locked_kib())
-        audit.write("realtime", **report.as_dict())
         return TickGC()
 
     def _status_text(self) -> str:

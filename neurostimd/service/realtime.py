@@ -112,18 +112,28 @@ def locked_kib() -> int:
 
 def enter_realtime(priority: int, cpus: list[int] | None, lock_memory: bool) -> RealtimeReport:
     """CPUs first (so the scheduler change applies where the loop will run), then SCHED_FIFO, then the memory
-    lock, then the collector frozen and disabled (TickGC collects between ticks). RealtimeRefused on the first
-    step the OS refuses, with nothing of the later steps done."""
+    lock. RealtimeRefused on the first step the OS refuses (any OSError on the way too), with nothing of the later
+    steps done. The collector is left as it is: `freeze_gc` is the last step, once the mode is on record."""
     set_by: dict[str, str] = {}
-    pinned = _pin(cpus, set_by)
-    _schedule(priority, set_by)
-    if lock_memory:
-        _lock_memory(set_by)
+    try:
+        pinned = _pin(cpus, set_by)
+        _schedule(priority, set_by)
+        if lock_memory:
+            _lock_memory(set_by)
+        now = os.sched_getparam(0).sched_priority
+    except OSError as err:
+        raise RealtimeRefused(_fix(f"realtime = true: {err}")) from err
+    return RealtimeReport(policy="SCHED_FIFO", priority=now, cpus=pinned, memory_locked=lock_memory, gc_frozen=0,
+                          set_by=set_by)
+
+
+def freeze_gc() -> int:
+    """Collect, freeze what start-up allocated (never scanned again) and disable the collector (TickGC collects
+    between ticks); the number of objects frozen."""
     gc.collect()
-    gc.freeze()  # what start-up allocated is never scanned again
+    gc.freeze()
     gc.disable()
-    return RealtimeReport(policy="SCHED_FIFO", priority=os.sched_getparam(0).sched_priority, cpus=pinned,
-                          memory_locked=lock_memory, gc_frozen=gc.get_freeze_count(), set_by=set_by)
+    return gc.get_freeze_count()
 
 
 class TickGC:
