@@ -17,35 +17,60 @@ RATE_HZ = 1000
 BLOCK = 10  # samples per SAMPLES frame: 10 ms at 1 kHz, the "one board block" of the sample-age target
 
 
-def run(progress: Any, quick: bool) -> dict[str, Any]:
-    seconds = 15.0 if quick else 60.0
-    tmp = Path(tempfile.mkdtemp(prefix="neurostimd-bench-loop-"))
-    out: dict[str, Any] = {}
-    with busy_core(), simulator(tmp / "board.jsonl", "--channels", "32", "--rate", str(RATE_HZ), "--block",
-                                str(BLOCK)) as pty:
-        progress(f"loop: daemon on {pty}, 32 ch x 1 kHz, other core busy, {seconds:.0f} s")
-        d = run_daemon(pty, seconds, progress=progress)
-    if d.exit_code != 0:
-        raise RuntimeError(f"the daemon exited with {d.exit_code}; see {d.workdir}")
+def _figures(d: Any, prefix: str) -> dict[str, Any]:
     t = d.timings
     acks = [x["ack_ms"] for x in t if x.get("ack_ms") is not None]
     ages = [x["sample_age_ms"] for x in t if x.get("sample_age_ms") is not None]
-    out.update({
-        "loop.ticks": len(t),
-        "loop.commands_acked": len(acks),
-        "loop.tick_to_ack_p50_ms": pct(acks, 50),
-        "loop.tick_to_ack_p99_ms": pct(acks, 99),
-        "loop.sample_age_p50_ms": pct(ages, 50),
-        "loop.sample_age_p99_ms": pct(ages, 99),
-        "loop.board_block_ms": 1000.0 * BLOCK / RATE_HZ,
-        "loop.jitter_p50_ms": pct([x["jitter_ms"] for x in t], 50),
-        "loop.jitter_p99_ms": pct([x["jitter_ms"] for x in t], 99),
-        "loop.overruns": sum(x.get("overrun", 0) for x in t),
-        "loop.cpu_percent": d.cpu_percent,
-        "loop.inference_p50_ms": pct([x["stages_ms"]["inference"] for x in t], 50),
-        "loop.features_p50_ms": pct([x["stages_ms"]["features"] for x in t], 50),
-        "loop.tick_work_p99_ms": pct([sum(x["stages_ms"].values()) for x in t], 99),
-    })
+    return {
+        f"{prefix}ticks": len(t),
+        f"{prefix}commands_acked": len(acks),
+        f"{prefix}tick_to_ack_p50_ms": pct(acks, 50),
+        f"{prefix}tick_to_ack_p99_ms": pct(acks, 99),
+        f"{prefix}sample_age_p50_ms": pct(ages, 50),
+        f"{prefix}sample_age_p99_ms": pct(ages, 99),
+        f"{prefix}jitter_p50_ms": pct([x["jitter_ms"] for x in t], 50),
+        f"{prefix}jitter_p99_ms": pct([x["jitter_ms"] for x in t], 99),
+        f"{prefix}overruns": sum(x.get("overrun", 0) for x in t),
+        f"{prefix}cpu_percent": d.cpu_percent,
+        f"{prefix}inference_p50_ms": pct([x["stages_ms"]["inference"] for x in t], 50),
+        f"{prefix}features_p50_ms": pct([x["stages_ms"]["features"] for x in t], 50),
+        f"{prefix}tick_work_p99_ms": pct([sum(x["stages_ms"].values()) for x in t], 99),
+    }
+
+
+def _gc_stats(workdir: Path) -> dict[str, Any] | None:
+    """The daemon's `realtime_gc` log record: the collections it ran between ticks and how long they took."""
+    for line in (workdir / "daemon.log").read_text().splitlines():
+        if '"realtime_gc"' in line:
+            rec = json.loads(line)
+            return {k: rec[k] for k in ("collections", "full_collections", "max_ms", "total_ms")}
+    return None
+
+
+def run(progress: Any, quick: bool) -> dict[str, Any]:
+    """The loop with [runtime] realtime off, on, and on without the memory lock, on the same board and load (side
+    by side in one run)."""
+    seconds = 15.0 if quick else 60.0
+    tmp = Path(tempfile.mkdtemp(prefix="neurostimd-bench-loop-"))
+    out: dict[str, Any] = {"loop.board_block_ms": 1000.0 * BLOCK / RATE_HZ}
+    for realtime, lock, prefix in ((False, True, "loop."), (True, True, "loop.realtime_"),
+                                   (True, False, "loop.realtime_nolock_")):
+        with busy_core(), simulator(tmp / f"board-{prefix.strip('.')}.jsonl", "--channels", "32", "--rate",
+                                    str(RATE_HZ), "--block", str(BLOCK)) as pty:
+            mode = ("on" if lock else "on without the memory lock") if realtime else "off"
+            progress(f"loop: daemon on {pty}, 32 ch x 1 kHz, other core busy, realtime {mode}, {seconds:.0f} s")
+            try:
+                d = run_daemon(pty, seconds, progress=progress, realtime=realtime, lock_memory=lock)
+            except RuntimeError as err:
+                if not realtime:
+                    raise
+                out[f"{prefix}refused"] = str(err)  # e.g. not root: the daemon refused the mode (exit 78)
+                continue
+        if d.exit_code != 0:
+            raise RuntimeError(f"the daemon exited with {d.exit_code}; see {d.workdir}")
+        out.update(_figures(d, prefix))
+        if realtime:
+            out[f"{prefix}gc"] = _gc_stats(d.workdir) if d.workdir is not None else None
     progress("loop: the notebook's way (Keras predict per decision) on the same board, other core busy")
     with busy_core(), simulator(tmp / "board-nb.jsonl", "--channels", "32", "--rate", "1000") as pty:
         res = subprocess.run([sys.executable, "-m", "neurostimd.commands.bench._notebook", "--pty", pty, "--seconds",
