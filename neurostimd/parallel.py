@@ -26,6 +26,15 @@ class RunnerFailed(RuntimeError):
     unexpected error inside the job; the message names it and what to try."""
 
 
+def runner_exit(command: str, err: RunnerUnavailable | RunnerFailed) -> int:
+    """Say what went wrong on stderr; the exit status: 69 (EX_UNAVAILABLE) when Ray is missing or unreachable, 70
+    (EX_SOFTWARE) when a job failed for the runner's reasons."""
+    from neurostimd.service.exitcodes import EX_SOFTWARE, EX_UNAVAILABLE
+
+    print(f"neurostimd {command}: {err}", file=sys.stderr)
+    return EX_UNAVAILABLE if isinstance(err, RunnerUnavailable) else EX_SOFTWARE
+
+
 # Errors a job raises on purpose, which the commands already turn into exit codes: passed on as themselves.
 def _own_error(err: BaseException) -> bool:
     from neurostimd.errors import NeurostimError

@@ -40,8 +40,8 @@ from neurostimd.drivers.types import StimParams
 from neurostimd.errors import ConfigError, NeurostimError
 from neurostimd.firmware_sim.generator import F32
 from neurostimd.listeners import BaseListener, LoopView, TickStats
-from neurostimd.parallel import Runner, RunnerFailed, RunnerUnavailable, make_runner
-from neurostimd.service.exitcodes import EX_CONFIG, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE
+from neurostimd.parallel import Runner, RunnerFailed, RunnerUnavailable, make_runner, runner_exit
+from neurostimd.service.exitcodes import EX_CONFIG, EX_USAGE
 
 log = structlog.get_logger(__name__)
 
@@ -923,12 +923,8 @@ def cmd_closed_loop_eval(args: argparse.Namespace) -> int:
     except NeurostimError as err:
         print(f"neurostimd closed-loop-eval: {err}", file=sys.stderr)
         return EX_CONFIG
-    except RunnerUnavailable as err:
-        print(f"neurostimd closed-loop-eval: {err}", file=sys.stderr)
-        return EX_UNAVAILABLE
-    except RunnerFailed as err:
-        print(f"neurostimd closed-loop-eval: {err}", file=sys.stderr)
-        return EX_SOFTWARE
+    except (RunnerUnavailable, RunnerFailed) as err:
+        return runner_exit("closed-loop-eval", err)
     print(results_markdown(results))
     print(f"wrote {args.out}/results.json, results.md{'' if args.no_plot else ', closed_loop.png'} in "
           f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neurostimd.errors import ConfigError
-from neurostimd.parallel import Runner, RunnerFailed, RunnerUnavailable, make_runner
+from neurostimd.parallel import Runner, RunnerFailed, RunnerUnavailable, make_runner, runner_exit
 from neurostimd.progress import progress_bar
-from neurostimd.service.exitcodes import EX_CONFIG, EX_OK, EX_UNAVAILABLE, EX_USAGE
+from neurostimd.service.exitcodes import EX_CONFIG, EX_OK, EX_USAGE
 
 if TYPE_CHECKING:
     import numpy as np
@@ -375,8 +375,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         runner = make_runner(args.jobs, args.address, args.no_ray, "sweep")
     except RunnerUnavailable as err:
-        print(f"neurostimd sweep: {err}", file=sys.stderr)
-        return EX_UNAVAILABLE
+        return runner_exit("sweep", err)
     print(f"sweep: {len(cells)} cells ({len(args.config)} config(s) × {len(args.recording)} recording(s)"
           f"{f' + {len(seeds)} {args.plant} seed(s)' if seeds else ''}), run {runner.description}",
           file=sys.stderr, flush=True)

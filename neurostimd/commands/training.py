@@ -11,8 +11,8 @@ import sys
 from typing import Any
 
 from neurostimd.errors import DataFormatError, NeurostimError
-from neurostimd.parallel import RunnerFailed
-from neurostimd.service.exitcodes import EX_CONFIG, EX_DATAERR, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
+from neurostimd.parallel import RunnerFailed, runner_exit
+from neurostimd.service.exitcodes import EX_CONFIG, EX_DATAERR, EX_OK
 
 
 def exit_code(err: BaseException) -> int:
@@ -59,8 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"neurostimd train: {err}", file=sys.stderr)
         return exit_code(err)
     except RunnerFailed as err:
-        print(f"neurostimd train: {err}", file=sys.stderr)
-        return EX_SOFTWARE
+        return runner_exit("train", err)
     return EX_OK
 
 
@@ -82,8 +81,7 @@ def _search(args: argparse.Namespace, overrides: dict[str, Any], table: Any) -> 
     try:
         runner = make_runner(args.jobs, args.address, args.no_ray, "train --search")  # before any data is read
     except RunnerUnavailable as err:
-        print(f"neurostimd train: {err}", file=sys.stderr)
-        return EX_UNAVAILABLE
+        return runner_exit("train", err)
     print(f"train --search: trials run {runner.description}", file=sys.stderr, flush=True)
     with runner:
         search_bundle(args.data, args.out, report, opts=opts, epochs=args.epochs, seed=args.seed,

@@ -51,7 +51,7 @@ from neurostimd.commands.evaluation import (
 )
 from neurostimd.core.safety import SafetyConfig, limit_violations
 from neurostimd.drivers.types import BoardLimits, StimParams
-from neurostimd.parallel import Runner, RunnerFailed, RunnerUnavailable, SerialRunner, make_runner
+from neurostimd.parallel import Runner, RunnerFailed, RunnerUnavailable, SerialRunner, make_runner, runner_exit
 from neurostimd.progress import progress_bar
 from neurostimd.service.exitcodes import EX_CONFIG, EX_DATAERR, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
 
@@ -591,8 +591,7 @@ def cmd_tune_stim(args: argparse.Namespace) -> int:
     except EvaluationError as err:
         return _refused(err)
     except RunnerUnavailable as err:
-        print(f"neurostimd tune-stim: {err}", file=sys.stderr)
-        return EX_UNAVAILABLE
+        return runner_exit("tune-stim", err)
     print(f"tune-stim: trials run {runner.description}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     try:
@@ -601,8 +600,7 @@ def cmd_tune_stim(args: argparse.Namespace) -> int:
     except EvaluationError as err:  # e.g. the virtual board failed during an episode (a Ray task's error too)
         return _refused(err)
     except RunnerFailed as err:
-        print(f"neurostimd tune-stim: {err}", file=sys.stderr)
-        return EX_SOFTWARE
+        return runner_exit("tune-stim", err)
     finally:
         runner.close()
     wall_s = time.perf_counter() - t0
