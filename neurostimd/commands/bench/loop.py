@@ -38,6 +38,33 @@ def _figures(d: Any, prefix: str) -> dict[str, Any]:
     }
 
 
+def audit_sync(folder: Path, n: int = 1000) -> dict[str, Any]:
+    """What making an audit record durable costs on `folder`'s file system: a record-sized append followed by
+    fsync (what the audit log does before each send), by fdatasync, and as one O_DSYNC write; p50 / p99 in ms."""
+    import os
+    import time
+
+    line = b'{"event":"stim_command","seq":123456,' + b'"x":' + b"0" * 240 + b"}\n"
+    out: dict[str, Any] = {}
+    for name, flags, sync in (("fsync", 0, os.fsync), ("fdatasync", 0, os.fdatasync), ("odsync", os.O_DSYNC, None)):
+        path = folder / f"sync-{name}.jsonl"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | flags, 0o600)
+        times = []
+        try:
+            for _ in range(n):
+                t0 = time.perf_counter()
+                os.write(fd, line)
+                if sync is not None:
+                    sync(fd)
+                times.append((time.perf_counter() - t0) * 1e3)
+        finally:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+        out[f"audit.{name}_p50_ms"] = pct(times, 50)
+        out[f"audit.{name}_p99_ms"] = pct(times, 99)
+    return out
+
+
 def _gc_stats(workdir: Path) -> dict[str, Any] | None:
     """The daemon's `realtime_gc` log record: the collections it ran between ticks and how long they took."""
     for line in (workdir / "daemon.log").read_text().splitlines():
@@ -53,6 +80,10 @@ def run(progress: Any, quick: bool) -> dict[str, Any]:
     seconds = 15.0 if quick else 60.0
     tmp = Path(tempfile.mkdtemp(prefix="neurostimd-bench-loop-"))
     out: dict[str, Any] = {"loop.board_block_ms": 1000.0 * BLOCK / RATE_HZ}
+    with busy_core():  # the audit's floor under the same load, on the file system the daemon's audit log is on
+        out.update(audit_sync(Path(tempfile.gettempdir())))
+    progress(f"loop: audit record + fsync p50 {out['audit.fsync_p50_ms']} ms, p99 {out['audit.fsync_p99_ms']} ms "
+             f"(O_DSYNC write {out['audit.odsync_p50_ms']} / {out['audit.odsync_p99_ms']} ms)")
     for realtime, lock, prefix in ((False, True, "loop."), (True, True, "loop.realtime_"),
                                    (True, False, "loop.realtime_nolock_")):
         with busy_core(), simulator(tmp / f"board-{prefix.strip('.')}.jsonl", "--channels", "32", "--rate",
