@@ -236,22 +236,27 @@ def _front_end_job(shared: tuple[Prepared, list[list[int]], int, int], settings:
     return score_front_end(p, folds, FeatureSettings.model_validate(settings), max_windows, seed)
 
 
-def _model_job(shared: tuple[Prepared, list[list[int]], dict[str, Any], SearchOptions, int, int],
+def _quiet(msg: str) -> None:
+    pass
+
+
+def _model_job(shared: tuple[Prepared, list[list[int]], dict[str, Any], SearchOptions, int, int, bool],
                item: tuple[int, dict[str, Any]]) -> dict[str, Any]:
-    p, folds, settings, opts, seed, batch_size = shared
+    p, folds, settings, opts, seed, batch_size, verbose = shared
     n, spec = item
     return score_model(p, folds, FeatureSettings.model_validate(settings), ModelSpec.model_validate(spec), opts,
-                       seed, batch_size, lambda msg: _progress(f"model {n + 1}{msg}"))
+                       seed, batch_size, (lambda msg: _progress(f"model {n + 1}{msg}")) if verbose else _quiet)
 
 
 def _member_job(shared: tuple[Any, ...], item: tuple[int, dict[str, Any]]) -> dict[str, Any]:
     """One ensemble member trained on the training segments; its weights, history and seconds (a Keras model is
     rebuilt from them where the bundle is written)."""
-    x_tr, y_tr, x_va, y_va, n_classes, epochs, batch_size, seed = shared
+    x_tr, y_tr, x_va, y_va, n_classes, epochs, batch_size, seed, verbose = shared
     j, spec = item
     model, history, fit_s = fit_model(ModelSpec.model_validate(spec), x_tr, y_tr, x_va, y_va, n_classes,
                                       epochs=epochs, batch_size=batch_size, seed=seed + 100 + j,
-                                      progress=lambda msg: _progress(f"  member {j + 1}: {msg}"))
+                                      progress=(lambda msg: _progress(f"  member {j + 1}: {msg}")) if verbose
+                                      else _quiet)
     return {"weights": model.get_weights(), "history": history, "fit_s": fit_s}
 
 
@@ -328,6 +333,9 @@ def search_bundle(data: list[str | Path], out: str | Path, report_dir: str | Pat
     if jobs < 1:
         raise ValueError(f"train --search: --jobs {jobs} (need >= 1)")
     runner = runner or SerialRunner()
+    # A job's fold and epoch lines go to stderr from wherever it runs (a Ray worker cannot call `progress`); a
+    # caller that passes its own `progress` silences them.
+    verbose = progress is _progress
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = base or FeatureSettings()
     fixed = {k: v for k, v in (fixed or {}).items() if v is not None}
@@ -418,7 +426,8 @@ def search_bundle(data: list[str | Path], out: str | Path, report_dir: str | Pat
             for i, spec in enumerate(specs):
                 bar.write(f"model {first + i + 1}/{opts.model_trials}: {spec.describe()}, lr "
                           f"{spec.learning_rate:.2g}")
-            results = runner.map(_model_job, (slim, folds, _settings_json(settings), opts, seed, batch_size),
+            results = runner.map(_model_job, (slim, folds, _settings_json(settings), opts, seed, batch_size,
+                                              verbose),
                                  [(first + i, spec.model_dump(mode="json")) for i, spec in enumerate(specs)],
                                  setup=_worker_setup)
             for trial, spec, result in zip(batch, specs, results, strict=True):
@@ -447,7 +456,7 @@ def search_bundle(data: list[str | Path], out: str | Path, report_dir: str | Pat
     scaler = Scaler.fit(settings.scaler, np.concatenate(tr.frames))
     x_tr, x_va = scaler.transform(tr.X), scaler.transform(va.X)
     members, member_metrics, histories = [], [], {}
-    fits = runner.map(_member_job, (x_tr, tr.y, x_va, va.y, len(p.class_names), epochs, batch_size, seed),
+    fits = runner.map(_member_job, (x_tr, tr.y, x_va, va.y, len(p.class_names), epochs, batch_size, seed, verbose),
                       [(j, t["spec"]) for j, t in enumerate(chosen)], setup=_worker_setup)
     for j, (t, fit) in enumerate(zip(chosen, fits, strict=True)):
         spec = ModelSpec.model_validate(t["spec"])

@@ -150,7 +150,8 @@ def test_alternatives_and_ensembles_export_to_one_verified_litert_model() -> Non
 
 @pytest.mark.train
 @pytest.mark.slow
-def test_a_small_search_writes_a_loadable_ensemble_bundle_and_its_report(tmp_path: Path) -> None:
+def test_a_small_search_writes_a_loadable_ensemble_bundle_and_its_report(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """End to end on data whose classes differ only below 1 Hz: the search picks a front end that sees the slow
     potential, never reads the test segments, averages K models into one LiteRT model the daemon loads, and writes
     summary.json, trials.csv and search.png; evaluate then scores the held-out segments well above chance."""
@@ -164,6 +165,8 @@ def test_a_small_search_writes_a_loadable_ensemble_bundle_and_its_report(tmp_pat
                          max_windows=600, archs=("bilstm", "linear"))
     summary = search_bundle([data], out, report, opts=opts, epochs=4, seed=3, test_fraction=0.3,
                             fixed={"hop_ms": 250.0, "frame_hops": 2}, progress=lambda m: None)
+    err = capsys.readouterr().err
+    assert "fold 1/2" not in err and "epoch 1/" not in err  # its own progress callback silenced the jobs' lines
     chosen = FeatureSettings.model_validate(summary["front_end"]["chosen"])
     assert chosen.hop_ms == 250.0 and chosen.frame_hops == 2  # what the user fixed is not searched
     assert chosen.kind == "raw" or chosen.slow_hz is not None or (0.1, 1.0) in (chosen.bands_hz or [])
