@@ -26,6 +26,14 @@ class RunnerFailed(RuntimeError):
     unexpected error inside the job; the message names it and what to try."""
 
 
+def errors_only() -> None:
+    """A worker's set-up for the commands that log errors only (tune-stim, sweep): its loop would log each decision
+    at info."""
+    from neurostimd.service.logs import configure_logging
+
+    configure_logging("error", "console")
+
+
 def runner_exit(command: str, err: RunnerUnavailable | RunnerFailed) -> int:
     """Say what went wrong on stderr; the exit status: 69 (EX_UNAVAILABLE) when Ray is missing or unreachable, 70
     (EX_SOFTWARE) when a job failed for the runner's reasons."""

@@ -43,6 +43,18 @@ def replay_config(cfg: Config, recording: Path, speed: float | Literal["max"], o
     })
 
 
+def replay_source(cfg: Config, recording: Path, clock: Clock) -> Any:
+    """The ReplaySource of a replay config (`replay_config`'s) as replay reads the recording: its units, channels,
+    gap jitter and XDF stream."""
+    from neurostimd.sources.replay import ReplaySource
+
+    src_cfg = cfg.source
+    assert isinstance(src_cfg, ReplaySourceConfig)
+    return ReplaySource(recording, 1.0, clock, units=src_cfg.units, channels=src_cfg.channels,
+                        timestamp_jitter_ms=src_cfg.timestamp_jitter_ms, stream_name=src_cfg.stream_name,
+                        stream_type=src_cfg.stream_type)
+
+
 def _refuse_a_daemons_log(path: Path) -> None:
     """ConfigError when the audit log replay would replace was written by the daemon (its records begin with
     `startup`, which replay never writes): `--out` pointed at the daemon's folder must not erase its dose history."""
@@ -61,17 +73,12 @@ def run_replay(cfg: Config, recording: Path, out: Path, speed: float | Literal["
     from neurostimd.firmware_sim.inprocess import VirtualBoardDriver
     from neurostimd.loop import ClosedLoop
     from neurostimd.model.runtime import load_bundle
-    from neurostimd.sources.replay import ReplaySource
 
     out.mkdir(parents=True, exist_ok=True)
     cfg = replay_config(cfg, recording, speed, out, streams)
     clock: Clock = VirtualClock() if speed == "max" else ScaledClock(float(speed))
     bundle = load_bundle(cfg.model.bundle, verify=cfg.model.verify_on_load)
-    src_cfg = cfg.source
-    assert isinstance(src_cfg, ReplaySourceConfig)
-    source = ReplaySource(recording, 1.0, clock, units=src_cfg.units, channels=src_cfg.channels,
-                          timestamp_jitter_ms=src_cfg.timestamp_jitter_ms, stream_name=src_cfg.stream_name,
-                          stream_type=src_cfg.stream_type)
+    source = replay_source(cfg, recording, clock)
     board_log = out / "board.jsonl"
     board_log.unlink(missing_ok=True)
     dev = cfg.device

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neurostimd.errors import ConfigError
-from neurostimd.parallel import Runner, RunnerFailed, RunnerUnavailable, make_runner, runner_exit
+from neurostimd.parallel import Runner, RunnerFailed, RunnerUnavailable, errors_only, make_runner, runner_exit
 from neurostimd.progress import progress_bar
 from neurostimd.service.exitcodes import EX_CONFIG, EX_OK, EX_USAGE
 
@@ -79,12 +79,6 @@ def plan(configs: list[str], recordings: list[str], plant: str | None, seeds: li
     return cells
 
 
-def _worker_logging() -> None:
-    from neurostimd.service.logs import configure_logging
-
-    configure_logging("error", "console")
-
-
 def run_cell(_shared: None, cell: Cell) -> dict[str, Any]:
     """One cell's row: its metrics, or its error (a cell's failure is its row's, not the sweep's)."""
     row: dict[str, Any] = {"kind": cell.kind, "config": cell.config_name, "target": cell.target_name,
@@ -101,22 +95,17 @@ def run_cell(_shared: None, cell: Cell) -> dict[str, Any]:
 
 def _replay_cell(cell: Cell) -> dict[str, Any]:
     from neurostimd.clock import VirtualClock
-    from neurostimd.commands.replay import replay_config, run_replay
+    from neurostimd.commands.replay import replay_config, replay_source, run_replay
     from neurostimd.config import load_config
     from neurostimd.outputs.audit import iter_records
-    from neurostimd.sources.replay import ReplaySource
-    from neurostimd.sources.settings import ReplaySourceConfig
 
     cfg = load_config(Path(cell.config))
     out = Path(cell.out)
     summary = run_replay(cfg, Path(cell.target), out, progress=False, plot=False)
     decisions = [json.loads(line) for line in (out / "decisions.jsonl").read_text().splitlines() if line]
     audit = list(iter_records(out / "audit.jsonl"))
-    src_cfg = replay_config(cfg, Path(cell.target), "max", out).source
-    assert isinstance(src_cfg, ReplaySourceConfig)
-    source = ReplaySource(Path(cell.target), 1.0, VirtualClock(), units=src_cfg.units, channels=src_cfg.channels,
-                          timestamp_jitter_ms=src_cfg.timestamp_jitter_ms, stream_name=src_cfg.stream_name,
-                          stream_type=src_cfg.stream_type)  # read as the replay read it: the same sample clock
+    # read again as the replay read it, for its sample clock (run_replay keeps no copy of the source)
+    source = replay_source(replay_config(cfg, Path(cell.target), "max", out), Path(cell.target), VirtualClock())
     rec = source.recording
     classes = next((r.get("classes") for r in audit if r.get("event") == "model_loaded"), None)
     labels = rec.labels
@@ -189,7 +178,7 @@ def sweep(cells: list[Cell], out: Path, runner: Runner, *, command: str | None =
         for start in range(0, len(cells), step):
             batch = cells[start:start + step]
             try:
-                done = runner.map(run_cell, None, batch, setup=_worker_logging)
+                done = runner.map(run_cell, None, batch, setup=errors_only)
             except RunnerFailed as err:  # a worker lost (e.g. killed for memory): those cells' rows say so
                 done = [{"kind": c.kind, "config": c.config_name, "target": c.target_name, "config_path": c.config,
                          "out": c.out, "error": f"RunnerFailed: {err}", "wall_s": None} for c in batch]

@@ -51,7 +51,15 @@ from neurostimd.commands.evaluation import (
 )
 from neurostimd.core.safety import SafetyConfig, limit_violations
 from neurostimd.drivers.types import BoardLimits, StimParams
-from neurostimd.parallel import Runner, RunnerFailed, RunnerUnavailable, SerialRunner, make_runner, runner_exit
+from neurostimd.parallel import (
+    Runner,
+    RunnerFailed,
+    RunnerUnavailable,
+    SerialRunner,
+    errors_only,
+    make_runner,
+    runner_exit,
+)
 from neurostimd.progress import progress_bar
 from neurostimd.service.exitcodes import EX_CONFIG, EX_DATAERR, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
 
@@ -298,12 +306,6 @@ def measure_continuous(prob: Problem) -> None:
 REFUSED_VIOLATION = 1e6
 
 
-def _worker_logging() -> None:
-    from neurostimd.service.logs import configure_logging
-
-    configure_logging("error", "console")  # a worker logs as tune-stim itself does: errors only
-
-
 def _point(prob: Problem, item: tuple[int, Sequence[float]]) -> dict[str, Any]:
     slot, xs = item
     return run_point(prob, xs, slot)
@@ -311,7 +313,7 @@ def _point(prob: Problem, item: tuple[int, Sequence[float]]) -> dict[str, Any]:
 
 def _run_batch(runner: Runner, prob: Problem, points: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
     """One batch of trials at once (each in its own audit slot)."""
-    return runner.map(_point, prob, [(slot, list(xs)) for slot, xs in enumerate(points)], setup=_worker_logging)
+    return runner.map(_point, prob, [(slot, list(xs)) for slot, xs in enumerate(points)], setup=errors_only)
 
 
 def _line(tag: str, k: int, n: int, r: dict[str, Any], best: float) -> str:
