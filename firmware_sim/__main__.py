@@ -42,6 +42,7 @@ from neurostimd.drivers.types import BoardLimits
 from neurostimd.firmware_sim.board import DEFAULT_LIMITS, Board, EventLog
 from neurostimd.firmware_sim.generator import FileSource, Playable, SampleSource
 from neurostimd.firmware_sim.plants import DEFAULT_PLANT, PLANTS, make_plant
+from neurostimd.firmware_sim.turnaround import Turnaround
 
 log = structlog.get_logger("firmware_sim")
 
@@ -77,6 +78,10 @@ def build_parser(prog: str = "python -m neurostimd.firmware_sim") -> argparse.Ar
     p.add_argument("--plant", default=DEFAULT_PLANT, choices=list(PLANTS),
                    help="the simulated tissue behind the synthetic signal (default markov; beta: the STN-GPe model "
                         "of docs/plants.md, 8 channels by default)")
+    p.add_argument("--rt-priority", type=int, default=0, metavar="N",
+                   help="run under SCHED_FIFO at this priority (1-99), as firmware has its own processor: a host's "
+                        "benchmark then measures the host, not the simulator waiting for a CPU (default 0: off; "
+                        "needs root or CAP_SYS_NICE)")
     faulty = p.add_argument_group("emulating a faulty or unsafe board (for testing the host)")
     faulty.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
                         help="report and enforce this hard limit instead of the default (e.g. max_frequency_hz=0)")
@@ -147,7 +152,18 @@ def _open_pty() -> tuple[int, int, str]:
     return master, slave, os.ttyname(slave)
 
 
+def _set_rt_priority(priority: int) -> None:
+    """SCHED_FIFO at `priority` for the whole simulator; ValueError saying what to change where the OS refuses."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except PermissionError as err:
+        raise ValueError(f"--rt-priority {priority}: the OS refused SCHED_FIFO ({err}); run as root or with "
+                         f"CAP_SYS_NICE, raise RLIMIT_RTPRIO (ulimit -r), or leave --rt-priority out") from err
+
+
 def serve(args: argparse.Namespace, read_signal: SignalReader | None = None) -> int:
+    if args.rt_priority:
+        _set_rt_priority(args.rt_priority)
     source = make_source(args, read_signal)
     events = EventLog(args.log)
     board = Board(source=source, block_size=args.block, sample_format=SampleFormat.from_label(args.format),
@@ -181,6 +197,7 @@ def serve(args: argparse.Namespace, read_signal: SignalReader | None = None) -> 
              signal=args.signal)
 
     pending = bytearray()
+    turnaround = Turnaround()  # host frame read -> its reply written (the board event log's `sim_turnaround`)
     itemsize = 2 if board.sample_format is SampleFormat.INT16 else 4
     max_pending = max(1 << 16, int(PENDING_TX_S * board.sample_rate_hz * board.n_channels * itemsize * 1.1))
     try:
@@ -188,6 +205,7 @@ def serve(args: argparse.Namespace, read_signal: SignalReader | None = None) -> 
             if stop.reboot:
                 stop.reboot = False
                 board.reboot(time.monotonic_ns())
+                turnaround.dropped(len(pending))
                 pending.clear()  # what the board had queued is gone with it
             now = time.monotonic_ns()
             wake = board.next_wakeup_ns()
@@ -208,23 +226,32 @@ def serve(args: argparse.Namespace, read_signal: SignalReader | None = None) -> 
                     data = b""
                     time.sleep(0.001)
                 if data:
-                    pending += board.feed(data, time.monotonic_ns())
-            pending += board.advance(time.monotonic_ns())
+                    t_read = time.monotonic_ns()
+                    reply = board.feed(data, t_read)
+                    turnaround.queued(len(reply), t_read)
+                    pending += reply
+            more = board.advance(time.monotonic_ns())
+            turnaround.queued(len(more))
+            pending += more
             if pending:
                 if len(pending) > max_pending:
+                    turnaround.dropped(len(pending) - max_pending)
                     del pending[:len(pending) - max_pending]  # nobody reads: drop the oldest output
                 try:
                     n = os.write(fd, pending)
+                    turnaround.wrote(n, time.monotonic_ns())
                     del pending[:n]
                 except BlockingIOError:
                     pass  # the host is not reading fast enough; try again on the next wake
                 except OSError as err:
                     if err.errno != errno.EIO:
                         raise
+                    turnaround.dropped(len(pending))
                     pending.clear()
     finally:
         board.shutdown(time.monotonic_ns())
-        log.info("sim_stopped", signal=stop.signum, counters=board.counters.__dict__)
+        events.write("sim_turnaround", time.monotonic_ns(), **turnaround.summary())
+        log.info("sim_stopped", signal=stop.signum, counters=board.counters.__dict__, turnaround=turnaround.summary())
         events.close()
         if link_path is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -250,6 +277,9 @@ def main(argv: Sequence[str] | None = None, *, parser: argparse.ArgumentParser |
             or (args.rate is not None and args.rate <= 0) or (args.pace_rate is not None and args.pace_rate <= 0):
         print(f"{prog}: --block, --channels, --rate and --pace-rate must be positive, --watchdog-ms at least "
               "0 (0: no dead-man timer)", file=sys.stderr)
+        return 2
+    if not 0 <= args.rt_priority <= 99:
+        print(f"{prog}: --rt-priority must be 0 (off) to 99, not {args.rt_priority}", file=sys.stderr)
         return 2
     try:
         return serve(args, read_signal)

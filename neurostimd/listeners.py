@@ -37,6 +37,7 @@ class TickStats:
     command_sent: bool
     ack_ms: float | None  # tick start → the board's ACK, when a command was sent and acknowledged
     overrun_ticks: int = 0
+    status_poll_ms: float | None = None  # the STATUS round trip done after this tick's work (None: none was due)
 
 
 @dataclass

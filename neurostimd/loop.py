@@ -207,6 +207,7 @@ class ClosedLoop:
         # the check that the board runs what it last acknowledged.
         self._status_every = self._status_period(cfg)
         self._poll_soon = False
+        self._poll_pending = False  # a tick scheduled a STATUS poll for after its work (after_tick)
         # What the last STATUS showed that the host did not command (None: it agreed); a fault until a STATUS agrees.
         self._board_mismatch: str | None = None
         # a decision window plus as much again for the filters to settle
@@ -372,6 +373,8 @@ class ClosedLoop:
 
     def tick(self, deadline_ns: int | None = None) -> TickStats:
         """Make one decision now. Never raises on bad data or board trouble: those become faults."""
+        if self._poll_pending:
+            self.after_tick()  # a caller that does not run after_tick() between ticks: the poll goes first
         tk = self._begin_tick(deadline_ns)
         self._audit_boundary(tk.t_s)  # retry a log that is down, or write a dose checkpoint that is due
         with tk.stage("ingest"):
@@ -387,7 +390,7 @@ class ClosedLoop:
         self._audit_events(cmd)  # fault, fault_cleared, state_change
         with tk.stage("driver"):
             self._send_if_changed(tk, cmd)  # audit (fsync'd), then the board
-            self._poll_status_if_due(tk)
+        self._poll_pending = self._poll_due(tk)  # STATUS after the tick's work (after_tick), never inside it
         stats = self._end_tick(tk, cmd, probs, window is not None, health, len(new))
         self._notify(new, cmd, probs, tk.command_event, tk.start_ns)
         return stats
@@ -478,12 +481,23 @@ class ClosedLoop:
             tk.sent = True
             tk.ack_ms, tk.command_event = self._send(cmd, tk.start_ns)
 
-    def _poll_status_if_due(self, tk: _Tick) -> None:
-        # STATUS on schedule even on a tick that sent a command: a board that obeys someone else between two ramp
-        # steps must still be caught (right after a mismatch, at the next tick: the fault waits for agreement)
-        if (not self.shadow and self.driver is not None and tk.board_ok and self._board_applied is not _UNKNOWN
-                and (self._poll_soon or self._tick_index % self._status_every == 0)):
-            self._poll_status(tk.t_s)
+    def _poll_due(self, tk: _Tick) -> bool:
+        # STATUS on schedule even after a tick that sent a command: a board that obeys someone else between two ramp
+        # steps must still be caught (right after a mismatch, after the next tick: the fault waits for agreement)
+        return (not self.shadow and self.driver is not None and tk.board_ok and self._board_applied is not _UNKNOWN
+                and (self._poll_soon or self._tick_index % self._status_every == 0))
+
+    def after_tick(self) -> float | None:
+        """The STATUS poll a tick scheduled, done after the tick's work so that no tick — a commanding one above
+        all — waits on its round trip: `run()` calls this right after each tick, before the sleep to the next
+        deadline (a caller of `tick()` alone gets it at the start of the next tick, before anything is decided).
+        Returns how long it took (ms), None when no poll was due."""
+        if not self._poll_pending:
+            return None
+        self._poll_pending = False
+        t0 = time.perf_counter_ns()
+        self._poll_status(self._t_s())
+        return (time.perf_counter_ns() - t0) / 1e6
 
     def _end_tick(self, tk: _Tick, cmd: Command, probs: np.ndarray | None, has_window: bool, health: _DataHealth,
                   n_new: int) -> TickStats:
@@ -853,8 +867,9 @@ class ClosedLoop:
             between_ticks: Callable[[], object] | None = None) -> None:
         """Tick on absolute deadlines (next = previous + cadence) until should_stop(), the duration is over, or a
         replay source is exhausted. Overruns are counted and logged, never silently absorbed. After each tick the
-        listeners' `on_tick` gets its statistics, overrun included; then `between_ticks` runs (the real-time mode's
-        garbage collection), before the sleep to the next deadline."""
+        tick's STATUS poll, if one is due, runs (`after_tick`); then the listeners' `on_tick` gets its statistics,
+        the poll and any overrun included; then `between_ticks` runs (the real-time mode's garbage collection), before
+        the sleep to the next deadline."""
         deadline = self.clock.now_ns()
         end = None if duration_s is None else deadline + int(duration_s * _NS)
         while not should_stop():
@@ -862,6 +877,7 @@ class ClosedLoop:
             if should_stop():
                 break
             stats = self.tick(deadline)
+            stats.status_poll_ms = self.after_tick()
             deadline += self.cadence_ns
             now = self.clock.now_ns()
             if now > deadline:

@@ -470,7 +470,8 @@ class _TimingsFile(BaseListener):
         self.fh.write(json.dumps({
             "tick": stats.index, "jitter_ms": round(stats.jitter_ms, 4), "sample_age_ms": stats.sample_age_ms,
             "stages_ms": {k: round(v, 4) for k, v in stats.stages_ms.items()}, "ack_ms": stats.ack_ms,
-            "sent": stats.command_sent, "overrun": stats.overrun_ticks, "new_samples": stats.new_samples,
+            "sent": stats.command_sent, "overrun": stats.overrun_ticks, "status_poll_ms": stats.status_poll_ms,
+            "new_samples": stats.new_samples,
         }) + "\n")
 
 

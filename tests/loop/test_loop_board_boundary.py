@@ -198,3 +198,52 @@ def test_a_latched_high_impedance_flag_does_not_explain_a_silent_stop(cfg: Confi
     finally:
         audit.close()
         drv.close()
+
+
+def test_status_is_polled_after_the_tick_never_inside_it_and_keeps_its_schedule_through_a_ramp(
+        cfg: Config, bundle: Any, tmp_path: Path) -> None:
+    """No STATUS round trip happens inside a tick — above all not in one that sent a command — yet a poll is due
+    every status_poll_ms whatever the ticks send: during a ramp (a command every tick) each one runs right after its
+    tick, before the next deadline, and its time is in that tick's statistics."""
+    slow_ramp = cfg.model_copy(update={"safety": cfg.safety.model_copy(update={"ramp_ma_per_s": 0.5,
+                                                                               "ramp_up_ma_per_s": 0.5})})
+    loop, drv, audit, _ = board_loop(slow_ramp, bundle, tmp_path)
+    in_tick = {"now": False}
+    polls: list[tuple[int, bool]] = []  # (tick index the poll followed, whether that tick sent a command)
+    last: dict[str, Any] = {"index": -1, "sent": False}
+    real_tick, real_status = loop.tick, drv.status
+
+    def tick(deadline_ns: int | None = None) -> Any:
+        in_tick["now"] = True
+        try:
+            stats = real_tick(deadline_ns)
+        finally:
+            in_tick["now"] = False
+        last.update(index=stats.index, sent=stats.command_sent)
+        return stats
+
+    def status() -> Any:
+        assert not in_tick["now"], "a STATUS round trip inside a tick"
+        polls.append((last["index"], last["sent"]))
+        return real_status()
+
+    loop.tick = tick  # type: ignore[method-assign]
+    drv.status = status  # type: ignore[method-assign]
+    stats_seen: list[Any] = []
+    loop.listeners.add(OnTick(stats_seen.append))
+    try:
+        loop.run(should_stop=lambda: False, duration_s=8.0)
+    finally:
+        audit.close()
+        drv.close()
+    every = loop._status_every
+    assert every > 1
+    sent_ticks = [s for s in stats_seen if s.command_sent]
+    assert len(sent_ticks) >= 2 * every, "the slow ramp commands on many consecutive ticks"
+    followed_a_command = [i for i, sent in polls if sent]
+    assert followed_a_command, "polls fell after commanding ticks (the ramp) and still happened"
+    polled = {s.index for s in stats_seen if s.status_poll_ms is not None}
+    assert polled == {i for i, _ in polls}, "each poll's time is in the statistics of the tick it followed"
+    scheduled = [s.index for s in stats_seen if s.index % every == 0 and s.index > 0]
+    assert set(scheduled) <= polled, "a poll on every scheduled tick, commanding or not"
+    assert all(s.status_poll_ms >= 0 for s in stats_seen if s.status_poll_ms is not None)

@@ -21,6 +21,7 @@ def _figures(d: Any, prefix: str) -> dict[str, Any]:
     t = d.timings
     acks = [x["ack_ms"] for x in t if x.get("ack_ms") is not None]
     ages = [x["sample_age_ms"] for x in t if x.get("sample_age_ms") is not None]
+    polls = [x["status_poll_ms"] for x in t if x.get("status_poll_ms") is not None]
     return {
         f"{prefix}ticks": len(t),
         f"{prefix}commands_acked": len(acks),
@@ -35,6 +36,9 @@ def _figures(d: Any, prefix: str) -> dict[str, Any]:
         f"{prefix}inference_p50_ms": pct([x["stages_ms"]["inference"] for x in t], 50),
         f"{prefix}features_p50_ms": pct([x["stages_ms"]["features"] for x in t], 50),
         f"{prefix}tick_work_p99_ms": pct([sum(x["stages_ms"].values()) for x in t], 99),
+        # the STATUS round trip runs after the tick's work (never inside a tick); its own figures
+        f"{prefix}status_poll_p50_ms": pct(polls, 50),
+        f"{prefix}status_poll_p99_ms": pct(polls, 99),
     }
 
 
@@ -74,6 +78,33 @@ def _gc_stats(workdir: Path) -> dict[str, Any] | None:
     return None
 
 
+# The simulated board's priority when the bench runs as root: firmware has a processor of its own, so the simulator
+# must not wait for a CPU behind the hog (its turnaround is measured and reported beside each row).
+SIM_RT_PRIORITY = 45
+
+
+def _sim_args(board_log: Path) -> tuple[str, ...]:
+    import os
+
+    rt = ("--rt-priority", str(SIM_RT_PRIORITY)) if os.geteuid() == 0 else ()
+    return ("--channels", "32", "--rate", str(RATE_HZ), "--block", str(BLOCK), *rt)
+
+
+def sim_turnaround(board_log: Path, prefix: str) -> dict[str, Any]:
+    """The simulator's own turnaround (a host frame read -> its reply written) from its event log."""
+    for line in board_log.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("event") == "sim_turnaround":
+            return {f"{prefix}sim_turnaround_p50_ms": _ms(rec["p50_us"]),
+                    f"{prefix}sim_turnaround_p99_ms": _ms(rec["p99_us"]),
+                    f"{prefix}sim_turnaround_max_ms": _ms(rec["max_us"])}
+    return {}
+
+
+def _ms(us: float | None) -> float | None:
+    return None if us is None else round(us / 1000.0, 4)
+
+
 def run(progress: Any, quick: bool) -> dict[str, Any]:
     """The loop with [runtime] realtime off, on, and on without the memory lock, on the same board and load (side
     by side in one run)."""
@@ -84,10 +115,11 @@ def run(progress: Any, quick: bool) -> dict[str, Any]:
         out.update(audit_sync(Path(tempfile.gettempdir())))
     progress(f"loop: audit record + fsync p50 {out['audit.fsync_p50_ms']} ms, p99 {out['audit.fsync_p99_ms']} ms "
              f"(O_DSYNC write {out['audit.odsync_p50_ms']} / {out['audit.odsync_p99_ms']} ms)")
+    out["loop.sim_rt_priority"] = SIM_RT_PRIORITY if "--rt-priority" in _sim_args(tmp) else None
     for realtime, lock, prefix in ((False, True, "loop."), (True, True, "loop.realtime_"),
                                    (True, False, "loop.realtime_nolock_")):
-        with busy_core(), simulator(tmp / f"board-{prefix.strip('.')}.jsonl", "--channels", "32", "--rate",
-                                    str(RATE_HZ), "--block", str(BLOCK)) as pty:
+        board_log = tmp / f"board-{prefix.strip('.')}.jsonl"
+        with busy_core(), simulator(board_log, *_sim_args(board_log)) as pty:
             mode = ("on" if lock else "on without the memory lock") if realtime else "off"
             progress(f"loop: daemon on {pty}, 32 ch x 1 kHz, other core busy, realtime {mode}, {seconds:.0f} s")
             try:
@@ -100,6 +132,7 @@ def run(progress: Any, quick: bool) -> dict[str, Any]:
         if d.exit_code != 0:
             raise RuntimeError(f"the daemon exited with {d.exit_code}; see {d.workdir}")
         out.update(_figures(d, prefix))
+        out.update(sim_turnaround(board_log, prefix))
         if realtime:
             out[f"{prefix}gc"] = _gc_stats(d.workdir) if d.workdir is not None else None
     progress("loop: the notebook's way (Keras predict per decision) on the same board, other core busy")
