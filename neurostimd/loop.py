@@ -117,7 +117,8 @@ class _Stage:
         self._t0 = time.perf_counter_ns()
 
     def __exit__(self, *exc: object) -> None:
-        self._stages[self._name] = (time.perf_counter_ns() - self._t0) / 1e6
+        # accumulated: a stage may be timed in more than one place of a tick ("audit")
+        self._stages[self._name] = self._stages.get(self._name, 0.0) + (time.perf_counter_ns() - self._t0) / 1e6
 
 
 @dataclass
@@ -376,18 +377,21 @@ class ClosedLoop:
         if self._poll_pending:
             self.after_tick()  # a caller that does not run after_tick() between ticks: the poll goes first
         tk = self._begin_tick(deadline_ns)
-        self._audit_boundary(tk.t_s)  # retry a log that is down, or write a dose checkpoint that is due
+        with tk.stage("audit"):
+            self._audit_boundary(tk.t_s)  # retry a log that is down, or write a dose checkpoint that is due
         with tk.stage("ingest"):
             new = self._ingest(tk)  # source → ring; what the driver learnt about the board
         with tk.stage("features"):
             window = self._features(new)
         with tk.stage("inference"):
             probs = self._classify(window)
-        health = self._check_data(tk)  # sample age, window quality, stream rate and amplitudes, the audit log
+        with tk.stage("checks"):
+            health = self._check_data(tk)  # sample age, window quality, stream rate and amplitudes, the audit log
         with tk.stage("policy_safety"):
             cmd = self._decide(tk, probs, health, None if window is None else window[-1])  # policy → faults → gate
         self._last_reply = None
-        self._audit_events(cmd)  # fault, fault_cleared, state_change
+        with tk.stage("audit"):
+            self._audit_events(cmd)  # fault, fault_cleared, state_change
         with tk.stage("driver"):
             self._send_if_changed(tk, cmd)  # audit (fsync'd), then the board
         self._poll_pending = self._poll_due(tk)  # STATUS after the tick's work (after_tick), never inside it

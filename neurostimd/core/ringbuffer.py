@@ -19,6 +19,10 @@ FLAG_GAP = 1  # samples are missing before this one (source counter jump, or a t
 FLAG_CLOCK_JUMP = 2  # the timestamp jumped (forward with a contiguous counter, or a non-finite timestamp)
 FLAG_OUT_OF_ORDER = 4  # the timestamp went backwards by more than the jitter tolerance
 
+# per-sample quality bits (RingBuffer._bad)
+_BAD_NONFINITE = 1
+_BAD_SATURATED = 2
+
 _EMPTY_F32 = np.zeros((0, 0), dtype=np.float32)
 
 
@@ -147,6 +151,9 @@ class RingBuffer:
         self._flat_scanned = 0
         self._flat_run = np.zeros(self.n_channels, dtype=np.int64)
         self._flat_last: npt.NDArray[np.float32] | None = None
+        # Likewise per sample: bit _BAD_NONFINITE if some channel is NaN/Inf, bit _BAD_SATURATED if some finite value
+        # is at or beyond the rails; so quality() looks at each sample once, not at the whole window every tick.
+        self._bad = np.zeros(cap2, dtype=np.uint8)
         self._flat_lock = threading.Lock()  # readers in several threads share the scan state
         self._total = 0  # published index of the next sample
         self._next_source_index: int | None = None
@@ -426,12 +433,20 @@ class RingBuffer:
         last_change = np.maximum.accumulate(np.where(eq, -1, idx), axis=0)
         run = np.where(last_change >= 0, idx - last_change + 1, self._flat_run + idx + 1)
         bits: npt.NDArray[np.uint8] = np.asarray((run >= self.flatline_samples).any(axis=1), dtype=np.uint8)
+        finite = np.isfinite(span)
+        bad: npt.NDArray[np.uint8] = np.where(finite.all(axis=1), 0, _BAD_NONFINITE).astype(np.uint8)
+        if self._sat_hi is not None and self._sat_lo is not None:
+            with np.errstate(invalid="ignore"):  # infinities are non-finite, not a saturated converter
+                railed = (((span >= self._sat_hi) | (span <= self._sat_lo)) & finite).any(axis=1)
+            bad |= np.where(railed, _BAD_SATURATED, 0).astype(np.uint8)
         p = start % cap
         first = min(k, cap - p)
         for lo, a, b in ((p, 0, first), (0, first, k)):
             if b > a:
                 self._flat[lo:lo + b - a] = bits[a:b]
                 self._flat[lo + cap:lo + cap + b - a] = bits[a:b]
+                self._bad[lo:lo + b - a] = bad[a:b]
+                self._bad[lo + cap:lo + cap + b - a] = bad[a:b]
         self._flat_run = run[-1].copy()
         self._flat_last = span[-1].copy()
         self._flat_scanned = total
@@ -459,24 +474,17 @@ class RingBuffer:
         q = Quality(n_samples=n)
         if n == 0:
             return q
-        w = self._span(total - n, total, copy=False)
-        data = w.data
-        q.nan_inf = not bool(np.isfinite(data).all())
-        if self._sat_hi is not None and self._sat_lo is not None:
-            lo, hi = self._sat_lo, self._sat_hi
-            with np.errstate(invalid="ignore"):
-                if q.nan_inf:  # infinities are nan_inf, not a saturated converter
-                    q.saturation = bool((((data >= hi) | (data <= lo)) & np.isfinite(data)).any())
-                else:
-                    q.saturation = bool((data >= hi).any() or (data <= lo).any())
-        ev = np.bitwise_or.reduce(w.flags) if n else 0
+        p = (total - n) % self.capacity
+        ev = int(np.bitwise_or.reduce(self._flags[p:p + n]))
         q.gap = bool(ev & FLAG_GAP)
         q.clock_jump = bool(ev & FLAG_CLOCK_JUMP)
         q.out_of_order = bool(ev & FLAG_OUT_OF_ORDER)
         with self._flat_lock:
             self._scan_flat(total)
-            p = (total - n) % self.capacity
             flat = bool(self._flat[p:p + n].any())
+            bad = int(np.bitwise_or.reduce(self._bad[p:p + n]))
+        q.nan_inf = bool(bad & _BAD_NONFINITE)
+        q.saturation = bool(bad & _BAD_SATURATED)
         if flat:
             q.flatline = True
             q.flat_channels = self._flat_channels(total, n)

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from neurostimd.listeners import BaseListener, LoopView, TickStats
 
-STAGES = ("ingest", "features", "inference", "policy_safety", "driver")
+STAGES = ("audit", "ingest", "features", "inference", "checks", "policy_safety", "driver")
 # Buckets in seconds, dense below 2 ms where the loop lives.
 _BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
 

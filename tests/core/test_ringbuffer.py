@@ -178,3 +178,33 @@ def test_per_channel_rails_flag_saturation_on_either_side():
     ring.write(np.array([[0.0, np.inf]], dtype=np.float32))
     q = ring.quality(1)
     assert q.nan_inf and not q.saturation
+
+
+def _quality_by_brute_force(ring: RingBuffer, n: int, lo: np.ndarray, hi: np.ndarray) -> tuple[bool, bool]:
+    """NaN/Inf and saturation of the newest n samples, looked at whole (what quality() did every tick before)."""
+    data = ring.latest_data(n)
+    finite = np.isfinite(data)
+    with np.errstate(invalid="ignore"):
+        railed = bool((((data >= hi) | (data <= lo)) & finite).any())
+    return (not bool(finite.all())), railed
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_incremental_nan_and_saturation_bits_agree_with_a_whole_window_look(seed: int) -> None:
+    """quality() looks at each sample once (per-sample bits), not at the whole window per call; over random writes
+    of NaN, ±Inf, railed and ordinary values, in blocks of any size (across the ring's wrap, and more than a ring
+    between two calls), it says exactly what a look at the whole window says."""
+    rng = np.random.default_rng(seed)
+    n_ch, cap = 5, 97
+    lo, hi = np.full(n_ch, -100.0, np.float32), np.array([100.0, 50.0, 100.0, 80.0, 100.0], np.float32)
+    ring = RingBuffer(n_ch, cap, 1000.0, saturation_bounds_uv=(lo, hi))
+    for _ in range(300):
+        k = int(rng.choice([1, 3, 10, 40, 150]))
+        block = rng.normal(0, 20, (k, n_ch)).astype(np.float32)
+        for _hit in range(int(rng.integers(0, 3))):
+            block[rng.integers(k), rng.integers(n_ch)] = rng.choice([np.nan, np.inf, -np.inf, 120.0, -150.0, 60.0])
+        ring.write(block)
+        if rng.random() < 0.7:  # sometimes several writes before a look
+            n = int(rng.integers(1, cap + 1))
+            q = ring.quality(n)
+            assert (q.nan_inf, q.saturation) == _quality_by_brute_force(ring, q.n_samples, lo, hi)

@@ -162,7 +162,8 @@ def test_stage_names_are_the_benchs_and_the_timings_files(cfg: Config, bundle: A
     """`stages_ms` keeps its names and order: the bench, the timings file and the metrics read them."""
     c = Collect()
     _run(cfg, bundle, tmp_path, c, seconds=1.0)
-    assert all(tuple(t.stages_ms) == STAGES == ("ingest", "features", "inference", "policy_safety", "driver")
+    assert all(tuple(t.stages_ms) == STAGES == ("audit", "ingest", "features", "inference", "checks", "policy_safety",
+                                                   "driver")
                for t in c.ticks)
 
 

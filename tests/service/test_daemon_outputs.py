@@ -121,7 +121,8 @@ def test_the_daemons_outputs_are_listeners(tmp_path: Path, monkeypatch: pytest.M
     assert len(commands) == loop.state.commands and all(c["ack"] is True and "t_ack_mono_ns" in c for c in commands)
     lines = [json.loads(x) for x in timings.read_text().splitlines()]
     assert len(lines) == loop.state.ticks
-    assert list(lines[0]["stages_ms"]) == ["ingest", "features", "inference", "policy_safety", "driver"]
+    assert list(lines[0]["stages_ms"]) == ["audit", "ingest", "features", "inference", "checks", "policy_safety",
+                                           "driver"]
     assert seen["metrics"].registry.get_sample_value("neurostimd_ticks_total") == loop.state.ticks
     state = json.loads(Path(cfg.runtime.state_file).read_text())
     assert state["exited"] is True and state["ticks"] == loop.state.ticks and "listener_failures" not in state

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from neurostimd.commands.bench.loop import sim_turnaround
 from neurostimd.drivers.neurostim_board.driver import SerialBoardDriver
 from neurostimd.drivers.types import StimParams
 from neurostimd.firmware_sim.turnaround import Turnaround
@@ -67,6 +68,11 @@ def test_a_session_leaves_the_simulators_turnaround_in_its_event_log(tmp_path: P
     rec = _turnaround_record(tmp_path / "sim.jsonl")
     assert rec["replies"] >= 8  # hello + info + 3 x (set + status) + stop at least
     assert 0 < rec["p50_us"] <= rec["p99_us"] <= rec["max_us"] < 250_000
+    # what the loop and scale benchmarks report beside each row, in ms
+    figures = sim_turnaround(tmp_path / "sim.jsonl", "loop.")
+    assert figures == {"loop.sim_turnaround_p50_ms": round(rec["p50_us"] / 1000, 4),
+                       "loop.sim_turnaround_p99_ms": round(rec["p99_us"] / 1000, 4),
+                       "loop.sim_turnaround_max_ms": round(rec["max_us"] / 1000, 4)}
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_FIFO needs root here")

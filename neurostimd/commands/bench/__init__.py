@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ["inference", "ingest", "loop", "replay", "daemon", "devices"]
+SECTIONS = ["inference", "ingest", "loop", "scale", "replay", "daemon", "devices"]
 
 Progress = Callable[[str], None]
 

@@ -69,10 +69,12 @@ class DaemonRun:
     workdir: Path | None = None
 
 
-def bench_config(workdir: Path, extra: str = "", *, realtime: bool = False, lock_memory: bool = True) -> Path:
-    """config/sim.toml with outputs in workdir and JSON logs (and `[runtime] realtime = true` if asked)."""
+def bench_config(workdir: Path, extra: str = "", *, realtime: bool = False, lock_memory: bool = True,
+                 bundle: Path | None = None) -> Path:
+    """config/sim.toml with outputs in workdir and JSON logs (and `[runtime] realtime = true` if asked); `bundle`
+    instead of models/default."""
     text = (ROOT / "config" / "sim.toml").read_text()
-    text = text.replace('bundle = "models/default"', f'bundle = "{ROOT / "models" / "default"}"')
+    text = text.replace('bundle = "models/default"', f'bundle = "{bundle or ROOT / "models" / "default"}"')
     text = text.replace('path = "runs/sim/audit.jsonl"', f'path = "{workdir / "audit.jsonl"}"')
     text = text.replace('state_file = "runs/sim/state.json"', f'state_file = "{workdir / "state.json"}"'
                         + ("\nrealtime = true" if realtime else "")
@@ -84,13 +86,13 @@ def bench_config(workdir: Path, extra: str = "", *, realtime: bool = False, lock
 
 
 def run_daemon(pty: str, seconds: float, *, progress: Any, settle_s: float = 3.0,
-               realtime: bool = False, lock_memory: bool = True) -> DaemonRun:
+               realtime: bool = False, lock_memory: bool = True, bundle: Path | None = None) -> DaemonRun:
     """Start the daemon on `pty` under a NOTIFY_SOCKET, time READY=1, then measure RSS and CPU over `seconds`;
-    `realtime`: with [runtime] realtime = true (docs/realtime.md)."""
+    `realtime`: with [runtime] realtime = true (docs/realtime.md); `bundle` instead of models/default."""
     out = DaemonRun()
     workdir = Path(tempfile.mkdtemp(prefix="neurostimd-bench-"))
     out.workdir = workdir
-    cfg = bench_config(workdir, realtime=realtime, lock_memory=lock_memory)
+    cfg = bench_config(workdir, realtime=realtime, lock_memory=lock_memory, bundle=bundle)
     sock_path = str(workdir / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
