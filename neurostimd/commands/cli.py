@@ -66,7 +66,52 @@ def _label_arguments(p: argparse.ArgumentParser, evaluate: bool = False) -> None
     p.add_argument("--stream-type", default=None, help="XDF: the signal stream, by type (e.g. EEG)")
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every parser's help: descriptions and epilogs as written, and each option's default where it has one that
+    its help does not already give (a None or False default — "not given", a flag — says nothing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default is argparse.SUPPRESS or default == []
+                or "default" in text.lower() or not action.option_strings):
+            return text
+        shown = ",".join(str(x) for x in default) if isinstance(default, list | tuple) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+# One example per subcommand, shown at the end of its --help (a subcommand's own epilog comes first).
+_EXAMPLES = {
+    "run": "neurostimd run --config config/sim.toml --port /dev/pts/3 --duration 60",
+    "replay": "neurostimd replay recording.npz --config config/replay.toml --out runs/replay",
+    "check-config": "neurostimd check-config config/serial.toml",
+    "config-schema": "neurostimd config-schema > neurostimd.schema.json",
+    "train": "neurostimd train --data bonn.npz --out models/bonn --search --test-fraction 0.3",
+    "evaluate": "neurostimd evaluate --bundle models/bonn --data bonn.npz --report runs/eval",
+    "bench": "neurostimd bench --only loop --only scale --json bench.json",
+    "status": "neurostimd status --config config/serial.toml --json",
+    "closed-loop-eval": "neurostimd closed-loop-eval --plant beta --seeds 10 --duration 600 --jobs 2 --out runs/cle",
+    "audit": "neurostimd audit verify /var/lib/neurostimd/audit.jsonl",
+    "export": "neurostimd export runs/sim/recordings/SESSION --to fif runs/session_raw.fif",
+}
+
+
+def _finish(parser: argparse.ArgumentParser, version: str, name: str | None = None) -> None:
+    """--version and the one help formatter on `parser` and every subcommand under it, and its example."""
+    parser.formatter_class = _Help
+    if name in _EXAMPLES and "example" not in (parser.epilog or ""):
+        parser.epilog = (parser.epilog.rstrip() + "\n\n" if parser.epilog else "") + f"example:\n  {_EXAMPLES[name]}"
+    if not any("--version" in a.option_strings for a in parser._actions):
+        parser.add_argument("--version", action="version", version=f"neurostimd {version}")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                _finish(sub, version, sub_name if name is None else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from neurostimd import __version__
+
     p = argparse.ArgumentParser(
         prog="neurostimd",
         description="Closed-loop neural stimulation controller (research software, not a medical device).",
@@ -83,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("replay", help="run the whole pipeline over a recording on a virtual clock")
     rp.add_argument("recording", help="continuous .npz, .csv, .edf/.bdf, .xdf, .arff, a format MNE reads (.fif, "
                                       ".vhdr, .set, ...: the lab extra), or a recorder session folder")
-    rp.add_argument("--config", required=True)
+    rp.add_argument("--config", required=True, help="the daemon config whose model, policy and safety replay uses")
     rp.add_argument("--speed", default="max", help="N (x real time) or max (default)")
     rp.add_argument("--out", required=True, help="output folder for decisions.jsonl, audit.jsonl, timeline.png")
     rp.add_argument("--stream-name", default=None, metavar="NAME",
@@ -92,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="an XDF file's signal stream, by type, e.g. EEG (overrides [source] stream_type)")
 
     c = sub.add_parser("check-config", help=f"validate a config file (exit 0, or {EX_CONFIG} with one line per error)")
-    c.add_argument("config")
+    c.add_argument("config", help="the TOML config file to check")
 
     sub.add_parser("config-schema", help="print the config's JSON Schema")
 
@@ -103,12 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "labels of its own or from --labels")
     _label_arguments(t)
     t.add_argument("--out", required=True, help="bundle folder to write")
-    t.add_argument("--epochs", type=int, default=100)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--epochs", type=int, default=100, help="training epochs at most (early stopping on val)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the split, the weights and the search")
+    t.add_argument("--batch-size", type=int, default=32, help="windows per gradient step")
     t.add_argument("--table", help="stimulation table (TOML); default: the notebook's three-state table")
     t.add_argument("--features", default=None, help="feature kind (bandpower or raw); default bandpower")
-    t.add_argument("--val-fraction", type=float, default=0.2)
+    t.add_argument("--val-fraction", type=float, default=0.2,
+                   help="fraction of the training segments/time kept for early stopping")
     t.add_argument("--test-fraction", type=float, default=0.0,
                    help="hold this fraction of segments/time out of training entirely (for evaluate)")
     t.add_argument("--hop-ms", type=float, default=None, help="feature frame hop in ms (default 50, the cadence)")
@@ -148,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a bundle on held-out data and write a report", epilog=_LABELS_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    e.add_argument("--bundle", required=True)
+    e.add_argument("--bundle", required=True, help="the model bundle folder to evaluate")
     e.add_argument("--data", required=True, help="a labelled recording, as for train")
     _label_arguments(e, evaluate=True)
     e.add_argument("--report", required=True, help="folder for metrics.json and PNGs")
@@ -157,13 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="run the benchmark suite")
     b.add_argument("--json", dest="json_path", default="bench.json", help="where to write the figures")
-    b.add_argument("--only", action="append", default=None, help="run only this section (repeatable)")
+    from neurostimd.commands.bench import SECTIONS
+
+    b.add_argument("--only", action="append", default=None, choices=SECTIONS, metavar="SECTION",
+                   help=f"run only this section (repeatable): {', '.join(SECTIONS)}; default: all")
     b.add_argument("--quick", action="store_true", help="shorter runs (for tests; figures are noisier)")
 
     s = sub.add_parser("status", help="show the running daemon's state")
     s.add_argument("--config", default=None, help="config of the daemon (to find its state file)")
-    s.add_argument("--state-file", default=None)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--state-file", default=None, help="the daemon's state file (instead of --config)")
+    s.add_argument("--json", action="store_true", help="print the state as JSON (for machines)")
 
     cl = sub.add_parser("closed-loop-eval", help="none / continuous / the three control laws on a simulated plant")
     cl.add_argument("--plant", choices=("markov", "beta"), default="markov", help="the simulated plant")
@@ -182,14 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--block", type=int, default=50,
                     help="samples per board block, i.e. per plant step (default 50: one 50 ms tick)")
     cl.add_argument("--no-plot", action="store_true", help="skip the figure")
-    cl.add_argument("--out", required=True)
+    cl.add_argument("--out", required=True, help="folder for the tables, the figure and each episode's files")
     t = sub.add_parser(
         "tune-stim", help="tune a law's stimulation or gains on a simulated plant by feedback (Optuna)",
         description="Tune a control law's stimulation (table) or gains (dual threshold, PI) on a simulated "
                     "plant, one closed-loop episode per trial and plant seed, with Optuna's TPE sampler; every "
                     "proposal is mapped into the safety gate's envelope before it is tried (docs/tune-stim.md)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="example: neurostimd tune-stim --plant beta --law dual_threshold --trials 30 --episode-s 300 "
+        epilog="example:\n  neurostimd tune-stim --plant beta --law dual_threshold --trials 30 --episode-s 300 "
                "--plant-seeds 100,101 --grid 7 --out runs/tune")
     t.add_argument("--plant", choices=("markov", "beta"), default="beta", help="the simulated plant")
     t.add_argument("--arms", default=None, help="evaluation file (default config/eval/PLANT.toml): the base "
@@ -208,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grid", type=int, default=0, help="also run the exhaustive grid, N points per dimension")
     t.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     add_runner_options(t, "trials")
-    t.add_argument("--out", required=True)
+    t.add_argument("--out", required=True, help="folder for the tuned config, the trials and the plots")
     from neurostimd.commands.export import add_parser as add_export_parser
 
     add_export_parser(sub)
@@ -229,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print the report as JSON (for machines)")
     v.add_argument("--expect", action="append", metavar="SEQ:SHA256",
                    help="the record with this seq must have this sha256 (a chain head from the journal); repeatable")
+    _finish(p, __version__)
     return p
 
 
@@ -272,6 +321,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        if args.command == "run":
+            raise  # the daemon: its own shutdown path deals with what it means
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (`neurostimd status --json | head`): no traceback, and none at exit
+    either, when Python flushes stdout into the closed pipe; the shell's status for a SIGPIPE death."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":

@@ -311,7 +311,7 @@ def add_parser(sub: Any) -> None:
         description="Compare configs (policies, tables, thresholds) across recordings and simulated plants: each "
                     "cell is a replay through the whole pipeline or a closed-loop episode; the table and figure "
                     "give each metric per config over the recordings or seeds (docs/sweep.md)",
-        epilog="example: neurostimd sweep --config config/replay.toml --config my-policy.toml --recording a.npz "
+        epilog="example:\n  neurostimd sweep --config config/replay.toml --config my-policy.toml --recording a.npz "
                "--recording b.edf --out runs/sweep --jobs 2")
     p.add_argument("--config", action="append", required=True, help="a daemon config (repeatable)")
     p.add_argument("--recording", action="append", default=[],
