@@ -5,13 +5,14 @@ kinds of sources, devices and policies come from neurostimd.registry and are joi
 
 from __future__ import annotations
 
+import difflib
 import math
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from neurostimd.core.faults import policy_target_violations
 from neurostimd.core.policy import Policy, PolicyConfig
@@ -110,7 +111,8 @@ class MetricsConfig(Strict):
 
 class LoggingConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["auto", "json", "console"] = "auto"
+    # auto: the journal under systemd (priorities and fields), a console on a TTY, JSON lines otherwise
+    format: Literal["auto", "json", "console", "journal"] = "auto"
 
 
 class RuntimeConfig(Strict):
@@ -237,24 +239,90 @@ def watchdog_feed_problem(cfg: Config, watchdog_ms: float, *, what: str = "the b
             f"the gap is at most {max(0.0, watchdog_ms - cadence):g} ms")
 
 
-def _error_lines(err: ValidationError) -> list[str]:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, unions, Annotated, lists)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _keys_at(loc: Sequence[Any]) -> list[str] | None:
+    """The keys the config allows where `loc` (a pydantic error location, without its last part) points: for a
+    misspelt key's "did you mean"; None when the place cannot be followed (a list item, a free-form table)."""
+    models: list[type[BaseModel]] = [Config]
+    for part in loc:
+        if not isinstance(part, str):
+            return None
+        if len(models) > 1:  # a union: pydantic names the member by its kind
+            tagged = [m for m in models if m.model_fields.get("kind") is not None
+                      and m.model_fields["kind"].default == part]
+            if tagged:
+                models = tagged
+                continue
+        field = next((m.model_fields[part] for m in models if part in m.model_fields), None)
+        if field is None:
+            return None
+        models = _models_in(field.annotation)
+        if not models:
+            return None
+    if len(models) != 1:
+        return None
+    return [f.alias or name for name, f in models[0].model_fields.items()]
+
+
+def _line_of(text: str, loc: Sequence[Any]) -> int | None:
+    """The line of the TOML text where the key `loc` names is written: under its table's header (a union member's
+    kind is not part of the table name), or as a dotted key. None when it is not found (a default, an inline
+    table)."""
+    parts = [p for p in loc if isinstance(p, str)]
+    if not parts:
+        return None
+    key, section = parts[-1], parts[:-1]
+    current: list[str] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("[") and line.endswith("]") and not line.startswith("[["):
+            current = [x.strip().strip('"') for x in line[1:-1].split(".")]
+            continue
+        if "=" not in line:
+            continue
+        full = current + [x.strip().strip('"') for x in line.split("=", 1)[0].split(".")]
+        if full[-1] == key and _same_table(full[:-1], section):
+            return n
+    return None
+
+
+def _same_table(written: list[str], section: list[str]) -> bool:
+    """`written` names the table `section` does, perhaps without one part (the kind pydantic puts in the location
+    of a union member: source.board.port is written under [source])."""
+    return written == section or any(written == section[:i] + section[i + 1:] for i in range(len(section)))
+
+
+def _error_lines(err: ValidationError, text: str | None = None) -> list[str]:
     lines = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        line = f"{path}: {e['msg']}"
+        at = _line_of(text, e["loc"]) if text is not None else None
+        line = f"{path}{f' (line {at})' if at else ''}: {e['msg']}"
         if e["type"].endswith("_type"):
             # a wrong type: show what was written, e.g. a quoted number or a bool where a number belongs
             line += f" (got {e['input']!r}, a {type(e['input']).__name__}; write a bare TOML value of the right type)"
+        if e["type"] == "extra_forbidden" and e["loc"]:
+            keys = _keys_at(e["loc"][:-1])
+            close = difflib.get_close_matches(str(e["loc"][-1]), keys or [], n=1, cutoff=0.6)
+            line += f"; did you mean {close[0]!r}?" if close else (
+                f"; the keys allowed here: {', '.join(sorted(keys))}" if keys else "")
         lines.append(line)
     return lines
 
 
-def parse_config(data: dict[str, Any], *, base_dir: Path | None = None) -> Config:
-    """Validate a config mapping. Relative paths are taken relative to `base_dir` (the config file's folder)."""
+def parse_config(data: dict[str, Any], *, base_dir: Path | None = None, text: str | None = None) -> Config:
+    """Validate a config mapping. Relative paths are taken relative to `base_dir` (the config file's folder);
+    `text`, the TOML it was read from, puts line numbers into the errors."""
     try:
         cfg = Config.model_validate(data)
     except ValidationError as err:
-        lines = _error_lines(err)
+        lines = _error_lines(err, text)
         raise ConfigError(f"invalid configuration ({len(lines)} error(s))", lines) from err
     return resolve_paths(cfg, base_dir) if base_dir is not None else cfg
 
@@ -288,10 +356,11 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"cannot read config {p}: {err.strerror}; check the path",
                           [f"(file): cannot read {p}: {err.strerror}"]) from err
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{p} is not valid TOML: {err}", [f"(file): not valid TOML: {err}"]) from err
-    return parse_config(data, base_dir=config_base_dir(p))
+    return parse_config(data, base_dir=config_base_dir(p), text=text)
 
 
 def config_base_dir(path: Path) -> Path:

@@ -36,8 +36,8 @@ exit status: 0 intact, 1 broken (the first break is named: file, line, seq, what
 examples:
   neurostimd audit verify /var/lib/neurostimd/audit.jsonl
   neurostimd audit verify /var/lib/neurostimd --json
-  # against the chain head the journal kept (`audit_chain_head` lines, logged at each rotation and at close):
-  journalctl -u neurostimd -o cat | grep audit_chain_head | tail -1
+  # against the chain head the journal kept (`audit_chain_head` records, logged at each rotation and at close):
+  journalctl -u neurostimd EVENT=audit_chain_head -o cat | tail -1
   neurostimd audit verify /var/lib/neurostimd/audit.jsonl --expect 199999:<hash from that line>
 """
 
@@ -198,8 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, help="a labelled recording, as for train")
     _label_arguments(e, evaluate=True)
     e.add_argument("--report", required=True, help="folder for metrics.json and PNGs")
-    e.add_argument("--split", choices=["all", "test"], default="test",
-                   help="evaluate on the bundle's held-out split of this data (test) or on all of it")
+    e.add_argument("--split", choices=["auto", "all", "test"], default="auto",
+                   help="test: the bundle's held-out segments of this data (a file it trained on); all: all of it "
+                        "(a file it never saw); auto: test for a file it trained on, all for any other")
 
     b = sub.add_parser("bench", help="run the benchmark suite")
     b.add_argument("--json", dest="json_path", default="bench.json", help="where to write the figures")

@@ -25,8 +25,13 @@ def _fmt_params(p: dict[str, Any] | None) -> str:
     return f"{p['frequency_hz']:g} Hz  {p['amplitude_ma']:.2f} mA  {p['pulse_width_us']:g} µs"
 
 
-def render(rec: dict[str, Any], t0: float) -> str | None:
-    """One human line for the daemon log events a newcomer cares about; None for the rest."""
+def _names(items: Any) -> str:
+    return ", ".join(str(x).replace("_", " ") for x in items or []) or "none"
+
+
+def render(rec: dict[str, Any], t0: float, policy: Any = None) -> str | None:
+    """One sentence for each daemon log event a person running a session cares about; None for the rest. `policy`
+    (the config's [policy]) lets a state change say how long the new state had to hold first."""
     ev = rec.get("event")
     t = f"{time.monotonic() - t0:6.1f}s"
     if ev == "board_ready":
@@ -38,28 +43,57 @@ def render(rec: dict[str, Any], t0: float) -> str | None:
     if ev == "ready":
         return f"{t}  READY in {rec.get('ready_s')} s — deciding every tick"
     if ev == "state_change":
-        return f"{t}  state → {rec.get('state_name')} (confidence {rec.get('confidence')})"
+        return f"{t}  state → {rec.get('state_name') or 'none'} (confidence {rec.get('confidence')})" \
+               + _held_for(rec, policy)
     if ev in ("stim_command", "stim_stop"):
         lim = rec.get("limited_by") or []
         return f"{t}  stimulation: {_fmt_params(rec.get('applied'))}" + (f"   [gate: {', '.join(lim)}]" if lim else "")
-    if ev in ("fault", "fault_cleared", "board_lost", "board_reconnected", "overrun", "stim_send_failed"):
-        detail = {k: v for k, v in rec.items() if k not in ("event", "level", "timestamp", "logger")}
-        return f"{t}  {ev}: {detail}"
+    if ev == "fault":
+        return f"{t}  FAULT: {_names(rec.get('raised'))} — safe state {rec.get('safe_state')} " \
+               f"(faults now: {_names(rec.get('faults'))})"
+    if ev == "fault_cleared":
+        return f"{t}  faults cleared: the data is clean again, stimulation may resume (ramping up)"
+    if ev == "board_lost":
+        return f"{t}  BOARD LOST on {rec.get('port')}: {rec.get('error')} — reconnecting; its dead-man timer stops it"
+    if ev == "board_reconnected":
+        return f"{t}  board {rec.get('device_id')} back on {rec.get('port')}; stimulation restarts from zero"
+    if ev == "overrun":
+        stages = rec.get("stages_ms") or {}
+        slowest = max(stages, key=lambda k: stages[k]) if stages else None
+        return f"{t}  overrun: tick {rec.get('tick')} ended {rec.get('late_ms')} ms past the next deadline " \
+               f"({rec.get('missed_ticks')} tick(s) skipped" + (f"; slowest stage {slowest} "
+                                                                 f"{stages[slowest]} ms)" if slowest else ")")
+    if ev == "stim_send_failed":
+        return f"{t}  command not confirmed by the board ({rec.get('reply')}): {rec.get('error')}; requested " \
+               f"{_fmt_params(rec.get('requested'))}"
     if rec.get("level") in ("error", "critical"):
-        return f"{t}  ERROR {ev}: {rec.get('error', '')}"
+        return f"{t}  ERROR {ev}: {rec.get('error') or rec.get('detail') or ''}"
     if ev == "exit":
         return f"{t}  daemon exited with code {rec.get('code')}"
     return None
 
 
-def _pump(stream: IO[str], t0: float) -> None:
+def _held_for(rec: dict[str, Any], policy: Any) -> str:
+    """Why the change came when it did: a state is taken only after onset_ms of agreeing decisions (a stronger
+    stimulation) or termination_ms (a weaker one, or none)."""
+    if policy is None:
+        return ""
+    onset, term = getattr(policy, "onset_ms", None), getattr(policy, "termination_ms", None)
+    if rec.get("reason") == "state_ended" and term is not None:
+        return f", after {term:g} ms without the old state (termination_ms)"
+    if onset is not None and term is not None:
+        return f", after {onset:g} ms of agreeing decisions (onset_ms; {term:g} ms to a weaker state)"
+    return ""
+
+
+def _pump(stream: IO[str], t0: float, policy: Any = None) -> None:
     for line in stream:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             print(line.rstrip(), flush=True)
             continue
-        out = render(rec, t0)
+        out = render(rec, t0, policy)
         if out:
             print(out, flush=True)
 
@@ -119,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     daemon = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
     assert daemon.stdout is not None
-    reader = threading.Thread(target=_pump, args=(daemon.stdout, t0), name="demo-log", daemon=True)
+    reader = threading.Thread(target=_pump, args=(daemon.stdout, t0, cfg.policy), name="demo-log", daemon=True)
     reader.start()
     state_file = cfg.runtime.state_file
     state_file.unlink(missing_ok=True)

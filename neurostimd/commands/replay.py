@@ -142,15 +142,16 @@ class _Progress(BaseListener):
         self.source = source
         self.duration_s = duration_s
         self.enabled = enabled
-        self._last = time.perf_counter()
+        self._t0 = self._last = time.perf_counter()
 
     def on_tick(self, stats: TickStats, loop: LoopView) -> None:
         now = time.perf_counter()
         if self.enabled and now - self._last >= 1.0:
             self._last = now
             t = self.source.t_data_s or 0.0
-            print(f"replay: {t:8.1f} / {self.duration_s:.1f} s of recording ({100 * t / self.duration_s:5.1f} %)",
-                  file=sys.stderr, flush=True)
+            left = (now - self._t0) / t * max(0.0, self.duration_s - t) if t > 0 else None
+            print(f"replay: {t:8.1f} / {self.duration_s:.1f} s of recording ({100 * t / self.duration_s:5.1f} %), "
+                  f"ETA {'?' if left is None else f'{left:.0f} s'}", file=sys.stderr, flush=True)
 
 
 def plot_timeline(recording: Any, decisions: list[dict[str, Any]], class_names: list[str], path: Path) -> Path:

@@ -12,7 +12,7 @@ from typing import Any
 
 from neurostimd.errors import DataFormatError, NeurostimError
 from neurostimd.parallel import RunnerFailed, runner_exit
-from neurostimd.service.exitcodes import EX_CONFIG, EX_DATAERR, EX_OK
+from neurostimd.service.exitcodes import EX_CONFIG, EX_DATAERR, EX_OK, EX_UNAVAILABLE
 
 
 def exit_code(err: BaseException) -> int:
@@ -27,6 +27,13 @@ def _reading(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from neurostimd.extras import MissingExtra, require
+
+    try:
+        require(["tensorflow", "keras", "sklearn", *(["optuna"] if args.search else [])], "neurostimd train")
+    except MissingExtra as err:
+        print(f"neurostimd train: {err}", file=sys.stderr)
+        return EX_UNAVAILABLE
     from neurostimd.core.features import FeatureSettings
     from neurostimd.core.stimtable import StimTable
     from neurostimd.model.train import front_end_options, quiet_tensorflow, train_bundle
@@ -93,6 +100,14 @@ def _search(args: argparse.Namespace, overrides: dict[str, Any], table: Any) -> 
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from neurostimd.extras import MissingExtra, require
+
+    try:
+        # the baseline beside the model (scikit-learn), checked before any data is read
+        require(["sklearn"], "neurostimd evaluate")
+    except MissingExtra as err:
+        print(f"neurostimd evaluate: {err}", file=sys.stderr)
+        return EX_UNAVAILABLE
     from neurostimd.model.evaluate import evaluate_bundle
 
     try:

@@ -23,6 +23,7 @@ from neurostimd.model import report
 from neurostimd.model.dataset import load_recording, pick_inputs, segments, windows_for
 from neurostimd.model.labels import classes_text, summary
 from neurostimd.model.runtime import Bundle, load_bundle
+from neurostimd.progress import eta
 
 Progress = Callable[[str], None]
 DEFAULT_CADENCE_MS = 50.0
@@ -67,7 +68,7 @@ def window_moments(windows: np.ndarray) -> np.ndarray:
     return np.concatenate([windows.mean(axis=1), windows.std(axis=1)], axis=1)
 
 
-def evaluate_bundle(bundle_dir: str | Path, data_path: str | Path, report_dir: str | Path, *, split: str = "test",
+def evaluate_bundle(bundle_dir: str | Path, data_path: str | Path, report_dir: str | Path, *, split: str = "auto",
                     cadence_ms: float = DEFAULT_CADENCE_MS, labels: str | None = None, classes: str | None = None,
                     reading: dict[str, Any] | None = None, progress: Progress = _progress) -> dict[str, Any]:
     """Score the bundle on `data_path` (labels from `labels`/`classes` as for train; with `labels` and no `classes`,
@@ -95,10 +96,18 @@ def evaluate_bundle(bundle_dir: str | Path, data_path: str | Path, report_dir: s
     segs = segments([rec], b.settings, block_s)
     source = next((s for s in split_info.get("sources", []) if s["sha256"] == rec.sha256), None)
     train_keys: list[int] = []
+    if split == "auto":  # the held-out segments of a file the bundle trained on; all of any other file
+        if not split_info.get("sources"):
+            raise BundleError(f"model bundle {b.path} records no training files ({files.SPLIT}), so it cannot tell "
+                              f"whether {data_path} was one: pass --split all for data it never saw")
+        split = "test" if source is not None else "all"
+        progress(f"{data_path}: " + ("part of the bundle's training data: its held-out segments (--split test)"
+                                     if split == "test" else "not part of the bundle's training data: all of it "
+                                                             "(--split all)"))
     if split == "test":
         if source is None:
             raise BundleError(f"{data_path} was not part of this bundle's training data, so it has no held-out "
-                              f"split; pass --split all to evaluate on all of it")
+                              f"split; pass --split all (or leave --split out) to evaluate on all of it")
         if not source["test"]:
             raise BundleError(f"the bundle held no segments of {data_path} out for testing; retrain with "
                               f"--test-fraction 0.3 (or pass --split all for unseen data)")
@@ -116,12 +125,14 @@ def evaluate_bundle(bundle_dir: str | Path, data_path: str | Path, report_dir: s
     progress(f"{len(eval_idx)} held-out segments of {data_path}; streaming at {cadence_ms:g} ms ticks through LiteRT")
 
     runs = []
+    t_stream = time.perf_counter()
     for n, i in enumerate(eval_idx):
         r = stream_decisions(b, segs[i].data, segs[i].labels, cadence_ms)
         r["segment"] = np.full(len(r["probs"]), segs[i].index)
         runs.append(r)
         if (n + 1) % max(1, len(eval_idx) // 5) == 0:
-            progress(f"  {n + 1}/{len(eval_idx)} segments")
+            progress(f"  {n + 1}/{len(eval_idx)} segments, ETA "
+                     f"{eta(time.perf_counter() - t_stream, n + 1, len(eval_idx))}")
     if not runs:
         raise DataFormatError(f"{data_path}: none of the segments to evaluate holds a labelled sample; check --labels "
                               f"and --classes")

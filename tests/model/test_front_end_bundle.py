@@ -21,7 +21,7 @@ from neurostimd.commands.cli import main
 from neurostimd.commands.replay import run_replay
 from neurostimd.config import Config, parse_config
 from neurostimd.core.features import FeatureSettings, FrontEnd, StreamingFeatures, design_notch
-from neurostimd.errors import DataFormatError
+from neurostimd.errors import BundleError, DataFormatError
 from neurostimd.firmware_sim.generate import generate_recording
 from neurostimd.model import bundle as files
 from neurostimd.model.dataset import load_recording, pick_inputs, segments
@@ -238,3 +238,60 @@ def test_a_source_that_names_no_channels_is_refused_for_a_bundle_that_picks_by_n
     np.savez(unnamed, **rec)
     msg = _refusal(_replay_cfg(tmp_path, trained[0], unnamed))
     assert "takes the channels ['F3', 'C3', 'F4', 'C4'] by name" in msg and "names no channels" in msg
+
+
+def test_evaluate_takes_all_of_a_file_the_bundle_never_saw_and_the_held_out_part_of_its_own(
+        trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """Without --split: a recording that was not part of training is evaluated whole (and says so); the training
+    recording only on its held-out segments, with the baseline beside it."""
+    from neurostimd.model.evaluate import evaluate_bundle
+
+    bdir, data = trained
+    unseen = _recording(tmp_path / "unseen.npz", WIDE, seed=9, duration_s=20.0)
+    said: list[str] = []
+    m = evaluate_bundle(bdir, unseen, tmp_path / "r1", progress=said.append)
+    assert m["split"] == "all"
+    assert any("not part of the bundle's training data: all of it" in s for s in said)
+    held = evaluate_bundle(bdir, data, tmp_path / "r2", progress=lambda _: None)
+    assert held["split"] == "test" and "baseline_accuracy" in held
+    assert m["n_segments"] == len(segments_of(unseen, bdir))  # every segment of the unseen file
+
+
+def segments_of(path: Path, bdir: Path) -> list[Any]:
+    b = load_bundle(bdir)
+    rec = pick_inputs(load_recording(path, None, None), b.settings)
+    return segments([rec], b.settings, json.loads((bdir / files.SPLIT).read_text())["block_s"])
+
+
+def test_evaluate_without_a_recorded_split_asks_which(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from neurostimd.model.evaluate import evaluate_bundle
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained[0], copy)
+    (copy / files.SPLIT).unlink()  # a bundle from before splits were recorded
+    manifest = json.loads((copy / files.MANIFEST).read_text())
+    del manifest["files"][files.SPLIT]
+    (copy / files.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"records no training files .*pass --split all"):
+        evaluate_bundle(copy, trained[1], tmp_path / "r", progress=lambda _: None)
+
+
+def test_evaluate_and_train_name_a_missing_extra_before_reading_anything(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """scikit-learn (or TensorFlow) absent: exit 69 with the pip command, before the data is even opened (the file
+    here does not exist, so reading it would fail differently)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, *a: Any, **kw: Any) -> Any:
+        return None if name in ("sklearn", "keras") else real(name, *a, **kw)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    missing = str(tmp_path / "nothing.npz")
+    assert main(["evaluate", "--bundle", str(tmp_path), "--data", missing, "--report", str(tmp_path / "r")]) == 69
+    err = capsys.readouterr().err
+    assert "neurostimd evaluate needs sklearn, which is not installed: pip install 'neurostimd[train]'" in err
+    assert main(["train", "--data", missing, "--out", str(tmp_path / "b")]) == 69
+    assert "neurostimd train needs keras, sklearn, which are not installed: pip install 'neurostimd[train]'" in \
+        capsys.readouterr().err

@@ -185,3 +185,36 @@ def test_the_feed_interval_is_the_worst_gap_the_loop_leaves() -> None:
     assert watchdog_feed_interval_ms(parse_config({})) == 150.0
     assert watchdog_feed_interval_ms(parse_config({"loop": {"cadence_ms": 200}})) == 200.0
     assert watchdog_feed_interval_ms(parse_config({"loop": {"cadence_ms": 40}})) == 120.0
+
+
+def _errors_of(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as ex:
+        load_config(path)
+    return ex.value.errors
+
+
+def test_a_misspelt_key_gets_a_did_you_mean_and_its_line(tmp_path: Path) -> None:
+    """A misspelt key names the key it looks like and the line it is on; in a union member (a source kind) too,
+    whose table is written without the kind."""
+    base = (ROOT / "config" / "sim.toml").read_text()
+    text = base.replace("[loop]\n", "[loop]\ncadence_mss = 50\n", 1)
+    errs = _errors_of(tmp_path, text)
+    n = text.splitlines().index("cadence_mss = 50") + 1
+    assert f"loop.cadence_mss (line {n}): Extra inputs are not permitted; did you mean 'cadence_ms'?" in errs
+    text = base.replace("[policy]\n", "[policy]\nonset_mss = 300\n", 1)
+    n = text.splitlines().index("onset_mss = 300") + 1
+    assert any(e.startswith(f"policy.table.onset_mss (line {n}):") and e.endswith("did you mean 'onset_ms'?")
+               for e in _errors_of(tmp_path, text))
+
+
+def test_a_key_like_no_other_lists_what_is_allowed_and_a_wrong_type_its_line(tmp_path: Path) -> None:
+    base = (ROOT / "config" / "sim.toml").read_text()
+    errs = _errors_of(tmp_path, base.replace("[audit]\n", "[audit]\nzzz = 1\n", 1))
+    line = next(e for e in errs if e.startswith("audit.zzz"))
+    assert "the keys allowed here:" in line and "checkpoint_ms" in line
+    text = base.replace("stale_after_ms = 250", 'stale_after_ms = "250"', 1)
+    n = text.splitlines().index('stale_after_ms = "250"') + 1
+    assert any(e.startswith(f"loop.stale_after_ms (line {n}): ") and "got '250', a str" in e
+               for e in _errors_of(tmp_path, text))
