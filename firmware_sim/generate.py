@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from neurostimd.drivers.types import StimParams
-from neurostimd.firmware_sim.generator import SignalGenerator
+from neurostimd.firmware_sim.generator import SignalGenerator, synthetic_channel_names
 from neurostimd.firmware_sim.plant import N_STATES, STATE_NAMES
 from neurostimd.firmware_sim.plants import DEFAULT_PLANT, PLANTS, make_plant
 
@@ -85,7 +85,7 @@ def generate_recording(duration_s: float, n_channels: int = 32, sample_rate_hz: 
     return {
         "data": data,
         "fs": np.asarray(sample_rate_hz, dtype=np.float64),
-        "channel_names": np.array([f"ch{i:02d}" for i in range(n_channels)]),
+        "channel_names": np.array(synthetic_channel_names(n_channels)),
         "labels": labels,
         "class_names": np.array(STATE_NAMES),
     }
@@ -127,7 +127,7 @@ def generate_plant_recording(plant_name: str, duration_s: float, n_channels: int
     return {
         "data": data,
         "fs": np.asarray(sample_rate_hz, dtype=np.float64),
-        "channel_names": np.array([f"ch{i:02d}" for i in range(n_channels)]),
+        "channel_names": np.array(synthetic_channel_names(n_channels)),
         "labels": labels,
         "class_names": np.array(plant.state_names),
     }

@@ -42,6 +42,13 @@ _PINK_CORNERS_HZ = (1.0, 4.0, 16.0, 64.0, 256.0)
 _CHUNK = 32
 
 
+def synthetic_channel_names(n_channels: int) -> list[str]:
+    """The synthetic signal's channel names, the same wherever it goes (a generated recording, the LSL outlet):
+    ch00, ch01, ... zero-padded to the widest index (ch000 ... ch255 for 256), so they sort in channel order."""
+    width = max(2, len(str(n_channels - 1)))
+    return [f"ch{i:0{width}d}" for i in range(n_channels)]
+
+
 def one_pole(x: npt.NDArray[np.float64], a: float, b: float,
              y_prev: npt.NDArray[np.float64] | float) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """y[n] = a·y[n-1] + b·x[n] along axis 0, starting from y[-1] = y_prev; returns (y, y[-1]).

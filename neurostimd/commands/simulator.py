@@ -48,7 +48,7 @@ import structlog
 
 from neurostimd.firmware_sim.__main__ import build_parser, make_source
 from neurostimd.firmware_sim.__main__ import main as board_main
-from neurostimd.firmware_sim.generator import Playable, SampleSource
+from neurostimd.firmware_sim.generator import Playable, SampleSource, synthetic_channel_names
 
 log = structlog.get_logger("neurostimd_sim")
 
@@ -182,8 +182,7 @@ def channel_labels(source: SampleSource) -> list[str]:
     names = getattr(source, "channel_names", None)
     if names is not None:
         return [str(n) for n in names]
-    width = max(2, len(str(source.n_channels - 1)))
-    return [f"ch{i:0{width}d}" for i in range(source.n_channels)]
+    return synthetic_channel_names(source.n_channels)
 
 
 def stream_info(name: str, stream_type: str, source_id: str, source: SampleSource) -> Any:

@@ -148,3 +148,18 @@ def test_lsl_without_pylsl_says_what_to_install() -> None:
             "sys.exit(main(['--lsl', 'x']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--lsl needs pylsl" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_the_lsl_outlet_names_channels_as_a_generated_recording_does_at_any_count() -> None:
+    """A bundle trained on `firmware_sim.generate` output must find its channels, by name, in the synthetic LSL
+    stream: the two agreed to 100 channels and differed above (ch00… against ch000…), so a 256-channel bundle was
+    refused by the montage check."""
+    from neurostimd.commands.simulator import channel_labels
+    from neurostimd.firmware_sim.generate import generate_recording
+    from neurostimd.firmware_sim.generator import SyntheticSource
+
+    for n in (4, 100, 101, 256):
+        rec = generate_recording(0.2, n, 250.0, seed=0)
+        src = SyntheticSource(n, 250.0, seed=0)
+        assert channel_labels(src) == [str(x) for x in rec["channel_names"]], n
+    assert channel_labels(SyntheticSource(256, 250.0, seed=0))[:2] == ["ch000", "ch001"]

@@ -69,11 +69,18 @@ class DaemonRun:
     workdir: Path | None = None
 
 
+SIM_SOURCE = '[source]\nkind = "board"            # samples come from the board itself\n'
+
+
 def bench_config(workdir: Path, extra: str = "", *, realtime: bool = False, lock_memory: bool = True,
-                 bundle: Path | None = None) -> Path:
+                 bundle: Path | None = None, source: str | None = None) -> Path:
     """config/sim.toml with outputs in workdir and JSON logs (and `[runtime] realtime = true` if asked); `bundle`
-    instead of models/default."""
+    instead of models/default, `source` (a whole [source] table) instead of the board's samples."""
     text = (ROOT / "config" / "sim.toml").read_text()
+    if source is not None:
+        if SIM_SOURCE not in text:
+            raise RuntimeError("config/sim.toml's [source] table changed: update bench._procs.SIM_SOURCE")
+        text = text.replace(SIM_SOURCE, source)
     text = text.replace('bundle = "models/default"', f'bundle = "{bundle or ROOT / "models" / "default"}"')
     text = text.replace('path = "runs/sim/audit.jsonl"', f'path = "{workdir / "audit.jsonl"}"')
     text = text.replace('state_file = "runs/sim/state.json"', f'state_file = "{workdir / "state.json"}"'
@@ -86,13 +93,15 @@ def bench_config(workdir: Path, extra: str = "", *, realtime: bool = False, lock
 
 
 def run_daemon(pty: str, seconds: float, *, progress: Any, settle_s: float = 3.0,
-               realtime: bool = False, lock_memory: bool = True, bundle: Path | None = None) -> DaemonRun:
+               realtime: bool = False, lock_memory: bool = True, bundle: Path | None = None,
+               source: str | None = None) -> DaemonRun:
     """Start the daemon on `pty` under a NOTIFY_SOCKET, time READY=1, then measure RSS and CPU over `seconds`;
-    `realtime`: with [runtime] realtime = true (docs/realtime.md); `bundle` instead of models/default."""
+    `realtime`: with [runtime] realtime = true (docs/realtime.md); `bundle` instead of models/default, `source` a
+    [source] table instead of the board's samples."""
     out = DaemonRun()
     workdir = Path(tempfile.mkdtemp(prefix="neurostimd-bench-"))
     out.workdir = workdir
-    cfg = bench_config(workdir, realtime=realtime, lock_memory=lock_memory, bundle=bundle)
+    cfg = bench_config(workdir, realtime=realtime, lock_memory=lock_memory, bundle=bundle, source=source)
     sock_path = str(workdir / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)

@@ -1,7 +1,8 @@
-"""Scale benchmark: the whole loop at 256 channels x 2 kHz (a bundle trained for it on generated data) beside the
-32 ch x 1 kHz default, on the same simulated board over a pty and under the same load (the other core busy), in one
-run: tick work p50 / p99 per stage and CPU, and each stage's cost per channel-sample, so growth faster than linear in
-channels shows as a ratio above 1."""
+"""Scale benchmark: the whole loop at 256 channels x 2 kHz (a bundle trained for it on generated data) beside
+32 ch x 1 kHz (the default bundle), in one run under the same load (the other core busy): the signal from the
+simulator's LSL outlet on loopback (a serial link tops out at 128 ch x 2 kHz here: `bench --only ingest`), the
+commands to the simulated board over a pty; tick work p50 / p99 per stage and CPU, and each stage's cost per
+channel-sample, so growth faster than linear in channels shows as a ratio above 1."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +46,23 @@ def run(progress: Any, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"scale.realtime": root}
     stage_p50: dict[int, dict[str, float]] = {}
     per_tick: dict[int, float] = {}
+    from neurostimd.commands.simulator import LslSimulatorProcess
+
     for channels, rate, how in ROWS:
         bundle = train_bundle(tmp, channels, rate, progress) if how == "train" else None
-        block = int(rate * 0.01)  # one SAMPLES frame per 10 ms, as the loop bench's board
         prefix = f"scale.ch{channels}_"
         board_log = tmp / f"board-{channels}.jsonl"
+        stream = f"bench-scale-{channels}-{uuid.uuid4().hex[:8]}"
+        source = (f'[source]\nkind = "lsl"\nname = "{stream}"\ntype = "EEG"\nn_channels = {channels}\n'
+                  f"sample_rate_hz = {rate:g}\nresolve_timeout_s = 10.0\n")
         rt = ("--rt-priority", str(SIM_RT_PRIORITY)) if root else ()
-        with busy_core(), simulator(board_log, "--channels", str(channels), "--rate", f"{rate:g}", "--block",
-                                    str(block), *rt) as pty:
-            progress(f"scale: daemon on {pty}, {channels} ch x {rate:g} Hz, other core busy, realtime "
-                     f"{'on' if root else 'off (not root)'}, {seconds:.0f} s")
-            d = run_daemon(pty, seconds, progress=progress, realtime=root, bundle=bundle)
+        # the signal: an LSL outlet pushing 10 ms blocks; the board: commands only (one slow channel of its own)
+        with busy_core(), LslSimulatorProcess(stream, ["--channels", str(channels), "--rate", f"{rate:g}", "--block",
+                                                       str(int(rate * 0.01))], stderr=tmp / f"lsl-{channels}.stderr"), \
+                simulator(board_log, "--channels", "1", "--rate", "250", "--block", "5", *rt) as pty:
+            progress(f"scale: daemon with {channels} ch x {rate:g} Hz over LSL, commands to the board on {pty}, "
+                     f"other core busy, realtime {'on' if root else 'off (not root)'}, {seconds:.0f} s")
+            d = run_daemon(pty, seconds, progress=progress, realtime=root, bundle=bundle, source=source)
         if d.exit_code != 0:
             raise RuntimeError(f"the daemon exited with {d.exit_code}; see {d.workdir}")
         t = d.timings
