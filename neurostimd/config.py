@@ -270,32 +270,52 @@ def _keys_at(loc: Sequence[Any]) -> list[str] | None:
     return [f.alias or name for name, f in models[0].model_fields.items()]
 
 
-def _line_of(text: str, loc: Sequence[Any]) -> int | None:
-    """The line of the TOML text where the key `loc` names is written: under its table's header (a union member's
-    kind is not part of the table name), or as a dotted key. None when it is not found (a default, an inline
-    table)."""
-    parts = [p for p in loc if isinstance(p, str)]
-    if not parts:
+def _table_path(loc: Sequence[Any]) -> list[str] | None:
+    """The TOML table a location's key is written in: the location without its key and without the kinds pydantic
+    inserts for a union member (source.board.port is written under [source]). None for a place no header names: a
+    list item ([[stimulation.states]] rows), or a location the models cannot follow."""
+    if any(not isinstance(p, str) for p in loc):
         return None
-    key, section = parts[-1], parts[:-1]
-    current: list[str] = []
+    models: list[type[BaseModel]] = [Config]
+    table: list[str] = []
+    for part in loc[:-1]:
+        if len(models) > 1:
+            tagged = [m for m in models if m.model_fields.get("kind") is not None
+                      and m.model_fields["kind"].default == part]
+            if tagged:
+                models = tagged
+                continue
+        field = next((m.model_fields[part] for m in models if part in m.model_fields), None)
+        if field is None:
+            return None
+        table.append(part)
+        models = _models_in(field.annotation)
+    return table
+
+
+def _line_of(text: str, loc: Sequence[Any]) -> int | None:
+    """The line of the TOML text where the key `loc` names is written, under exactly its table's header (or as a
+    dotted key); None when it cannot be told for sure (a default, an inline table, an array of tables): no line is
+    better than a wrong one."""
+    table = _table_path(loc)
+    if table is None or not loc:
+        return None
+    key = str(loc[-1])
+    current: list[str] | None = []
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
-        if line.startswith("[") and line.endswith("]") and not line.startswith("[["):
+        if line.startswith("[[") and line.endswith("]]"):
+            current = None  # inside an array of tables: no key here is told apart from the next row's
+            continue
+        if line.startswith("[") and line.endswith("]"):
             current = [x.strip().strip('"') for x in line[1:-1].split(".")]
             continue
-        if "=" not in line:
+        if "=" not in line or current is None:
             continue
         full = current + [x.strip().strip('"') for x in line.split("=", 1)[0].split(".")]
-        if full[-1] == key and _same_table(full[:-1], section):
+        if full == [*table, key]:
             return n
     return None
-
-
-def _same_table(written: list[str], section: list[str]) -> bool:
-    """`written` names the table `section` does, perhaps without one part (the kind pydantic puts in the location
-    of a union member: source.board.port is written under [source])."""
-    return written == section or any(written == section[:i] + section[i + 1:] for i in range(len(section)))
 
 
 def _error_lines(err: ValidationError, text: str | None = None) -> list[str]:

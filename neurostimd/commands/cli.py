@@ -7,6 +7,7 @@ import argparse
 import importlib
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from neurostimd.parallel import add_runner_options
@@ -99,6 +100,8 @@ _EXAMPLES = {
 def _finish(parser: argparse.ArgumentParser, version: str, name: str | None = None) -> None:
     """--version and the one help formatter on `parser` and every subcommand under it, and its example."""
     parser.formatter_class = _Help
+    if parser.description and "\n" not in parser.description:  # written to be wrapped: wrap it here
+        parser.description = textwrap.fill(parser.description, 100)
     if name in _EXAMPLES and "example" not in (parser.epilog or ""):
         parser.epilog = (parser.epilog.rstrip() + "\n\n" if parser.epilog else "") + f"example:\n  {_EXAMPLES[name]}"
     if not any("--version" in a.option_strings for a in parser._actions):
@@ -323,18 +326,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        if args.command == "run":
-            raise  # the daemon: its own shutdown path deals with what it means
-        return _closed_pipe()
+        if args.command == "run" or not _stdout_closed():
+            raise  # the daemon's own, or a pipe to a child process: a real failure, with its traceback
+        return 141  # the shell's status for a death by SIGPIPE
 
 
-def _closed_pipe() -> int:
-    """The reader of our output went away (`neurostimd status --json | head`): no traceback, and none at exit
-    either, when Python flushes stdout into the closed pipe; the shell's status for a SIGPIPE death."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    return 141
+def _stdout_closed() -> bool:
+    """Whether the reader of our stdout went away (`neurostimd status --json | head`); if so, stdout is pointed at
+    /dev/null so that Python's flush at exit adds no second traceback."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        # the write end of a pipe whose reader has gone reports POLLERR
+        if not any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0)):
+            return False
+    except (OSError, ValueError):  # a stdout without a file descriptor: nothing to tell by
+        return False
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except OSError:
+        pass
+    return True
 
 
 if __name__ == "__main__":

@@ -101,9 +101,11 @@ def evaluate_bundle(bundle_dir: str | Path, data_path: str | Path, report_dir: s
             raise BundleError(f"model bundle {b.path} records no training files ({files.SPLIT}), so it cannot tell "
                               f"whether {data_path} was one: pass --split all for data it never saw")
         split = "test" if source is not None else "all"
-        progress(f"{data_path}: " + ("part of the bundle's training data: its held-out segments (--split test)"
-                                     if split == "test" else "not part of the bundle's training data: all of it "
-                                                             "(--split all)"))
+        progress(f"{data_path}: " + ("a training file of the bundle (same sha256): its held-out segments "
+                                     "(--split test)" if split == "test" else
+                                     "its sha256 is not among the bundle's training files: all of it (--split all; "
+                                     "a converted copy of a training file is not recognised, pass --split test "
+                                     "with the original)"))
     if split == "test":
         if source is None:
             raise BundleError(f"{data_path} was not part of this bundle's training data, so it has no held-out "

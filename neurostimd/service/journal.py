@@ -3,7 +3,8 @@ structlog key a journal field (EVENT=stim_command, FAULTS=..., PRIORITY from the
 -u neurostimd` lists every warning and fault and `journalctl EVENT=fault` finds them by event
 (https://systemd.io/JOURNAL_NATIVE_PROTOCOL/). Best effort and never blocking: a record the socket does not take at
 once (journald busy, gone, or the record too big for one datagram) is counted and the record goes to stdout as a
-JSON line instead. The audit log, not the journal, is the record of what was commanded."""
+JSON line instead, behind its `<N>` priority prefix (journald reads it on the service's stdout stream). The audit
+log, not the journal, is the record of what was commanded."""
 
 from __future__ import annotations
 
@@ -96,7 +97,9 @@ class JournalLogger:
                 return
             except OSError:
                 self.failed += 1
-        print(json.dumps(event_dict, default=str), file=self.fallback, flush=True)
+        # with the sd-daemon priority prefix, which journald reads on a stdout stream: `-p warning` still sees it
+        level = str(event_dict.get("level", "info"))
+        print(f"<{PRIORITY.get(level, 6)}>" + json.dumps(event_dict, default=str), file=self.fallback, flush=True)
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 

@@ -68,13 +68,12 @@ def test_bench_only_lists_its_sections_and_refuses_an_unknown_one(capsys: pytest
     assert "invalid choice: 'lopo'" in err and "loop" in err
 
 
-@pytest.mark.parametrize("argv", [["config-schema"], ["status", "--json", "--state-file", "STATE"]])
-def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path, argv: list[str]) -> None:
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
     """`neurostimd status --json | head -c 20`: the reader leaves early; no traceback, the status of a SIGPIPE."""
     state = tmp_path / "state.json"
     state.write_text(json.dumps({"phase": "running", "ticks": 5, "pid": 1, "probs": [0.1] * 40000,
                                  "updated_unix": 0}))
-    argv = [str(state) if a == "STATE" else a for a in argv]
+    argv = ["status", "--json", "--state-file", str(state)]  # about 480 KB: more than a pipe holds
     proc = subprocess.Popen([sys.executable, "-m", "neurostimd", *argv], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None

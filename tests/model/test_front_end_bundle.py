@@ -251,7 +251,7 @@ def test_evaluate_takes_all_of_a_file_the_bundle_never_saw_and_the_held_out_part
     said: list[str] = []
     m = evaluate_bundle(bdir, unseen, tmp_path / "r1", progress=said.append)
     assert m["split"] == "all"
-    assert any("not part of the bundle's training data: all of it" in s for s in said)
+    assert any("not among the bundle's training files: all of it" in s for s in said)
     held = evaluate_bundle(bdir, data, tmp_path / "r2", progress=lambda _: None)
     assert held["split"] == "test" and "baseline_accuracy" in held
     assert m["n_segments"] == len(segments_of(unseen, bdir))  # every segment of the unseen file

@@ -218,3 +218,18 @@ def test_a_key_like_no_other_lists_what_is_allowed_and_a_wrong_type_its_line(tmp
     n = text.splitlines().index('stale_after_ms = "250"') + 1
     assert any(e.startswith(f"loop.stale_after_ms (line {n}): ") and "got '250', a str" in e
                for e in _errors_of(tmp_path, text))
+
+
+def test_no_line_rather_than_a_wrong_one_for_a_stimulation_row(tmp_path: Path) -> None:
+    """A bad value in the third [[stimulation.states]] row names no line: every row has the same keys, and the
+    first row's line would send a person to edit the wrong row."""
+    text = (ROOT / "config" / "sim.toml").read_text()
+    rows = []
+    for i in range(3):
+        amp = '"x"' if i == 2 else "1.0"
+        rows.append(f'\n[[stimulation.states]]\nstate = {i}\nname = "s{i}"\nfrequency_hz = 130\n'
+                    f"amplitude_ma = {amp}\npulse_width_us = 60\n")
+    body = '\n[stimulation]\nclasses = ["quiet", "activated", "pathological"]\n' + "".join(rows)
+    errs = _errors_of(tmp_path, text + body)
+    bad = [e for e in errs if "amplitude_ma" in e]
+    assert bad and all("(line" not in e for e in bad), bad
