@@ -246,11 +246,13 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return [m for arg in get_args(annotation) for m in _models_in(arg)]
 
 
-def _keys_at(loc: Sequence[Any]) -> list[str] | None:
-    """The keys the config allows where `loc` (a pydantic error location, without its last part) points: for a
-    misspelt key's "did you mean"; None when the place cannot be followed (a list item, a free-form table)."""
+def _follow(path: Sequence[Any]) -> tuple[list[type[BaseModel]], list[str]] | None:
+    """Walk the config's models along a pydantic error location: the models that can be there, and the TOML table
+    it is written in (the path without the kinds pydantic inserts for a union member: source.board is [source]).
+    None where the models cannot be followed: a list item ([[stimulation.states]] rows), a free-form table."""
     models: list[type[BaseModel]] = [Config]
-    for part in loc:
+    table: list[str] = []
+    for part in path:
         if not isinstance(part, str):
             return None
         if len(models) > 1:  # a union: pydantic names the member by its kind
@@ -262,35 +264,28 @@ def _keys_at(loc: Sequence[Any]) -> list[str] | None:
         field = next((m.model_fields[part] for m in models if part in m.model_fields), None)
         if field is None:
             return None
+        table.append(part)
         models = _models_in(field.annotation)
         if not models:
             return None
-    if len(models) != 1:
+    return models, table
+
+
+def _keys_at(loc: Sequence[Any]) -> list[str] | None:
+    """The keys the config allows where `loc` (an error location without its last part) points, for a misspelt
+    key's "did you mean"; None when that place is not one model."""
+    found = _follow(loc)
+    if found is None or len(found[0]) != 1:
         return None
-    return [f.alias or name for name, f in models[0].model_fields.items()]
+    return [f.alias or name for name, f in found[0][0].model_fields.items()]
 
 
 def _table_path(loc: Sequence[Any]) -> list[str] | None:
-    """The TOML table a location's key is written in: the location without its key and without the kinds pydantic
-    inserts for a union member (source.board.port is written under [source]). None for a place no header names: a
-    list item ([[stimulation.states]] rows), or a location the models cannot follow."""
-    if any(not isinstance(p, str) for p in loc):
+    """The TOML table a location's key is written in (None: see `_follow`)."""
+    if not loc or not isinstance(loc[-1], str):
         return None
-    models: list[type[BaseModel]] = [Config]
-    table: list[str] = []
-    for part in loc[:-1]:
-        if len(models) > 1:
-            tagged = [m for m in models if m.model_fields.get("kind") is not None
-                      and m.model_fields["kind"].default == part]
-            if tagged:
-                models = tagged
-                continue
-        field = next((m.model_fields[part] for m in models if part in m.model_fields), None)
-        if field is None:
-            return None
-        table.append(part)
-        models = _models_in(field.annotation)
-    return table
+    found = _follow(loc[:-1])
+    return None if found is None else found[1]
 
 
 def _line_of(text: str, loc: Sequence[Any]) -> int | None:
