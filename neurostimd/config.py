@@ -386,4 +386,6 @@ def config_base_dir(path: Path) -> Path:
 
 
 def json_schema() -> dict[str, Any]:
-    return Config.model_json_schema()
+    """The config's JSON Schema (draft 2020-12, as pydantic writes it), for editors and `neurostimd config-schema`."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Config.model_json_schema(),
+            "title": "neurostimd configuration"}

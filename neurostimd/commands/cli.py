@@ -28,6 +28,7 @@ _COMMANDS = {
     "export": "neurostimd.commands.export:cmd_export",
     "tune-stim": "neurostimd.commands.tune_stim:cmd_tune_stim",
     "sweep": "neurostimd.commands.sweep:cmd_sweep",
+    "init": "neurostimd.commands.init:cmd_init",
 }
 
 _VERIFY_EPILOG = """\
@@ -94,6 +95,7 @@ _EXAMPLES = {
     "closed-loop-eval": "neurostimd closed-loop-eval --plant beta --seeds 10 --duration 600 --jobs 2 --out runs/cle",
     "audit": "neurostimd audit verify /var/lib/neurostimd/audit.jsonl",
     "export": "neurostimd export runs/sim/recordings/SESSION --to fif runs/session_raw.fif",
+    "init": "neurostimd init ~/neurostimd && neurostimd check-config ~/neurostimd/config/sim.toml",
 }
 
 
@@ -267,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     from neurostimd.commands.sweep import add_parser as add_sweep_parser
 
     add_sweep_parser(sub)
+    ini = sub.add_parser("init", help="write a working configuration (configs, model bundles, systemd files) into DIR",
+                         description="Copy the example configs, the model bundles and the systemd files the package "
+                                     "carries into DIR, with the configs' paths made absolute under DIR.")
+    ini.add_argument("dir", metavar="DIR", help="the folder to write (created if needed)")
+    ini.add_argument("--force", action="store_true", help="replace files DIR already has")
     au = sub.add_parser("audit", help="check the audit log")
     au_sub = au.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     v = au_sub.add_parser(

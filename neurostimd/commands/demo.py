@@ -115,10 +115,15 @@ def _ticker(state_file: Path, t0: float, done: threading.Event, every_s: float =
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--config", default=str(ROOT / "config" / "sim.toml"))
+    checkout = (ROOT / "pyproject.toml").is_file()  # a source checkout; installed, ROOT is site-packages
+    p.add_argument("--config", default=str(ROOT / "config" / "sim.toml") if checkout else None,
+                   help="the daemon's config (default in a checkout: config/sim.toml)")
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
     args = p.parse_args(argv)
-    runs = ROOT / "runs" / "sim"
+    if args.config is None:
+        raise SystemExit("no --config: write a configuration first with `neurostimd init DIR`, then run "
+                         "`python -m neurostimd.commands.demo --config DIR/config/sim.toml` (the demo never writes "
+                         "into the installed package)")
     # Ctrl-C before the children exist just ends the demo; after, it is forwarded (see below).
     stop_early = {"flag": False}
     signal.signal(signal.SIGINT, lambda *_: stop_early.update(flag=True))
@@ -129,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
     except ConfigError as err:
         raise SystemExit("\n".join([f"{args.config}: {line}" for line in err.errors or [str(err)]])) from err
+    runs = Path(cfg.audit.path).parent  # the board's event log beside the daemon's outputs, where the config says
     cmd = [sys.executable, "-m", "neurostimd", "run", "--config", args.config]
     sim: SimulatorProcess | None = None
     if cfg.device.kind == "serial":

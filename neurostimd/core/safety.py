@@ -81,27 +81,37 @@ class FaultActions(Strict):
 class SafetyConfig(Strict):
     """The daemon's safety gate. Every limit here is a hard limit: the gate clamps toward it or refuses."""
 
-    electrode_area_cm2: float = Field(0.06, gt=0)
-    k_max: float = Field(1.75, gt=0)
-    min_frequency_hz: float = Field(1.0, gt=0)
-    max_frequency_hz: float = Field(130.0, gt=0)
-    min_amplitude_ma: float = Field(0.0, ge=0)
-    max_amplitude_ma: float = Field(5.0, ge=0)
-    min_pulse_width_us: float = Field(20.0, gt=0)
-    max_pulse_width_us: float = Field(500.0, gt=0)
-    interphase_gap_us: float = Field(50.0, ge=0)
-    ramp_ma_per_s: float = Field(1.0, gt=0)  # the old name of ramp_up_ma_per_s (kept: old configs say it)
-    ramp_up_ma_per_s: float | None = Field(None, gt=0)  # unset: ramp_ma_per_s
-    ramp_down_ma_per_s: float | None = Field(None, gt=0)  # unset: a lower amplitude is sent at once (as before)
-    max_charge_per_phase_uc: float = Field(2.0, gt=0)
-    max_charge_density_uc_cm2: float = Field(25.0, gt=0)  # RNS's 25 µC/cm²/phase
-    compliance_v_max: float = Field(12.0, gt=0)
-    max_session_stim_s: float = Field(4 * 3600.0, gt=0)
-    max_daily_stim_s: float = Field(8 * 3600.0, gt=0)
-    safe_state: Literal["off", "fallback"] = "off"
-    fallback: FallbackParams | None = None
-    recovery_clean_ms: float = Field(2000.0, ge=0)
-    on_fault: FaultActions = Field(default_factory=FaultActions)
+    electrode_area_cm2: float = Field(0.06, gt=0, description="geometric area of the stimulating contact (cm²), "
+                                      "for charge density and the Shannon limit")
+    k_max: float = Field(1.75, gt=0, json_schema_extra={"maximum": K_MAX_CEILING},
+                         description=f"Shannon's k: log10(Q²/A) with Q in µC/phase and A in cm²; at most "
+                                     f"{K_MAX_CEILING} (Shannon 1992)")
+    min_frequency_hz: float = Field(1.0, gt=0, description="lowest pulse rate the gate lets through (Hz)")
+    max_frequency_hz: float = Field(130.0, gt=0, description="highest pulse rate (Hz); higher requests are clamped")
+    min_amplitude_ma: float = Field(0.0, ge=0, description="lowest non-zero amplitude (mA)")
+    max_amplitude_ma: float = Field(5.0, ge=0, description="highest amplitude (mA); higher requests are clamped")
+    min_pulse_width_us: float = Field(20.0, gt=0, description="shortest phase (µs)")
+    max_pulse_width_us: float = Field(500.0, gt=0, description="longest phase (µs)")
+    interphase_gap_us: float = Field(50.0, ge=0, description="gap between the two phases of a pulse (µs)")
+    ramp_ma_per_s: float = Field(1.0, gt=0, description="old name of ramp_up_ma_per_s (mA/s)")
+    ramp_up_ma_per_s: float | None = Field(None, gt=0, description="fastest rise of the amplitude (mA/s); unset: "
+                                                                     "ramp_ma_per_s")
+    ramp_down_ma_per_s: float | None = Field(None, gt=0, description="fastest fall of the amplitude (mA/s); unset: a "
+                                                                       "lower amplitude is sent at once")
+    max_charge_per_phase_uc: float = Field(2.0, gt=0, description="charge per phase at most (µC)")
+    max_charge_density_uc_cm2: float = Field(25.0, gt=0, description="charge density per phase at most (µC/cm²; "
+                                                                       "RNS's 25)")
+    compliance_v_max: float = Field(12.0, gt=0, description="the stimulator's voltage compliance (V): amplitude × "
+                                                             "electrode impedance must stay below it")
+    max_session_stim_s: float = Field(4 * 3600.0, gt=0, description="stimulation time per daemon session at most (s)")
+    max_daily_stim_s: float = Field(8 * 3600.0, gt=0, description="stimulation time per calendar day at most (s), "
+                                                                   "counted across restarts from the audit log")
+    safe_state: Literal["off", "fallback"] = Field("off", description="what a fault puts in force: off, or the "
+                                                                      "[safety.fallback] parameters")
+    fallback: FallbackParams | None = Field(None, description="the fallback stimulation of safe_state = fallback")
+    recovery_clean_ms: float = Field(2000.0, ge=0, description="clean data needed after a fault before stimulation "
+                                                               "resumes, ramping (ms)")
+    on_fault: FaultActions = Field(default_factory=FaultActions, description="per fault cause: off or fallback")
 
     @model_validator(mode="before")
     @classmethod

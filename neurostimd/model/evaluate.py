@@ -157,11 +157,17 @@ def evaluate_bundle(bundle_dir: str | Path, data_path: str | Path, report_dir: s
         "data_sha256": rec.sha256, "bundle": str(b.path), "window_samples": b.window_samples,
         "window_s": b.window_samples / b.sample_rate_hz, "labels": rec.label_info,
     }
+    metrics.update(report.agreement(y_true, pred))
+    # each segment judged by its mean probability (an epoch's one label; a time block's majority label)
+    sg_true, sg_pred = per_segment(probs, y_true, seg_of)
+    seg_cm = report.confusion(sg_true, sg_pred, n_cls)
+    metrics.update({"segment_accuracy": float(np.mean(sg_true == sg_pred)), "n_scored_segments": len(sg_true),
+                    "segment_confusion_matrix": seg_cm.tolist(),
+                    **{f"segment_{k}": v for k, v in report.agreement(sg_true, sg_pred).items()}})
     if rec.kind == "epochs":
-        ep_true, ep_pred = per_segment(probs, y_true, seg_of)
-        metrics["epoch_accuracy"] = float(np.mean(ep_true == ep_pred))
-        metrics["n_epochs"] = len(ep_true)
-        metrics["epoch_confusion_matrix"] = report.confusion(ep_true, ep_pred, n_cls).tolist()
+        metrics["epoch_accuracy"] = metrics["segment_accuracy"]
+        metrics["n_epochs"] = len(sg_true)
+        metrics["epoch_confusion_matrix"] = metrics["segment_confusion_matrix"]
 
     if train_keys:
         progress("baseline: logistic regression on window band-power statistics, fitted on the training segments")
@@ -173,10 +179,21 @@ def evaluate_bundle(bundle_dir: str | Path, data_path: str | Path, report_dir: s
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     hist_path = b.path / files.HISTORY
     if hist_path.is_file():
-        report.plot_learning_curves(json.loads(hist_path.read_text()), out / "learning_curves.png")
-    report.plot_confusion(cm, b.class_names, out / "confusion_matrix.png",
-                          f"per decision ({cadence_ms:g} ms ticks), accuracy {metrics['accuracy']:.3f}")
-    report.plot_probabilities(probs, y_true, seg_of, b.class_names, cadence_ms, out / "probabilities.png")
+        report.plot_learning_curves(json.loads(hist_path.read_text()), out / "learning_curves.png",
+                                    n_classes=n_cls)
+    report.plot_confusion(
+        cm, b.class_names, out / "confusion_matrix.png",
+        f"per decision ({cadence_ms:g} ms ticks): accuracy {metrics['accuracy']:.3f}\n"
+        f"balanced {metrics['balanced_accuracy']:.3f}, κ {metrics['kappa']:.3f}",
+        segment_cm=seg_cm, segment_title=f"per segment ({len(sg_true)}, mean probability): accuracy "
+                                         f"{metrics['segment_accuracy']:.3f}\nbalanced "
+                                         f"{metrics['segment_balanced_accuracy']:.3f}, κ "
+                                         f"{metrics['segment_kappa']:.3f}")
+    name = Path(data_path).name
+    names = {segs[i].index: (f"{name}\nepoch {segs[i].index}" if rec.kind == "epochs" else
+                             f"{name}\nfrom {segs[i].start_sample / rec.fs:.0f} s") for i in eval_idx}
+    report.plot_probabilities(probs, y_true, seg_of, b.class_names, cadence_ms, out / "probabilities.png",
+                              segment_names=names)
     progress(f"accuracy {metrics['accuracy']:.4f} over {len(y_true)} decisions"
              + (f"; epoch accuracy {metrics['epoch_accuracy']:.4f}" if "epoch_accuracy" in metrics else "")
              + (f"; baseline {metrics['baseline_accuracy']:.4f}" if "baseline_accuracy" in metrics else "")
@@ -217,9 +234,11 @@ def _baseline(b: Bundle, segs: list[Any], train_idx: list[int], runs: list[dict[
         "baseline_accuracy": float(np.mean(pred == labels)), "baseline_macro_f1": report.macro_f1(pc),
         "baseline_confusion_matrix": cm.tolist(), "baseline_n_train_windows": len(tr.X),
     }
+    out.update({f"baseline_{k}": v for k, v in report.agreement(labels, pred).items()})
+    t, p = per_segment(probs, labels, seg_of)
+    out["baseline_segment_accuracy"] = float(np.mean(t == p))
     if kind == "epochs":
-        t, p = per_segment(probs, labels, seg_of)
-        out["baseline_epoch_accuracy"] = float(np.mean(t == p))
+        out["baseline_epoch_accuracy"] = out["baseline_segment_accuracy"]
     return out
 
 

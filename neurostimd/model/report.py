@@ -34,6 +34,18 @@ def macro_f1(pc: dict[str, dict[str, float]]) -> float:
     return float(np.mean(supported)) if supported else 0.0
 
 
+def agreement(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Balanced accuracy (the mean recall over the classes present: chance is 1 / n_classes whatever the class
+    balance) and Cohen's kappa (agreement beyond chance: 0 at chance, 1 perfect), by scikit-learn."""
+    from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kappa = float(cohen_kappa_score(y_true, y_pred)) if len(set(np.asarray(y_true).tolist())
+                                                                 | set(np.asarray(y_pred).tolist())) > 1 else 1.0
+    return {"balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+            "kappa": kappa if np.isfinite(kappa) else 0.0}
+
+
 def _plt() -> Any:
     import matplotlib
 
@@ -43,8 +55,18 @@ def _plt() -> Any:
     return plt
 
 
-def plot_learning_curves(history: dict[str, Any], path: Path) -> None:
-    """One model's curves, or (a searched ensemble's history: {member: history}) each member's, side by side."""
+def best_epoch(h: dict[str, Any]) -> int | None:
+    """The epoch whose weights the model kept (1-based): early stopping restores the lowest validation loss."""
+    val = h.get("val_loss")
+    if not val:
+        return None
+    arr = np.asarray(val, dtype=float)
+    return int(np.nanargmin(arr)) + 1 if np.isfinite(arr).any() else None
+
+
+def plot_learning_curves(history: dict[str, Any], path: Path, n_classes: int | None = None) -> None:
+    """One model's curves, or (a searched ensemble's history: {member: history}) each member's, side by side; the
+    epoch each kept is marked, and chance (1 / n_classes) on the accuracy panel."""
     plt = _plt()
     runs = history if history and all(isinstance(v, dict) for v in history.values()) else {"": history}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -54,8 +76,14 @@ def plot_learning_curves(history: dict[str, Any], path: Path) -> None:
             if key in h:
                 ax.plot(np.arange(1, len(h[key]) + 1), h[key], label=f"{tag}train {key}")
             if f"val_{key}" in h:
-                ax.plot(np.arange(1, len(h[f"val_{key}"]) + 1), h[f"val_{key}"], "--" if name else "-",
-                        label=f"{tag}validation {key}")
+                line, = ax.plot(np.arange(1, len(h[f"val_{key}"]) + 1), h[f"val_{key}"], "--" if name else "-",
+                                label=f"{tag}validation {key}")
+                best = best_epoch(h)
+                if best is not None:
+                    ax.axvline(best, color=line.get_color(), ls=":", lw=1,
+                               label=f"{tag}kept: epoch {best} (lowest validation loss)" if key == "loss" else None)
+        if key == "accuracy" and n_classes:
+            ax.axhline(1.0 / n_classes, color="0.5", ls="-.", lw=1, label=f"chance (1/{n_classes})")
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
@@ -66,9 +94,7 @@ def plot_learning_curves(history: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path, title: str) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+def _confusion_panel(fig: Any, ax: Any, cm: np.ndarray, class_names: list[str], title: str) -> None:
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(cm.shape[0]):
@@ -80,15 +106,29 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path, title: st
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046)
+    bar.set_label("fraction of the true class (row)")
+
+
+def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path, title: str,
+                   segment_cm: np.ndarray | None = None, segment_title: str = "") -> None:
+    """The per-decision confusion matrix, and beside it the per-segment one (each segment judged by its mean
+    probability) when given; counts and row fractions in each cell."""
+    plt = _plt()
+    panels = [(cm, title)] + ([(segment_cm, segment_title)] if segment_cm is not None else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.3), squeeze=False)
+    for ax, (m, t) in zip(axes[0], panels, strict=True):
+        _confusion_panel(fig, ax, m, class_names, t)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def plot_probabilities(probs: np.ndarray, labels: np.ndarray, segment: np.ndarray, class_names: list[str],
-                       cadence_ms: float, path: Path, max_segments: int = 6) -> None:
-    """Per-decision class probabilities over time for a few held-out segments, true class shaded underneath."""
+                       cadence_ms: float, path: Path, max_segments: int = 6,
+                       segment_names: dict[int, str] | None = None) -> None:
+    """Per-decision class probabilities over time for a few held-out segments, true class shaded underneath;
+    `segment_names` labels each segment (its recording and where it starts) instead of its number."""
     plt = _plt()
     n_cls = len(class_names)
     # Round-robin over the segments' first true class, so every class shows up among the traces.
@@ -109,7 +149,8 @@ def plot_probabilities(probs: np.ndarray, labels: np.ndarray, segment: np.ndarra
             ax.plot(t_s, probs[sel, c], color=colors[c], lw=1, label=class_names[c])
             ax.fill_between(t_s, 0, 1, where=labels[sel] == c, color=colors[c], alpha=0.12, step="post")
         ax.set_ylim(0, 1.02)
-        ax.set_ylabel(f"seg {s}", fontsize=8)
+        ax.set_ylabel((segment_names or {}).get(s, f"segment {s}"), fontsize=7, rotation=0, ha="right",
+                      va="center")
     axes[0, 0].legend(loc="upper right", fontsize=7, ncol=n_cls)
     axes[-2, 0].set_xlabel("time in segment (s) — one decision per tick; shading = true class")
     # The notebook's per-sample bar plots: mean probability per true class.

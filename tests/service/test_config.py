@@ -107,7 +107,8 @@ def test_config_schema_is_json_schema() -> None:
     schema = json.loads(res.stdout)
     assert schema["additionalProperties"] is False
     assert "safety" in schema["properties"]
-    assert Config.model_json_schema() == schema
+    assert schema == {"$schema": "https://json-schema.org/draft/2020-12/schema", **Config.model_json_schema(),
+                      "title": "neurostimd configuration"}
 
 
 @pytest.mark.parametrize("table,key", [("safety", "ramp_ma_per_s"), ("safety", "max_amplitude_ma"),
@@ -233,3 +234,33 @@ def test_no_line_rather_than_a_wrong_one_for_a_stimulation_row(tmp_path: Path) -
     errs = _errors_of(tmp_path, text + body)
     bad = [e for e in errs if "amplitude_ma" in e]
     assert bad and all("(line" not in e for e in bad), bad
+
+
+def test_the_schema_is_a_draft_2020_12_schema_that_carries_the_ceilings_and_units() -> None:
+    from neurostimd.config import json_schema
+
+    schema = json_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    safety = schema["$defs"]["SafetyConfig"]["properties"]
+    assert safety["k_max"]["maximum"] == 1.85
+    missing = [k for k, v in safety.items() if not v.get("description")]
+    assert not missing, f"[safety] keys without a description: {missing}"
+    assert "(mA)" in safety["max_amplitude_ma"]["description"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_validates_against_the_schema(path: Path) -> None:
+    """What an editor checks with the schema agrees with the daemon: the shipped configs pass it, and a k_max over
+    the ceiling fails it as it fails the daemon."""
+    import tomllib
+
+    import jsonschema
+
+    from neurostimd.config import json_schema
+
+    schema = json_schema()
+    data = tomllib.loads(path.read_text())
+    jsonschema.validate(data, schema)
+    bad = {**data, "safety": {**data.get("safety", {}), "k_max": 1.9}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
