@@ -255,6 +255,8 @@ def _follow(path: Sequence[Any]) -> tuple[list[type[BaseModel]], list[str]] | No
     for part in path:
         if not isinstance(part, str):
             return None
+        if not models:  # a free-form table (a dict) has no models below it, and nothing further is followed
+            return None
         if len(models) > 1:  # a union: pydantic names the member by its kind
             tagged = [m for m in models if m.model_fields.get("kind") is not None
                       and m.model_fields["kind"].default == part]
@@ -266,8 +268,6 @@ def _follow(path: Sequence[Any]) -> tuple[list[type[BaseModel]], list[str]] | No
             return None
         table.append(part)
         models = _models_in(field.annotation)
-        if not models:
-            return None
     return models, table
 
 
@@ -275,7 +275,7 @@ def _keys_at(loc: Sequence[Any]) -> list[str] | None:
     """The keys the config allows where `loc` (an error location without its last part) points, for a misspelt
     key's "did you mean"; None when that place is not one model."""
     found = _follow(loc)
-    if found is None or len(found[0]) != 1:
+    if found is None or len(found[0]) != 1:  # a union not yet named, or a free-form table: no keys to offer
         return None
     return [f.alias or name for name, f in found[0][0].model_fields.items()]
 

@@ -165,8 +165,13 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_spec_path(plant: str) -> Path:
-    """config/eval/<plant>.toml of the project."""
-    return Path(__file__).resolve().parents[2] / "config" / "eval" / f"{plant}.toml"
+    """config/eval/<plant>.toml of the project checkout; installed from a wheel there is none (its configs would
+    write into the package): ConfigError saying to pass --arms from `neurostimd init DIR`."""
+    path = Path(__file__).resolve().parents[2] / "config" / "eval" / f"{plant}.toml"
+    if not path.is_file():
+        raise ConfigError(f"no evaluation file for --plant {plant} in an installed package: run `neurostimd init DIR` "
+                          f"and pass --arms DIR/config/eval/{plant}.toml")
+    return path
 
 
 def load_spec(path: Path, plant: str | None = None) -> EvalSpec:
@@ -905,7 +910,6 @@ def cmd_closed_loop_eval(args: argparse.Namespace) -> int:
         print(f"--jobs must be at least 1, not {args.jobs}", file=sys.stderr)
         return EX_USAGE
     configure_logging("error", "console")
-    spec_path = Path(args.arms) if args.arms else default_spec_path(args.plant)
     seeds = [args.seed + i for i in range(n_seeds)]
     if len(sys.argv) > 2 and sys.argv[1] == "closed-loop-eval":
         command = "neurostimd closed-loop-eval " + " ".join(shlex.quote(a) for a in sys.argv[2:])
@@ -914,6 +918,7 @@ def cmd_closed_loop_eval(args: argparse.Namespace) -> int:
                    f"--duration {duration:g} --out {shlex.quote(str(args.out))}")
     t0 = time.perf_counter()
     try:
+        spec_path = Path(args.arms) if args.arms else default_spec_path(args.plant)
         spec = load_spec(spec_path, args.plant)
         with make_runner(int(args.jobs), args.address, args.no_ray, "closed-loop-eval") as runner:
             results = evaluate(spec, Path(args.out), duration_s=duration, seeds=seeds,

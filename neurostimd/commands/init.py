@@ -7,6 +7,7 @@ done."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import sys
@@ -29,8 +30,10 @@ def share_dir() -> Path:
 
 
 def absolute_paths(text: str, root: Path) -> str:
-    """A config's `bundle`, `path`, `dir` and `state_file` values under models/ or runs/ made absolute under root."""
-    return _RELATIVE.sub(lambda m: f"{m.group(1)}{(root / m.group(2)).as_posix()}{m.group(3)}", text)
+    """A config's `bundle`, `path`, `dir` and `state_file` values under models/ or runs/ made absolute under root
+    (escaped as a TOML basic string: a quote or a backslash in the folder's name stays itself)."""
+    return _RELATIVE.sub(lambda m: f"{m.group(1)}{json.dumps((root / m.group(2)).as_posix())[1:-1]}{m.group(3)}",
+                         text)
 
 
 def plan(root: Path) -> list[tuple[Path, Path]]:
@@ -50,6 +53,9 @@ def run_init(root: Path, *, force: bool = False) -> list[Path]:
     from neurostimd.config import load_config
 
     root = root.resolve()
+    if (root / "config").resolve() == (share_dir() / "config").resolve():
+        raise FileExistsError(f"{root} is the project itself (its config/ is what init copies from): choose another "
+                              f"DIR")
     files = plan(root)
     existing = [dst for _, dst in files if dst.exists()]
     if existing and not force:
@@ -89,5 +95,7 @@ def cmd_init(args: argparse.Namespace) -> int:
           f"  neurostimd check-config {r}/config/sim.toml\n"
           f"  neurostimd-sim --pty        # prints PTY /dev/pts/N: the simulated board\n"
           f"  neurostimd run --config {r}/config/sim.toml --port /dev/pts/N\n"
-          f"  # a lab stimulator: edit {r}/config/serial.toml, then install {r}/systemd/ (README, 'systemd')")
+          f"  # a lab stimulator: edit {r}/config/serial.toml (its bundle is the system install's "
+          f"/opt/neurostimd/models/default: copy {r}/models there, or point it at {r}/models/default), then install "
+          f"{r}/systemd/ (README, 'systemd')")
     return EX_OK

@@ -37,13 +37,16 @@ def macro_f1(pc: dict[str, dict[str, float]]) -> float:
 def agreement(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """Balanced accuracy (the mean recall over the classes present: chance is 1 / n_classes whatever the class
     balance) and Cohen's kappa (agreement beyond chance: 0 at chance, 1 perfect), by scikit-learn."""
+    import warnings
+
     from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score
 
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a predicted class absent from y_true: still well defined
+        balanced = float(balanced_accuracy_score(y_true, y_pred))
         kappa = float(cohen_kappa_score(y_true, y_pred)) if len(set(np.asarray(y_true).tolist())
                                                                  | set(np.asarray(y_pred).tolist())) > 1 else 1.0
-    return {"balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-            "kappa": kappa if np.isfinite(kappa) else 0.0}
+    return {"balanced_accuracy": balanced, "kappa": kappa if np.isfinite(kappa) else 0.0}
 
 
 def _plt() -> Any:
@@ -83,7 +86,8 @@ def plot_learning_curves(history: dict[str, Any], path: Path, n_classes: int | N
                     ax.axvline(best, color=line.get_color(), ls=":", lw=1,
                                label=f"{tag}kept: epoch {best} (lowest validation loss)" if key == "loss" else None)
         if key == "accuracy" and n_classes:
-            ax.axhline(1.0 / n_classes, color="0.5", ls="-.", lw=1, label=f"chance (1/{n_classes})")
+            ax.axhline(1.0 / n_classes, color="0.5", ls="-.", lw=1,
+                       label=f"chance with balanced classes (1/{n_classes})")
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)

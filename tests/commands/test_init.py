@@ -78,3 +78,17 @@ def test_the_wheel_carries_the_configs_bundles_and_systemd_files(tmp_path: Path)
                  "neurostimd/share/systemd/neurostimd.service"):
         assert want in names, want
     assert not any(n.startswith(("runs/", "neurostimd/share/runs")) for n in names)
+
+
+def test_a_folder_name_with_quotes_and_backslashes_stays_itself(tmp_path: Path) -> None:
+    d = tmp_path / 'lab "x" \\t'
+    assert main(["init", str(d)]) == 0
+    cfg = load_config(d / "config" / "sim.toml")
+    assert cfg.model.bundle == d / "models" / "default" and cfg.audit.path == d / "runs" / "sim" / "audit.jsonl"
+
+
+def test_init_into_the_project_itself_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    before = (ROOT / "config" / "sim.toml").read_text()
+    assert main(["init", str(ROOT), "--force"]) == 73
+    assert "is the project itself" in capsys.readouterr().err
+    assert (ROOT / "config" / "sim.toml").read_text() == before
