@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 
 from neurostimd.errors import ConfigError
-from neurostimd.service.exitcodes import EX_CONFIG, EX_OK
+from neurostimd.service.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_OK
 
 SHARE = Path(__file__).resolve().parents[1] / "share"  # neurostimd/share: config/, models/, systemd/
-EX_CANTCREAT = 73
 # the configs' relative paths that point into the project: the bundles and the outputs under runs/
 _RELATIVE = re.compile(r'^(\s*(?:bundle|path|dir|state_file)\s*=\s*")((?:models|runs)/[^"]*)(")', re.MULTILINE)
 

@@ -10,8 +10,10 @@ EX_DATAERR = 65  # bad input data (a recording, labels or session that cannot be
 EX_NOINPUT = 66  # `neurostimd audit verify`: no audit log at the path given
 EX_UNAVAILABLE = 69  # the daemon stopped, but the board did not confirm the shutdown STOP
 EX_SOFTWARE = 70  # an internal error (a crashed thread): stimulation stopped; systemd restarts the service
+EX_CANTCREAT = 73  # `neurostimd init`: a file it would write exists (without --force) or cannot be written
 EX_TEMPFAIL = 75  # another process holds the board's port: try again later (systemd retries)
 EX_CONFIG = 78  # a configuration problem (invalid config; a bundle, board or audit log that does not fit it): a
 #                restart cannot fix it, so systemd does not restart (RestartPreventExitStatus=78)
 
-__all__ = ["EX_CONFIG", "EX_DATAERR", "EX_NOINPUT", "EX_OK", "EX_SOFTWARE", "EX_TEMPFAIL", "EX_UNAVAILABLE", "EX_USAGE"]
+__all__ = ["EX_CANTCREAT", "EX_CONFIG", "EX_DATAERR", "EX_NOINPUT", "EX_OK", "EX_SOFTWARE", "EX_TEMPFAIL",
+           "EX_UNAVAILABLE", "EX_USAGE"]
